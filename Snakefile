@@ -1,0 +1,42 @@
+# The randomization tests of Zhang et al. (ICLR 2017) as a Snakemake workflow.
+#
+#   snakemake --cores all                                   # the default experiment (params.yaml)
+#   snakemake --cores all --configfile config/paper-cifar10.yaml --resources gpu=4
+#   snakemake --workflow-profile workflow/profiles/slurm ...
+#
+# Thin on purpose: load and validate the params file, then include one rule
+# file per stage. Every rule calls one command of the package (python -m
+# rethinking <stage>), the same command the DVC stage of the same name calls.
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from rethinking import config as rc
+from rethinking import train as rc_train
+
+min_version("9.0")
+
+# One source of truth: the params file named by --configfile (the last one
+# given), else params.yaml. The package validates it and expands the grid.
+if workflow.config_settings.config:
+    raise WorkflowError("--config overrides are not used: put the values in a copy of params.yaml "
+                        "and pass it with --configfile")
+PARAMS = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
+try:
+    CFG = rc.load(PARAMS)
+except rc.ConfigError as exc:
+    raise WorkflowError(f"error: {exc}") from None
+RUNS = rc.expand_runs(CFG)
+RESULTS = CFG["results_dir"]
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        tables=rules.aggregate.output,
+        figures=rules.figures.output,

@@ -1,0 +1,139 @@
+"""`python -m rethinking <command>`: the commands every Snakemake rule and DVC stage calls.
+
+Bad input (params, data paths, damaged artifacts) exits with status 2 and one
+line naming the key or file, the bad value and what is allowed; no traceback,
+and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, Corruption, corruptions_of, expand_runs, find_run, load
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _params_arg(p):
+    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+
+
+def cmd_prepare(args):
+    from .data import prepare
+    print(prepare(load(args.params)))
+
+
+def cmd_corrupt(args):
+    from .corrupt import corrupt
+    cfg = load(args.params)
+    c = Corruption.parse(args.corruption)
+    if c not in corruptions_of(expand_runs(cfg)):
+        allowed = ", ".join(x.id for x in corruptions_of(expand_runs(cfg)))
+        raise ConfigError(f"--corruption: {args.corruption!r} is not in this config's grid (allowed: {allowed})")
+    print(corrupt(cfg, c))
+
+
+def cmd_train(args):
+    from .train import train
+    cfg = load(args.params)
+    if args.device:
+        cfg["training"]["device"] = args.device
+    train(cfg, find_run(cfg, args.run))
+
+
+def cmd_aggregate(args):
+    from .aggregate import aggregate
+    print(aggregate(load(args.params)))
+
+
+def cmd_figures(args):
+    from .figures import figures
+    print(figures(load(args.params)))
+
+
+def cmd_runs(args):
+    cfg = load(args.params)
+    for run in expand_runs(cfg):
+        print(run.id)
+
+
+def cmd_corruptions(args):
+    cfg = load(args.params)
+    for c in corruptions_of(expand_runs(cfg)):
+        print(c.id)
+
+
+def cmd_models(args):
+    from .models import MODELS, build_model, count_parameters
+    try:
+        shape = tuple(int(v) for v in args.shape.lower().split("x"))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shape: {args.shape!r} is not CxHxW (e.g. 3x28x28)") from None
+    print(f"# parameters for input {args.shape}, {args.classes} classes")
+    for name in MODELS:
+        print(f"{name:16s} {count_parameters(build_model(name, shape, args.classes)):>12,d}")
+
+
+def cmd_dvc(args):
+    from .dvcgen import check, write
+    if args.check:
+        check(args.params, args.output)
+    else:
+        print(write(args.params, args.output))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m rethinking", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="dataset -> base artifact")
+    _params_arg(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("corrupt", help="base artifact -> corrupted artifact")
+    _params_arg(p)
+    p.add_argument("--corruption", required=True, help="e.g. true-labels, labels-0.4, random-labels, gaussian")
+    p.set_defaults(func=cmd_corrupt)
+
+    p = sub.add_parser("train", help="train one run of the grid")
+    _params_arg(p)
+    p.add_argument("--run", required=True, help="a run id as `runs` prints it")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training.device")
+    p.set_defaults(func=cmd_train)
+
+    for name, func, text in [("aggregate", cmd_aggregate, "run folders -> tables"),
+                             ("figures", cmd_figures, "tables -> figures"),
+                             ("runs", cmd_runs, "list the runs the config expands to, one per line"),
+                             ("corruptions", cmd_corruptions, "list the corrupted datasets the config needs")]:
+        p = sub.add_parser(name, help=text)
+        _params_arg(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("models", help="parameter count of each model for an input shape")
+    p.add_argument("--shape", default="3x28x28", help="CxHxW (default 3x28x28, the paper's CIFAR-10 crop)")
+    p.add_argument("--classes", type=int, default=10)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("dvc", help="write dvc.yaml for a params file (or --check that it is current)")
+    _params_arg(p)
+    p.add_argument("--output", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail with instructions if the file is stale")
+    p.set_defaults(func=cmd_dvc)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .io import ArtifactError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

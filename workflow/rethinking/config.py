@@ -1,0 +1,285 @@
+"""Parameters: load, validate, fill defaults, expand into runs.
+
+params.yaml (or a file in config/) is the only file a user edits. Everything
+that Snakemake, DVC and the commands of this package do is derived from it
+here, so they cannot disagree about which runs exist or where they live.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
+
+MODELS = ("mlp_1x512", "mlp_3x512", "alexnet", "inception", "inception_nobn")
+CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
+REGULARIZERS = ("crop", "wd", "dropout")  # canonical order in names
+
+DEFAULTS = {
+    "results_dir": "results",
+    "seeds": [0],
+    "dataset": {
+        "source": "digits",
+        "root": None,
+        "name": None,
+        "download": False,
+        "train_size": None,
+        "test_size": None,
+        "test_fraction": 0.2,
+        "seed": 0,
+    },
+    "preprocess": {"crop": None},
+    "training": {
+        "batch_size": 128,
+        "max_epochs": 300,
+        "momentum": 0.9,
+        "lr": {"mlp_1x512": 0.01, "mlp_3x512": 0.01, "alexnet": 0.01,
+               "inception": 0.1, "inception_nobn": 0.1},
+        "lr_decay": 0.95,
+        "lr_decay_images": None,
+        "weight_decay": 5e-4,
+        "dropout": 0.5,
+        "log_every": 20,
+        "eval_batch_size": 1000,
+        "device": "auto",
+        "threads": 1,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed."""
+
+
+# ----------------------------------------------------------------------------
+# loading and validation
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _where(path) -> str:
+    parts = []
+    for p in path:
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." + p if parts else p))
+    return "".join(parts) or "(top level)"
+
+
+def validate(raw, source: str = "params") -> dict:
+    """Validate a parsed params mapping; return it with defaults filled in."""
+    import jsonschema
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        key = _where(e.absolute_path)
+        allowed = ""
+        if e.validator == "enum":
+            allowed = f" (allowed: {', '.join(map(str, e.validator_value))})"
+        elif e.validator == "additionalProperties":
+            allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
+        raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
+    cfg = _merge(DEFAULTS, raw)
+    if "grid" not in cfg:
+        raise ConfigError(f"{source}: grid: missing; list at least one group of models x corruptions")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    ds = cfg["dataset"]
+    if ds["source"] == "imagefolder":
+        if not ds["root"]:
+            raise ConfigError(f"{source}: dataset.root: required for source imagefolder "
+                              "(a folder or .zip with train/<class>/* and test/<class>/*)")
+        if not Path(ds["root"]).exists():
+            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
+                              "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
+    if ds["source"] == "cifar10" and ds["root"] and not ds["download"] and not Path(ds["root"]).exists():
+        raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist (expected the folder holding "
+                          "cifar-10-batches-py, or set dataset.download: true)")
+    names = set()
+    for i, group in enumerate(cfg["grid"]):
+        where = f"grid[{i}]"
+        if group["name"] in names:
+            raise ConfigError(f"{source}: {where}.name: {group['name']!r} is used twice; group names must be unique")
+        names.add(group["name"])
+        if "labels" in group["corruptions"] and "levels" not in group:
+            raise ConfigError(f"{source}: {where}.levels: required when corruptions contains 'labels' "
+                              "(a list of probabilities in [0, 1])")
+        if "levels" in group and "labels" not in group["corruptions"]:
+            raise ConfigError(f"{source}: {where}.levels: only meaningful with the corruption 'labels'")
+        for r in group.get("regularizers", ["none"]):
+            parts = r.replace("+", "-").split("-")
+            if len(set(parts)) != len(parts):
+                raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
+
+
+def load(path) -> dict:
+    """Read and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate(raw, str(path))
+
+
+# ----------------------------------------------------------------------------
+# identities
+
+def dataset_id(cfg: dict) -> str:
+    ds = cfg["dataset"]
+    if ds["name"]:
+        return ds["name"]
+    name = ds["source"]
+    if ds["train_size"]:
+        name += f"-train{ds['train_size']}"
+    if ds["test_size"]:
+        name += f"-test{ds['test_size']}"
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class Corruption:
+    kind: str          # true_labels, labels, shuffled_pixels, random_pixels, gaussian
+    level: float = 0.0  # label-corruption probability; 1.0 for pixel corruptions
+
+    @staticmethod
+    def make(kind: str, level: float | None = None) -> "Corruption":
+        if kind == "labels":
+            p = float(level)
+            if not 0.0 <= p <= 1.0 or math.isnan(p):
+                raise ConfigError(f"corruption level: {level!r} is outside [0, 1]")
+            if p == 0.0:
+                return Corruption("true_labels", 0.0)
+            return Corruption("labels", p)
+        if kind == "random_labels":
+            return Corruption("labels", 1.0)
+        if kind == "true_labels":
+            return Corruption("true_labels", 0.0)
+        if kind in ("shuffled_pixels", "random_pixels", "gaussian"):
+            return Corruption(kind, 1.0)
+        raise ConfigError(f"corruption: {kind!r} is unknown (allowed: {', '.join(CORRUPTIONS)})")
+
+    @property
+    def id(self) -> str:
+        if self.kind == "true_labels":
+            return "true-labels"
+        if self.kind == "labels":
+            return "random-labels" if self.level == 1.0 else f"labels-{self.level:g}"
+        return self.kind.replace("_", "-")
+
+    @staticmethod
+    def parse(cid: str) -> "Corruption":
+        if cid == "random-labels":
+            return Corruption("labels", 1.0)
+        if cid.startswith("labels-"):
+            return Corruption.make("labels", float(cid[len("labels-"):]))
+        kind = cid.replace("-", "_")
+        return Corruption.make(kind)
+
+    @property
+    def label_level(self) -> float | None:
+        """Label-corruption level for Fig. 1b/1c, None for pixel corruptions."""
+        return {"true_labels": 0.0, "labels": self.level}.get(self.kind)
+
+    @property
+    def touches_pixels(self) -> bool:
+        return self.kind in ("shuffled_pixels", "random_pixels", "gaussian")
+
+
+def regularizer_id(spec: str) -> str:
+    if spec == "none":
+        return "none"
+    parts = set(spec.replace("+", "-").split("-"))
+    return "-".join(r for r in REGULARIZERS if r in parts)
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    dataset: str
+    corruption: Corruption
+    model: str
+    regularizers: str   # canonical id: none, crop, wd, crop-wd, ...
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.corruption.id}/{self.model}/{self.regularizers}/seed{self.seed}"
+
+    @property
+    def regs(self) -> frozenset:
+        return frozenset() if self.regularizers == "none" else frozenset(self.regularizers.split("-"))
+
+    @staticmethod
+    def parse(run_id: str) -> "Run":
+        parts = run_id.strip("/").split("/")
+        if len(parts) != 5 or not parts[4].startswith("seed"):
+            raise ConfigError(f"run: {run_id!r} is not a run id (expected dataset/corruption/model/regularizers/seedN)")
+        return Run(parts[0], Corruption.parse(parts[1]), parts[2], parts[3], int(parts[4][4:]))
+
+
+def expand_runs(cfg: dict) -> list[Run]:
+    """Every run the grid asks for, each once (a run in two groups is trained once)."""
+    ds = dataset_id(cfg)
+    runs = set()
+    for group in cfg["grid"]:
+        corruptions = []
+        for kind in group["corruptions"]:
+            levels = group.get("levels", [None]) if kind == "labels" else [None]
+            corruptions += [Corruption.make(kind, lvl) for lvl in levels]
+        for model in group["models"]:
+            for c in corruptions:
+                for reg in group.get("regularizers", ["none"]):
+                    for seed in cfg["seeds"]:
+                        runs.add(Run(ds, c, model, regularizer_id(reg), seed))
+    return sorted(runs, key=lambda r: r.id)
+
+
+def corruptions_of(runs) -> list[Corruption]:
+    return sorted({r.corruption for r in runs}, key=lambda c: c.id)
+
+
+# ----------------------------------------------------------------------------
+# paths (relative to the working directory, as Snakemake and DVC see them)
+
+def base_artifact(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / "data" / dataset_id(cfg) / "base.npz"
+
+
+def corrupted_artifact(cfg: dict, corruption: Corruption) -> Path:
+    return Path(cfg["results_dir"]) / "data" / dataset_id(cfg) / f"{corruption.id}.npz"
+
+
+def run_dir(cfg: dict, run: Run) -> Path:
+    return Path(cfg["results_dir"]) / "runs" / run.id
+
+
+def find_run(cfg: dict, run_id: str) -> Run:
+    run = Run.parse(run_id)
+    if run not in set(expand_runs(cfg)):
+        raise ConfigError(f"run: {run_id!r} is not in this config's grid (see `python -m rethinking runs`)")
+    return run

@@ -1,0 +1,110 @@
+"""Stage `corrupt`: base artifact + corruption -> corrupted artifact (Section 2 of the paper).
+
+- true labels: the original data.
+- labels at level p: independently with probability p each *training* label is
+  replaced by a class drawn uniformly from all classes (it may equal the true
+  one, so about (1 - 1/C) p of the labels change). Drawn once, fixed across
+  epochs; the test set keeps its true labels. p = 1 is "random labels".
+- shuffled pixels: one permutation of the pixel positions, drawn once and
+  applied to every image of both splits.
+- random pixels: a different permutation for every image of both splits.
+- gaussian: every image of both splits replaced by Gaussian noise whose mean
+  and standard deviation match the training set, per channel.
+
+Choices the paper leaves open (also in docs/CHOICES.md): permutations act on
+pixel positions at the native resolution (before any crop), and a pixel's
+channels move together; Gaussian statistics are per channel, computed on the
+training split, and samples are rounded and clipped to 0..255 so every
+artifact is uint8 like the base; pixel corruptions keep the true labels.
+
+A label-only corruption stores labels and a reference (path and SHA-256) to
+its base artifact, never a second copy of the images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import Corruption, base_artifact, corrupted_artifact
+from .io import ArtifactError, load_npz, save_npz, sha256
+
+
+def _rng(seed: int, corruption: Corruption) -> np.random.Generator:
+    kinds = ("true_labels", "labels", "shuffled_pixels", "random_pixels", "gaussian")
+    return np.random.default_rng([seed, 2, kinds.index(corruption.kind), int(round(corruption.level * 1_000_000))])
+
+
+def corrupt_labels(y: np.ndarray, p: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    replace = rng.random(len(y)) < p
+    drawn = rng.integers(0, num_classes, size=len(y))
+    return np.where(replace, drawn, y).astype(np.int64)
+
+
+def shuffle_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c, h * w)[:, :, perm].reshape(n, c, h, w))
+
+
+def random_pixels(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n, c, h, w = x.shape
+    perms = np.argsort(rng.random((n, h * w)), axis=1)
+    flat = x.reshape(n, c, h * w)
+    return np.ascontiguousarray(np.take_along_axis(flat, perms[:, None, :], axis=2).reshape(n, c, h, w))
+
+
+def gaussian_like(x_ref: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
+    ref = x_ref.astype(np.float64)
+    mean = ref.mean(axis=(0, 2, 3))
+    std = ref.std(axis=(0, 2, 3))
+    z = rng.standard_normal(shape) * std[None, :, None, None] + mean[None, :, None, None]
+    return np.clip(np.rint(z), 0, 255).astype(np.uint8)
+
+
+def corrupt(cfg: dict, corruption: Corruption) -> Path:
+    base_path = base_artifact(cfg)
+    meta, base = load_npz(base_path, rebuild_hint="`python -m rethinking prepare`")
+    rng = _rng(cfg["dataset"]["seed"], corruption)
+    num_classes = len(meta["classes"])
+    out = {"y_train": base["y_train"], "y_test": base["y_test"]}
+    info = {"kind": "corrupted", "corruption": corruption.id, "level": corruption.level,
+            "dataset": meta["dataset"], "classes": meta["classes"], "shape": meta["shape"],
+            "seed": cfg["dataset"]["seed"]}
+    if corruption.kind == "labels":
+        out["y_train"] = corrupt_labels(base["y_train"], corruption.level, num_classes, rng)
+        info["labels_changed"] = float(np.mean(out["y_train"] != base["y_train"]))
+    elif corruption.kind == "shuffled_pixels":
+        _, _, h, w = base["x_train"].shape
+        perm = rng.permutation(h * w)
+        out["x_train"] = shuffle_pixels(base["x_train"], perm)
+        out["x_test"] = shuffle_pixels(base["x_test"], perm)
+        out["permutation"] = perm
+    elif corruption.kind == "random_pixels":
+        out["x_train"] = random_pixels(base["x_train"], rng)
+        out["x_test"] = random_pixels(base["x_test"], rng)
+    elif corruption.kind == "gaussian":
+        out["x_train"] = gaussian_like(base["x_train"], base["x_train"].shape, rng)
+        out["x_test"] = gaussian_like(base["x_train"], base["x_test"].shape, rng)
+    if "x_train" not in out:
+        info["base"] = {"path": str(base_path), "sha256": sha256(base_path)}
+    path = corrupted_artifact(cfg, corruption)
+    save_npz(path, info, **out)
+    return path
+
+
+def load_corrupted(cfg: dict, corruption: Corruption) -> tuple[dict, dict]:
+    """(meta, arrays) of a corrupted artifact with images resolved from its base if needed."""
+    path = corrupted_artifact(cfg, corruption)
+    hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
+    meta, arrays = load_npz(path, rebuild_hint=hint)
+    if meta.get("kind") != "corrupted" or meta.get("corruption") != corruption.id:
+        raise ArtifactError(f"{path}: holds {meta.get('corruption')!r}, expected {corruption.id!r}; "
+                            f"rebuild it with {hint}")
+    if "x_train" not in arrays:
+        base_path = Path(meta["base"]["path"])
+        if not base_path.is_file() or sha256(base_path) != meta["base"]["sha256"]:
+            raise ArtifactError(f"{path}: its base artifact {base_path} is missing or has changed since the "
+                                f"labels were drawn; rebuild it with {hint}")
+        _, base = load_npz(base_path)
+        arrays["x_train"], arrays["x_test"] = base["x_train"], base["x_test"]
+    return meta, arrays

@@ -1,0 +1,234 @@
+"""Stage `prepare`: a dataset -> the base artifact.
+
+The base artifact holds uint8 images at native size, NCHW (grayscale stays one
+channel), int64 labels, the class names and where the data came from.
+
+Sources:
+- digits: scikit-learn's bundled 8x8 digits (values 0..16, scaled to 0..255),
+  split into train/test by a seeded stratified split.
+- cifar10: torchvision's official CIFAR-10 files (downloaded when asked and the
+  network allows).
+- imagefolder: a folder or .zip holding train/<class>/* and test/<class>/*.
+"""
+from __future__ import annotations
+
+import io as _io
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from . import __version__
+from .config import ConfigError, base_artifact, dataset_id
+from .io import save_npz
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file or folder and what was expected."""
+
+
+# ----------------------------------------------------------------------------
+# sources
+
+def load_digits(test_fraction: float, seed: int):
+    from sklearn.datasets import load_digits as _load
+    from sklearn.model_selection import train_test_split
+
+    d = _load()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
+    tr, te = np.sort(tr), np.sort(te)
+    classes = [str(c) for c in d.target_names]
+    prov = {"source": "digits", "origin": "sklearn.datasets.load_digits", "test_fraction": test_fraction}
+    return x[tr], y[tr], x[te], y[te], classes, prov
+
+
+def load_cifar10(root, download: bool):
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root or "data/cifar10")
+    where = root / CIFAR10.base_folder
+    try:
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(
+            f"dataset.root: CIFAR-10 not found or corrupted at {where} ({exc}). Put the official "
+            f"python version (the folder cifar-10-batches-py from cifar-10-python.tar.gz) under {root}, "
+            "or set dataset.download: true on a machine with network access. "
+            "An image-folder copy (train/<class>/*.jpg) is read with dataset.source: imagefolder.") from None
+    except OSError as exc:  # download attempted but the network is unreachable
+        raise DataError(f"dataset.download: could not download CIFAR-10 into {root} ({exc}); "
+                        f"put cifar-10-batches-py under {root} by hand") from None
+
+    def arrays(ds):
+        return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
+
+    xtr, ytr = arrays(train)
+    xte, yte = arrays(test)
+    prov = {"source": "cifar10", "origin": "torchvision.datasets.CIFAR10", "root": str(root)}
+    return xtr, ytr, xte, yte, list(train.classes), prov
+
+
+class _Tree:
+    """Read-only view of train/<class>/* and test/<class>/* in a folder or a zip."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.zip = None
+        if self.root.is_file():
+            try:
+                self.zip = zipfile.ZipFile(self.root)
+            except zipfile.BadZipFile:
+                raise DataError(f"dataset.root: {self.root} is a file but not a zip archive "
+                                "(expected a folder or .zip with train/<class>/* and test/<class>/*)") from None
+            names = [n for n in self.zip.namelist() if not n.endswith("/")]
+            # allow one top-level folder around train/ and test/
+            prefix = ""
+            if not any(n.startswith(("train/", "test/")) for n in names):
+                tops = {n.split("/", 1)[0] for n in names if "/" in n}
+                for top in sorted(tops):
+                    if any(n.startswith(f"{top}/train/") for n in names):
+                        prefix = top + "/"
+                        break
+            self.files = {}
+            for n in names:
+                if not n.startswith(prefix):
+                    continue
+                rel = PurePosixPath(n[len(prefix):])
+                if len(rel.parts) == 3 and not rel.name.startswith("."):
+                    self.files.setdefault(rel.parts[0], {}).setdefault(rel.parts[1], []).append(n)
+        elif self.root.is_dir():
+            self.files = {}
+            for split in ("train", "test"):
+                sdir = self.root / split
+                if not sdir.is_dir():
+                    continue
+                self.files[split] = {}
+                for cdir in sorted(p for p in sdir.iterdir() if p.is_dir()):
+                    self.files[split][cdir.name] = [str(p) for p in cdir.iterdir()
+                                                    if p.is_file() and not p.name.startswith(".")]
+        else:
+            raise DataError(f"dataset.root: {self.root} does not exist "
+                            "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
+
+    def read(self, name: str) -> bytes:
+        if self.zip is not None:
+            return self.zip.read(name)
+        return Path(name).read_bytes()
+
+    def where(self, name: str) -> str:
+        return f"{self.root}:{name}" if self.zip is not None else name
+
+
+def _decode(tree: _Tree, name: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(_io.BytesIO(tree.read(name))) as im:
+            im.load()
+            if im.mode in ("L", "1", "I", "I;16", "F"):
+                im = im.convert("L")
+            elif im.mode != "RGB":
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{tree.where(name)}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_imagefolder(root):
+    tree = _Tree(root)
+    for split in ("train", "test"):
+        if not tree.files.get(split):
+            raise DataError(f"dataset.root: {root} has no {split}/<class>/ folders with images "
+                            "(expected train/<class>/* and test/<class>/*)")
+    classes = sorted(tree.files["train"])
+    test_classes = sorted(tree.files["test"])
+    if not set(test_classes) <= set(classes):
+        extra = sorted(set(test_classes) - set(classes))
+        raise DataError(f"dataset.root: {root}: test classes {extra} have no train folder")
+    for split in ("train", "test"):
+        for c, files in tree.files[split].items():
+            if not files:
+                raise DataError(f"dataset.root: {root}: {split}/{c}/ is empty (every class folder needs images)")
+
+    out = {}
+    for split in ("train", "test"):
+        items = [(name, classes.index(c)) for c in sorted(tree.files[split]) for name in sorted(tree.files[split][c])]
+        for name, _ in items:
+            if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{tree.where(name)}: not an image file (expected one of "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        if tree.zip is not None:  # a ZipFile is not safe to share between threads
+            images = [_decode(tree, name) for name, _ in items]
+        else:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                images = list(pool.map(lambda it: _decode(tree, it[0]), items))
+        shapes = {}
+        for (name, _), im in zip(items, images):
+            shapes.setdefault(im.shape, name)
+        if len(shapes) > 1:
+            desc = "; ".join(f"{tuple(s)} e.g. {tree.where(n)}" for s, n in shapes.items())
+            raise DataError(f"dataset.root: {root}: images of different sizes or channels in {split}/ ({desc}); "
+                            "all images must share one size")
+        out[split] = (np.stack(images), np.array([y for _, y in items], dtype=np.int64))
+    if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
+        raise DataError(f"dataset.root: {root}: train images are {out['train'][0].shape[1:]} "
+                        f"but test images are {out['test'][0].shape[1:]}")
+    prov = {"source": "imagefolder", "root": str(Path(root).resolve())}
+    return out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes, prov
+
+
+# ----------------------------------------------------------------------------
+# subsets and the stage
+
+def balanced_subset(y: np.ndarray, n: int, num_classes: int, rng: np.random.Generator, split: str) -> np.ndarray:
+    """Indices of a seeded class-balanced subset of size n (sorted)."""
+    if n > len(y):
+        raise DataError(f"dataset.{split}_size: {n} is larger than the {split} split ({len(y)} images)")
+    per = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
+    picked = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(y == c)
+        if len(pool) < per[c]:
+            raise DataError(f"dataset.{split}_size: {n} needs {per[c]} images of class {c} "
+                            f"but the {split} split has {len(pool)}")
+        picked.append(rng.choice(pool, size=per[c], replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def prepare(cfg: dict) -> Path:
+    ds = cfg["dataset"]
+    if ds["source"] == "digits":
+        xtr, ytr, xte, yte, classes, prov = load_digits(ds["test_fraction"], ds["seed"])
+    elif ds["source"] == "cifar10":
+        xtr, ytr, xte, yte, classes, prov = load_cifar10(ds["root"], ds["download"])
+    elif ds["source"] == "imagefolder":
+        xtr, ytr, xte, yte, classes, prov = load_imagefolder(ds["root"])
+    else:  # the schema already refuses this
+        raise ConfigError(f"dataset.source: {ds['source']!r} is unknown (allowed: digits, cifar10, imagefolder)")
+
+    rng = np.random.default_rng([ds["seed"], 1])
+    if ds["train_size"]:
+        i = balanced_subset(ytr, ds["train_size"], len(classes), rng, "train")
+        xtr, ytr = xtr[i], ytr[i]
+    if ds["test_size"]:
+        i = balanced_subset(yte, ds["test_size"], len(classes), rng, "test")
+        xte, yte = xte[i], yte[i]
+
+    crop = cfg["preprocess"]["crop"]
+    if crop and crop > min(xtr.shape[2:]):
+        raise ConfigError(f"preprocess.crop: {crop} is larger than the images ({xtr.shape[2]}x{xtr.shape[3]})")
+
+    prov.update(train_size=int(len(ytr)), test_size=int(len(yte)), seed=ds["seed"], version=__version__)
+    meta = {"kind": "base", "dataset": dataset_id(cfg), "classes": classes,
+            "shape": list(xtr.shape[1:]), "provenance": prov}
+    out = base_artifact(cfg)
+    save_npz(out, meta, x_train=np.ascontiguousarray(xtr), y_train=ytr, x_test=np.ascontiguousarray(xte), y_test=yte)
+    return out

@@ -1,0 +1,106 @@
+"""dvc.yaml, generated from a params file so DVC runs exactly the grid Snakemake runs.
+
+DVC cannot expand the grid itself, so `python -m rethinking dvc` writes the
+stages out: check -> prepare -> corrupt@<corruption> -> train@<run> ->
+aggregate -> figures, each calling the same command as the Snakemake rule of
+the same name. The first stage, `check`, depends on the params file and on
+dvc.yaml; when an edit of the params makes dvc.yaml stale, it stops
+`dvc repro` with the command that refreshes it, before any other stage runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .aggregate import TABLES, tables_dir
+from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, load,
+                     run_dir)
+from .figures import FIGURES, figures_dir
+from .io import write_text
+
+PKG = "workflow/rethinking"
+RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")
+
+
+def stage_key(run_id: str) -> str:
+    """A DVC foreach key for a run id (DVC stage names cannot hold '/')."""
+    return run_id.replace("/", "__")
+
+
+def grid_stamp(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / "dvc-grid.txt"
+
+
+def _out(path) -> dict:
+    return {str(path): {"cache": False}}
+
+
+def generate(params_path: str) -> str:
+    cfg = load(params_path)
+    runs = expand_runs(cfg)
+    prm = str(params_path)
+    stamp = grid_stamp(cfg)
+    stages = {
+        "check": {
+            "cmd": f"python -m rethinking dvc --params {prm} --check",
+            "deps": [prm, "dvc.yaml"],
+            "outs": [_out(stamp)],
+        },
+        "prepare": {
+            "cmd": f"python -m rethinking prepare --params {prm}",
+            "deps": [str(stamp), f"{PKG}/data.py"],
+            "params": [{prm: ["dataset", "preprocess"]}],
+            "outs": [_out(base_artifact(cfg))],
+        },
+        "corrupt": {
+            "foreach": {c.id: {"out": str(corrupted_artifact(cfg, c))} for c in corruptions_of(runs)},
+            "do": {
+                "cmd": f"python -m rethinking corrupt --params {prm} --corruption ${{key}}",
+                "deps": [str(base_artifact(cfg)), f"{PKG}/corrupt.py"],
+                "outs": [{"${item.out}": {"cache": False}}],
+            },
+        },
+        "train": {
+            "foreach": {stage_key(r.id): {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
+                                          "dir": str(run_dir(cfg, r))} for r in runs},
+            "do": {
+                "cmd": f"python -m rethinking train --params {prm} --run ${{item.run}}",
+                "deps": ["${item.data}", f"{PKG}/train.py", f"{PKG}/models.py", f"{PKG}/preprocess.py"],
+                "params": [{prm: ["training", "preprocess"]}],
+                "outs": [{f"${{item.dir}}/{f}": {"cache": False}} for f in RUN_FILES],
+            },
+        },
+        "aggregate": {
+            "cmd": f"python -m rethinking aggregate --params {prm}",
+            "deps": [str(run_dir(cfg, r) / f) for r in runs for f in ("summary.json", "steps.csv")]
+            + [f"{PKG}/aggregate.py"],
+            "outs": [_out(tables_dir(cfg) / t) for t in TABLES],
+        },
+        "figures": {
+            "cmd": f"python -m rethinking figures --params {prm}",
+            "deps": [str(tables_dir(cfg) / "convergence.csv"), str(tables_dir(cfg) / "loss_curves.csv"),
+                     f"{PKG}/figures.py"],
+            "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in FIGURES for ext in ("png", "pdf")],
+        },
+    }
+    header = (f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"
+              f"# edit {prm} and rerun that command (the stage `check` stops `dvc repro` when this is stale).\n")
+    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+
+
+def write(params_path: str, output: str = "dvc.yaml") -> str:
+    write_text(output, generate(params_path))
+    return output
+
+
+def check(params_path: str, output: str = "dvc.yaml") -> None:
+    expected = generate(params_path)
+    current = Path(output).read_text() if Path(output).is_file() else ""
+    if current != expected:
+        raise ConfigError(
+            f"{output} is stale: it no longer matches {params_path}. Refresh it with\n"
+            f"    python -m rethinking dvc --params {params_path} --output {output}\n"
+            f"then run `dvc repro` again.")
+    cfg = load(params_path)
+    write_text(grid_stamp(cfg), "".join(f"{r.id}\n" for r in expand_runs(cfg)))

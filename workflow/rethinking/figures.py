@@ -1,0 +1,125 @@
+"""Stage `figures`: tables -> the paper's Figure 1 (seaborn), PNG and PDF.
+
+- fig1a: average training loss against thousand steps, one line per corruption
+  (true labels, random labels, shuffled pixels, random pixels, Gaussian), one
+  panel per model.
+- fig1b: time to overfit (steps to 100% training accuracy) relative to the
+  true-label run of the same model, against label corruption.
+- fig1c: test error at convergence against label corruption.
+Runs that did not fit within the epoch limit are drawn as open markers at the
+step they stopped (a lower bound), never silently averaged in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .aggregate import tables_dir  # noqa: E402
+from .io import atomic_path  # noqa: E402
+
+FIGURES = ("fig1a", "fig1b", "fig1c")
+CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
+CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
+                    "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
+MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
+               "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512"}
+
+
+def figures_dir(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / "figures"
+
+
+def _save(fig, base: Path) -> None:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        with atomic_path(base.with_suffix(f".{ext}")) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=_metadata(ext))
+    plt.close(fig)
+
+
+def _metadata(ext):  # no timestamps: the same tables give the same files
+    return {"CreationDate": None} if ext == "pdf" else {"Software": None}
+
+
+def _empty(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def fig1a(curves: pd.DataFrame):
+    kinds = [c for c in CORRUPTION_ORDER if c in set(curves["corruption"])]
+    models = [m for m in curves["model"].unique() if curves[curves["model"] == m]["corruption"].nunique() > 1] \
+        or list(curves["model"].unique())
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4.2 * max(len(models), 1), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        d = curves[(curves["model"] == model) & curves["corruption"].isin(kinds)].copy()
+        d["thousand steps"] = d["step"] / 1000.0
+        d["corruption"] = d["corruption"].map(CORRUPTION_LABEL)
+        sns.lineplot(data=d, x="thousand steps", y="train_loss", hue="corruption",
+                     hue_order=[CORRUPTION_LABEL[k] for k in kinds], errorbar=("ci", 95), ax=ax, linewidth=1.2)
+        ax.set_title(MODEL_LABEL.get(model, model))
+        ax.set_ylabel("average loss")
+        ax.set_ylim(bottom=0)
+    if not models:
+        _empty(axes[0][0], "no runs without regularizers")
+    fig.suptitle("(a) learning curves", y=1.02)
+    return fig
+
+
+def _label_runs(conv: pd.DataFrame) -> pd.DataFrame:
+    d = conv[conv["label_level"].notna()].copy()
+    d["model"] = d["model"].map(lambda m: MODEL_LABEL.get(m, m))
+    d["fitted"] = d["status"] == "fitted"
+    return d
+
+
+def fig1b(conv: pd.DataFrame):
+    d = _label_runs(conv)
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    ok = d[d["fitted"] & d["relative_steps"].notna()]
+    if len(d):
+        sns.lineplot(data=ok, x="label_level", y="relative_steps", hue="model", marker="o", errorbar=("ci", 95), ax=ax)
+        bad = d[~d["fitted"]]
+        if len(bad):
+            ax.scatter(bad["label_level"], [ax.get_ylim()[1]] * len(bad), marker="^", facecolors="none",
+                       edgecolors="black", label="not fitted (epoch limit)")
+            ax.legend()
+        ax.set_xlabel("label corruption")
+        ax.set_ylabel("time to overfit (relative)")
+        ax.set_xlim(-0.02, 1.02)
+    else:
+        _empty(ax, "no label-corruption runs")
+    ax.set_title("(b) convergence slowdown")
+    return fig
+
+
+def fig1c(conv: pd.DataFrame):
+    d = _label_runs(conv)
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    if len(d):
+        sns.lineplot(data=d, x="label_level", y="test_error", hue="model", marker="o", errorbar=("ci", 95), ax=ax)
+        ax.set_xlabel("label corruption")
+        ax.set_ylabel("test error (%)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(0, 100)
+    else:
+        _empty(ax, "no label-corruption runs")
+    ax.set_title("(c) generalization error growth")
+    return fig
+
+
+def figures(cfg: dict) -> Path:
+    sns.set_theme(context="paper", style="whitegrid")
+    tables, out = tables_dir(cfg), figures_dir(cfg)
+    curves = pd.read_csv(tables / "loss_curves.csv")
+    conv = pd.read_csv(tables / "convergence.csv")
+    _save(fig1a(curves), out / "fig1a")
+    _save(fig1b(conv), out / "fig1b")
+    _save(fig1c(conv), out / "fig1c")
+    return out
