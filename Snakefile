@@ -7,11 +7,12 @@
 # Thin on purpose: load and validate the params file, then include one rule
 # file per stage. Every rule calls one command of the package (python -m
 # rethinking <stage>), the same command the DVC stage of the same name calls.
+import re
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from rethinking import config as rc
-from rethinking import train as rc_train
 
 min_version("9.0")
 
@@ -23,10 +24,17 @@ if workflow.config_settings.config:
 PARAMS = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
 try:
     CFG = rc.load(PARAMS)
+    if not workflow.dryrun:
+        rc.check_data(CFG, PARAMS)
 except rc.ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
 RUNS = rc.expand_runs(CFG)
 RESULTS = CFG["results_dir"]
+
+
+wildcard_constraints:
+    run="|".join(re.escape(r.id) for r in RUNS) or "no-runs",
+    corruption="|".join(re.escape(c.id) for c in rc.corruptions_of(RUNS)) or "no-corruptions",
 
 
 include: "workflow/rules/common.smk"

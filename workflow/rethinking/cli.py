@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, Corruption, corruptions_of, expand_runs, find_run, load
+from .config import ConfigError, check_data, Corruption, corruptions_of, expand_runs, find_run, load
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -20,7 +20,9 @@ def _params_arg(p):
 
 def cmd_prepare(args):
     from .data import prepare
-    print(prepare(load(args.params)))
+    cfg = load(args.params)
+    check_data(cfg, args.params)
+    print(prepare(cfg))
 
 
 def cmd_corrupt(args):

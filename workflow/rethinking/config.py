@@ -107,17 +107,6 @@ def validate(raw, source: str = "params") -> dict:
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
-    ds = cfg["dataset"]
-    if ds["source"] == "imagefolder":
-        if not ds["root"]:
-            raise ConfigError(f"{source}: dataset.root: required for source imagefolder "
-                              "(a folder or .zip with train/<class>/* and test/<class>/*)")
-        if not Path(ds["root"]).exists():
-            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
-                              "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
-    if ds["source"] == "cifar10" and ds["root"] and not ds["download"] and not Path(ds["root"]).exists():
-        raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist (expected the folder holding "
-                          "cifar-10-batches-py, or set dataset.download: true)")
     names = set()
     for i, group in enumerate(cfg["grid"]):
         where = f"grid[{i}]"
@@ -133,6 +122,23 @@ def _check_semantics(cfg: dict, source: str) -> None:
             parts = r.replace("+", "-").split("-")
             if len(set(parts)) != len(parts):
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
+
+
+def check_data(cfg: dict, source: str = "params") -> None:
+    """The data paths exist (not checked by load, so a dry run can list a grid whose data is elsewhere)."""
+    ds = cfg["dataset"]
+    if ds["source"] == "imagefolder":
+        if not ds["root"]:
+            raise ConfigError(f"{source}: dataset.root: required for source imagefolder "
+                              "(a folder or .zip with train/<class>/* and test/<class>/*)")
+        if not Path(ds["root"]).exists():
+            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
+                              "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
+    if ds["source"] == "cifar10" and not ds["download"]:
+        root = Path(ds["root"] or "data/cifar10")
+        if not (root / "cifar-10-batches-py").is_dir():
+            raise ConfigError(f"{source}: dataset.root: {str(root)!r} holds no cifar-10-batches-py folder "
+                              "(put the official python version of CIFAR-10 there, or set dataset.download: true)")
 
 
 def load(path) -> dict:

@@ -3,8 +3,8 @@
 DVC cannot expand the grid itself, so `python -m rethinking dvc` writes the
 stages out: check -> prepare -> corrupt@<corruption> -> train@<run> ->
 aggregate -> figures, each calling the same command as the Snakemake rule of
-the same name. The first stage, `check`, depends on the params file and on
-dvc.yaml; when an edit of the params makes dvc.yaml stale, it stops
+the same name. The first stage, `check`, runs on every `dvc repro` (DVC does not let a stage
+depend on dvc.yaml) and compares dvc.yaml with what the params file gives; when an edit of the params makes dvc.yaml stale, it stops
 `dvc repro` with the command that refreshes it, before any other stage runs.
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ def generate(params_path: str) -> str:
     stages = {
         "check": {
             "cmd": f"python -m rethinking dvc --params {prm} --check",
-            "deps": [prm, "dvc.yaml"],
+            "deps": [prm],
             "outs": [_out(stamp)],
+            "always_changed": True,
         },
         "prepare": {
             "cmd": f"python -m rethinking prepare --params {prm}",

@@ -132,19 +132,22 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     # --- resume
     epoch, step, elapsed = 0, 0, 0.0
     epochs_rows, steps_rows, first_fit, status = [], [], None, "max_epochs"
+    resumed = False
     ckpt_path = out / CHECKPOINT
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["fingerprint"] == fingerprint:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            gen.set_state(ck["generator"].to("cpu") if device.type == "cpu" else ck["generator"].cpu())
+            gen.set_state(ck["generator"])
             torch.set_rng_state(ck["torch_rng"])
             if device.type == "cuda" and ck.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ck["cuda_rng"])
             epoch, step, elapsed = ck["epoch"], ck["step"], ck["elapsed"]
             epochs_rows, steps_rows = ck["epochs"], ck["steps"]
+            status, first_fit = ck["status"], ck["first_fit"]
+            resumed = True
             log(f"{run.id}: resuming after epoch {epoch} (step {step})")
         else:
             log(f"{run.id}: checkpoint was made with other settings; starting over")
@@ -153,14 +156,15 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     bs, log_every = settings["batch_size"], settings["log_every"]
     bar = _progress(settings["max_epochs"], epoch, run.id)
     start = time.perf_counter() - elapsed
+    # training loss summed since the last steps.csv row, kept on the device (restored on resume)
+    loss_sum = torch.tensor(float(ck["loss_sum"]) if resumed else 0.0, device=device)
 
-    while epoch < settings["max_epochs"]:
+    while epoch < settings["max_epochs"] and status == "max_epochs":
         lr = learning_rate(epoch, settings["lr"], settings["lr_decay"], settings["lr_decay_images"], n_train)
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
         perm = torch.randperm(n_train, device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for i in range(steps_per_epoch):
@@ -179,7 +183,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
             loss_sum += loss.detach()
             correct_sum += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
-            if step % log_every == 0:
+            if step % log_every == 0:  # the only host sync inside an epoch
                 steps_rows.append({"step": step, "epoch": epoch + 1, "train_loss": float(loss_sum) / log_every})
                 loss_sum.zero_()
         epoch += 1
@@ -199,16 +203,12 @@ def train(cfg: dict, run: Run, log=print) -> Path:
         else:
             log(line)
 
-        if not (math.isfinite(train_loss) and all(math.isfinite(r["train_loss"]) for r in steps_rows[-steps_per_epoch:])):
+        if not math.isfinite(train_loss):
             status = "diverged"
-            break
-        done = fitted(train_correct, n_train)
-        if done:
+        elif fitted(train_correct, n_train):
             first_fit, status = step, "fitted"
         _checkpoint(ckpt_path, model, opt, gen, fingerprint, epoch, step, time.perf_counter() - start,
-                    epochs_rows, steps_rows, device)
-        if done:
-            break
+                    epochs_rows, steps_rows, status, first_fit, float(loss_sum), device)
     if bar is not None:
         bar.close()
 
@@ -245,12 +245,14 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
-def _checkpoint(path, model, opt, gen, fingerprint, epoch, step, elapsed, epochs_rows, steps_rows, device):
+def _checkpoint(path, model, opt, gen, fingerprint, epoch, step, elapsed, epochs_rows, steps_rows, status, first_fit,
+                loss_sum, device):
     state = {
         "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "epoch": epoch, "step": step, "elapsed": elapsed, "epochs": epochs_rows, "steps": steps_rows,
+        "status": status, "first_fit": first_fit, "loss_sum": loss_sum,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -9,10 +9,14 @@ rule aggregate:
         code=f"{PKG}/aggregate.py",
     output:
         [f"{RESULTS}/tables/{t}" for t in TABLES],
+    params:
+        file=PARAMS,
     log:
         f"{RESULTS}/logs/aggregate.log",
+    conda:
+        "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking aggregate --params {PARAMS} > {log} 2>&1"
+        "python -m rethinking aggregate --params {params.file} > {log} 2>&1"
 
 
 rule figures:
@@ -22,7 +26,11 @@ rule figures:
         code=f"{PKG}/figures.py",
     output:
         [f"{RESULTS}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")],
+    params:
+        file=PARAMS,
     log:
         f"{RESULTS}/logs/figures.log",
+    conda:
+        "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking figures --params {PARAMS} > {log} 2>&1"
+        "python -m rethinking figures --params {params.file} > {log} 2>&1"

@@ -1,11 +1,7 @@
-# Shared helpers of the rule files: paths and settings come from the package.
+# Shared helpers of the Snakemake files; paths and settings come from the package.
 import json
-import re
 
-
-wildcard_constraints:
-    run="|".join(re.escape(r.id) for r in RUNS) or "no-runs",
-    corruption="|".join(re.escape(c.id) for c in rc.corruptions_of(RUNS)) or "no-corruptions",
+from rethinking.train import run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}
@@ -19,3 +15,8 @@ def settings_json(*keys):
 
 def gpus_per_run():
     return 0 if CFG["training"]["device"] == "cpu" else 1
+
+
+def run_settings_json(wildcards):
+    """A run's own settings: an edit reruns only the runs it changes."""
+    return json.dumps(run_settings(CFG, RUN_BY_ID[wildcards.run]), sort_keys=True)

@@ -2,13 +2,16 @@ rule prepare:
     output:
         rc.base_artifact(CFG),
     params:
+        file=PARAMS,
         settings=settings_json("dataset", "preprocess"),
     input:
         code=f"{PKG}/data.py",
     log:
         f"{RESULTS}/logs/prepare.log",
+    conda:
+        "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking prepare --params {PARAMS} > {log} 2>&1"
+        "python -m rethinking prepare --params {params.file} > {log} 2>&1"
 
 
 rule corrupt:
@@ -17,7 +20,11 @@ rule corrupt:
         code=f"{PKG}/corrupt.py",
     output:
         f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
+    params:
+        file=PARAMS,
     log:
         f"{RESULTS}/logs/corrupt/{{corruption}}.log",
+    conda:
+        "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking corrupt --params {PARAMS} --corruption {wildcards.corruption} > {log} 2>&1"
+        "python -m rethinking corrupt --params {params.file} --corruption {wildcards.corruption} > {log} 2>&1"

@@ -7,11 +7,14 @@ rule train:
         epochs=f"{RESULTS}/runs/{{run}}/epochs.csv",
         steps=f"{RESULTS}/runs/{{run}}/steps.csv",
     params:
-        settings=lambda wc: json.dumps(rc_train.run_settings(CFG, RUN_BY_ID[wc.run]), sort_keys=True),
+        file=PARAMS,
+        settings=run_settings_json,
     threads: CFG["training"]["threads"]
     resources:
         gpu=gpus_per_run(),
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
+    conda:
+        "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking train --params {PARAMS} --run {wildcards.run} > {log} 2>&1"
+        "python -m rethinking train --params {params.file} --run {wildcards.run} > {log} 2>&1"

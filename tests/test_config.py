@@ -1,0 +1,132 @@
+"""Params: validation with clear errors, the grid expansion and run identities."""
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli, tree_files
+from rethinking import config as rc
+
+BASE = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+
+
+def cfg_with(**changes):
+    raw = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+        node[last] = value
+    return raw
+
+
+def test_every_config_file_is_valid():
+    for path in [REPO / "params.yaml", *sorted((REPO / "config").glob("*.yaml"))]:
+        cfg = rc.load(path)
+        assert rc.expand_runs(cfg), path
+
+
+def test_defaults_filled_and_runs_deduplicated():
+    cfg = rc.validate(BASE)
+    assert cfg["training"]["momentum"] == 0.9
+    runs = rc.expand_runs(cfg)
+    ids = [r.id for r in runs]
+    assert len(ids) == len(set(ids))
+    # fig1a's true and random labels are fig1bc's levels 0 and 1: trained once
+    assert "digits-train100-test50/true-labels/mlp_1x512/none/seed0" in ids
+    assert "digits-train100-test50/random-labels/mlp_1x512/none/seed0" in ids
+    assert "digits-train100-test50/labels-0.5/mlp_1x512/none/seed0" in ids
+    assert len(ids) == 7
+
+
+def test_run_ids_round_trip():
+    for run in rc.expand_runs(rc.load(REPO / "config" / "paper-cifar10.yaml")):
+        assert rc.Run.parse(run.id) == run
+
+
+def test_seeds_multiply_runs():
+    one = rc.expand_runs(rc.validate(BASE))
+    three = rc.expand_runs(rc.validate(cfg_with(seeds=[0, 1, 2])))
+    assert len(three) == 3 * len(one)
+
+
+def test_regularizer_names_are_canonical():
+    assert rc.regularizer_id("wd+crop") == "crop-wd"
+    assert rc.regularizer_id("dropout-crop") == "crop-dropout"
+    assert rc.regularizer_id("none") == "none"
+
+
+@pytest.mark.parametrize("changes, key, allowed", [
+    ({"grid__0__models": ["resnet"]}, "grid[0].models[0]", "mlp_1x512"),
+    ({"grid__0__corruptions": ["blur"]}, "grid[0].corruptions[0]", "random_labels"),
+    ({"dataset__source": "mnist"}, "dataset.source", "imagefolder"),
+    ({"grid__1__levels": [0.2, 1.5]}, "grid[1].levels[1]", "maximum"),
+    ({"grid__1__levels": [-0.1]}, "grid[1].levels[0]", "minimum"),
+    ({"training__batch_size": "big"}, "training.batch_size", "integer"),
+    ({"training__bacth_size": 3}, "training", "batch_size"),
+    ({"seeds": []}, "seeds", "non-empty"),
+    ({"grid__0__regularizers": ["crop+crop"]}, "grid[0].regularizers", "twice"),
+])
+def test_bad_params_name_key_value_and_allowed(changes, key, allowed):
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg_with(**changes), "p.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"p.yaml: {key}"), msg
+    assert allowed in msg, msg
+
+
+def test_labels_need_levels():
+    raw = cfg_with()
+    del raw["grid"][1]["levels"]
+    with pytest.raises(rc.ConfigError, match=r"grid\[1\]\.levels: required"):
+        rc.validate(raw)
+
+
+GRID = "grid:\n  - {name: a, models: [mlp_1x512], corruptions: [true_labels]}\n"
+BAD_STRUCTURE = [
+    ("grid:\n  - {name: a, models: [resnet18], corruptions: [true_labels]}\n", "resnet18"),
+    ("grid:\n  - {name: a, models: [mlp_1x512], corruptions: [labels], levels: [2]}\n", "levels"),
+    ("grid: [\n", "not valid YAML"),
+]
+BAD_DATA = [
+    ("dataset: {source: imagefolder, root: /nonexistent/folder}\n" + GRID, "/nonexistent/folder"),
+    ("dataset: {source: imagefolder}\n" + GRID, "dataset.root"),
+    ("dataset: {source: cifar10, root: /nonexistent/c10}\n" + GRID, "cifar-10-batches-py"),
+]
+
+
+def _bad_run(tmp_path, command, text):
+    (tmp_path / "bad.yaml").write_text(text)
+    return run_cli(command, "--params", "bad.yaml", cwd=tmp_path)
+
+
+@pytest.mark.parametrize("text, needle", BAD_STRUCTURE + BAD_DATA)
+def test_prepare_bad_input_exits_cleanly_and_writes_nothing(tmp_path, text, needle):
+    proc = _bad_run(tmp_path, "prepare", text)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert tree_files(tmp_path / "results") == []
+
+
+@pytest.mark.parametrize("text, needle", BAD_STRUCTURE)
+def test_runs_bad_params_exit_cleanly(tmp_path, text, needle):
+    proc = _bad_run(tmp_path, "runs", text)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text, needle", BAD_DATA)
+def test_listing_runs_needs_no_data(tmp_path, text, needle):
+    assert _bad_run(tmp_path, "runs", text).returncode == 0
+
+
+def test_cli_missing_params_file(tmp_path):
+    proc = run_cli("runs", "--params", "nope.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "nope.yaml: no such params file" in proc.stderr
+
+
+def test_train_rejects_a_run_outside_the_grid(tmp_path):
+    proc = run_cli("train", "--params", REPO / "config" / "tiny.yaml",
+                   "--run", "digits/true-labels/resnet/none/seed0", cwd=tmp_path)
+    assert proc.returncode == 2 and "not in this config's grid" in proc.stderr
+    assert tree_files(tmp_path / "results") == []

@@ -1,0 +1,120 @@
+"""Snakemake and DVC: the same stages, the same runs, the same outputs; a stale dvc.yaml stops dvc repro."""
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, run_cli, tree_files
+from rethinking import config as rc
+from rethinking.dvcgen import generate, stage_key
+
+CONFIGS = [REPO / "params.yaml", *sorted((REPO / "config").glob("*.yaml"))]
+
+
+def sh(cmd, cwd, timeout=900, check=True):
+    proc = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def expected_runs(path):
+    proc = run_cli("runs", "--params", path, cwd=REPO, check=True)
+    return proc.stdout.split()
+
+
+def test_committed_dvc_yaml_is_current():
+    assert (REPO / "dvc.yaml").read_text() == generate("params.yaml"), \
+        "dvc.yaml is stale: run `python -m rethinking dvc --params params.yaml`"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_snakemake_dry_run_lists_exactly_the_runs(path):
+    rel = path.relative_to(REPO)
+    proc = sh(f"snakemake -n -F --nolock --configfile {rel}", REPO)
+    train_runs = re.findall(r"^\s*wildcards: run=(\S+)$", proc.stdout, flags=re.M)
+    assert sorted(train_runs) == sorted(expected_runs(rel))
+    assert len(train_runs) == len(set(train_runs))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
+    rel = path.relative_to(REPO)
+    (tmp_path / "dvc.yaml").write_text(generate(str(path)))
+    sh("dvc init --no-scm -q", tmp_path)
+    proc = sh("dvc stage list", tmp_path)
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    train = sorted(n.split("@", 1)[1] for n in names if n.startswith("train@"))
+    assert train == sorted(stage_key(r) for r in expected_runs(rel))
+    assert {"check", "prepare", "aggregate", "figures"} <= set(names)
+
+
+@pytest.fixture(scope="module")
+def snakemake_tiny(tmp_path_factory):
+    from conftest import PROJECT_FILES
+    dst = tmp_path_factory.mktemp("smk")
+    for name in PROJECT_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / name)
+    sh("snakemake --cores 2 --configfile config/tiny.yaml", dst)
+    return dst
+
+
+def _outputs(root):
+    files = tree_files(root / "results")
+    return [f for f in files if f.startswith(("tables/", "figures/", "runs/", "data/"))]
+
+
+def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
+    files = _outputs(snakemake_tiny)
+    for name in ["tables/table1.csv", "tables/table1.md", "tables/convergence.csv", "tables/runs.csv",
+                 "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf"]:
+        assert name in files
+    runs = pd.read_csv(snakemake_tiny / "results/tables/runs.csv")
+    assert len(runs) == len(expected_runs("config/tiny.yaml"))
+    t1 = pd.read_csv(snakemake_tiny / "results/tables/table1.csv")
+    assert {"model", "labels", "train_acc", "test_acc"} <= set(t1.columns)
+    assert set(t1["labels"]) == {"true", "random"}
+    # nothing left to do, and a params change reruns only what it touches
+    again = sh("snakemake --cores 2 --configfile config/tiny.yaml -n", snakemake_tiny)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
+    sh("git init -q && dvc init -q && python -m rethinking dvc --params config/tiny.yaml", project)
+    sh("dvc repro", project)
+    assert _outputs(project) == _outputs(snakemake_tiny)
+    for table in ("table1.csv", "convergence.csv"):
+        a = pd.read_csv(project / "results/tables" / table)
+        b = pd.read_csv(snakemake_tiny / "results/tables" / table)
+        pd.testing.assert_frame_equal(a, b)
+    # the same corrupted artifacts, byte for byte
+    for f in _outputs(project):
+        if f.startswith("data/"):
+            assert (project / "results" / f).read_bytes() == (snakemake_tiny / "results" / f).read_bytes(), f
+    # up to date: nothing reruns but the cheap check
+    again = sh("dvc repro", project).stdout
+    assert "Running stage 'train@" not in again and "Running stage 'prepare'" not in again
+
+
+def test_stale_dvc_yaml_stops_dvc_repro(project):
+    sh("git init -q && dvc init -q && python -m rethinking dvc --params config/tiny.yaml", project)
+    cfg = yaml.safe_load((project / "config/tiny.yaml").read_text())
+    cfg["seeds"] = [0, 1]
+    (project / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+    proc = sh("dvc repro", project, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "dvc.yaml is stale" in out and "python -m rethinking dvc --params config/tiny.yaml" in out
+    assert not (project / "results/runs").exists()
+
+
+def test_snakemake_refuses_bad_params_before_any_work(project):
+    (project / "bad.yaml").write_text("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n")
+    proc = sh("snakemake --cores 1 --configfile bad.yaml", project, check=False)
+    assert proc.returncode != 0
+    assert "grid[0].models[0]" in proc.stdout + proc.stderr and "resnet" in proc.stdout + proc.stderr
+    assert tree_files(project / "results") == []

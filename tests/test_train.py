@@ -1,0 +1,120 @@
+"""Training: the schedule, the stop rule, run outputs, and resume after a kill."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO
+from rethinking import config as rc
+from rethinking import train as tr
+from rethinking.corrupt import corrupt
+from rethinking.data import prepare
+
+
+def test_learning_rate_per_epoch_and_per_images():
+    assert tr.learning_rate(0, 0.1, 0.95, None, 50_000) == pytest.approx(0.1)
+    assert tr.learning_rate(3, 0.1, 0.95, None, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    # per 50,000 images: one CIFAR-10 epoch is one decay step, 1,437 digits are 1437/50000 of one
+    assert tr.learning_rate(3, 0.1, 0.95, 50_000, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    assert tr.learning_rate(10, 0.01, 0.95, 50_000, 1437) == pytest.approx(0.01 * 0.95 ** (10 * 1437 / 50_000))
+
+
+def test_stop_rule_is_every_example():
+    assert tr.fitted(100, 100)
+    assert not tr.fitted(99, 100)
+    assert not tr.fitted(0, 0)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    cfg = rc.load(REPO / "config" / "tiny.yaml")
+    cfg["results_dir"] = str(tmp_path / "results")
+    prepare(cfg)
+    return cfg
+
+
+def _run(cfg, corruption="true-labels", model="mlp_1x512", regs="none"):
+    run = rc.Run(rc.dataset_id(cfg), rc.Corruption.parse(corruption), model, regs, 0)
+    corrupt(cfg, run.corruption)
+    return run
+
+
+def test_run_outputs(tiny):
+    run = _run(tiny)
+    out = tr.train(tiny, run, log=lambda *_: None)
+    summary = json.loads((out / "summary.json").read_text())
+    epochs = pd.read_csv(out / "epochs.csv")
+    steps = pd.read_csv(out / "steps.csv")
+    assert summary["status"] in ("fitted", "max_epochs") and summary["epochs"] == len(epochs) <= 3
+    assert summary["steps"] == 4 * len(epochs)  # 100 images at batch 25
+    assert summary["parameters"] == 49 * 512 + 512 + 512 * 10 + 10
+    assert list(epochs.columns[:4]) == ["epoch", "step", "lr", "batch_train_acc"]
+    assert {"train_loss", "train_acc", "test_loss", "test_acc", "wall_time"} <= set(epochs.columns)
+    assert list(steps["step"]) == list(range(2, summary["steps"] + 1, 2))  # every log_every=2 steps
+    assert summary["train_acc"] == pytest.approx(100 * epochs["train_acc"].iloc[-1])
+    assert (out / tr.CHECKPOINT).is_file()
+
+
+def test_fitting_stops_and_records_first_fit(tiny):
+    tiny["training"]["max_epochs"] = 60
+    run = _run(tiny)
+    summary = json.loads((tr.train(tiny, run, log=lambda *_: None) / "summary.json").read_text())
+    assert summary["status"] == "fitted" and summary["train_acc"] == 100.0
+    assert summary["step_first_fit"] == summary["steps"] and summary["epochs"] < 60
+
+
+def test_same_seed_same_metrics_on_cpu(tiny, tmp_path):
+    run = _run(tiny, "random-labels", "alexnet", "crop-wd")
+    a = pd.read_csv(tr.train(tiny, run, log=lambda *_: None) / "epochs.csv")
+    other = dict(tiny, results_dir=str(tmp_path / "again"))
+    prepare(other)
+    corrupt(other, run.corruption)
+    b = pd.read_csv(tr.train(other, run, log=lambda *_: None) / "epochs.csv")
+    cols = ["step", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_the_same_result(tiny, tmp_path, monkeypatch):
+    run = _run(tiny, "labels-0.5", "mlp_1x512", "dropout")
+    tiny["training"]["max_epochs"] = 4
+    full = json.loads((tr.train(tiny, run, log=lambda *_: None) / "summary.json").read_text())
+
+    other = dict(tiny, results_dir=str(tmp_path / "killed"))
+    prepare(other)
+    corrupt(other, run.corruption)
+    real = tr._checkpoint
+
+    def kill_after_epoch_2(path, *args, **kw):
+        real(path, *args, **kw)
+        if args[4] == 2:  # the epoch argument
+            raise Killed()
+    monkeypatch.setattr(tr, "_checkpoint", kill_after_epoch_2)
+    with pytest.raises(Killed):
+        tr.train(other, run, log=lambda *_: None)
+    assert not (rc.run_dir(other, run) / "summary.json").exists()
+    monkeypatch.setattr(tr, "_checkpoint", real)
+    lines = []
+    resumed = json.loads((tr.train(other, run, log=lines.append) / "summary.json").read_text())
+    assert any("resuming after epoch 2" in line for line in lines)
+    for key in ("steps", "epochs", "train_acc", "test_acc", "train_loss", "test_loss", "status"):
+        assert resumed[key] == full[key], key
+
+
+def test_finished_run_is_not_trained_further(tiny):
+    run = _run(tiny)
+    first = json.loads((tr.train(tiny, run, log=lambda *_: None) / "summary.json").read_text())
+    again = json.loads((tr.train(tiny, run, log=lambda *_: None) / "summary.json").read_text())
+    assert again["steps"] == first["steps"] and again["test_loss"] == first["test_loss"]
+
+
+def test_all_models_train_a_step_on_digits(tiny):
+    tiny["training"]["max_epochs"] = 1
+    for model in ("mlp_3x512", "inception", "inception_nobn"):
+        s = json.loads((tr.train(tiny, _run(tiny, model=model), log=lambda *_: None) / "summary.json").read_text())
+        assert s["epochs"] == 1 and math.isfinite(s["train_loss"])
