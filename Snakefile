@@ -16,6 +16,9 @@ from rethinking import config as rc
 
 min_version("9.0")
 
+
+report: "workflow/report/workflow.rst"
+
 # One source of truth: the params file named by --configfile (the last one
 # given), else params.yaml. The package validates it and expands the grid.
 if workflow.config_settings.config:

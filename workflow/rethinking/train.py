@@ -37,6 +37,7 @@ from .models import build_model, count_parameters, is_conv
 from .preprocess import prepare_batch
 
 CHECKPOINT = "checkpoint.pt"
+ENGINE_SOURCES = ("train.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
 
 
 def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | None, n_train: int) -> float:
@@ -134,7 +135,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     epochs_rows, steps_rows, first_fit, status = [], [], None, "max_epochs"
     resumed = False
     ckpt_path = out / CHECKPOINT
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    fingerprint = _fingerprint(settings)
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["fingerprint"] == fingerprint:
@@ -150,7 +151,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
             resumed = True
             log(f"{run.id}: resuming after epoch {epoch} (step {step})")
         else:
-            log(f"{run.id}: checkpoint was made with other settings; starting over")
+            log(f"{run.id}: checkpoint was made with other settings or code; starting over")
 
     steps_per_epoch = math.ceil(n_train / settings["batch_size"])
     bs, log_every = settings["batch_size"], settings["log_every"]
@@ -232,6 +233,14 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     log(f"{run.id}: {status} after {epoch} epochs, {step} steps; train {summary['train_acc']:.2f}% "
         f"test {summary['test_acc']:.2f}% ({elapsed:.1f} s on {summary['device']})")
     return out
+
+
+def _fingerprint(settings: dict) -> str:
+    """A checkpoint is resumed only by the same settings and the same engine code."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name in ENGINE_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
 
 
 def _frame(rows, columns=None):

@@ -25,7 +25,11 @@ rule figures:
         curves=f"{RESULTS}/tables/loss_curves.csv",
         code=f"{PKG}/figures.py",
     output:
-        [f"{RESULTS}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")],
+        [
+            report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figure 1")
+            for f in FIGURES
+        ],
+        [f"{RESULTS}/figures/{f}.pdf" for f in FIGURES],
     params:
         file=PARAMS,
     log:
