@@ -105,7 +105,6 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     if device.type == "cpu":
         torch.set_num_threads(t["threads"])
     torch.manual_seed(run.seed)
-    np.random.seed(run.seed)
 
     # --- data, resident on the device as uint8
     meta, arr = load_corrupted(cfg, run.corruption)
