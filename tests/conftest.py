@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# test this checkout's package, in this process and in every command the tests start
+sys.path.insert(0, str(REPO / "workflow"))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
 # the files a fresh clone has that the pipeline needs (results/ is never copied)
 PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "config", "workflow", "pyproject.toml"]
 

@@ -17,10 +17,12 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schem
 
 MODELS = ("mlp_1x512", "mlp_3x512", "alexnet", "inception", "inception_nobn")
 CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
-REGULARIZERS = ("crop", "wd", "dropout")  # canonical order in names
+REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
+TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr_decay", "lr_decay_images", "weight_decay", "dropout")
 
 DEFAULTS = {
     "results_dir": "results",
+    "paper_tolerance": {"train_acc": 1.0, "test_acc": 3.0},
     "seeds": [0],
     "dataset": {
         "source": "digits",
@@ -122,6 +124,18 @@ def _check_semantics(cfg: dict, source: str) -> None:
             parts = r.replace("+", "-").split("-")
             if len(set(parts)) != len(parts):
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
+            if {"crop", "augment"} <= set(parts):
+                raise ConfigError(f"{source}: {where}.regularizers: {r!r}: augment already includes the random crop")
+        if ("variant" in group) != ("training" in group):
+            raise ConfigError(f"{source}: {where}: 'variant' and 'training' go together "
+                              "(a variant names the training overrides of its group)")
+    variants = {}
+    for i, group in enumerate(cfg["grid"]):
+        if "variant" in group:
+            seen = variants.setdefault(group["variant"], group["training"])
+            if seen != group["training"]:
+                raise ConfigError(f"{source}: grid[{i}].training: variant {group['variant']!r} is given different "
+                                  "overrides in two groups; use one variant name per set of overrides")
 
 
 def check_data(cfg: dict, source: str = "params") -> None:
@@ -231,10 +245,12 @@ class Run:
     model: str
     regularizers: str   # canonical id: none, crop, wd, crop-wd, ...
     seed: int
+    variant: str = ""   # names a group's training overrides ("" = params' training as is)
 
     @property
     def id(self) -> str:
-        return f"{self.dataset}/{self.corruption.id}/{self.model}/{self.regularizers}/seed{self.seed}"
+        regs = f"{self.regularizers}_{self.variant}" if self.variant else self.regularizers
+        return f"{self.dataset}/{self.corruption.id}/{self.model}/{regs}/seed{self.seed}"
 
     @property
     def regs(self) -> frozenset:
@@ -245,7 +261,8 @@ class Run:
         parts = run_id.strip("/").split("/")
         if len(parts) != 5 or not parts[4].startswith("seed"):
             raise ConfigError(f"run: {run_id!r} is not a run id (expected dataset/corruption/model/regularizers/seedN)")
-        return Run(parts[0], Corruption.parse(parts[1]), parts[2], parts[3], int(parts[4][4:]))
+        regs, _, variant = parts[3].partition("_")
+        return Run(parts[0], Corruption.parse(parts[1]), parts[2], regs, int(parts[4][4:]), variant)
 
 
 def expand_runs(cfg: dict) -> list[Run]:
@@ -261,8 +278,21 @@ def expand_runs(cfg: dict) -> list[Run]:
             for c in corruptions:
                 for reg in group.get("regularizers", ["none"]):
                     for seed in cfg["seeds"]:
-                        runs.add(Run(ds, c, model, regularizer_id(reg), seed))
+                        runs.add(Run(ds, c, model, regularizer_id(reg), seed, group.get("variant", "")))
     return sorted(runs, key=lambda r: r.id)
+
+
+def training_for(cfg: dict, run: Run) -> dict:
+    """The training settings of a run: params' training with its variant's overrides."""
+    t = copy.deepcopy(cfg["training"])
+    if run.variant:
+        for group in cfg["grid"]:
+            if group.get("variant") == run.variant:
+                t.update(group["training"])
+                break
+        else:
+            raise ConfigError(f"run: variant {run.variant!r} of {run.id!r} is not in this config's grid")
+    return t
 
 
 def corruptions_of(runs) -> list[Corruption]:

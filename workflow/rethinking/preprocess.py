@@ -10,6 +10,14 @@ or float batch NCHW and work on whatever device it lives on.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+ROTATION_DEGREES = 25.0  # Table 4's "augment": rotations up to 25 degrees
+
+AUGMENTATIONS = {  # regularizer -> the batched ops it turns on
+    "crop": frozenset({"crop"}),
+    "augment": frozenset({"crop", "flip", "rotate"}),
+}
 
 
 def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -44,6 +52,21 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
+def random_rotate(x: torch.Tensor, max_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each float image by its own angle, uniform in [-max_degrees, max_degrees], about its center.
+
+    Bilinear sampling; corners that come from outside the image are 0 (black), as TensorFlow's
+    image rotation fills them.
+    """
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * (max_degrees * torch.pi / 180)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def per_image_standardization(x: torch.Tensor) -> torch.Tensor:
     """TensorFlow's per_image_standardization on a batch of float images in [0, 1]."""
     n_values = x[0].numel()
@@ -54,11 +77,24 @@ def per_image_standardization(x: torch.Tensor) -> torch.Tensor:
     return (x - mean[:, None, None, None]) / adjusted[:, None, None, None]
 
 
+def augmentations(regularizers) -> frozenset:
+    """The augmentation ops a run's regularizers ask for."""
+    return frozenset().union(*(AUGMENTATIONS.get(r, frozenset()) for r in regularizers))
+
+
 def prepare_batch(x_uint8: torch.Tensor, crop: int | None, augment: frozenset = frozenset(),
                   generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
-    """uint8 batch -> network input: crop (center, or random with 'crop'), optional flip, standardize."""
-    x = random_crop(x_uint8, crop, generator) if "crop" in augment else center_crop(x_uint8, crop)
+    """uint8 batch -> network input.
+
+    Rotation (with 'rotate', on the full image), then the crop (random with 'crop', else
+    centered), the flip (with 'flip'), and per-image standardization.
+    """
+    x = x_uint8
+    if "rotate" in augment:
+        x = random_rotate(x.to(dtype).div_(255.0), ROTATION_DEGREES, generator)
+    x = random_crop(x, crop, generator) if "crop" in augment else center_crop(x, crop)
     if "flip" in augment:
         x = random_flip(x, generator)
-    x = x.to(dtype).div_(255.0)
+    if x.dtype == torch.uint8:
+        x = x.to(dtype).div_(255.0)
     return per_image_standardization(x)

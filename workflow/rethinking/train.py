@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .config import Run, run_dir
+from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
 from .io import atomic_path, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
-from .preprocess import prepare_batch
+from .preprocess import augmentations, prepare_batch
 
 CHECKPOINT = "checkpoint.pt"
 ENGINE_SOURCES = ("train.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
@@ -61,9 +61,10 @@ def pick_device(name: str) -> torch.device:
 
 def run_settings(cfg: dict, run: Run) -> dict:
     """Everything that determines a run's result; stored in the checkpoint and the summary."""
-    t = cfg["training"]
+    t = training_for(cfg, run)
     return {
         "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
+        "variant": run.variant,
         "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
         "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": t["lr"][run.model],
         "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
@@ -115,7 +116,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     n_train, crop = len(y_train), cfg["preprocess"]["crop"]
     c, h, w = x_train.shape[1:]
     in_shape = (c, crop or h, crop or w)
-    augment = frozenset(run.regs & {"crop"})
+    augment = augmentations(run.regs)
 
     # --- model and optimizer
     model = build_model(run.model, in_shape, num_classes=len(meta["classes"]), dropout=settings["dropout"]).to(device)
