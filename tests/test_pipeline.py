@@ -1,4 +1,5 @@
 """Snakemake and DVC: the same stages, the same runs, the same outputs; a stale dvc.yaml stops dvc repro."""
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from conftest import REPO, run_cli, tree_files
 from rethinking import config as rc
 from rethinking.dvcgen import generate, stage_key
 
+TINY_RESULTS = "results/tiny"
 CONFIGS = [REPO / "params.yaml", *sorted((REPO / "config").glob("*.yaml"))]
 
 
@@ -64,7 +66,7 @@ def snakemake_tiny(tmp_path_factory):
 
 
 def _outputs(root):
-    files = tree_files(root / "results")
+    files = tree_files(root / TINY_RESULTS)
     return [f for f in files if f.startswith(("tables/", "figures/", "runs/", "data/"))]
 
 
@@ -73,9 +75,9 @@ def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
     for name in ["tables/table1.csv", "tables/table1.md", "tables/convergence.csv", "tables/runs.csv",
                  "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf"]:
         assert name in files
-    runs = pd.read_csv(snakemake_tiny / "results/tables/runs.csv")
+    runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
     assert len(runs) == len(expected_runs("config/tiny.yaml"))
-    t1 = pd.read_csv(snakemake_tiny / "results/tables/table1.csv")
+    t1 = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/table1.csv")
     assert {"model", "labels", "train_acc", "test_acc"} <= set(t1.columns)
     assert set(t1["labels"]) == {"true", "random"}
     # nothing left to do, and a params change reruns only what it touches
@@ -88,13 +90,21 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     sh("dvc repro", project)
     assert _outputs(project) == _outputs(snakemake_tiny)
     for table in ("table1.csv", "convergence.csv"):
-        a = pd.read_csv(project / "results/tables" / table)
-        b = pd.read_csv(snakemake_tiny / "results/tables" / table)
+        a = pd.read_csv(project / TINY_RESULTS / "tables" / table)
+        b = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables" / table)
         pd.testing.assert_frame_equal(a, b)
     # the same corrupted artifacts, byte for byte
     for f in _outputs(project):
         if f.startswith("data/"):
-            assert (project / "results" / f).read_bytes() == (snakemake_tiny / "results" / f).read_bytes(), f
+            assert (project / TINY_RESULTS / f).read_bytes() == (snakemake_tiny / TINY_RESULTS / f).read_bytes(), f
+    # DVC shows the same numbers and the learning curves
+    shown = json.loads(sh("dvc metrics show --json", project).stdout)
+    metrics = next(iter(shown.values()))["data"][f"{TINY_RESULTS}/tables/metrics.json"]["data"]
+    runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
+    for _, r in runs.iterrows():
+        assert metrics[r["run"]]["test_acc"] == pytest.approx(r["test_acc"])
+    sh("dvc plots show -o plots-html", project)
+    assert "train_loss" in (project / "plots-html" / "index.html").read_text()
     # up to date: nothing reruns but the cheap check
     again = sh("dvc repro", project).stdout
     assert "Running stage 'train@" not in again and "Running stage 'prepare'" not in again
@@ -109,7 +119,7 @@ def test_stale_dvc_yaml_stops_dvc_repro(project):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "dvc.yaml is stale" in out and "python -m rethinking dvc --params config/tiny.yaml" in out
-    assert not (project / "results/runs").exists()
+    assert not (project / TINY_RESULTS / "runs").exists()
 
 
 def test_snakemake_refuses_bad_params_before_any_work(project):

@@ -7,6 +7,12 @@
                    corruption kind x level (runs without regularizers)
 - loss_curves.csv  Fig. 1a: training loss every `log_every` steps per model x
                    corruption (runs without regularizers)
+- accuracy_curves.csv  Fig. 2b: train and test accuracy per epoch of every run
+- paper_comparison.csv/.md  each Table 1 / Table 4 cell beside the paper's value
+                   (CIFAR-10 and image-folder copies of it; empty otherwise)
+- metrics.json     final numbers per run, for `dvc metrics show`
+Spreads are the sample standard deviation over seeds (sd) and the half-width
+of the 95% t-interval of the mean (ci95).
 """
 from __future__ import annotations
 
@@ -16,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import expand_runs, run_dir
-from .io import ArtifactError, write_csv, write_text
+from .config import base_artifact, expand_runs, run_dir
+from .io import ArtifactError, read_meta, write_csv, write_json, write_text
+from .paper import COLUMNS as COMPARISON_COLUMNS
+from .paper import compare, is_cifar10, run_flags
 
-TABLES = ("runs.csv", "table1.csv", "table1.md", "convergence.csv", "loss_curves.csv")
+RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")  # what aggregate reads of each run
+TABLES = ("runs.csv", "table1.csv", "table1.md", "convergence.csv", "loss_curves.csv", "accuracy_curves.csv",
+          "paper_comparison.csv", "paper_comparison.md", "metrics.json")
 
 
 def tables_dir(cfg: dict) -> Path:
@@ -37,12 +47,14 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc}); delete the run folder and retrain it") from None
         s.pop("versions", None)
+        s.setdefault("variant", run.variant)
         s["label_level"] = run.corruption.label_level
         rows.append(s)
     frame = pd.DataFrame(rows)
-    frame["crop"] = frame["regularizers"].map(lambda r: "yes" if "crop" in r.split("-") else "no")
-    frame["weight_decay_on"] = frame["regularizers"].map(lambda r: "yes" if "wd" in r.split("-") else "no")
-    frame["dropout_on"] = frame["regularizers"].map(lambda r: "yes" if "dropout" in r.split("-") else "no")
+    flags = pd.DataFrame([run_flags(r) for r in frame["regularizers"]], index=frame.index)
+    frame["crop"] = flags["random_crop"]
+    frame["weight_decay_on"] = flags["weight_decay"]
+    frame["dropout_on"] = flags["dropout"]
     return frame
 
 
@@ -50,13 +62,32 @@ def _spread(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
+def ci95(values) -> float:
+    """Half-width of the 95% t-interval of the mean (NaN for one value)."""
+    from scipy import stats
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def t_interval(values) -> tuple[float, float]:
+    """The 95% t-interval of the mean, as seaborn's `errorbar` callable wants it."""
+    v = np.asarray(values, dtype=float)
+    half = ci95(v)
+    m = float(np.nanmean(v))
+    return (m, m) if np.isnan(half) else (m - half, m + half)
+
+
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
     sel = runs[runs["corruption"].isin(["true-labels", "random-labels"])].copy()
     sel["labels"] = sel["corruption"].map({"true-labels": "true", "random-labels": "random"})
-    keys = ["model", "labels", "crop", "weight_decay_on", "dropout_on"]
+    keys = ["model", "labels", "crop", "weight_decay_on", "dropout_on", "variant"]
     table = (sel.groupby(keys, sort=False)
              .agg(train_acc=("train_acc", "mean"), train_acc_sd=("train_acc", _spread),
-                  test_acc=("test_acc", "mean"), test_acc_sd=("test_acc", _spread),
+                  train_acc_ci95=("train_acc", ci95),
+                  test_acc=("test_acc", "mean"), test_acc_sd=("test_acc", _spread), test_acc_ci95=("test_acc", ci95),
                   seeds=("seed", "count"), fitted=("status", lambda s: int((s == "fitted").sum())),
                   parameters=("parameters", "first"))
              .reset_index()
@@ -64,12 +95,18 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(["inception", "inception_nobn", "alexnet", "mlp_3x512", "mlp_1x512"])}
     table["_m"] = table["model"].map(order).fillna(99)
     table["_l"] = (table["labels"] == "random").astype(int)
-    table = table.sort_values(["_m", "_l", "crop", "weight_decay", "dropout"], ascending=[True, True, False, False, False])
+    table = table.sort_values(["_m", "variant", "_l", "crop", "weight_decay", "dropout"],
+                              ascending=[True, True, True, False, False, False])
     return table.drop(columns=["_m", "_l"]).reset_index(drop=True)
 
 
+def _plain(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs without regularizers or training variants: the ones Figure 1 is made of."""
+    return runs[(runs["regularizers"] == "none") & (runs["variant"] == "")]
+
+
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
-    sel = runs[runs["regularizers"] == "none"].copy()
+    sel = _plain(runs).copy()
     true_steps = (sel[sel["corruption"] == "true-labels"]
                   .set_index(["model", "seed"])["step_first_fit"].rename("true_steps"))
     sel = sel.join(true_steps, on=["model", "seed"])
@@ -81,18 +118,30 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
                                  na_position="last").reset_index(drop=True)
 
 
-def loss_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
+def _curves(cfg: dict, runs: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
+    keys = ["model", "corruption", "regularizers", "variant", "seed"]
     frames = []
-    for _, r in runs[runs["regularizers"] == "none"].iterrows():
-        path = Path(cfg["results_dir"]) / "runs" / r["run"] / "steps.csv"
-        f = pd.read_csv(path)
-        f.insert(0, "seed", r["seed"])
-        f.insert(0, "corruption", r["corruption"])
-        f.insert(0, "model", r["model"])
-        frames.append(f)
+    for _, r in runs.iterrows():
+        f = pd.read_csv(Path(cfg["results_dir"]) / "runs" / r["run"] / name)
+        for i, k in enumerate(keys):
+            f.insert(i, k, r[k])
+        frames.append(f[keys + columns])
     if not frames:
-        return pd.DataFrame(columns=["model", "corruption", "seed", "step", "epoch", "train_loss"])
+        return pd.DataFrame(columns=keys + columns)
     return pd.concat(frames, ignore_index=True)
+
+
+def loss_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    return _curves(cfg, _plain(runs), "steps.csv", ["step", "epoch", "train_loss"])
+
+
+def accuracy_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    return _curves(cfg, runs, "epochs.csv", ["epoch", "step", "train_acc", "test_acc", "train_loss", "test_loss"])
+
+
+def metrics(runs: pd.DataFrame) -> dict:
+    keep = ["status", "train_acc", "test_acc", "step_first_fit", "epochs", "wall_time"]
+    return {r["run"]: {k: (None if pd.isna(r[k]) else r[k]) for k in keep} for _, r in runs.iterrows()}
 
 
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -115,4 +164,19 @@ def aggregate(cfg: dict) -> Path:
     write_text(out / "table1.md", "# Table 1: training and test accuracy (%)\n\n" + to_markdown(t1))
     write_csv(out / "convergence.csv", convergence(runs))
     write_csv(out / "loss_curves.csv", loss_curves(cfg, runs))
+    write_csv(out / "accuracy_curves.csv", accuracy_curves(cfg, runs))
+    write_json(out / "metrics.json", metrics(runs))
+    meta = read_meta(base_artifact(cfg))
+    if is_cifar10(meta):
+        comp = compare(runs, cfg["paper_tolerance"])
+        text = ("# Our numbers beside the paper's (Tables 1 and 4, CIFAR-10)\n\n"
+                f"Tolerance: train accuracy {cfg['paper_tolerance']['train_acc']:g} points, test accuracy "
+                f"{cfg['paper_tolerance']['test_acc']:g} points. Dataset: {meta['dataset']} "
+                f"({meta['provenance'].get('source')}).\n\n" + to_markdown(comp))
+    else:
+        comp = pd.DataFrame(columns=COMPARISON_COLUMNS)
+        text = (f"# Paper comparison\n\nNot applicable: the paper's tables are for CIFAR-10 and ImageNet; "
+                f"this grid runs on {meta['dataset']}.\n")
+    write_csv(out / "paper_comparison.csv", comp)
+    write_text(out / "paper_comparison.md", text)
     return out

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from .aggregate import TABLES, tables_dir
+from .aggregate import RUN_FILES, TABLES, tables_dir
 from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, load,
                      run_dir)
-from .figures import FIGURES, figures_dir
+from .figures import FIGURES, INPUTS, figures_dir
 from .io import write_text
 
 PKG = "workflow/rethinking"
-RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")
 
 
 def stage_key(run_id: str) -> str:
@@ -69,19 +68,21 @@ def generate(params_path: str) -> str:
                 "cmd": f"python -m rethinking train --params {prm} --run ${{item.run}}",
                 "deps": ["${item.data}", f"{PKG}/train.py", f"{PKG}/models.py", f"{PKG}/preprocess.py"],
                 "params": [{prm: ["training", "preprocess"]}],
-                "outs": [{f"${{item.dir}}/{f}": {"cache": False}} for f in RUN_FILES],
+                "outs": [{"${item.dir}/summary.json": {"cache": False}}],
+                "plots": [{"${item.dir}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},
+                          {"${item.dir}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}],
             },
         },
         "aggregate": {
             "cmd": f"python -m rethinking aggregate --params {prm}",
-            "deps": [str(run_dir(cfg, r) / f) for r in runs for f in ("summary.json", "steps.csv")]
-            + [f"{PKG}/aggregate.py"],
-            "outs": [_out(tables_dir(cfg) / t) for t in TABLES],
+            "deps": [str(run_dir(cfg, r) / f) for r in runs for f in RUN_FILES]
+            + [str(base_artifact(cfg)), f"{PKG}/aggregate.py", f"{PKG}/paper.py"],
+            "outs": [_out(tables_dir(cfg) / t) for t in TABLES if t != "metrics.json"],
+            "metrics": [_out(tables_dir(cfg) / "metrics.json")],
         },
         "figures": {
             "cmd": f"python -m rethinking figures --params {prm}",
-            "deps": [str(tables_dir(cfg) / "convergence.csv"), str(tables_dir(cfg) / "loss_curves.csv"),
-                     f"{PKG}/figures.py"],
+            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/figures.py"],
             "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in FIGURES for ext in ("png", "pdf")],
         },
     }

@@ -6,6 +6,11 @@
 - fig1b: time to overfit (steps to 100% training accuracy) relative to the
   true-label run of the same model, against label corruption.
 - fig1c: test error at convergence against label corruption.
+- fig2b: training and test accuracy against thousand steps, Inception with and
+  without BatchNorm on true labels (other models' true-label runs when the grid
+  has neither).
+- table4: training accuracy on random labels with explicit regularizers.
+Lines are means over seeds with 95% t-intervals of the mean as bands.
 Runs that did not fit within the epoch limit are drawn as open markers at the
 step they stopped (a lower bound), never silently averaged in.
 """
@@ -20,10 +25,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .aggregate import tables_dir  # noqa: E402
+from .aggregate import t_interval, tables_dir  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
-FIGURES = ("fig1a", "fig1b", "fig1c")
+FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4")
+INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv")  # from tables/
 CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
 CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
                     "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
@@ -63,7 +69,7 @@ def fig1a(curves: pd.DataFrame):
         d["thousand steps"] = d["step"] / 1000.0
         d["corruption"] = d["corruption"].map(CORRUPTION_LABEL)
         sns.lineplot(data=d, x="thousand steps", y="train_loss", hue="corruption",
-                     hue_order=[CORRUPTION_LABEL[k] for k in kinds], errorbar=("ci", 95), ax=ax, linewidth=1.2)
+                     hue_order=[CORRUPTION_LABEL[k] for k in kinds], errorbar=t_interval, ax=ax, linewidth=1.2)
         ax.set_title(MODEL_LABEL.get(model, model))
         ax.set_ylabel("average loss")
         ax.set_ylim(bottom=0)
@@ -85,7 +91,7 @@ def fig1b(conv: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     ok = d[d["fitted"] & d["relative_steps"].notna()]
     if len(d):
-        sns.lineplot(data=ok, x="label_level", y="relative_steps", hue="model", marker="o", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(data=ok, x="label_level", y="relative_steps", hue="model", marker="o", errorbar=t_interval, ax=ax)
         bad = d[~d["fitted"]]
         if len(bad):
             ax.scatter(bad["label_level"], [ax.get_ylim()[1]] * len(bad), marker="^", facecolors="none",
@@ -104,7 +110,7 @@ def fig1c(conv: pd.DataFrame):
     d = _label_runs(conv)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     if len(d):
-        sns.lineplot(data=d, x="label_level", y="test_error", hue="model", marker="o", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(data=d, x="label_level", y="test_error", hue="model", marker="o", errorbar=t_interval, ax=ax)
         ax.set_xlabel("label corruption")
         ax.set_ylabel("test error (%)")
         ax.set_xlim(-0.02, 1.02)
@@ -115,12 +121,52 @@ def fig1c(conv: pd.DataFrame):
     return fig
 
 
+def fig2b(acc: pd.DataFrame):
+    d = acc[(acc["corruption"] == "true-labels") & (acc["regularizers"] == "none") & (acc["variant"].fillna("") == "")]
+    inc = d[d["model"].isin(["inception", "inception_nobn"])]
+    d = (inc if len(inc) else d).copy()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    if len(d):
+        d["thousand steps"] = d["step"] / 1000.0
+        d["model"] = d["model"].map(lambda m: MODEL_LABEL.get(m, m))
+        long = d.melt(id_vars=["model", "seed", "thousand steps"], value_vars=["train_acc", "test_acc"],
+                      var_name="split", value_name="accuracy")
+        long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
+        sns.lineplot(data=long, x="thousand steps", y="accuracy", hue="model", style="split",
+                     style_order=["train", "test"], errorbar=t_interval, ax=ax)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("accuracy")
+    else:
+        _empty(ax, "no true-label runs without regularizers")
+    ax.set_title("(b) Inception on CIFAR-10" if len(inc) else "(b) learning curves, true labels")
+    return fig
+
+
+def table4(runs: pd.DataFrame):
+    d = runs[(runs["corruption"] == "random-labels")].copy()
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    if len(d) and (d["regularizers"] != "none").any():
+        d["variant"] = d["variant"].fillna("")
+        d["regularizers"] = d["regularizers"] + d["variant"].map(lambda v: f" ({v})" if v else "")
+        d["model"] = d["model"].map(lambda m: MODEL_LABEL.get(m, m))
+        sns.barplot(data=d, x="model", y="train_acc", hue="regularizers", errorbar=t_interval, ax=ax)
+        ax.set_ylabel("training accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.legend(fontsize="small", title="regularizers")
+    else:
+        _empty(ax, "no random-label runs with regularizers")
+    ax.set_title("Table 4: random labels with regularizers")
+    return fig
+
+
 def figures(cfg: dict) -> Path:
     sns.set_theme(context="paper", style="whitegrid")
     tables, out = tables_dir(cfg), figures_dir(cfg)
-    curves = pd.read_csv(tables / "loss_curves.csv")
-    conv = pd.read_csv(tables / "convergence.csv")
+    read = (lambda name: pd.read_csv(tables / name, keep_default_na=True, dtype={"variant": str}))
+    curves, conv = read("loss_curves.csv"), read("convergence.csv")
     _save(fig1a(curves), out / "fig1a")
     _save(fig1b(conv), out / "fig1b")
     _save(fig1c(conv), out / "fig1c")
+    _save(fig2b(read("accuracy_curves.csv")), out / "fig2b")
+    _save(table4(read("runs.csv")), out / "table4")
     return out

@@ -97,6 +97,18 @@ def load_npz(path, rebuild_hint: str = "") -> tuple[dict, dict]:
     return meta, arrays
 
 
+def read_meta(path) -> dict:
+    """Only the `meta` record of an artifact (cheap: the arrays are not read)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("__meta__.npy") as f:
+            return json.loads(np.lib.format.read_array(f, allow_pickle=False).tobytes().decode())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: artifact is missing; rerun the pipeline to rebuild it") from None
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: artifact is truncated or corrupted ({exc}); delete it and rerun the pipeline") from None
+
+
 def sha256(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,14 +1,19 @@
-from rethinking.aggregate import TABLES
-from rethinking.figures import FIGURES
+from rethinking.aggregate import RUN_FILES, TABLES
+from rethinking.figures import FIGURES, INPUTS
 
 
 rule aggregate:
     input:
-        summaries=[f"{RESULTS}/runs/{r.id}/summary.json" for r in RUNS],
-        steps=[f"{RESULTS}/runs/{r.id}/steps.csv" for r in RUNS],
-        code=f"{PKG}/aggregate.py",
+        runs=[f"{RESULTS}/runs/{r.id}/{f}" for r in RUNS for f in RUN_FILES],
+        base=rc.base_artifact(CFG),
+        code=[f"{PKG}/aggregate.py", f"{PKG}/paper.py"],
     output:
-        [f"{RESULTS}/tables/{t}" for t in TABLES],
+        [
+            report(f"{RESULTS}/tables/{t}", caption=f"../report/{t.split('.')[0]}.rst", category="Tables")
+            if t in ("table1.csv", "paper_comparison.csv")
+            else f"{RESULTS}/tables/{t}"
+            for t in TABLES
+        ],
     params:
         file=PARAMS,
     log:
@@ -21,12 +26,11 @@ rule aggregate:
 
 rule figures:
     input:
-        convergence=f"{RESULTS}/tables/convergence.csv",
-        curves=f"{RESULTS}/tables/loss_curves.csv",
+        tables=[f"{RESULTS}/tables/{t}" for t in INPUTS],
         code=f"{PKG}/figures.py",
     output:
         [
-            report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figure 1")
+            report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
             for f in FIGURES
         ],
         [f"{RESULTS}/figures/{f}.pdf" for f in FIGURES],
