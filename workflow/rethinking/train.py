@@ -74,6 +74,36 @@ def run_settings(cfg: dict, run: Run) -> dict:
     }
 
 
+def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, generator, autocast,
+              channels_last, loss_sum, step, log_every, on_log=None):
+    """One epoch of SGD steps over `perm` (a device-side permutation): the engine's hot loop.
+
+    Batches are gathered from the uint8 data on the device and prepared there; the loss and
+    the number of correct predictions accumulate on the device. The host reads the loss only
+    every `log_every` steps (on_log(step, mean loss)). Returns (step, correct, images seen).
+    """
+    correct = torch.zeros((), device=y_train.device, dtype=torch.int64)
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i:i + batch_size]
+        xb = prepare_batch(x_train[idx], crop, augment, generator)
+        yb = y_train[idx]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(1) == yb).sum()
+        if on_log is not None and step % log_every == 0:
+            on_log(step, float(loss_sum) / log_every)
+            loss_sum.zero_()
+    return step, correct, len(perm)
+
+
 @torch.no_grad()
 def evaluate(model, x_uint8, y, crop, batch_size, autocast) -> tuple[float, float, int]:
     """Mean loss, accuracy and number correct over a whole split, in eval mode."""
@@ -154,6 +184,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
             log(f"{run.id}: checkpoint was made with other settings or code; starting over")
 
     steps_per_epoch = math.ceil(n_train / settings["batch_size"])
+    channels_last = device.type == "cuda" and is_conv(run.model)
     bs, log_every = settings["batch_size"], settings["log_every"]
     bar = _progress(settings["max_epochs"], epoch, run.id)
     start = time.perf_counter() - elapsed
@@ -166,27 +197,10 @@ def train(cfg: dict, run: Run, log=print) -> Path:
             group["lr"] = lr
         model.train()
         perm = torch.randperm(n_train, device=device, generator=gen)
-        correct_sum = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            xb = prepare_batch(x_train[idx], crop, augment, gen)
-            yb = y_train[idx]
-            if device.type == "cuda" and is_conv(run.model):
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss.detach()
-            correct_sum += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-            if step % log_every == 0:  # the only host sync inside an epoch
-                steps_rows.append({"step": step, "epoch": epoch + 1, "train_loss": float(loss_sum) / log_every})
-                loss_sum.zero_()
+        step, correct_sum, seen = run_epoch(
+            model, opt, x_train, y_train, perm, batch_size=bs, crop=crop, augment=augment, generator=gen,
+            autocast=autocast, channels_last=channels_last, loss_sum=loss_sum, step=step, log_every=log_every,
+            on_log=lambda s, mean, e=epoch + 1: steps_rows.append({"step": s, "epoch": e, "train_loss": mean}))
         epoch += 1
 
         train_loss, train_acc, train_correct = evaluate(model, x_train, y_train, crop, t["eval_batch_size"], autocast)
