@@ -77,6 +77,26 @@ def cmd_models(args):
         print(f"{name:16s} {count_parameters(build_model(name, shape, args.classes)):>12,d}")
 
 
+def cmd_bench(args):
+    import json
+
+    import torch
+
+    from .bench import bench, load_for_bench
+    if args.dataset != "digits" and not args.root and args.dataset == "imagefolder":
+        raise ConfigError("--root: required for --dataset imagefolder (a folder or .zip with train/<class>/*)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, y = load_for_bench(args.dataset, args.root, args.train_size)
+    crop = args.crop if args.crop is not None else {32: 28, 8: 7}.get(x.shape[2])
+    result = bench(args.model, x, y, crop=crop or None, epochs=args.epochs, batch_size=args.batch_size,
+                   device=args.device, random_crop=args.random_crop, workers=args.workers,
+                   baseline=not args.no_baseline)
+    if args.json:
+        from .io import write_text
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
 def cmd_dvc(args):
     from .dvcgen import check, write
     if args.check:
@@ -116,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", default="3x28x28", help="CxHxW (default 3x28x28, the paper's CIFAR-10 crop)")
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="engine images/s against a conventional DataLoader loop")
+    p.add_argument("--model", default="mlp_1x512")
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--root", help="data location (cifar10, imagefolder)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--crop", type=int, help="crop side (default: 28 for 32x32 images, 7 for 8x8, else none)")
+    p.add_argument("--random-crop", action="store_true", help="random instead of center crops")
+    p.add_argument("--train-size", type=int, help="a class-balanced subset of the training split")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the baseline")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("dvc", help="write dvc.yaml for a params file (or --check that it is current)")
     _params_arg(p)

@@ -49,6 +49,7 @@ DEFAULTS = {
         "eval_batch_size": 1000,
         "device": "auto",
         "threads": 1,
+        "jobs_per_gpu": 1,
     },
 }
 

@@ -35,6 +35,7 @@ from .corrupt import load_corrupted
 from .io import atomic_path, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
 from .preprocess import augmentations, prepare_batch
+from .slots import claim
 
 CHECKPOINT = "checkpoint.pt"
 ENGINE_SOURCES = ("train.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
@@ -129,12 +130,26 @@ def _progress(total: int, initial: int, desc: str):
 
 
 def train(cfg: dict, run: Run, log=print) -> Path:
-    out = run_dir(cfg, run)
-    t = cfg["training"]
+    t = training_for(cfg, run)
     settings = run_settings(cfg, run)
     device = pick_device(t["device"])
-    if device.type == "cpu":
+    slot = None
+    if device.type == "cuda":  # which GPU: a slot no concurrent job holds (released when we return or die)
+        slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
+        device = torch.device("cuda", slot.device)
+        torch.cuda.set_device(device)
+        log(f"{run.id}: GPU slot {slot.slot} of GPU {slot.physical}")
+    else:
         torch.set_num_threads(t["threads"])
+    try:
+        return _train(cfg, run, t, settings, device, log)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, log) -> Path:
+    out = run_dir(cfg, run)
     torch.manual_seed(run.seed)
 
     # --- data, resident on the device as uint8

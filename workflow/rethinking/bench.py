@@ -1,0 +1,162 @@
+"""`python -m rethinking bench`: the engine's training throughput against a conventional loop.
+
+Both train the same model on the same images with the same optimizer, back to
+back in one process:
+
+- engine: the pipeline's own hot loop (train.run_epoch): uint8 images resident
+  on the device, batches gathered by a device-side permutation, crop and
+  per-image standardization as batched tensor ops, no host sync per step;
+- baseline: what a typical script does: a torchvision-style in-memory
+  dataset whose __getitem__ makes a PIL image and applies per-image transforms
+  (CenterCrop or RandomCrop, ToTensor, standardization), batched by a
+  DataLoader with shuffling.
+
+Only training steps are timed (no evaluation), after one warm-up batch.
+FLOPs per image come from torch.utils.flop_counter (forward + backward of one
+batch, divided by its size).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import build_model, is_conv
+from .preprocess import augmentations, per_image_standardization
+from .train import pick_device, run_epoch
+
+
+def load_for_bench(dataset: str, root: str | None, train_size: int | None, seed: int = 0):
+    from .data import balanced_subset, load_cifar10, load_digits, load_imagefolder
+    if dataset == "digits":
+        x, y, *_ = load_digits(0.2, seed)
+    elif dataset == "cifar10":
+        x, y, *_ = load_cifar10(root, download=False)
+    elif dataset == "imagefolder":
+        x, y, *_ = load_imagefolder(root)
+    else:
+        raise ValueError(f"--dataset: {dataset!r} is unknown (allowed: digits, cifar10, imagefolder)")
+    if train_size:
+        i = balanced_subset(y, train_size, int(y.max()) + 1, np.random.default_rng(seed), "train")
+        x, y = x[i], y[i]
+    return x, y
+
+
+class ConventionalDataset(torch.utils.data.Dataset):
+    """In-memory images, one PIL image and one transform pipeline per __getitem__."""
+
+    def __init__(self, x_uint8: np.ndarray, y: np.ndarray, crop: int | None, random_crop: bool):
+        from torchvision import transforms as T
+        self.images = x_uint8.transpose(0, 2, 3, 1)  # HWC, as PIL wants
+        self.y = y
+        steps = []
+        if crop:
+            steps.append(T.RandomCrop(crop) if random_crop else T.CenterCrop(crop))
+        steps += [T.ToTensor(), T.Lambda(lambda t: per_image_standardization(t[None])[0])]
+        self.transform = T.Compose(steps)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        img = self.images[i]
+        pil = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
+        return self.transform(pil), int(self.y[i])
+
+
+def flops_per_image(model, in_shape, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(8, *in_shape, device=device)
+    y = torch.zeros(8, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 8
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, epochs: int = 1, batch_size: int = 128,
+          device: str = "cpu", random_crop: bool = False, workers: int = 0, lr: float = 0.01, seed: int = 0,
+          baseline: bool = True, log=print) -> dict:
+    dev = pick_device(device)
+    n, c, h, w = x.shape
+    in_shape = (c, crop or h, crop or w)
+    num_classes = int(y.max()) + 1
+    result = {"model": model_name, "device": str(dev), "images": n, "epochs": epochs, "batch_size": batch_size,
+              "threads": torch.get_num_threads()}
+
+    def fresh():
+        torch.manual_seed(seed)
+        m = build_model(model_name, in_shape, num_classes).to(dev)
+        if dev.type == "cuda" and is_conv(model_name):
+            m = m.to(memory_format=torch.channels_last)
+        return m, torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" \
+        else contextlib.nullcontext
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # --- engine
+    model, opt = fresh()
+    result["flops_per_image"] = flops_per_image(model, in_shape, dev)
+    xd, yd = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    augment = augmentations({"crop"} if random_crop else set())
+    kw = dict(batch_size=batch_size, crop=crop, augment=augment, generator=gen, autocast=autocast,
+              channels_last=dev.type == "cuda" and is_conv(model_name), log_every=10 ** 9)
+    loss_sum = torch.zeros((), device=dev)
+    run_epoch(model, opt, xd, yd, torch.arange(batch_size, device=dev), loss_sum=loss_sum, step=0, **kw)  # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        run_epoch(model, opt, xd, yd, torch.randperm(n, device=dev, generator=gen), loss_sum=loss_sum, step=0, **kw)
+    _sync(dev)
+    engine_s = time.perf_counter() - t0
+    result["images_per_s"] = epochs * n / engine_s
+    if dev.type == "cuda":
+        result["tflops"] = result["images_per_s"] * result["flops_per_image"] / 1e12
+    log(f"images/s: {result['images_per_s']:.0f}")
+
+    # --- conventional loop
+    if baseline:
+        model, opt = fresh()
+        loader = torch.utils.data.DataLoader(ConventionalDataset(x, y, crop, random_crop), batch_size=batch_size,
+                                             shuffle=True, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(seed))
+        first = True
+        t0 = None
+        for _ in range(epochs + 1):  # the first batch of the first pass is the warm-up
+            for xb, yb in loader:
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                with autocast():
+                    loss = F.cross_entropy(model(xb).float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if first:
+                    _sync(dev)
+                    t0, first = time.perf_counter(), False
+                    seen = 0
+                    continue
+                seen += len(yb)
+                if seen >= epochs * n:
+                    break
+            if seen >= epochs * n:
+                break
+        loss.item()
+        base_s = time.perf_counter() - t0
+        result["baseline_images_per_s"] = seen / base_s
+        result["speedup"] = result["images_per_s"] / result["baseline_images_per_s"]
+        log(f"baseline images/s: {result['baseline_images_per_s']:.0f}")
+        log(f"speedup: {result['speedup']:.1f}")
+    log(f"flops/image: {result['flops_per_image']:.4g}" + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else ""))
+    return result
