@@ -118,3 +118,30 @@ def test_all_models_train_a_step_on_digits(tiny):
     for model in ("mlp_3x512", "inception", "inception_nobn"):
         s = json.loads((tr.train(tiny, _run(tiny, model=model), log=lambda *_: None) / "summary.json").read_text())
         assert s["epochs"] == 1 and math.isfinite(s["train_loss"])
+
+
+def test_divergence_is_a_result_not_a_crash(tiny, tmp_path):
+    from rethinking.aggregate import aggregate
+    from rethinking.figures import figures
+    tiny["training"]["lr"]["alexnet"] = 1e12  # plants inf/NaN losses within a few steps
+    tiny["training"]["max_epochs"] = 5
+    diverging = _run(tiny, "true-labels", "alexnet", "crop-wd")
+    summary = json.loads((tr.train(tiny, diverging, log=lambda *_: None) / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["diverged_step"] is not None and summary["diverged_step"] <= summary["steps"]
+    assert summary["epochs"] < 5 or summary["diverged_step"] <= 4
+    # the rest of the grid trains normally; the tables mark the run instead of averaging it in
+    for run in rc.expand_runs(tiny):
+        if run != diverging:
+            corrupt(tiny, run.corruption)
+            tr.train(tiny, run, log=lambda *_: None)
+    out = aggregate(tiny)
+    runs = pd.read_csv(out / "runs.csv")
+    row = runs[runs["run"] == diverging.id].iloc[0]
+    assert row["status"] == "diverged" and math.isnan(row["test_acc"])
+    t1 = pd.read_csv(out / "table1.csv")
+    alex = t1[t1["model"] == "alexnet"].iloc[0]
+    assert alex["diverged"] == 1 and math.isnan(alex["test_acc"])
+    assert t1[t1["model"] == "mlp_1x512"]["diverged"].eq(0).all()
+    assert runs["status"].eq("diverged").sum() == 1
+    figures(tiny)  # draws with the diverged run marked, no error

@@ -51,6 +51,9 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
         s["label_level"] = run.corruption.label_level
         rows.append(s)
     frame = pd.DataFrame(rows)
+    # a diverged run is a result, not a number to average: its accuracies are blanked (status says why)
+    diverged = frame["status"] == "diverged"
+    frame.loc[diverged, ["train_acc", "test_acc", "train_loss", "test_loss"]] = np.nan
     flags = pd.DataFrame([run_flags(r) for r in frame["regularizers"]], index=frame.index)
     frame["crop"] = flags["random_crop"]
     frame["weight_decay_on"] = flags["weight_decay"]
@@ -89,6 +92,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
                   train_acc_ci95=("train_acc", ci95),
                   test_acc=("test_acc", "mean"), test_acc_sd=("test_acc", _spread), test_acc_ci95=("test_acc", ci95),
                   seeds=("seed", "count"), fitted=("status", lambda s: int((s == "fitted").sum())),
+                  diverged=("status", lambda s: int((s == "diverged").sum())),
                   parameters=("parameters", "first"))
              .reset_index()
              .rename(columns={"weight_decay_on": "weight_decay", "dropout_on": "dropout"}))

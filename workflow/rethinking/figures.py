@@ -95,7 +95,7 @@ def fig1b(conv: pd.DataFrame):
         bad = d[~d["fitted"]]
         if len(bad):
             ax.scatter(bad["label_level"], [ax.get_ylim()[1]] * len(bad), marker="^", facecolors="none",
-                       edgecolors="black", label="not fitted (epoch limit)")
+                       edgecolors="black", label="not fitted (epoch limit or diverged)")
             ax.legend()
         ax.set_xlabel("label corruption")
         ax.set_ylabel("time to overfit (relative)")

@@ -177,7 +177,7 @@ def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, l
 
     # --- resume
     epoch, step, elapsed = 0, 0, 0.0
-    epochs_rows, steps_rows, first_fit, status = [], [], None, "max_epochs"
+    epochs_rows, steps_rows, first_fit, status, diverged_step = [], [], None, "max_epochs", None
     resumed = False
     ckpt_path = out / CHECKPOINT
     fingerprint = _fingerprint(settings)
@@ -192,7 +192,7 @@ def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, l
                 torch.cuda.set_rng_state(ck["cuda_rng"])
             epoch, step, elapsed = ck["epoch"], ck["step"], ck["elapsed"]
             epochs_rows, steps_rows = ck["epochs"], ck["steps"]
-            status, first_fit = ck["status"], ck["first_fit"]
+            status, first_fit, diverged_step = ck["status"], ck["first_fit"], ck.get("diverged_step")
             resumed = True
             log(f"{run.id}: resuming after epoch {epoch} (step {step})")
         else:
@@ -212,6 +212,7 @@ def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, l
             group["lr"] = lr
         model.train()
         perm = torch.randperm(n_train, device=device, generator=gen)
+        rows_before = len(steps_rows)
         step, correct_sum, seen = run_epoch(
             model, opt, x_train, y_train, perm, batch_size=bs, crop=crop, augment=augment, generator=gen,
             autocast=autocast, channels_last=channels_last, loss_sum=loss_sum, step=step, log_every=log_every,
@@ -233,12 +234,14 @@ def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, l
         else:
             log(line)
 
-        if not math.isfinite(train_loss):
-            status = "diverged"
+        bad = [r["step"] for r in steps_rows[rows_before:] if not math.isfinite(r["train_loss"])]
+        if bad or not math.isfinite(train_loss):
+            status, diverged_step = "diverged", (bad[0] if bad else step)
+            log(f"{run.id}: the loss is not finite (first seen at step {diverged_step}); stopping as diverged")
         elif fitted(train_correct, n_train):
             first_fit, status = step, "fitted"
         _checkpoint(ckpt_path, model, opt, gen, fingerprint, epoch, step, time.perf_counter() - start,
-                    epochs_rows, steps_rows, status, first_fit, float(loss_sum), device)
+                    epochs_rows, steps_rows, status, first_fit, diverged_step, float(loss_sum), device)
     if bar is not None:
         bar.close()
 
@@ -250,7 +253,7 @@ def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, l
         **settings,
         "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
         "status": status, "epochs": epoch, "steps": step, "steps_per_epoch": steps_per_epoch,
-        "step_first_fit": first_fit, "n_train": n_train, "n_test": len(y_test),
+        "step_first_fit": first_fit, "diverged_step": diverged_step, "n_train": n_train, "n_test": len(y_test),
         "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         "parameters": count_parameters(model), "input_shape": list(in_shape), "wall_time": elapsed,
@@ -284,13 +287,13 @@ def _device_name(device: torch.device) -> str:
 
 
 def _checkpoint(path, model, opt, gen, fingerprint, epoch, step, elapsed, epochs_rows, steps_rows, status, first_fit,
-                loss_sum, device):
+                diverged_step, loss_sum, device):
     state = {
         "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "epoch": epoch, "step": step, "elapsed": elapsed, "epochs": epochs_rows, "steps": steps_rows,
-        "status": status, "first_fit": first_fit, "loss_sum": loss_sum,
+        "status": status, "first_fit": first_fit, "diverged_step": diverged_step, "loss_sum": loss_sum,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
