@@ -44,6 +44,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/section5.smk"
 
 
 rule all:
@@ -51,3 +52,4 @@ rule all:
     input:
         tables=rules.aggregate.output,
         figures=rules.figures.output,
+        section5=[rules.kernels.output, rules.theorem.output] if CFG.get("section5") else [],

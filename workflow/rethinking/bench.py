@@ -29,22 +29,6 @@ from .preprocess import augmentations, per_image_standardization
 from .train import pick_device, run_epoch
 
 
-def load_for_bench(dataset: str, root: str | None, train_size: int | None, seed: int = 0):
-    from .data import balanced_subset, load_cifar10, load_digits, load_imagefolder
-    if dataset == "digits":
-        x, y, *_ = load_digits(0.2, seed)
-    elif dataset == "cifar10":
-        x, y, *_ = load_cifar10(root, download=False)
-    elif dataset == "imagefolder":
-        x, y, *_ = load_imagefolder(root)
-    else:
-        raise ValueError(f"--dataset: {dataset!r} is unknown (allowed: digits, cifar10, imagefolder)")
-    if train_size:
-        i = balanced_subset(y, train_size, int(y.max()) + 1, np.random.default_rng(seed), "train")
-        x, y = x[i], y[i]
-    return x, y
-
-
 class ConventionalDataset(torch.utils.data.Dataset):
     """In-memory images, one PIL image and one transform pipeline per __getitem__."""
 

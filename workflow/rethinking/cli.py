@@ -82,12 +82,12 @@ def cmd_bench(args):
 
     import torch
 
-    from .bench import bench, load_for_bench
-    if args.dataset != "digits" and not args.root and args.dataset == "imagefolder":
-        raise ConfigError("--root: required for --dataset imagefolder (a folder or .zip with train/<class>/*)")
+    from .bench import bench
+    from .data import load_source
     if args.threads:
         torch.set_num_threads(args.threads)
-    x, y = load_for_bench(args.dataset, args.root, args.train_size)
+    d = load_source(args.dataset, args.root, args.train_size)
+    x, y = d["x_train"], d["y_train"]
     crop = args.crop if args.crop is not None else {32: 28, 8: 7}.get(x.shape[2])
     result = bench(args.model, x, y, crop=crop or None, epochs=args.epochs, batch_size=args.batch_size,
                    device=args.device, random_crop=args.random_crop, workers=args.workers,
@@ -95,6 +95,44 @@ def cmd_bench(args):
     if args.json:
         from .io import write_text
         write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
+def cmd_kernels(args):
+    if args.dataset is None:  # the pipeline stage
+        from .section5 import kernels_stage
+        print(kernels_stage(_section5(args.params)))
+        return
+    from .data import load_source
+    from .kernels import run_kernel
+    data = load_source(args.dataset, args.root, test_size=args.n_test)
+    r = run_kernel(data, features=args.features, gamma=args.gamma, ridge=args.ridge, n_train=args.n_train,
+                   n_filters=args.n_filters, device=args.device)
+    print(f"test_error: {r['test_error']:.2f}")
+    print(f"train_error: {r['train_error']:.2f}")
+    print(f"norm: {r['norm']:.6g}")
+    for key in ("n_train", "n_test", "d", "gamma", "ridge", "jitter", "solver", "residual", "seconds", "peak_rss_gb"):
+        print(f"{key}: {r[key]}")
+
+
+def cmd_theorem(args):
+    if args.dataset is None:  # the pipeline stage
+        from .section5 import theorem_stage
+        print(theorem_stage(_section5(args.params)))
+        return
+    from .data import load_source
+    from .theorem import theorem_sweep
+    row = theorem_sweep(load_source(args.dataset, args.root), [args.n], labels=args.labels, seed=args.seed).iloc[0]
+    print(f"weights: {row['weights']}")
+    print(f"expected_weights: {2 * row['n'] + row['d']} (2n + d, n={row['n']}, d={row['d']})")
+    print(f"max_abs_error: {row['max_abs_error']:.3g}")
+    print(f"condition_number: {row['condition_number']:.3g}")
+
+
+def _section5(params):
+    cfg = load(params)
+    if not cfg.get("section5"):
+        raise ConfigError(f"{params}: section5: not set, so there is no kernels/theorem stage in this grid")
+    return cfg
 
 
 def cmd_dvc(args):
@@ -152,6 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("kernels", help="Section 5: min-norm kernel interpolation (stage, or standalone with --dataset)")
+    _params_arg(p)
+    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"],
+                   help="standalone: print test_error and norm for this dataset instead of running the stage")
+    p.add_argument("--root")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--features", default="pixels", choices=["pixels", "random-conv"])
+    p.add_argument("--gamma", type=float, help="default: 1 / median squared distance")
+    p.add_argument("--ridge", type=float, default=0.0)
+    p.add_argument("--n-filters", type=int, default=256)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_kernels)
+
+    p = sub.add_parser("theorem", help="Theorem 1: the 2n+d weight ReLU net (stage, or standalone with --dataset)")
+    _params_arg(p)
+    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--root")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--labels", default="random", choices=["true", "random"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_theorem)
 
     p = sub.add_parser("dvc", help="write dvc.yaml for a params file (or --check that it is current)")
     _params_arg(p)

@@ -54,6 +54,15 @@ DEFAULTS = {
 }
 
 
+SECTION5_DEFAULTS = {
+    "kernels": {"features": ["pixels", "random-conv"], "gamma": {"pixels": 0.02, "random-conv": None},
+                "ridge": 0.01, "n_train": None, "n_test": None, "n_filters": 256, "pool": 2,
+                "noise_levels": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "device": "auto"},
+    "implicit": {"n": 20, "steps": 20000, "features": "pixels"},
+    "theorem": {"ns": [10, 30, 100, 300], "labels": ["random", "true"]},
+}
+
+
 class ConfigError(ValueError):
     """A bad parameter: the message names the key, the value and what is allowed."""
 
@@ -103,6 +112,8 @@ def validate(raw, source: str = "params") -> dict:
             allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
         raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
     cfg = _merge(DEFAULTS, raw)
+    if cfg.get("section5") is not None:
+        cfg["section5"] = _merge(SECTION5_DEFAULTS, cfg["section5"])
     if "grid" not in cfg:
         raise ConfigError(f"{source}: grid: missing; list at least one group of models x corruptions")
     _check_semantics(cfg, source)

@@ -203,6 +203,28 @@ def balanced_subset(y: np.ndarray, n: int, num_classes: int, rng: np.random.Gene
     return np.sort(np.concatenate(picked))
 
 
+def load_source(dataset: str, root=None, train_size: int | None = None, test_size: int | None = None, seed: int = 0):
+    """A dataset as the standalone commands (bench, kernels, theorem) read it: a dict of arrays."""
+    if dataset == "digits":
+        xtr, ytr, xte, yte, classes, _ = load_digits(0.2, seed)
+    elif dataset == "cifar10":
+        xtr, ytr, xte, yte, classes, _ = load_cifar10(root, download=False)
+    elif dataset == "imagefolder":
+        if not root:
+            raise DataError("--root: required for imagefolder (a folder or .zip with train/<class>/* and test/<class>/*)")
+        xtr, ytr, xte, yte, classes, _ = load_imagefolder(root)
+    else:
+        raise DataError(f"--dataset: {dataset!r} is unknown (allowed: digits, cifar10, imagefolder)")
+    rng = np.random.default_rng([seed, 1])
+    if train_size:
+        i = balanced_subset(ytr, train_size, len(classes), rng, "train")
+        xtr, ytr = xtr[i], ytr[i]
+    if test_size:
+        i = balanced_subset(yte, test_size, len(classes), rng, "test")
+        xte, yte = xte[i], yte[i]
+    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": classes}
+
+
 def prepare(cfg: dict) -> Path:
     ds = cfg["dataset"]
     if ds["source"] == "digits":

@@ -35,6 +35,24 @@ def _out(path) -> dict:
     return {str(path): {"cache": False}}
 
 
+def _section5_stages(cfg: dict, prm: str) -> dict:
+    """kernels and theorem, when the params ask for Section 5."""
+    if not cfg.get("section5"):
+        return {}
+    from .section5 import KERNEL_FIGURES, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_TABLES
+
+    def stage(name, code, tables, figures):
+        return {
+            "cmd": f"python -m rethinking {name} --params {prm}",
+            "deps": [str(base_artifact(cfg)), f"{PKG}/section5.py"] + [f"{PKG}/{c}" for c in code],
+            "params": [{prm: ["section5", "dataset"]}],
+            "outs": [_out(tables_dir(cfg) / t) for t in tables]
+            + [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures for ext in ("png", "pdf")],
+        }
+    return {"kernels": stage("kernels", ["kernels.py", "implicit.py"], KERNEL_TABLES, KERNEL_FIGURES),
+            "theorem": stage("theorem", ["theorem.py"], THEOREM_TABLES, THEOREM_FIGURES)}
+
+
 def generate(params_path: str) -> str:
     cfg = load(params_path)
     runs = expand_runs(cfg)
@@ -80,9 +98,11 @@ def generate(params_path: str) -> str:
             "outs": [_out(tables_dir(cfg) / t) for t in TABLES if t != "metrics.json"],
             "metrics": [_out(tables_dir(cfg) / "metrics.json")],
         },
+        **_section5_stages(cfg, prm),
         "figures": {
             "cmd": f"python -m rethinking figures --params {prm}",
-            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/figures.py"],
+            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/figures.py"]
+            + ([str(tables_dir(cfg) / "kernel_noise.csv")] if cfg.get("section5") else []),
             "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in FIGURES for ext in ("png", "pdf")],
         },
     }

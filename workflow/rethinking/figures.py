@@ -106,8 +106,10 @@ def fig1b(conv: pd.DataFrame):
     return fig
 
 
-def fig1c(conv: pd.DataFrame):
+def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
     d = _label_runs(conv)
+    if kernel is not None and len(d):
+        d = pd.concat([d, kernel], ignore_index=True)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     if len(d):
         sns.lineplot(data=d, x="label_level", y="test_error", hue="model", marker="o", errorbar=t_interval, ax=ax)
@@ -166,7 +168,8 @@ def figures(cfg: dict) -> Path:
     curves, conv = read("loss_curves.csv"), read("convergence.csv")
     _save(fig1a(curves), out / "fig1a")
     _save(fig1b(conv), out / "fig1b")
-    _save(fig1c(conv), out / "fig1c")
+    from .section5 import kernel_curve
+    _save(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
     _save(fig2b(read("accuracy_curves.csv")), out / "fig2b")
     _save(table4(read("runs.csv")), out / "table4")
     return out

@@ -27,6 +27,7 @@ rule aggregate:
 rule figures:
     input:
         tables=[f"{RESULTS}/tables/{t}" for t in INPUTS],
+        kernel_curve=[f"{RESULTS}/tables/kernel_noise.csv"] if CFG.get("section5") else [],
         code=f"{PKG}/figures.py",
     output:
         [

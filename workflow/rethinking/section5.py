@@ -1,0 +1,119 @@
+"""Stages `kernels` and `theorem`: Section 5 and Theorem 1 of the paper on the grid's dataset.
+
+kernels: base artifact -> tables/kernels.csv (min-norm Gaussian-kernel
+interpolation per feature kind, with and without the l2 term, the paper's
+number beside where it has one), tables/kernel_noise.csv (the interpolant's
+test error against label corruption), tables/implicit_bias.csv (SGD from zero
+reaches the min-norm solution of an underdetermined least-squares problem;
+from a random start it does not), and their figures.
+
+theorem: base artifact -> tables/theorem.csv (the 2n + d weight network of
+Theorem 1 on real images with random and true labels: exact fit, weight count,
+condition number against n) and its figure.
+
+The math lives in kernels.py, implicit.py and theorem.py; this module reads
+params and writes outputs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import base_artifact
+from .io import load_npz, read_meta, write_csv
+from .paper import is_cifar10, reference
+
+KERNEL_TABLES = ("kernels.csv", "kernel_noise.csv", "implicit_bias.csv")
+KERNEL_FIGURES = ("kernel_noise", "implicit_bias")
+THEOREM_TABLES = ("theorem.csv",)
+THEOREM_FIGURES = ("theorem",)
+PAPER_ROWS = {("pixels", False): "gaussian_kernel_minnorm", ("random-conv", False): "random_conv_features_minnorm",
+              ("random-conv", True): "random_conv_features_l2"}
+
+
+def _dirs(cfg):
+    root = Path(cfg["results_dir"])
+    return root / "tables", root / "figures"
+
+
+def _save(fig, base: Path):
+    from .figures import _save as save_figure
+    save_figure(fig, base)
+
+
+def _data(cfg):
+    _, arrays = load_npz(base_artifact(cfg), rebuild_hint="`python -m rethinking prepare`")
+    return arrays
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def paper_value(meta: dict, features: str, ridge: float) -> float:
+    """The paper's test error for this setting on CIFAR-10, NaN elsewhere."""
+    if not is_cifar10(meta):
+        return float("nan")
+    ref = reference()
+    name = PAPER_ROWS.get((features, ridge > 0))
+    row = ref[(ref["table"] == "section5") & (ref["dataset"] == "cifar10") & (ref["model"] == name)]
+    return float(row["value"].iloc[0]) if len(row) else float("nan")
+
+
+def kernels_stage(cfg: dict) -> Path:
+    from .implicit import implicit_bias_experiment, plot_implicit
+    from .kernels import kernel_label_noise, plot_kernel_noise, run_kernel
+
+    k, imp = cfg["section5"]["kernels"], cfg["section5"]["implicit"]
+    tables, figures = _dirs(cfg)
+    data, meta = _data(cfg), read_meta(base_artifact(cfg))
+    common = dict(n_train=k["n_train"], n_test=k["n_test"], seed=cfg["dataset"]["seed"], n_filters=k["n_filters"],
+                  pool=k["pool"], device=_device(k["device"]))
+    rows = []
+    for features in k["features"]:
+        for ridge in sorted({0.0, float(k["ridge"])}):
+            r = run_kernel(data, features=features, gamma=k["gamma"].get(features), ridge=ridge, **common)
+            r.pop("timings", None)
+            r["paper_test_error"] = paper_value(meta, features, ridge)
+            r["diff"] = r["test_error"] - r["paper_test_error"]
+            rows.append(r)
+    write_csv(tables / "kernels.csv", pd.DataFrame(rows))
+
+    noise = kernel_label_noise(data, k["noise_levels"], features="pixels", gamma=k["gamma"].get("pixels"), **common)
+    write_csv(tables / "kernel_noise.csv", noise)
+    _save(plot_kernel_noise(noise), figures / "kernel_noise")
+
+    bias = implicit_bias_experiment(data, n=imp["n"], features=imp["features"], steps=imp["steps"],
+                                    seed=cfg["dataset"]["seed"])
+    write_csv(tables / "implicit_bias.csv", bias)
+    _save(plot_implicit(bias), figures / "implicit_bias")
+    return tables
+
+
+def theorem_stage(cfg: dict) -> Path:
+    from .theorem import plot_theorem, theorem_sweep
+
+    th = cfg["section5"]["theorem"]
+    tables, figures = _dirs(cfg)
+    data = _data(cfg)
+    frame = pd.concat([theorem_sweep(data, th["ns"], labels=lab, seed=cfg["dataset"]["seed"]) for lab in th["labels"]],
+                      ignore_index=True)
+    write_csv(tables / "theorem.csv", frame)
+    _save(plot_theorem(frame), figures / "theorem")
+    return tables
+
+
+def kernel_curve(cfg: dict) -> pd.DataFrame | None:
+    """The min-norm interpolant's test error against label corruption, for Fig. 1c (None without it)."""
+    path = _dirs(cfg)[0] / "kernel_noise.csv"
+    if not cfg.get("section5") or not path.is_file():
+        return None
+    f = pd.read_csv(path)
+    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": f["level"],
+                         "test_error": f["test_error"], "status": "fitted",
+                         "relative_steps": np.nan, "seed": 0})

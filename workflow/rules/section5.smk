@@ -1,0 +1,43 @@
+from rethinking.section5 import KERNEL_FIGURES, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_TABLES
+
+
+rule kernels:
+    input:
+        base=rc.base_artifact(CFG),
+        code=[f"{PKG}/section5.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py"],
+    output:
+        [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES],
+        [
+            report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Section 5")
+            for f in KERNEL_FIGURES
+        ],
+        [f"{RESULTS}/figures/{f}.pdf" for f in KERNEL_FIGURES],
+    params:
+        file=PARAMS,
+        settings=settings_json("section5", "dataset"),
+    threads: 2
+    log:
+        f"{RESULTS}/logs/kernels.log",
+    conda:
+        "../envs/rethinking.yaml"
+    shell:
+        "python -m rethinking kernels --params {params.file} > {log} 2>&1"
+
+
+rule theorem:
+    input:
+        base=rc.base_artifact(CFG),
+        code=[f"{PKG}/section5.py", f"{PKG}/theorem.py"],
+    output:
+        [f"{RESULTS}/tables/{t}" for t in THEOREM_TABLES],
+        report(f"{RESULTS}/figures/theorem.png", caption="../report/theorem.rst", category="Section 5"),
+        f"{RESULTS}/figures/theorem.pdf",
+    params:
+        file=PARAMS,
+        settings=settings_json("section5", "dataset"),
+    log:
+        f"{RESULTS}/logs/theorem.log",
+    conda:
+        "../envs/rethinking.yaml"
+    shell:
+        "python -m rethinking theorem --params {params.file} > {log} 2>&1"
