@@ -128,3 +128,23 @@ def test_snakemake_refuses_bad_params_before_any_work(project):
     assert proc.returncode != 0
     assert "grid[0].models[0]" in proc.stdout + proc.stderr and "resnet" in proc.stdout + proc.stderr
     assert tree_files(project / "results") == []
+
+
+def test_a_second_snakemake_on_the_same_results_is_refused(project):
+    import time
+    first = subprocess.Popen("snakemake --cores 1 --configfile config/tiny.yaml", cwd=project, shell=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        locks = project / ".snakemake" / "locks"
+        deadline = time.monotonic() + 120
+        while not (locks.is_dir() and any(locks.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, "the first run ended before the second could start"
+        second = sh("snakemake --cores 1 --configfile config/tiny.yaml", project, check=False)
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+    finally:
+        import os
+        import signal
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()

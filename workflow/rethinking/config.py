@@ -23,6 +23,7 @@ TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr_decay", "lr_de
 DEFAULTS = {
     "results_dir": "results",
     "paper_tolerance": {"train_acc": 1.0, "test_acc": 3.0},
+    "section5": None,
     "seeds": [0],
     "dataset": {
         "source": "digits",
