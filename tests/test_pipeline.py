@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from conftest import REPO, run_cli, tree_files
-from rethinking import config as rc
 from rethinking.dvcgen import generate, stage_key
 
 TINY_RESULTS = "results/tiny"

@@ -4,7 +4,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import REPO
 from rethinking import config as rc
