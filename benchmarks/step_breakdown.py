@@ -1,0 +1,57 @@
+"""Where one training step's time goes: gather, preprocessing, forward+backward, optimizer step.
+
+    python benchmarks/step_breakdown.py [--model mlp_1x512] [--threads 2] [--batch 128]
+
+Random uint8 images of CIFAR-10's shape (3x32x32, 28x28 center crop); prints
+milliseconds per step for each part (50 timed repetitions after 3 warm-ups).
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rethinking.models import build_model
+from rethinking.preprocess import prepare_batch
+
+
+def timed(fn, n=50):
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mlp_1x512")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    x = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (50_000,))
+    model = build_model(args.model, (3, 28, 28))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    idx = torch.randperm(50_000)[:args.batch]
+    xb, yb = x[idx], y[idx]
+    xp = prepare_batch(xb, 28)
+
+    def fwd_bwd():
+        F.cross_entropy(model(xp), yb).backward()
+
+    parts = {
+        "gather": timed(lambda: x[idx]),
+        "crop+standardize": timed(lambda: prepare_batch(xb, 28)),
+        "forward+backward": timed(fwd_bwd),
+        "sgd step": timed(opt.step),
+    }
+    for name, ms in parts.items():
+        print(f"{name:18s} {ms:7.2f} ms")
+    print(f"forward+backward alone: {args.batch / parts['forward+backward'] * 1000:,.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
