@@ -27,8 +27,6 @@ if workflow.config_settings.config:
 PARAMS = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
 try:
     CFG = rc.load(PARAMS)
-    if not workflow.dryrun:
-        rc.check_data(CFG, PARAMS)
 except rc.ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
 RUNS = rc.expand_runs(CFG)
@@ -45,6 +43,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/section5.smk"
+
+
+onstart:
+    # data paths are checked when jobs are about to run, so a dry run can list a grid whose data is elsewhere
+    try:
+        rc.check_data(CFG, PARAMS)
+    except rc.ConfigError as exc:
+        raise WorkflowError(f"error: {exc}") from None
 
 
 rule all:

@@ -121,11 +121,17 @@ def test_stale_dvc_yaml_stops_dvc_repro(project):
     assert not (project / TINY_RESULTS / "runs").exists()
 
 
-def test_snakemake_refuses_bad_params_before_any_work(project):
-    (project / "bad.yaml").write_text("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n")
+@pytest.mark.parametrize("text, needles", [
+    ("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n", ["grid[0].models[0]", "resnet"]),
+    ("dataset: {source: imagefolder, root: /nonexistent/x.zip}\n"
+     "grid:\n  - {name: a, models: [mlp_1x512], corruptions: [true_labels]}\n", ["dataset.root", "/nonexistent/x.zip"]),
+])
+def test_snakemake_refuses_bad_params_before_any_work(project, text, needles):
+    (project / "bad.yaml").write_text(text)
     proc = sh("snakemake --cores 1 --configfile bad.yaml", project, check=False)
     assert proc.returncode != 0
-    assert "grid[0].models[0]" in proc.stdout + proc.stderr and "resnet" in proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in proc.stdout + proc.stderr
     assert tree_files(project / "results") == []
 
 
