@@ -24,6 +24,13 @@ def run_cli(*args, cwd, check=False, timeout=600):
     return proc
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits as arrays (1,437 train / 360 test), as the standalone commands load them."""
+    from rethinking.data import load_source
+    return load_source("digits")
+
+
 @pytest.fixture
 def project(tmp_path):
     """A copy of the project, as a fresh clone would have it, to run pipelines in."""

@@ -3,16 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from rethinking.data import load_digits
 from rethinking.kernels import (NotPositiveDefinite, blocked_cholesky_, cholesky_solve_blocked, gaussian_kernel,
                                 kernel_label_noise, kernel_matmul, make_features, plot_kernel_noise,
                                 random_conv_features, run_kernel)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    xtr, ytr, xte, yte, _, _ = load_digits(0.2, seed=0)
-    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,10 @@ def test_num_classes():
         model.eval()
         with torch.no_grad():
             assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 100)
+
+
+def test_the_params_schema_allows_exactly_these_models():
+    import yaml
+    from rethinking.config import SCHEMA_PATH
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert schema["properties"]["grid"]["items"]["properties"]["models"]["items"]["enum"] == list(MODELS)

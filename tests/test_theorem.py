@@ -2,15 +2,8 @@
 import numpy as np
 import pytest
 
-from rethinking.data import load_digits
 from rethinking.theorem import (construct, design_matrix, evaluate, plot_theorem, theorem_report, theorem_sweep,
                                 weights_count)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    xtr, ytr, xte, yte, _, _ = load_digits(0.2, seed=0)
-    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,9 @@ def cmd_corrupt(args):
     from .corrupt import corrupt
     cfg = load(args.params)
     c = Corruption.parse(args.corruption)
-    if c not in corruptions_of(expand_runs(cfg)):
-        allowed = ", ".join(x.id for x in corruptions_of(expand_runs(cfg)))
+    needed = corruptions_of(expand_runs(cfg))
+    if c not in needed:
+        allowed = ", ".join(x.id for x in needed)
         raise ConfigError(f"--corruption: {args.corruption!r} is not in this config's grid (allowed: {allowed})")
     print(corrupt(cfg, c))
 

@@ -15,7 +15,6 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
 
-MODELS = ("mlp_1x512", "mlp_3x512", "alexnet", "inception", "inception_nobn")
 CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
 REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
 TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr_decay", "lr_decay_images", "weight_decay", "dropout")

@@ -203,18 +203,24 @@ def balanced_subset(y: np.ndarray, n: int, num_classes: int, rng: np.random.Gene
     return np.sort(np.concatenate(picked))
 
 
-def load_source(dataset: str, root=None, train_size: int | None = None, test_size: int | None = None, seed: int = 0):
-    """A dataset as the standalone commands (bench, kernels, theorem) read it: a dict of arrays."""
-    if dataset == "digits":
-        xtr, ytr, xte, yte, classes, _ = load_digits(0.2, seed)
-    elif dataset == "cifar10":
-        xtr, ytr, xte, yte, classes, _ = load_cifar10(root, download=False)
-    elif dataset == "imagefolder":
+def load_source(source: str, root=None, train_size: int | None = None, test_size: int | None = None, seed: int = 0,
+                test_fraction: float = 0.2, download: bool = False) -> dict:
+    """A dataset as arrays (x_train, y_train, x_test, y_test, classes, provenance), seeded subsets taken.
+
+    The one loader of the package: `prepare` stores its result as the base artifact, and the
+    standalone commands (bench, kernels, theorem) use it directly.
+    """
+    if source == "digits":
+        xtr, ytr, xte, yte, classes, prov = load_digits(test_fraction, seed)
+    elif source == "cifar10":
+        xtr, ytr, xte, yte, classes, prov = load_cifar10(root, download)
+    elif source == "imagefolder":
         if not root:
-            raise DataError("--root: required for imagefolder (a folder or .zip with train/<class>/* and test/<class>/*)")
-        xtr, ytr, xte, yte, classes, _ = load_imagefolder(root)
+            raise DataError("dataset.root: required for imagefolder "
+                            "(a folder or .zip with train/<class>/* and test/<class>/*)")
+        xtr, ytr, xte, yte, classes, prov = load_imagefolder(root)
     else:
-        raise DataError(f"--dataset: {dataset!r} is unknown (allowed: digits, cifar10, imagefolder)")
+        raise DataError(f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, imagefolder)")
     rng = np.random.default_rng([seed, 1])
     if train_size:
         i = balanced_subset(ytr, train_size, len(classes), rng, "train")
@@ -222,34 +228,21 @@ def load_source(dataset: str, root=None, train_size: int | None = None, test_siz
     if test_size:
         i = balanced_subset(yte, test_size, len(classes), rng, "test")
         xte, yte = xte[i], yte[i]
-    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": classes}
+    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": classes, "provenance": prov}
 
 
 def prepare(cfg: dict) -> Path:
     ds = cfg["dataset"]
-    if ds["source"] == "digits":
-        xtr, ytr, xte, yte, classes, prov = load_digits(ds["test_fraction"], ds["seed"])
-    elif ds["source"] == "cifar10":
-        xtr, ytr, xte, yte, classes, prov = load_cifar10(ds["root"], ds["download"])
-    elif ds["source"] == "imagefolder":
-        xtr, ytr, xte, yte, classes, prov = load_imagefolder(ds["root"])
-    else:  # the schema already refuses this
-        raise ConfigError(f"dataset.source: {ds['source']!r} is unknown (allowed: digits, cifar10, imagefolder)")
-
-    rng = np.random.default_rng([ds["seed"], 1])
-    if ds["train_size"]:
-        i = balanced_subset(ytr, ds["train_size"], len(classes), rng, "train")
-        xtr, ytr = xtr[i], ytr[i]
-    if ds["test_size"]:
-        i = balanced_subset(yte, ds["test_size"], len(classes), rng, "test")
-        xte, yte = xte[i], yte[i]
-
+    d = load_source(ds["source"], ds["root"], ds["train_size"], ds["test_size"], ds["seed"],
+                    ds["test_fraction"], ds["download"])
+    xtr, ytr, xte, yte = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
     crop = cfg["preprocess"]["crop"]
     if crop and crop > min(xtr.shape[2:]):
         raise ConfigError(f"preprocess.crop: {crop} is larger than the images ({xtr.shape[2]}x{xtr.shape[3]})")
 
-    prov.update(train_size=int(len(ytr)), test_size=int(len(yte)), seed=ds["seed"], version=__version__)
-    meta = {"kind": "base", "dataset": dataset_id(cfg), "classes": classes,
+    prov = dict(d["provenance"], train_size=int(len(ytr)), test_size=int(len(yte)), seed=ds["seed"],
+                version=__version__)
+    meta = {"kind": "base", "dataset": dataset_id(cfg), "classes": d["classes"],
             "shape": list(xtr.shape[1:]), "provenance": prov}
     out = base_artifact(cfg)
     save_npz(out, meta, x_train=np.ascontiguousarray(xtr), y_train=ytr, x_test=np.ascontiguousarray(xte), y_test=yte)

@@ -41,7 +41,8 @@ def figures_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / "figures"
 
 
-def _save(fig, base: Path) -> None:
+def save_figure(fig, base: Path) -> None:
+    """PNG and PDF of a figure, each written atomically."""
     base.parent.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         with atomic_path(base.with_suffix(f".{ext}")) as tmp:
@@ -166,10 +167,10 @@ def figures(cfg: dict) -> Path:
     tables, out = tables_dir(cfg), figures_dir(cfg)
     read = (lambda name: pd.read_csv(tables / name, keep_default_na=True, dtype={"variant": str}))
     curves, conv = read("loss_curves.csv"), read("convergence.csv")
-    _save(fig1a(curves), out / "fig1a")
-    _save(fig1b(conv), out / "fig1b")
+    save_figure(fig1a(curves), out / "fig1a")
+    save_figure(fig1b(conv), out / "fig1b")
     from .section5 import kernel_curve
-    _save(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
-    _save(fig2b(read("accuracy_curves.csv")), out / "fig2b")
-    _save(table4(read("runs.csv")), out / "table4")
+    save_figure(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
+    save_figure(fig2b(read("accuracy_curves.csv")), out / "fig2b")
+    save_figure(table4(read("runs.csv")), out / "table4")
     return out

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .config import base_artifact
+from .figures import save_figure as _save
 from .io import load_npz, read_meta, write_csv
 from .paper import is_cifar10, reference
 
@@ -36,11 +37,6 @@ PAPER_ROWS = {("pixels", False): "gaussian_kernel_minnorm", ("random-conv", Fals
 def _dirs(cfg):
     root = Path(cfg["results_dir"])
     return root / "tables", root / "figures"
-
-
-def _save(fig, base: Path):
-    from .figures import _save as save_figure
-    save_figure(fig, base)
 
 
 def _data(cfg):
