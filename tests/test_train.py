@@ -89,9 +89,9 @@ def test_resume_after_kill_gives_the_same_result(tiny, tmp_path, monkeypatch):
     corrupt(other, run.corruption)
     real = tr._checkpoint
 
-    def kill_after_epoch_2(path, *args, **kw):
-        real(path, *args, **kw)
-        if args[4] == 2:  # the epoch argument
+    def kill_after_epoch_2(member, *args, **kw):
+        real(member, *args, **kw)
+        if member.epoch == 2:
             raise Killed()
     monkeypatch.setattr(tr, "_checkpoint", kill_after_epoch_2)
     with pytest.raises(Killed):

@@ -37,11 +37,11 @@ def cmd_corrupt(args):
 
 
 def cmd_train(args):
-    from .train import train
+    from .train import train_runs
     cfg = load(args.params)
     if args.device:
         cfg["training"]["device"] = args.device
-    train(cfg, find_run(cfg, args.run))
+    train_runs(cfg, [find_run(cfg, r) for r in args.run])
 
 
 def cmd_aggregate(args):
@@ -58,6 +58,13 @@ def cmd_runs(args):
     cfg = load(args.params)
     for run in expand_runs(cfg):
         print(run.id)
+
+
+def cmd_packs(args):
+    from .pack import plan_packs
+    cfg = load(args.params)
+    for pack in plan_packs(cfg, expand_runs(cfg)):
+        print(" ".join(r.id for r in pack))
 
 
 def cmd_corruptions(args):
@@ -157,15 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption", required=True, help="e.g. true-labels, labels-0.4, random-labels, gaussian")
     p.set_defaults(func=cmd_corrupt)
 
-    p = sub.add_parser("train", help="train one run of the grid")
+    p = sub.add_parser("train", help="train one run of the grid (several: one pack, in one process)")
     _params_arg(p)
-    p.add_argument("--run", required=True, help="a run id as `runs` prints it")
+    p.add_argument("--run", required=True, action="append",
+                   help="a run id as `runs` prints it; repeat it to train runs as one pack (see `packs`)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training.device")
     p.set_defaults(func=cmd_train)
 
     for name, func, text in [("aggregate", cmd_aggregate, "run folders -> tables"),
                              ("figures", cmd_figures, "tables -> figures"),
                              ("runs", cmd_runs, "list the runs the config expands to, one per line"),
+                             ("packs", cmd_packs, "list the runs as training.pack groups them, one process per line"),
                              ("corruptions", cmd_corruptions, "list the corrupted datasets the config needs")]:
         p = sub.add_parser(name, help=text)
         _params_arg(p)

@@ -50,6 +50,7 @@ DEFAULTS = {
         "device": "auto",
         "threads": 1,
         "jobs_per_gpu": 1,
+        "pack": 1,
     },
 }
 

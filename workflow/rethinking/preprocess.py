@@ -98,3 +98,16 @@ def prepare_batch(x_uint8: torch.Tensor, crop: int | None, augment: frozenset = 
     if x.dtype == torch.uint8:
         x = x.to(dtype).div_(255.0)
     return per_image_standardization(x)
+
+
+def prepare_all(x_uint8: torch.Tensor, crop: int | None, chunk: int = 4096) -> torch.Tensor:
+    """A whole split prepared once (center crop, standardization), as float32 on its device.
+
+    For what needs no random augmentation (evaluation, and training without 'crop'/'augment'):
+    a step then only gathers its batch. Chunked, so the temporaries stay small.
+    """
+    n, c, h, w = x_uint8.shape
+    out = torch.empty((n, c, crop or h, crop or w), dtype=torch.float32, device=x_uint8.device)
+    for i in range(0, n, chunk):
+        out[i:i + chunk] = prepare_batch(x_uint8[i:i + chunk], crop)
+    return out

@@ -8,6 +8,13 @@ the whole training set in eval mode, and checkpoints atomically. The run stops
 at 100% training accuracy (recording the step of first fit), at the epoch
 limit, or when the loss stops being finite (status `diverged`).
 
+Inputs that need no random augmentation are prepared once per process
+(center crop and per-image standardization, as floats on the device), so a
+step only gathers its batch; augmented runs prepare each batch from uint8.
+Several runs that share a model and their training settings can be trained in
+one process as a pack (`train_runs`, rethinking.pack): the same loop, with the
+step applied to a stacked model, and every run keeping its own folder.
+
 Run folder: epochs.csv (per epoch), steps.csv (training loss every
 `log_every` steps, Figure 1a), summary.json (written last: its presence
 means the run is finished), checkpoint.pt (the last epoch; a rerun of a
@@ -23,6 +30,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +42,12 @@ from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
 from .io import atomic_path, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
-from .preprocess import augmentations, prepare_batch
+from .pack import Stacked, check_packable
+from .preprocess import augmentations, prepare_all, prepare_batch
 from .slots import claim
 
 CHECKPOINT = "checkpoint.pt"
-ENGINE_SOURCES = ("train.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
+ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
 
 
 def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | None, n_train: int) -> float:
@@ -79,14 +88,15 @@ def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, 
               channels_last, loss_sum, step, log_every, on_log=None):
     """One epoch of SGD steps over `perm` (a device-side permutation): the engine's hot loop.
 
-    Batches are gathered from the uint8 data on the device and prepared there; the loss and
+    Batches are gathered from the data on the device: prepared floats are used as they are,
+    uint8 images are prepared per batch (crop, augmentation, standardization); the loss and
     the number of correct predictions accumulate on the device. The host reads the loss only
     every `log_every` steps (on_log(step, mean loss)). Returns (step, correct, images seen).
     """
     correct = torch.zeros((), device=y_train.device, dtype=torch.int64)
     for i in range(0, len(perm), batch_size):
         idx = perm[i:i + batch_size]
-        xb = prepare_batch(x_train[idx], crop, augment, generator)
+        xb = x_train[idx] if x_train.is_floating_point() else prepare_batch(x_train[idx], crop, augment, generator)
         yb = y_train[idx]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -106,13 +116,15 @@ def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, 
 
 
 @torch.no_grad()
-def evaluate(model, x_uint8, y, crop, batch_size, autocast) -> tuple[float, float, int]:
-    """Mean loss, accuracy and number correct over a whole split, in eval mode."""
+def evaluate(model, x, y, crop, batch_size, autocast) -> tuple[float, float, int]:
+    """Mean loss, accuracy and number correct over a whole split (uint8, or prepared floats), in eval mode."""
     model.eval()
     loss = torch.zeros((), device=y.device, dtype=torch.float64)
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     for i in range(0, len(y), batch_size):
-        xb = prepare_batch(x_uint8[i:i + batch_size], crop)
+        xb = x[i:i + batch_size]
+        if not xb.is_floating_point():
+            xb = prepare_batch(xb, crop)
         with autocast():
             logits = model(xb)
         loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
@@ -129,142 +141,257 @@ def _progress(total: int, initial: int, desc: str):
     return None
 
 
+@dataclass
+class _Member:
+    """One run inside a training process: its data on the device, generator, progress and rows."""
+    run: Run
+    settings: dict
+    out: Path
+    fingerprint: str
+    x_fit: torch.Tensor     # what the steps read: prepared floats, or uint8 when the run augments
+    x_train: torch.Tensor   # prepared floats (center crop, standardized): the evaluation of the training set
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    gen: torch.Generator
+    loss_sum: torch.Tensor  # training loss summed since the last steps.csv row, on the device
+    epoch: int = 0
+    step: int = 0
+    start: float = 0.0
+    epochs_rows: list = field(default_factory=list)
+    steps_rows: list = field(default_factory=list)
+    status: str = "max_epochs"
+    first_fit: int | None = None
+    diverged_step: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "max_epochs" and self.epoch < self.settings["max_epochs"]
+
+
 def train(cfg: dict, run: Run, log=print) -> Path:
-    t = training_for(cfg, run)
-    settings = run_settings(cfg, run)
+    """Train one run into its folder, resuming its checkpoint; returns the folder."""
+    return train_runs(cfg, [run], log)[0]
+
+
+def train_runs(cfg: dict, runs: list[Run], log=print) -> list[Path]:
+    """Train runs in one process: one run as a plain module, several as one pack (rethinking.pack)."""
+    settings = [run_settings(cfg, r) for r in runs]
+    if len(runs) > 1:
+        check_packable(cfg, runs, settings)
+    t = training_for(cfg, runs[0])
     device = pick_device(t["device"])
     slot = None
     if device.type == "cuda":  # which GPU: a slot no concurrent job holds (released when we return or die)
         slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
         device = torch.device("cuda", slot.device)
         torch.cuda.set_device(device)
-        log(f"{run.id}: GPU slot {slot.slot} of GPU {slot.physical}")
+        log(f"{runs[0].id}{' (+%d packed)' % (len(runs) - 1) if len(runs) > 1 else ''}: "
+            f"GPU slot {slot.slot} of GPU {slot.physical}")
     else:
         torch.set_num_threads(t["threads"])
     try:
-        return _train(cfg, run, t, settings, device, log)
+        return _train(cfg, runs, settings, t, device, log)
     finally:
         if slot is not None:
             slot.release()
 
 
-def _train(cfg: dict, run: Run, t: dict, settings: dict, device: torch.device, log) -> Path:
-    out = run_dir(cfg, run)
-    torch.manual_seed(run.seed)
+def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: torch.device, log) -> list[Path]:
+    crop = cfg["preprocess"]["crop"]
+    s0 = settings[0]   # a pack shares every setting but run, corruption and seed
+    augment = augmentations(runs[0].regs)
 
-    # --- data, resident on the device as uint8
-    meta, arr = load_corrupted(cfg, run.corruption)
-    x_train = torch.from_numpy(arr["x_train"]).to(device)
-    y_train = torch.from_numpy(arr["y_train"]).to(device)
-    x_test = torch.from_numpy(arr["x_test"]).to(device)
-    y_test = torch.from_numpy(arr["y_test"]).to(device)
-    n_train, crop = len(y_train), cfg["preprocess"]["crop"]
-    c, h, w = x_train.shape[1:]
-    in_shape = (c, crop or h, crop or w)
-    augment = augmentations(run.regs)
+    # --- data, resident on the device; runs of one corruption share it. Inputs that need no random
+    # augmentation are prepared once (crop + standardization), so a step only gathers its batch.
+    loaded, members, models = {}, [], []
+    for run, s in zip(runs, settings):
+        if run.corruption not in loaded:
+            meta, arr = load_corrupted(cfg, run.corruption)
+            x_train = torch.from_numpy(arr["x_train"]).to(device)
+            loaded[run.corruption] = dict(
+                meta=meta, x_uint8=x_train, x_train=prepare_all(x_train, crop),
+                y_train=torch.from_numpy(arr["y_train"]).to(device),
+                x_test=prepare_all(torch.from_numpy(arr["x_test"]).to(device), crop),
+                y_test=torch.from_numpy(arr["y_test"]).to(device))
+        d = loaded[run.corruption]
+        torch.manual_seed(run.seed)   # the model's initialization (and, for a single run, dropout)
+        c, h, w = d["x_uint8"].shape[1:]
+        in_shape = (c, crop or h, crop or w)
+        models.append(build_model(run.model, in_shape, num_classes=len(d["meta"]["classes"]),
+                                  dropout=s["dropout"]).to(device))
+        members.append(_Member(
+            run=run, settings=s, out=run_dir(cfg, run), fingerprint=_fingerprint(s),
+            x_fit=d["x_uint8"] if augment else d["x_train"], x_train=d["x_train"], y_train=d["y_train"],
+            x_test=d["x_test"], y_test=d["y_test"], gen=torch.Generator(device=device).manual_seed(run.seed),
+            loss_sum=torch.zeros((), device=device)))
+    n_train = len(members[0].y_train)
+    n_params = count_parameters(models[0])
 
-    # --- model and optimizer
-    model = build_model(run.model, in_shape, num_classes=len(meta["classes"]), dropout=settings["dropout"]).to(device)
+    # --- model and optimizer: the plain module and torch's SGD, or the runs stacked into one model
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if is_conv(run.model):
-            model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
-                          weight_decay=settings["weight_decay"])
+    channels_last = device.type == "cuda" and is_conv(s0["model"]) and len(runs) == 1
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
-    gen = torch.Generator(device=device).manual_seed(run.seed)
+    model = opt = stacked = None
+    if len(runs) == 1:
+        model = models[0].to(memory_format=torch.channels_last) if channels_last else models[0]
+        opt = torch.optim.SGD(model.parameters(), lr=s0["lr"], momentum=s0["momentum"],
+                              weight_decay=s0["weight_decay"])
+    else:
+        stacked = Stacked(models, s0["momentum"], s0["weight_decay"])
+    del models
 
-    # --- resume
-    epoch, step, elapsed = 0, 0, 0.0
-    epochs_rows, steps_rows, first_fit, status, diverged_step = [], [], None, "max_epochs", None
-    resumed = False
-    ckpt_path = out / CHECKPOINT
-    fingerprint = _fingerprint(settings)
-    if ckpt_path.is_file():
+    # --- resume: each run from its own checkpoint (single and packed runs write the same format)
+    for k, m in enumerate(members):
+        ckpt_path = m.out / CHECKPOINT
+        if not ckpt_path.is_file():
+            continue
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["fingerprint"] == fingerprint:
+        if ck["fingerprint"] != m.fingerprint:
+            log(f"{m.run.id}: checkpoint was made with other settings or code; starting over")
+            continue
+        if stacked is None:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            gen.set_state(ck["generator"])
             torch.set_rng_state(ck["torch_rng"])
             if device.type == "cuda" and ck.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ck["cuda_rng"])
-            epoch, step, elapsed = ck["epoch"], ck["step"], ck["elapsed"]
-            epochs_rows, steps_rows = ck["epochs"], ck["steps"]
-            status, first_fit, diverged_step = ck["status"], ck["first_fit"], ck.get("diverged_step")
-            resumed = True
-            log(f"{run.id}: resuming after epoch {epoch} (step {step})")
         else:
-            log(f"{run.id}: checkpoint was made with other settings or code; starting over")
+            stacked.load_member(k, ck["model"], ck["optimizer"])
+        m.gen.set_state(ck["generator"])
+        m.epoch, m.step, m.start = ck["epoch"], ck["step"], -ck["elapsed"]
+        m.epochs_rows, m.steps_rows = ck["epochs"], ck["steps"]
+        m.status, m.first_fit, m.diverged_step = ck["status"], ck["first_fit"], ck.get("diverged_step")
+        m.loss_sum.fill_(float(ck["loss_sum"]))
+        log(f"{m.run.id}: resuming after epoch {m.epoch} (step {m.step})")
 
-    steps_per_epoch = math.ceil(n_train / settings["batch_size"])
-    channels_last = device.type == "cuda" and is_conv(run.model)
-    bs, log_every = settings["batch_size"], settings["log_every"]
-    bar = _progress(settings["max_epochs"], epoch, run.id)
-    start = time.perf_counter() - elapsed
-    # training loss summed since the last steps.csv row, kept on the device (restored on resume)
-    loss_sum = torch.tensor(float(ck["loss_sum"]) if resumed else 0.0, device=device)
+    bs, log_every = s0["batch_size"], s0["log_every"]
+    steps_per_epoch = math.ceil(n_train / bs)
+    bar = _progress(s0["max_epochs"], members[0].epoch, members[0].run.id) if len(runs) == 1 else None
+    now = time.perf_counter()
+    for m in members:
+        m.start += now
+    active = list(range(len(members)))   # members still training (their slots in `stacked`)
 
-    while epoch < settings["max_epochs"] and status == "max_epochs":
-        lr = learning_rate(epoch, settings["lr"], settings["lr_decay"], settings["lr_decay_images"], n_train)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        perm = torch.randperm(n_train, device=device, generator=gen)
-        rows_before = len(steps_rows)
-        step, correct_sum, seen = run_epoch(
-            model, opt, x_train, y_train, perm, batch_size=bs, crop=crop, augment=augment, generator=gen,
-            autocast=autocast, channels_last=channels_last, loss_sum=loss_sum, step=step, log_every=log_every,
-            on_log=lambda s, mean, e=epoch + 1: steps_rows.append({"step": s, "epoch": e, "train_loss": mean}))
-        epoch += 1
-
-        train_loss, train_acc, train_correct = evaluate(model, x_train, y_train, crop, t["eval_batch_size"], autocast)
-        test_loss, test_acc, _ = evaluate(model, x_test, y_test, crop, t["eval_batch_size"], autocast)
-        epochs_rows.append({
-            "epoch": epoch, "step": step, "lr": lr, "batch_train_acc": int(correct_sum) / seen,
-            "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "wall_time": time.perf_counter() - start,
-        })
-        line = (f"{run.id}: epoch {epoch} step {step} lr {lr:.4g} train loss {train_loss:.4f} "
-                f"acc {100 * train_acc:.2f}% test acc {100 * test_acc:.2f}%")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"train {100 * train_acc:.1f}% test {100 * test_acc:.1f}%")
+    while True:
+        for k in [k for k in active if not members[k].running]:   # finished, also when resumed finished
+            _finish(members[k], n_params, steps_per_epoch, device, log)
+        still = [k for k in active if members[k].running]
+        if not still:
+            break
+        if stacked is not None and len(still) < len(active):
+            stacked.keep([i for i, k in enumerate(active) if members[k].running])
+        active = still
+        group = [members[k] for k in active]
+        lrs = [learning_rate(m.epoch, s0["lr"], s0["lr_decay"], s0["lr_decay_images"], n_train) for m in group]
+        perms = [torch.randperm(n_train, device=device, generator=m.gen) for m in group]
+        rows_before = [len(m.steps_rows) for m in group]
+        if stacked is None:
+            m = group[0]
+            for g in opt.param_groups:
+                g["lr"] = lrs[0]
+            model.train()
+            m.step, correct, seen = run_epoch(
+                model, opt, m.x_fit, m.y_train, perms[0], batch_size=bs, crop=crop, augment=augment,
+                generator=m.gen, autocast=autocast, channels_last=channels_last, loss_sum=m.loss_sum,
+                step=m.step, log_every=log_every,
+                on_log=lambda s, mean, m=m: m.steps_rows.append({"step": s, "epoch": m.epoch + 1,
+                                                                 "train_loss": mean}))
+            corrects = [int(correct)]
         else:
-            log(line)
+            corrects, seen = run_epoch_packed(stacked, group, perms, lrs, batch_size=bs, crop=crop,
+                                              augment=augment, autocast=autocast, log_every=log_every)
 
-        bad = [r["step"] for r in steps_rows[rows_before:] if not math.isfinite(r["train_loss"])]
-        if bad or not math.isfinite(train_loss):
-            status, diverged_step = "diverged", (bad[0] if bad else step)
-            log(f"{run.id}: the loss is not finite (first seen at step {diverged_step}); stopping as diverged")
-        elif fitted(train_correct, n_train):
-            first_fit, status = step, "fitted"
-        _checkpoint(ckpt_path, model, opt, gen, fingerprint, epoch, step, time.perf_counter() - start,
-                    epochs_rows, steps_rows, status, first_fit, diverged_step, float(loss_sum), device)
+        for i, m in enumerate(group):
+            m.epoch += 1
+            net = model if stacked is None else stacked.member(i)
+            train_loss, train_acc, train_correct = evaluate(net, m.x_train, m.y_train, crop, t["eval_batch_size"],
+                                                            autocast)
+            test_loss, test_acc, _ = evaluate(net, m.x_test, m.y_test, crop, t["eval_batch_size"], autocast)
+            m.epochs_rows.append({
+                "epoch": m.epoch, "step": m.step, "lr": lrs[i], "batch_train_acc": corrects[i] / seen,
+                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+                "wall_time": time.perf_counter() - m.start,
+            })
+            line = (f"{m.run.id}: epoch {m.epoch} step {m.step} lr {lrs[i]:.4g} train loss {train_loss:.4f} "
+                    f"acc {100 * train_acc:.2f}% test acc {100 * test_acc:.2f}%")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"train {100 * train_acc:.1f}% test {100 * test_acc:.1f}%")
+            else:
+                log(line)
+            bad = [r["step"] for r in m.steps_rows[rows_before[i]:] if not math.isfinite(r["train_loss"])]
+            if bad or not math.isfinite(train_loss):
+                m.status, m.diverged_step = "diverged", (bad[0] if bad else m.step)
+                log(f"{m.run.id}: the loss is not finite (first seen at step {m.diverged_step}); stopping as diverged")
+            elif fitted(train_correct, n_train):
+                m.first_fit, m.status = m.step, "fitted"
+            opt_state = opt.state_dict() if stacked is None else stacked.optimizer_state(i, net, lrs[i])
+            _checkpoint(m, net, opt_state, device)
     if bar is not None:
         bar.close()
+    return [m.out for m in members]
 
-    elapsed = time.perf_counter() - start
-    write_csv(out / "epochs.csv", _frame(epochs_rows))
-    write_csv(out / "steps.csv", _frame(steps_rows, columns=["step", "epoch", "train_loss"]))
-    last = epochs_rows[-1]
+
+def run_epoch_packed(stacked, group, perms, lrs, *, batch_size, crop, augment, autocast, log_every):
+    """One epoch of a pack: every member steps on its own batch, all in one stacked step.
+
+    Members read their own data (or, when all share one tensor, one gather serves all) in their
+    own permutation order; each member logs its own mean loss every `log_every` of its steps.
+    Returns (correct predictions per member, images seen per member).
+    """
+    device = perms[0].device
+    lr = torch.tensor(lrs, device=device)
+    correct = torch.zeros(len(group), device=device, dtype=torch.int64)
+    loss_sum = torch.stack([m.loss_sum for m in group])
+    shared = all(m.x_fit is group[0].x_fit for m in group)
+    n = len(perms[0])
+    for i in range(0, n, batch_size):
+        idx = [p[i:i + batch_size] for p in perms]
+        if shared and not augment:
+            xb = group[0].x_fit[torch.stack(idx)]
+        else:
+            xb = torch.stack([m.x_fit[j] if not augment else prepare_batch(m.x_fit[j], crop, augment, m.gen)
+                              for m, j in zip(group, idx)])
+        yb = torch.stack([m.y_train[j] for m, j in zip(group, idx)])
+        losses, corr = stacked.step(xb, yb, lr, autocast)
+        loss_sum += losses
+        correct += corr
+        for k, m in enumerate(group):
+            m.step += 1
+            if m.step % log_every == 0:
+                m.steps_rows.append({"step": m.step, "epoch": m.epoch + 1,
+                                     "train_loss": float(loss_sum[k]) / log_every})
+                loss_sum[k] = 0.0
+    for k, m in enumerate(group):
+        m.loss_sum = loss_sum[k].clone()
+    return correct.tolist(), n
+
+
+def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.device, log) -> None:
+    """Write a finished run's tables and, last, its summary."""
+    elapsed = time.perf_counter() - m.start
+    write_csv(m.out / "epochs.csv", _frame(m.epochs_rows))
+    write_csv(m.out / "steps.csv", _frame(m.steps_rows, columns=["step", "epoch", "train_loss"]))
+    last = m.epochs_rows[-1]
+    c, h, w = m.x_train.shape[1:]
     summary = {
-        **settings,
-        "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
-        "status": status, "epochs": epoch, "steps": step, "steps_per_epoch": steps_per_epoch,
-        "step_first_fit": first_fit, "diverged_step": diverged_step, "n_train": n_train, "n_test": len(y_test),
-        "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
+        **m.settings,
+        "dataset": m.run.dataset, "level": m.run.corruption.level, "corruption_kind": m.run.corruption.kind,
+        "status": m.status, "epochs": m.epoch, "steps": m.step, "steps_per_epoch": steps_per_epoch,
+        "step_first_fit": m.first_fit, "diverged_step": m.diverged_step, "n_train": len(m.y_train),
+        "n_test": len(m.y_test), "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
-        "parameters": count_parameters(model), "input_shape": list(in_shape), "wall_time": elapsed,
+        "parameters": n_params, "input_shape": [c, h, w], "wall_time": elapsed,
         "device": _device_name(device), "deterministic": device.type == "cpu",
         "versions": {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    write_json(out / "summary.json", summary)
-    log(f"{run.id}: {status} after {epoch} epochs, {step} steps; train {summary['train_acc']:.2f}% "
+    write_json(m.out / "summary.json", summary)
+    log(f"{m.run.id}: {m.status} after {m.epoch} epochs, {m.step} steps; train {summary['train_acc']:.2f}% "
         f"test {summary['test_acc']:.2f}% ({elapsed:.1f} s on {summary['device']})")
-    return out
 
 
 def _fingerprint(settings: dict) -> str:
@@ -286,14 +413,14 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
-def _checkpoint(path, model, opt, gen, fingerprint, epoch, step, elapsed, epochs_rows, steps_rows, status, first_fit,
-                diverged_step, loss_sum, device):
+def _checkpoint(m: _Member, model, optimizer_state: dict, device) -> None:
     state = {
-        "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "fingerprint": m.fingerprint, "model": model.state_dict(), "optimizer": optimizer_state,
+        "generator": m.gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "epoch": epoch, "step": step, "elapsed": elapsed, "epochs": epochs_rows, "steps": steps_rows,
-        "status": status, "first_fit": first_fit, "diverged_step": diverged_step, "loss_sum": loss_sum,
+        "epoch": m.epoch, "step": m.step, "elapsed": time.perf_counter() - m.start, "epochs": m.epochs_rows,
+        "steps": m.steps_rows, "status": m.status, "first_fit": m.first_fit, "diverged_step": m.diverged_step,
+        "loss_sum": float(m.loss_sum),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(m.out / CHECKPOINT) as tmp:
         torch.save(state, tmp)

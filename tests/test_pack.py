@@ -1,0 +1,179 @@
+"""Packing: runs trained together as one stacked model write what single runs write."""
+import contextlib
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from rethinking import config as rc
+from rethinking import train as tr
+from rethinking.corrupt import corrupt
+from rethinking.data import prepare
+from rethinking.pack import Stacked, plan_packs
+from rethinking.models import build_model
+
+
+def _cfg(tmp_path, name, **training):
+    cfg = rc.load(REPO / "config" / "tiny.yaml")
+    cfg["results_dir"] = str(tmp_path / name)
+    cfg["training"].update(training)
+    prepare(cfg)
+    return cfg
+
+
+def _runs(cfg, corruptions, model="mlp_1x512", regs="none", seeds=(0,)):
+    runs = [rc.Run(rc.dataset_id(cfg), rc.Corruption.parse(c), model, regs, s) for c in corruptions for s in seeds]
+    for c in {r.corruption for r in runs}:
+        corrupt(cfg, c)
+    return runs
+
+
+def _outputs(cfg, run):
+    d = rc.run_dir(cfg, run)
+    return (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "epochs.csv"), pd.read_csv(d / "steps.csv"))
+
+
+def _assert_same_run(single, packed, rtol=1e-4):
+    (s1, e1, t1), (s2, e2, t2) = single, packed
+    for key in ("status", "epochs", "steps", "step_first_fit", "n_train", "parameters", "lr", "seed", "run"):
+        assert s1[key] == s2[key], key
+    for key in ("train_loss", "test_loss"):
+        assert s2[key] == pytest.approx(s1[key], rel=rtol), key
+    # accuracy: the same predictions up to an example that sits on a rounding-sized margin
+    assert abs(s1["train_acc"] - s2["train_acc"]) <= 100 / s1["n_train"] + 1e-9
+    assert abs(s1["test_acc"] - s2["test_acc"]) <= 100 / s1["n_test"] + 1e-9
+    assert list(e1.columns) == list(e2.columns) and list(t1.columns) == list(t2.columns)
+    cols = ["epoch", "step", "lr", "train_loss", "test_loss"]
+    np.testing.assert_allclose(e2[cols].to_numpy(), e1[cols].to_numpy(), rtol=rtol)
+    np.testing.assert_allclose(t2.to_numpy(), t1.to_numpy(), rtol=rtol)
+
+
+def test_packed_runs_write_what_single_runs_write(tmp_path):
+    # different data (pixel corruptions), different labels and seeds, and one run that fits
+    # before the others (true labels), so the pack shrinks while it trains
+    kw = dict(max_epochs=10, lr_decay_images=None, weight_decay=5e-4, lr={"mlp_1x512": 0.05})
+    single, packed = _cfg(tmp_path, "single", **kw), _cfg(tmp_path, "packed", **kw)
+    corr = ["true-labels", "random-labels", "shuffled-pixels"]
+    runs = _runs(single, corr, regs="wd", seeds=(0, 1))
+    _runs(packed, corr)
+    for run in runs:
+        tr.train(single, run, log=lambda *_: None)
+    lines = []
+    tr.train_runs(packed, runs, log=lines.append)
+    statuses = {_outputs(single, r)[0]["status"] for r in runs}
+    assert statuses == {"fitted", "max_epochs"}, "the pack should lose members while it trains"
+    for run in runs:
+        _assert_same_run(_outputs(single, run), _outputs(packed, run))
+        assert (rc.run_dir(packed, run) / tr.CHECKPOINT).is_file()
+
+
+def test_packed_batchnorm_and_augmented_runs_match_single_runs(tmp_path):
+    # Inception (batch norm buffers stacked), random crops drawn from each run's own generator. One epoch
+    # at lr 0.01: batch norm over 25 tiny images amplifies rounding differences within a few more steps
+    kw = dict(max_epochs=1, lr={"inception": 0.01})
+    single, packed = _cfg(tmp_path, "single", **kw), _cfg(tmp_path, "packed", **kw)
+    runs = _runs(single, ["true-labels", "random-labels"], model="inception", regs="crop")
+    _runs(packed, ["true-labels", "random-labels"], model="inception", regs="crop")
+    for run in runs:
+        tr.train(single, run, log=lambda *_: None)
+    tr.train_runs(packed, runs, log=lambda *_: None)
+    for run in runs:
+        _assert_same_run(_outputs(single, run), _outputs(packed, run), rtol=1e-3)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_pack_resumes_packed_or_alone(tmp_path, monkeypatch):
+    kw = dict(max_epochs=4)
+    full, killed = _cfg(tmp_path, "full", **kw), _cfg(tmp_path, "killed", **kw)
+    runs = _runs(full, ["random-labels", "gaussian"])
+    _runs(killed, ["random-labels", "gaussian"])
+    tr.train_runs(full, runs, log=lambda *_: None)
+
+    real = tr._checkpoint
+
+    def kill_at_epoch_2(member, *args, **kw):
+        real(member, *args, **kw)
+        if member.epoch == 2 and member.run == runs[1]:
+            raise Killed()
+    monkeypatch.setattr(tr, "_checkpoint", kill_at_epoch_2)
+    with pytest.raises(Killed):
+        tr.train_runs(killed, runs, log=lambda *_: None)
+    monkeypatch.setattr(tr, "_checkpoint", real)
+    assert not any((rc.run_dir(killed, r) / "summary.json").exists() for r in runs)
+    # one run goes on alone from the pack's checkpoint, the other in a pack of one more run
+    lines = []
+    tr.train(killed, runs[0], log=lines.append)
+    assert any("resuming after epoch 2" in line for line in lines)
+    tr.train_runs(killed, [runs[1]], log=lambda *_: None)
+    for run in runs:
+        _assert_same_run(_outputs(full, run), _outputs(killed, run))
+
+
+def _rel(a, b):
+    """Largest difference relative to the tensor's scale (rounding differs by layer, not by element)."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12))
+
+
+# Inception: smaller steps, fewer of them. Its batch norm over 16 tiny images has channels of almost zero
+# variance, which amplify rounding differences (~3e-6 in the first gradients) by orders of magnitude per step.
+@pytest.mark.parametrize("model, lrs, steps", [("mlp_3x512", [0.1, 0.05, 0.01], 3),
+                                              ("inception", [0.001, 0.0005, 0.0002], 2)])
+def test_stacked_update_is_torch_sgd(model, lrs, steps):
+    """Stacked steps equal torch.optim.SGD (momentum, weight decay) on each member, with per-member lr,
+    and batch norm's running statistics are each member's own."""
+    torch.manual_seed(0)
+    models = [build_model(model, (1, 7, 7), 10) for _ in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    stacked = Stacked(models, momentum=0.9, weight_decay=0.01)
+    x, y = torch.randn(3, 16, 1, 7, 7), torch.randint(0, 10, (3, 16))
+    opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=0.9, weight_decay=0.01) for r, lr in zip(refs, lrs)]
+    for _ in range(steps):
+        stacked.step(x, y, torch.tensor(lrs), contextlib.nullcontext)
+        for r, o, xb, yb in zip(refs, opts, x, y):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(r(xb), yb).backward()
+            o.step()
+    for k, r in enumerate(refs):
+        member = stacked.member(k)
+        for (n, a), b in zip(member.state_dict().items(), r.state_dict().values()):
+            assert _rel(a, b) < 1e-4, n
+        assert any("running_mean" in n for n in member.state_dict()) == (model == "inception")
+        # and the momentum round-trips through a single run's optimizer state
+        sd = stacked.optimizer_state(k, stacked.member(k), lrs[k])
+        for i, (a, b) in enumerate(zip(sd["state"].values(), opts[k].state_dict()["state"].values())):
+            assert _rel(a["momentum_buffer"], b["momentum_buffer"]) < 1e-4
+
+
+def test_plan_packs_groups_only_runs_that_can_share_a_model(tmp_path):
+    cfg = rc.load(REPO / "config" / "tiny.yaml")
+    cfg["grid"].append({"name": "drop", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"],
+                        "regularizers": ["dropout"]})
+    runs = rc.expand_runs(cfg)
+    assert plan_packs(cfg, runs, 1) == [[r] for r in runs]
+    cfg["training"]["pack"] = 4
+    packs = plan_packs(cfg, runs)
+    assert sorted(r.id for p in packs for r in p) == sorted(r.id for r in runs)   # every run once
+    assert max(len(p) for p in packs) == 4
+    for p in packs:
+        assert len({(r.model, r.regularizers, r.variant) for r in p}) == 1
+        if len(p) > 1:
+            assert "dropout" not in p[0].regularizers
+
+
+def test_train_command_refuses_runs_that_cannot_share_a_pack(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text((REPO / "config" / "tiny.yaml").read_text().replace("results/tiny", str(tmp_path / "r")))
+    a, b = "digits-train100-test50/true-labels/mlp_1x512/none/seed0", "digits-train100-test50/true-labels/alexnet/crop-wd/seed0"
+    proc = run_cli("train", "--params", params, "--run", a, "--run", b, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "alexnet/crop-wd/seed0 has model='alexnet'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "runs").exists()
+    proc = run_cli("train", "--params", params, "--run", a, "--run", a, cwd=tmp_path)
+    assert proc.returncode == 2 and "twice" in proc.stderr
