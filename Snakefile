@@ -34,7 +34,6 @@ RESULTS = CFG["results_dir"]
 
 
 wildcard_constraints:
-    run="|".join(re.escape(r.id) for r in RUNS) or "no-runs",
     corruption="|".join(re.escape(c.id) for c in rc.corruptions_of(RUNS)) or "no-corruptions",
 
 

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
+import yaml
 from conftest import REPO, run_cli
 from rethinking import config as rc
 from rethinking import train as tr
 from rethinking.corrupt import corrupt
 from rethinking.data import prepare
-from rethinking.pack import Stacked, plan_packs
 from rethinking.models import build_model
+from rethinking.pack import Stacked, plan_packs
 
 
 def _cfg(tmp_path, name, **training):
@@ -177,3 +177,27 @@ def test_train_command_refuses_runs_that_cannot_share_a_pack(tmp_path):
     assert not (tmp_path / "r" / "runs").exists()
     proc = run_cli("train", "--params", params, "--run", a, "--run", a, cwd=tmp_path)
     assert proc.returncode == 2 and "twice" in proc.stderr
+
+
+def test_the_pipeline_trains_packs_into_one_folder_per_run(project):
+    from test_pipeline import sh, trained_runs
+    text = (REPO / "config" / "tiny.yaml").read_text().replace("training:\n", "training:\n  pack: 4\n")
+    (project / "packed.yaml").write_text(text)
+    runs = run_cli("runs", "--params", "packed.yaml", cwd=project, check=True).stdout.split()
+    packs = [line.split() for line in run_cli("packs", "--params", "packed.yaml", cwd=project,
+                                                check=True).stdout.splitlines()]
+    assert sorted(sum(packs, [])) == sorted(runs) and max(map(len, packs)) == 4
+
+    dry = sh("snakemake -n --configfile packed.yaml", project).stdout
+    assert sorted(trained_runs(dry)) == sorted(runs) and "train_pack_1" in dry
+    sh("snakemake --cores 2 --configfile packed.yaml", project)
+    results = project / "results" / "tiny"
+    for run in runs:
+        assert all((results / "runs" / run / f).is_file() for f in ("summary.json", "epochs.csv", "steps.csv"))
+    assert len(pd.read_csv(results / "tables" / "runs.csv")) == len(runs)
+    assert (results / "logs" / "train" / f"{packs[0][0].replace('/', '__')}__x4.log").is_file()
+    assert "Nothing to be done" in sh("snakemake -n --configfile packed.yaml", project).stdout
+
+    sh("python -m rethinking dvc --params packed.yaml --output dvc.yaml", project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert "train_pack_1" in stages and "--run" in stages["train_pack_1"]["cmd"]

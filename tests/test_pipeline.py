@@ -36,9 +36,19 @@ def test_committed_dvc_yaml_is_current():
 def test_snakemake_dry_run_lists_exactly_the_runs(path):
     rel = path.relative_to(REPO)
     proc = sh(f"snakemake -n -F --nolock --configfile {rel}", REPO)
-    train_runs = re.findall(r"^\s*wildcards: run=(\S+)$", proc.stdout, flags=re.M)
+    train_runs = trained_runs(proc.stdout)
     assert sorted(train_runs) == sorted(expected_runs(rel))
     assert len(train_runs) == len(set(train_runs))
+
+
+def trained_runs(dry_run: str) -> list[str]:
+    """The runs whose summary.json a train job (one run, or a pack) of a dry run writes."""
+    runs = []
+    for job in re.split(r"\n(?=(?:local)?rule )", dry_run):
+        if re.match(r"(?:local)?rule train(?:_pack_\d+)?:", job):
+            out = re.search(r"^\s*output: (.*)$", job, flags=re.M).group(1)
+            runs += re.findall(r"/runs/([^,\s]+)/summary\.json", out)
+    return runs
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -48,8 +58,11 @@ def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
     sh("dvc init --no-scm -q", tmp_path)
     proc = sh("dvc stage list", tmp_path)
     names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
-    train = sorted(n.split("@", 1)[1] for n in names if n.startswith("train@"))
-    assert train == sorted(stage_key(r) for r in expected_runs(rel))
+    train = [n.split("@", 1)[1] for n in names if n.startswith("train@")]
+    packed = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    for name in (n for n in names if n.startswith("train_pack_")):
+        train += [stage_key(o.split("/runs/")[1].rsplit("/", 1)[0]) for out in packed[name]["outs"] for o in out]
+    assert sorted(train) == sorted(stage_key(r) for r in expected_runs(rel))
     assert {"check", "prepare", "aggregate", "figures"} <= set(names)
 
 

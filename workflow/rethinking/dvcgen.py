@@ -18,6 +18,8 @@ from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions
                      run_dir)
 from .figures import FIGURES, INPUTS, figures_dir
 from .io import write_text
+from .pack import plan_packs
+from .train import ENGINE_SOURCES
 
 PKG = "workflow/rethinking"
 
@@ -53,6 +55,36 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
             "theorem": stage("theorem", ["theorem.py"], THEOREM_TABLES, THEOREM_FIGURES)}
 
 
+def _train_stages(cfg: dict, runs, prm: str) -> dict:
+    """train@<run> for the runs trained alone; train_pack_<n> for each pack of training.pack."""
+    packs = plan_packs(cfg, runs)
+    code = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
+    plots = lambda d: [{f"{d}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},  # noqa: E731
+                       {f"{d}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}]
+    stages = {"train": {
+        "foreach": {stage_key(r.id): {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
+                                      "dir": str(run_dir(cfg, r))} for [r] in (p for p in packs if len(p) == 1)},
+        "do": {
+            "cmd": f"python -m rethinking train --params {prm} --run ${{item.run}}",
+            "deps": ["${item.data}", *code],
+            "params": [{prm: ["training", "preprocess"]}],
+            "outs": [{"${item.dir}/summary.json": {"cache": False}}],
+            "plots": plots("${item.dir}"),
+        },
+    }}
+    if not stages["train"]["foreach"]:
+        del stages["train"]
+    for number, pack in enumerate((p for p in packs if len(p) > 1), start=1):
+        stages[f"train_pack_{number}"] = {
+            "cmd": f"python -m rethinking train --params {prm} " + " ".join(f"--run {r.id}" for r in pack),
+            "deps": sorted({str(corrupted_artifact(cfg, r.corruption)) for r in pack}) + code,
+            "params": [{prm: ["training", "preprocess"]}],
+            "outs": [_out(run_dir(cfg, r) / "summary.json") for r in pack],
+            "plots": [p for r in pack for p in plots(run_dir(cfg, r))],
+        }
+    return stages
+
+
 def generate(params_path: str) -> str:
     cfg = load(params_path)
     runs = expand_runs(cfg)
@@ -79,18 +111,7 @@ def generate(params_path: str) -> str:
                 "outs": [{"${item.out}": {"cache": False}}],
             },
         },
-        "train": {
-            "foreach": {stage_key(r.id): {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
-                                          "dir": str(run_dir(cfg, r))} for r in runs},
-            "do": {
-                "cmd": f"python -m rethinking train --params {prm} --run ${{item.run}}",
-                "deps": ["${item.data}", f"{PKG}/train.py", f"{PKG}/models.py", f"{PKG}/preprocess.py"],
-                "params": [{prm: ["training", "preprocess"]}],
-                "outs": [{"${item.dir}/summary.json": {"cache": False}}],
-                "plots": [{"${item.dir}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},
-                          {"${item.dir}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}],
-            },
-        },
+        **_train_stages(cfg, runs, prm),
         "aggregate": {
             "cmd": f"python -m rethinking aggregate --params {prm}",
             "deps": [str(run_dir(cfg, r) / f) for r in runs for f in RUN_FILES]

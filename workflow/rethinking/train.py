@@ -186,8 +186,8 @@ def train_runs(cfg: dict, runs: list[Run], log=print) -> list[Path]:
         slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
         device = torch.device("cuda", slot.device)
         torch.cuda.set_device(device)
-        log(f"{runs[0].id}{' (+%d packed)' % (len(runs) - 1) if len(runs) > 1 else ''}: "
-            f"GPU slot {slot.slot} of GPU {slot.physical}")
+        packed = f" (+{len(runs) - 1} packed)" if len(runs) > 1 else ""
+        log(f"{runs[0].id}{packed}: GPU slot {slot.slot} of GPU {slot.physical}")
     else:
         torch.set_num_threads(t["threads"])
     try:

@@ -1,4 +1,4 @@
-from rethinking.aggregate import RUN_FILES, TABLES
+from rethinking.aggregate import TABLES
 from rethinking.figures import FIGURES, INPUTS
 
 

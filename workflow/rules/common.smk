@@ -1,11 +1,15 @@
 # Shared helpers of the Snakemake files; paths and settings come from the package.
 import json
 
-from rethinking.train import run_settings
+from rethinking.aggregate import RUN_FILES
+from rethinking.pack import pack_name, plan_packs
+from rethinking.train import ENGINE_SOURCES, run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}
+PACKS = plan_packs(CFG, RUNS)  # with training.pack 1 (the default), one run per pack
 PKG = "workflow/rethinking"
+ENGINE_CODE = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
 
 
 def settings_json(*keys):
@@ -20,3 +24,8 @@ def gpus_per_run():
 def run_settings_json(wildcards):
     """A run's own settings: an edit reruns only the runs it changes."""
     return json.dumps(run_settings(CFG, RUN_BY_ID[wildcards.run]), sort_keys=True)
+
+
+def pack_settings_json(pack):
+    """The settings of a pack's runs: an edit reruns the packs it changes."""
+    return json.dumps([run_settings(CFG, r) for r in pack], sort_keys=True)
