@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One short GPU check, for the device tool: prepare the JPEG CIFAR-10, then train
-# the runs of benchmarks/gpu-check.yaml concurrently on one GPU, each bounded by
-# a wall-clock limit, and pack the logs and tables into $OUT.
+# One short GPU check, for the device tool: the engine's images/s per model at batch
+# 128 against the conventional loop and against packs of runs (bench --pack), then
+# prepare the JPEG CIFAR-10 and train the runs of benchmarks/gpu-check.yaml
+# concurrently on one GPU, each bounded by a wall-clock limit; logs, bench JSON and
+# tables go to $OUT. About LIMIT + 8 minutes: run with LIMIT=150 or less.
 # Needs: data/cifar10-jpeg.zip, and .whl/ with jsonschema's wheels where it is missing.
 set -uo pipefail
 LIMIT=${LIMIT:-330}
@@ -12,6 +14,10 @@ if ! python3 -c "import jsonschema" 2>/dev/null; then
 fi
 export PYTHONPATH=workflow${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 P=benchmarks/gpu-check.yaml
+BASE=""; python3 -c "import torchvision" 2>/dev/null || BASE="--no-baseline"   # the loop's PIL transforms need it
+( timeout 420 python3 -m rethinking bench --device cuda --model mlp_1x512 mlp_3x512 alexnet inception \
+    --dataset imagefolder --root data/cifar10-jpeg.zip --train-size 20000 --epochs 2 --workers 8 --pack 8 $BASE \
+    --json "$OUT/bench.json" ) 2>&1 | tee "$OUT/bench.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 mkdir -p results-gpu/logs

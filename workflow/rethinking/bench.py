@@ -3,15 +3,22 @@
 Both train the same model on the same images with the same optimizer, back to
 back in one process:
 
-- engine: the pipeline's own hot loop (train.run_epoch): uint8 images resident
-  on the device, batches gathered by a device-side permutation, crop and
-  per-image standardization as batched tensor ops, no host sync per step;
+- engine: the pipeline's own hot loop (train.run_epoch): images resident on
+  the device, prepared once when there is no random augmentation (center crop
+  and per-image standardization, timed as part of the engine) or per batch as
+  batched tensor ops from uint8 (random crops), batches gathered by a
+  device-side permutation, no host sync per step;
 - baseline: what a typical script does: a torchvision-style in-memory
   dataset whose __getitem__ makes a PIL image and applies per-image transforms
   (CenterCrop or RandomCrop, ToTensor, standardization), batched by a
   DataLoader with shuffling.
 
-Only training steps are timed (no evaluation), after one warm-up batch.
+Only training is timed (no evaluation), after one warm-up batch.
+
+With --pack K it also trains K copies of the model as one pack
+(rethinking.pack: stacked parameters, torch.func.vmap), each with its own
+permutation, and prints the pack's aggregate images/s against the single
+engine's, which is what K runs one after another would give.
 FLOPs per image come from torch.utils.flop_counter (forward + backward of one
 batch, divided by its size).
 """
@@ -25,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .models import build_model, is_conv
-from .preprocess import augmentations, per_image_standardization
-from .train import pick_device, run_epoch
+from .preprocess import augmentations, per_image_standardization, prepare_all
+from .train import pick_device, run_epoch, run_epoch_packed
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -69,7 +76,7 @@ def _sync(device):
 
 def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, epochs: int = 1, batch_size: int = 128,
           device: str = "cpu", random_crop: bool = False, workers: int = 0, lr: float = 0.01, seed: int = 0,
-          baseline: bool = True, log=print) -> dict:
+          baseline: bool = True, pack: int = 1, log=print) -> dict:
     dev = pick_device(device)
     n, c, h, w = x.shape
     in_shape = (c, crop or h, crop or w)
@@ -101,14 +108,26 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
     run_epoch(model, opt, xd, yd, torch.arange(batch_size, device=dev), loss_sum=loss_sum, step=0, **kw)  # warm-up
     _sync(dev)
     t0 = time.perf_counter()
+    xfit = xd if random_crop else prepare_all(xd, crop)  # once per run, as train does
+    _sync(dev)
+    result["prepare_s"] = time.perf_counter() - t0
     for _ in range(epochs):
-        run_epoch(model, opt, xd, yd, torch.randperm(n, device=dev, generator=gen), loss_sum=loss_sum, step=0, **kw)
+        run_epoch(model, opt, xfit, yd, torch.randperm(n, device=dev, generator=gen), loss_sum=loss_sum, step=0,
+                  **kw)
     _sync(dev)
     engine_s = time.perf_counter() - t0
     result["images_per_s"] = epochs * n / engine_s
     if dev.type == "cuda":
         result["tflops"] = result["images_per_s"] * result["flops_per_image"] / 1e12
     log(f"images/s: {result['images_per_s']:.0f}")
+
+    if pack > 1:
+        result.update(_bench_pack(model_name, in_shape, num_classes, xd, yd, pack, crop=crop, epochs=epochs,
+                                  batch_size=batch_size, random_crop=random_crop, lr=lr, seed=seed,
+                                  autocast=autocast, device=dev))
+        result["pack_speedup"] = result["pack_images_per_s"] / result["images_per_s"]
+        log(f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f}")
+        log(f"pack speedup: {result['pack_speedup']:.2f}")
 
     # --- conventional loop
     if baseline:
@@ -144,3 +163,35 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
         log(f"speedup: {result['speedup']:.1f}")
     log(f"flops/image: {result['flops_per_image']:.4g}" + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else ""))
     return result
+
+
+def _bench_pack(model_name, in_shape, num_classes, xd, yd, k, *, crop, epochs, batch_size, random_crop, lr, seed,
+                autocast, device) -> dict:
+    """Aggregate images/s of k runs trained as one pack (timed like the engine, after a warm-up step)."""
+    from types import SimpleNamespace
+
+    from .pack import Stacked
+    models = []
+    for i in range(k):
+        torch.manual_seed(seed + i)
+        models.append(build_model(model_name, in_shape, num_classes).to(device))
+    stacked = Stacked(models, momentum=0.9, weight_decay=0.0)
+    augment = augmentations({"crop"} if random_crop else set())
+    n = len(yd)
+
+    def members(x):
+        return [SimpleNamespace(x_fit=x, y_train=yd, gen=torch.Generator(device=device).manual_seed(seed + i),
+                                loss_sum=torch.zeros((), device=device), step=0, epoch=0, steps_rows=[])
+                for i in range(k)]
+    kw = dict(batch_size=batch_size, crop=crop, augment=augment, autocast=autocast, log_every=10 ** 9)
+    # warm-up: vmap's first steps are several times slower than its steady state (measured on CPU)
+    warm = [torch.arange(min(n, 20 * batch_size), device=device)] * k
+    run_epoch_packed(stacked, members(xd if random_crop else prepare_all(xd, crop)), warm, [lr] * k, **kw)
+    _sync(device)
+    t0 = time.perf_counter()
+    group = members(xd if random_crop else prepare_all(xd, crop))
+    for _ in range(epochs):
+        perms = [torch.randperm(n, device=device, generator=m.gen) for m in group]
+        run_epoch_packed(stacked, group, perms, [lr] * k, **kw)
+    _sync(device)
+    return {"pack": k, "pack_images_per_s": k * epochs * n / (time.perf_counter() - t0)}

@@ -92,17 +92,25 @@ def cmd_bench(args):
 
     from .bench import bench
     from .data import load_source
+    from .models import MODELS
+    for model in args.model:
+        if model not in MODELS:
+            raise ConfigError(f"--model: {model!r} is not a model (allowed: {', '.join(MODELS)})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = load_source(args.dataset, args.root, args.train_size)
+    d = load_source(args.dataset, args.root, args.train_size)   # loaded once for every model
     x, y = d["x_train"], d["y_train"]
     crop = args.crop if args.crop is not None else {32: 28, 8: 7}.get(x.shape[2])
-    result = bench(args.model, x, y, crop=crop or None, epochs=args.epochs, batch_size=args.batch_size,
-                   device=args.device, random_crop=args.random_crop, workers=args.workers,
-                   baseline=not args.no_baseline)
+    results = []
+    for model in args.model:
+        if len(args.model) > 1:
+            print(f"# {model}")
+        results.append(bench(model, x, y, crop=crop or None, epochs=args.epochs, batch_size=args.batch_size,
+                             device=args.device, random_crop=args.random_crop, workers=args.workers,
+                             baseline=not args.no_baseline, pack=args.pack))
     if args.json:
         from .io import write_text
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+        write_text(args.json, json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
 
 
 def cmd_kernels(args):
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("bench", help="engine images/s against a conventional DataLoader loop")
-    p.add_argument("--model", default="mlp_1x512")
+    p.add_argument("--model", nargs="+", default=["mlp_1x512"], help="one or more models (see `models`)")
     p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "imagefolder"])
     p.add_argument("--root", help="data location (cifar10, imagefolder)")
     p.add_argument("--epochs", type=int, default=1)
@@ -198,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the baseline")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--pack", type=int, default=1, help="also train this many copies as one pack (rethinking.pack)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 
