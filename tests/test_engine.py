@@ -56,8 +56,9 @@ def test_engine_matches_a_plain_loop_given_the_same_batch_order():
 
 def test_bench_command_reports_throughput_and_speedup(tmp_path):
     proc = run_cli("bench", "--model", "mlp_1x512", "--dataset", "digits", "--train-size", "300",
-                   "--batch-size", "32", "--json", tmp_path / "b.json", cwd=tmp_path, check=True)
+                   "--batch-size", "32", "--pack", "2", "--json", tmp_path / "b.json", cwd=tmp_path, check=True)
     assert "images/s:" in proc.stdout and "baseline images/s:" in proc.stdout and "speedup:" in proc.stdout
+    assert "packed images/s (2 runs):" in proc.stdout
     result = json.loads((tmp_path / "b.json").read_text())
-    assert result["images_per_s"] > 0 and result["baseline_images_per_s"] > 0
+    assert result["images_per_s"] > 0 and result["baseline_images_per_s"] > 0 and result["pack_images_per_s"] > 0
     assert result["flops_per_image"] > 2 * 49 * 512  # at least the forward multiply-adds
