@@ -4,7 +4,8 @@ import math
 import numpy as np
 import torch
 
-from rethinking.preprocess import center_crop, per_image_standardization, prepare_batch, random_crop, random_flip
+from rethinking.preprocess import (center_crop, per_image_standardization, prepare_all, prepare_batch, random_crop,
+                                   random_flip)
 
 
 def test_per_image_standardization_matches_tf_formula():
@@ -69,3 +70,14 @@ def test_prepare_batch_from_uint8():
     flat = out.reshape(8, -1)
     torch.testing.assert_close(flat.mean(1), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(8), atol=1e-4, rtol=0)
+
+
+def test_prepare_all_equals_per_batch_preparation():
+    """Inputs prepared once per run are the values a per-batch preparation gives, in any chunking."""
+    x = torch.randint(0, 256, (300, 3, 12, 12), dtype=torch.uint8)
+    whole = prepare_all(x, 10, chunk=64)
+    assert whole.shape == (300, 3, 10, 10) and whole.dtype == torch.float32
+    torch.testing.assert_close(whole, prepare_batch(x, 10), rtol=0, atol=1e-6)
+    idx = torch.randperm(300)[:32]
+    torch.testing.assert_close(whole[idx], prepare_batch(x[idx], 10), rtol=0, atol=1e-6)
+    assert prepare_all(x, None).shape == (300, 3, 12, 12)
