@@ -201,3 +201,18 @@ def test_the_pipeline_trains_packs_into_one_folder_per_run(project):
     sh("python -m rethinking dvc --params packed.yaml --output dvc.yaml", project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert "train_pack_1" in stages and "--run" in stages["train_pack_1"]["cmd"]
+
+
+def test_switching_packing_on_retrains_nothing(tmp_path):
+    """Finished single runs are finished runs for a pack too (same checkpoint, same fingerprint), so
+    changing training.pack only rewrites the run folders' files from their checkpoints."""
+    cfg = _cfg(tmp_path, "r", max_epochs=2)
+    runs = _runs(cfg, ["true-labels", "random-labels"])
+    for run in runs:
+        tr.train(cfg, run, log=lambda *_: None)
+    before = [(rc.run_dir(cfg, r) / "epochs.csv").read_bytes() for r in runs]
+    lines = []
+    tr.train_runs(cfg, runs, log=lines.append)
+    assert sum("resuming after epoch 2" in line for line in lines) == 2
+    assert not any("epoch 3" in line for line in lines)
+    assert [(rc.run_dir(cfg, r) / "epochs.csv").read_bytes() for r in runs] == before
