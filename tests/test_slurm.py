@@ -63,7 +63,8 @@ def slurm_missing() -> str | None:
         return f"no SLURM client (sbatch) on this machine: {start}"
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30, check=False)
     if "UP" not in ping.stdout:
-        return f"no SLURM controller answers (`scontrol ping`: {(ping.stdout + ping.stderr).strip()!r}): {start}"
+        said = ((ping.stdout + ping.stderr).strip().splitlines() or ["nothing"])[0]
+        return f"no SLURM controller answers (`scontrol ping`: {said}): {start}"
     parts = subprocess.run(["sinfo", "-h", "-o", "%R %G %t"], capture_output=True, text=True, timeout=30, check=False).stdout
     found = {line.split()[0]: line for line in parts.splitlines()}
     if not {GPU_PARTITION, CPU_PARTITION} <= set(found) or "gpu:" not in found[GPU_PARTITION]:
