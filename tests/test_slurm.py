@@ -132,11 +132,14 @@ def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, tmp_path):
 
 # --- the pipeline through the slurm profile ----------------------------------------------------------
 
-def params_text() -> str:
-    """config/tiny.yaml cut to every stage and both kinds of training job (one run, and a pack of two), with
-    training.device auto so training jobs ask for a GPU, and one slow run to requeue."""
+def params_text(section5: bool) -> str:
+    """config/tiny.yaml cut to both kinds of training job (one run, and a pack of two), with training.device
+    auto so training jobs ask for a GPU, and one slow run to requeue. Without section5 for the SLURM run:
+    kernels (2 CPUs) and theorem would hold the 2-CPU node for a minute; the dry runs check their requests."""
     cfg = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
     cfg["results_dir"] = RESULTS
+    if not section5:
+        cfg.pop("section5")
     cfg["training"].update(device="auto", pack=2, max_epochs=100, lr={"alexnet": 1.0e-6})
     cfg["grid"] = [
         {"name": "fig1a", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"]},
@@ -145,7 +148,7 @@ def params_text() -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-def copy_project(dst: Path) -> Path:
+def copy_project(dst: Path, section5: bool = False) -> Path:
     dst.mkdir(parents=True)
     for name in PROJECT_FILES:
         src = REPO / name
@@ -153,7 +156,7 @@ def copy_project(dst: Path) -> Path:
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dst / name)
-    (dst / "slurm-test.yaml").write_text(params_text())
+    (dst / "slurm-test.yaml").write_text(params_text(section5))
     return dst
 
 
@@ -233,8 +236,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run):
     records = slurm_run["records"]
     last = {r["JobIDRaw"]: r for r in records}   # a job's final record
     # the jobs Snakemake planned (its job stats) are exactly the cut grid's, and each was one sbatch job
-    assert slurm_run["expected"] == Counter(prepare=1, corrupt=2, kernels=1, theorem=1, train=1, train_pack_1=1,
-                                            aggregate=1, figures=1)
+    assert slurm_run["expected"] == Counter(prepare=1, corrupt=2, train=1, train_pack_1=1, aggregate=1, figures=1)
     assert Counter(rule_of(r["Comment"]) for r in last.values()) == slurm_run["expected"]
     for r in last.values():
         rule = rule_of(r["Comment"])
@@ -292,7 +294,7 @@ def dry_run_resources(root: Path, args: str) -> dict[str, str]:
 
 def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
-    root = copy_project(tmp_path / "project")
+    root = copy_project(tmp_path / "project", section5=True)
     found = dry_run_resources(root, f"--workflow-profile {PROFILE} --configfile slurm-test.yaml")
     assert {"train", "train_pack_1", *CPU_LIMITS} <= set(found)
     for rule, res in found.items():
@@ -303,6 +305,10 @@ def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
             assert f"slurm_partition={GPU_PARTITION}" in res and "gpu=1" in res and "runtime=720" in res, res
         else:
             assert f"slurm_partition={CPU_PARTITION}" in res and "gpu=" not in res, res
+            limit, mem = CPU_LIMITS[rule]
+            hours, minutes, _ = limit.split(":")
+            assert re.search(rf"\bruntime={int(hours) * 60 + int(minutes)}\b", res), res
+            assert re.search(rf"\bmem_mb={mem.rstrip('M')}\b", res), res
     # training on the CPU asks for no GPU
     cpu = (root / "slurm-test.yaml").read_text().replace("device: auto", "device: cpu")
     (root / "cpu.yaml").write_text(cpu)
@@ -313,7 +319,7 @@ def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
 def test_local_gpu_profile_asks_one_gpu_unit_per_training_job(tmp_path):
     """With --resources gpu=N (the profile's default: 1) Snakemake runs at most N training jobs at once;
     each then claims its own GPU slot (tests/test_slots.py). CPU-only stages take no unit."""
-    root = copy_project(tmp_path / "project")
+    root = copy_project(tmp_path / "project", section5=True)
     found = dry_run_resources(root, "--workflow-profile workflow/profiles/local-gpu --configfile slurm-test.yaml")
     assert "gpu=1" in found["train"] and "gpu=1" in found["train_pack_1"]
     assert not any("gpu=" in res for rule, res in found.items() if not rule.startswith("train"))
