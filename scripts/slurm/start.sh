@@ -7,8 +7,8 @@
 #   bash scripts/slurm/stop.sh             # cancel jobs, stop every daemon started here
 #
 # What runs: munged, MariaDB (Debian's mariadb-server) + slurmdbd (accounting: sacct, sacctmgr),
-# slurmctld and slurmd, one node "localhost" in partitions "cpu" (default) and "gpu" with all CPUs, the memory less
-# 1 GiB, and N fake GPUs: character devices /dev/fakegpuN (mknod c 1 3, i.e. /dev/null) listed
+# slurmctld and slurmd, one node "localhost" in partitions "cpu" (default) and "gpu" with all
+# CPUs, the memory less 1 GiB, and N fake GPUs: character devices /dev/fakegpuN (mknod c 1 3, i.e. /dev/null) listed
 # in gres.conf, so `sbatch --gpus=1` is scheduled, counted and gets CUDA_VISIBLE_DEVICES as on a
 # GPU node (nothing can compute on them). Account "rethinking" holds user root.
 #
@@ -31,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpus) [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]?$ ]] || die "--gpus takes a count from 1 to 99, got '${2:-}'"
                 GPUS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
