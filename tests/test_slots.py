@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from rethinking import slots
 from rethinking.slots import claim, visible_devices
 
 HOLDER = """
@@ -81,3 +82,19 @@ def test_scheduler_visible_devices_are_honoured(tmp_path, monkeypatch):
         claim(1, 1, lock_dir=tmp_path, timeout=0.3, poll=0.1)
     a.release()
     b.release()
+
+
+def test_slurm_jobs_have_their_own_lock_folder(tmp_path, monkeypatch):
+    """Two SLURM jobs on one node that both see their GPU as 0 (device confinement) do not wait for
+    each other; two jobs of the same SLURM job still do."""
+    monkeypatch.setattr(slots, "DEFAULT_DIR", tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    a = claim(1, 1, timeout=0.3, poll=0.1)
+    assert a.path.parent == tmp_path / "slurm-job-101"
+    with pytest.raises(TimeoutError):
+        claim(1, 1, timeout=0.3, poll=0.1)
+    monkeypatch.setenv("SLURM_JOB_ID", "102")
+    with claim(1, 1, timeout=0.3, poll=0.1) as b:
+        assert b.physical == a.physical == "0"
+    a.release()

@@ -144,3 +144,16 @@ def test_divergence_is_a_result_not_a_crash(tiny, tmp_path):
     assert t1[t1["model"] == "mlp_1x512"]["diverged"].eq(0).all()
     assert runs["status"].eq("diverged").sum() == 1
     figures(tiny)  # draws with the diverged run marked, no error
+
+
+def test_a_checkpoint_write_cut_short_leaves_nothing_after_the_rerun(tiny):
+    """kill -9 during torch.save leaves atomic_path's temp file; the next run of that run removes it."""
+    run = _run(tiny)
+    out = rc.run_dir(tiny, run)
+    out.mkdir(parents=True)
+    stale = out / ".checkpoint.pt.x1y2z3.pt.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    tr.train(tiny, run, log=lambda *_: None)
+    assert not stale.exists() and (out / tr.CHECKPOINT).is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt", "summary.json", "epochs.csv",
+                                                            "steps.csv"])

@@ -42,6 +42,17 @@ def atomic_path(path, suffix: str | None = None):
         raise
 
 
+def remove_stale_temps(path, suffix: str | None = None) -> list[Path]:
+    """Delete the temporary files that atomic_path(path) leaves when its process is killed (kill -9,
+    a preempted job): call it only where no other process can be writing `path`."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*{suffix or path.suffix + '.tmp'}"))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -11,6 +11,10 @@ free again at once and no stale lock files need cleaning.
   honoured: slots are claimed among the visible devices only, numbered as the
   process sees them (0..k-1), with the physical id in the lock name so jobs
   that see different subsets still never share a GPU slot.
+- Inside a SLURM job (SLURM_JOB_ID set) the lock folder is the job's own:
+  SLURM already gives each job GPUs no other job holds, and with device
+  confinement every job may see its GPUs as 0..k-1, so a node-wide folder
+  would make jobs on different GPUs wait for each other's lock names.
 - `jobs_per_gpu` > 1 puts that many jobs on each GPU (small models do not
   fill a large GPU).
 """
@@ -61,7 +65,10 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
     """Claim a free (GPU, slot); wait while all are taken (up to `timeout` seconds)."""
     if count < 1:
         raise RuntimeError("no GPU to claim a slot on")
-    lock_dir = Path(lock_dir or DEFAULT_DIR)
+    if lock_dir is None:
+        job = os.environ.get("SLURM_JOB_ID")
+        lock_dir = DEFAULT_DIR / f"slurm-job-{job}" if job else DEFAULT_DIR
+    lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     ids = visible_devices(count)
     deadline = None if timeout is None else time.monotonic() + timeout

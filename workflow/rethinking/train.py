@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
-from .io import atomic_path, write_csv, write_json
+from .io import atomic_path, remove_stale_temps, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
 from .pack import Stacked, check_packable
 from .preprocess import augmentations, prepare_all, prepare_batch
@@ -246,6 +246,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
     # --- resume: each run from its own checkpoint (single and packed runs write the same format)
     for k, m in enumerate(members):
         ckpt_path = m.out / CHECKPOINT
+        remove_stale_temps(ckpt_path)   # a checkpoint write cut short by a kill (this run has one trainer)
         if not ckpt_path.is_file():
             continue
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
