@@ -39,7 +39,8 @@ wildcard_constraints:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
+# a streamed dataset (ImageNet) trains through torchrun, one run per job; in-memory ones through the engine
+include: "workflow/rules/train_stream.smk" if rc.is_streamed(CFG) else "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/section5.smk"
 

@@ -11,6 +11,9 @@
 - paper_comparison.csv/.md  each Table 1 / Table 4 cell beside the paper's value
                    (CIFAR-10 and image-folder copies of it; empty otherwise)
 - metrics.json     final numbers per run, for `dvc metrics show`
+- table2.csv/.md   Table 2 (ImageNet; only for streamed datasets): top-1 train,
+                   top-1 and top-5 test accuracy per labels x regularizers, the
+                   paper's numbers beside ours
 Spreads are the sample standard deviation over seeds (sd) and the half-width
 of the 95% t-interval of the mean (ci95).
 """
@@ -22,14 +25,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import base_artifact, expand_runs, run_dir
+from .config import base_artifact, expand_runs, is_streamed, run_dir
 from .io import ArtifactError, read_meta, write_csv, write_json, write_text
 from .paper import COLUMNS as COMPARISON_COLUMNS
-from .paper import compare, is_cifar10, run_flags
+from .paper import compare, is_cifar10, run_flags, table2
 
 RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")  # what aggregate reads of each run
 TABLES = ("runs.csv", "table1.csv", "table1.md", "convergence.csv", "loss_curves.csv", "accuracy_curves.csv",
           "paper_comparison.csv", "paper_comparison.md", "metrics.json")
+STREAMED_TABLES = ("table2.csv", "table2.md")   # written for streamed datasets (ImageNet) only
+
+
+def tables_for(cfg: dict) -> tuple[str, ...]:
+    """The tables `aggregate` writes for a config."""
+    return TABLES + (STREAMED_TABLES if is_streamed(cfg) else ())
 
 
 def tables_dir(cfg: dict) -> Path:
@@ -180,7 +189,16 @@ def aggregate(cfg: dict) -> Path:
     else:
         comp = pd.DataFrame(columns=COMPARISON_COLUMNS)
         text = (f"# Paper comparison\n\nNot applicable: the paper's tables are for CIFAR-10 and ImageNet; "
-                f"this grid runs on {meta['dataset']}.\n")
+                f"this grid runs on {meta['dataset']}"
+                + (" (ImageNet's Table 2 is in table2.md).\n" if is_streamed(cfg) else ".\n"))
     write_csv(out / "paper_comparison.csv", comp)
     write_text(out / "paper_comparison.md", text)
+    if is_streamed(cfg):
+        t2 = table2(runs)
+        write_csv(out / "table2.csv", t2)
+        write_text(out / "table2.md", "# Table 2: ImageNet, Inception V3: top-1 train, top-1 and top-5 test "
+                   f"accuracy (%), the paper's beside ours\n\nDataset: {meta['dataset']} "
+                   f"({len(meta['classes'])} classes, {meta['provenance'].get('train_size')} training images)."
+                   " Train accuracy is measured on the training images in eval mode with center crops "
+                   "(training.train_eval_size of them).\n\n" + to_markdown(t2))
     return out

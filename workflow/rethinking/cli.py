@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, check_data, Corruption, corruptions_of, expand_runs, find_run, load
+from .config import ConfigError, check_data, Corruption, corruptions_of, expand_runs, find_run, is_streamed, load
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -19,9 +19,13 @@ def _params_arg(p):
 
 
 def cmd_prepare(args):
-    from .data import prepare
     cfg = load(args.params)
     check_data(cfg, args.params)
+    if is_streamed(cfg):   # an ImageNet-style tree: an index of its files, no pixels
+        from .stream import prepare_index
+        print(prepare_index(cfg))
+        return
+    from .data import prepare
     print(prepare(cfg))
 
 
@@ -37,11 +41,18 @@ def cmd_corrupt(args):
 
 
 def cmd_train(args):
-    from .train import train_runs
     cfg = load(args.params)
     if args.device:
         cfg["training"]["device"] = args.device
-    train_runs(cfg, [find_run(cfg, r) for r in args.run])
+    runs = [find_run(cfg, r) for r in args.run]
+    if is_streamed(cfg):   # images read from disk while training, one run in one or several processes
+        if len(runs) > 1:
+            raise ConfigError("--run: a streamed run (dataset.source imagenet) trains alone; give one --run")
+        from .train_stream import train
+        train(cfg, runs[0])
+        return
+    from .train import train_runs
+    train_runs(cfg, runs)
 
 
 def cmd_aggregate(args):
@@ -174,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run of the grid (several: one pack, in one process)")
     _params_arg(p)
-    p.add_argument("--run", required=True, action="append",
-                   help="a run id as `runs` prints it; repeat it to train runs as one pack (see `packs`)")
+    p.add_argument("--run", "--run-id", dest="run", required=True, action="append",
+                   help="a run id as `runs` prints it; repeat it to train runs as one pack (see `packs`). "
+                        "Under torchrun spell it --run-id (torchrun reads --run as its own --run-path)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training.device")
     p.set_defaults(func=cmd_train)
 

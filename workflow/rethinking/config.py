@@ -16,6 +16,10 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
 
 CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
+LABEL_CORRUPTIONS = ("true_labels", "labels", "random_labels")
+# sources read from disk while training (too large for memory): an index artifact, label files, rethinking.stream
+STREAMED_SOURCES = ("imagenet",)
+MIN_IMAGE_SIZE = {"inception_v3": 75}  # smallest input side of a model (rethinking.inception_v3)
 REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
 TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr_decay", "lr_decay_images", "weight_decay", "dropout")
 
@@ -40,7 +44,7 @@ DEFAULTS = {
         "max_epochs": 300,
         "momentum": 0.9,
         "lr": {"mlp_1x512": 0.01, "mlp_3x512": 0.01, "alexnet": 0.01,
-               "inception": 0.1, "inception_nobn": 0.1},
+               "inception": 0.1, "inception_nobn": 0.1, "inception_v3": 0.1},
         "lr_decay": 0.95,
         "lr_decay_images": None,
         "weight_decay": 5e-4,
@@ -51,6 +55,13 @@ DEFAULTS = {
         "threads": 1,
         "jobs_per_gpu": 1,
         "pack": 1,
+        # streamed sources only (dataset.source: imagenet): see rethinking.train_stream
+        "image_size": 299,
+        "gpus_per_run": 1,
+        "workers": 4,
+        "decode": "workers",
+        "checkpoint_every": None,
+        "train_eval_size": None,
     },
 }
 
@@ -142,6 +153,15 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if ("variant" in group) != ("training" in group):
             raise ConfigError(f"{source}: {where}: 'variant' and 'training' go together "
                               "(a variant names the training overrides of its group)")
+    if is_streamed(cfg):
+        _check_streamed(cfg, source)
+    else:
+        for i, group in enumerate(cfg["grid"]):
+            for j, model in enumerate(group["models"]):
+                if model == "inception_v3":
+                    raise ConfigError(f"{source}: grid[{i}].models[{j}]: inception_v3 is trained on streamed "
+                                      f"image trees only (dataset.source: {', '.join(STREAMED_SOURCES)}), "
+                                      f"not on {cfg['dataset']['source']!r}")
     variants = {}
     for i, group in enumerate(cfg["grid"]):
         if "variant" in group:
@@ -149,6 +169,41 @@ def _check_semantics(cfg: dict, source: str) -> None:
             if seen != group["training"]:
                 raise ConfigError(f"{source}: grid[{i}].training: variant {group['variant']!r} is given different "
                                   "overrides in two groups; use one variant name per set of overrides")
+
+
+def is_streamed(cfg: dict) -> bool:
+    """True when the dataset is read from disk while training (an ImageNet-style tree), not held in memory."""
+    return cfg["dataset"]["source"] in STREAMED_SOURCES
+
+
+def _check_streamed(cfg: dict, source: str) -> None:
+    """What a streamed dataset cannot do: pixel corruptions (the images are never copied), packs, a fixed crop."""
+    ds = cfg["dataset"]["source"]
+    if cfg["preprocess"]["crop"] is not None:
+        raise ConfigError(f"{source}: preprocess.crop: not used with dataset.source {ds!r} (streamed images are "
+                          "cropped to training.image_size); set it to null")
+    if cfg["training"]["pack"] != 1:
+        raise ConfigError(f"{source}: training.pack: {cfg['training']['pack']} is not possible with dataset.source "
+                          f"{ds!r}: a streamed run trains alone (set pack: 1)")
+    for i, group in enumerate(cfg["grid"]):
+        for j, kind in enumerate(group["corruptions"]):
+            if kind not in LABEL_CORRUPTIONS:
+                raise ConfigError(f"{source}: grid[{i}].corruptions[{j}]: {kind!r} corrupts pixels, which needs the "
+                                  f"images in memory; dataset.source {ds!r} is streamed from disk and takes label "
+                                  f"corruptions only (allowed: {', '.join(LABEL_CORRUPTIONS)})")
+        for r in group.get("regularizers", ["none"]):
+            if "augment" in r.replace("+", "-").split("-"):
+                raise ConfigError(f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "
+                                  f"dataset.source {ds!r} use 'crop' (random resized crop + horizontal flip)")
+        t = _merge(cfg["training"], group.get("training", {}))
+        if t["batch_size"] % t["gpus_per_run"]:
+            raise ConfigError(f"{source}: training.batch_size: {t['batch_size']} is the batch of all "
+                              f"{t['gpus_per_run']} processes of a run (training.gpus_per_run) together and must "
+                              "be a multiple of it")
+        for model in group["models"]:
+            if t["image_size"] < MIN_IMAGE_SIZE.get(model, 1):
+                raise ConfigError(f"{source}: training.image_size: {t['image_size']} is too small for {model} "
+                                  f"(at least {MIN_IMAGE_SIZE[model]})")
 
 
 def check_data(cfg: dict, source: str = "params") -> None:
@@ -161,6 +216,13 @@ def check_data(cfg: dict, source: str = "params") -> None:
         if not Path(ds["root"]).exists():
             raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
                               "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
+    if ds["source"] in STREAMED_SOURCES:
+        if not ds["root"]:
+            raise ConfigError(f"{source}: dataset.root: required for source {ds['source']} "
+                              "(a folder or .zip with train/<class>/* and val/<class>/*)")
+        if not Path(ds["root"]).exists():
+            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
+                              "(expected a folder or .zip with train/<class>/* and val/<class>/*)")
     if ds["source"] == "cifar10" and not ds["download"]:
         root = Path(ds["root"] or "data/cifar10")
         if not (root / "cifar-10-batches-py").is_dir():

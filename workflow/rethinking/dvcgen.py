@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from .aggregate import RUN_FILES, TABLES, tables_dir
-from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, load,
-                     run_dir)
-from .figures import FIGURES, INPUTS, figures_dir
+from .aggregate import RUN_FILES, tables_dir, tables_for
+from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed,
+                     load, run_dir)
+from .figures import INPUTS, figures_dir, figures_for
 from .io import write_text
 from .pack import plan_packs
 from .train import ENGINE_SOURCES
@@ -59,13 +59,18 @@ def _train_stages(cfg: dict, runs, prm: str) -> dict:
     """train@<run> for the runs trained alone; train_pack_<n> for each pack of training.pack."""
     packs = plan_packs(cfg, runs)
     code = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
+    cmd = f"python -m rethinking train --params {prm} --run ${{item.run}}"
+    if is_streamed(cfg):   # one run per stage, through torchrun when it takes several GPUs
+        from .train_stream import STREAM_ENGINE_SOURCES, train_command
+        code = [f"{PKG}/{f}" for f in STREAM_ENGINE_SOURCES]
+        cmd = train_command(cfg, prm, "${item.run}")
     plots = lambda d: [{f"{d}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},  # noqa: E731
                        {f"{d}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}]
     stages = {"train": {
         "foreach": {stage_key(r.id): {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
                                       "dir": str(run_dir(cfg, r))} for [r] in (p for p in packs if len(p) == 1)},
         "do": {
-            "cmd": f"python -m rethinking train --params {prm} --run ${{item.run}}",
+            "cmd": cmd,
             "deps": ["${item.data}", *code],
             "params": [{prm: ["training", "preprocess"]}],
             "outs": [{"${item.dir}/summary.json": {"cache": False}}],
@@ -99,7 +104,7 @@ def generate(params_path: str) -> str:
         },
         "prepare": {
             "cmd": f"python -m rethinking prepare --params {prm}",
-            "deps": [str(stamp), f"{PKG}/data.py"],
+            "deps": [str(stamp), f"{PKG}/data.py"] + ([f"{PKG}/stream.py"] if is_streamed(cfg) else []),
             "params": [{prm: ["dataset", "preprocess"]}],
             "outs": [_out(base_artifact(cfg))],
         },
@@ -116,7 +121,7 @@ def generate(params_path: str) -> str:
             "cmd": f"python -m rethinking aggregate --params {prm}",
             "deps": [str(run_dir(cfg, r) / f) for r in runs for f in RUN_FILES]
             + [str(base_artifact(cfg)), f"{PKG}/aggregate.py", f"{PKG}/paper.py"],
-            "outs": [_out(tables_dir(cfg) / t) for t in TABLES if t != "metrics.json"],
+            "outs": [_out(tables_dir(cfg) / t) for t in tables_for(cfg) if t != "metrics.json"],
             "metrics": [_out(tables_dir(cfg) / "metrics.json")],
         },
         **_section5_stages(cfg, prm),
@@ -124,7 +129,7 @@ def generate(params_path: str) -> str:
             "cmd": f"python -m rethinking figures --params {prm}",
             "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/figures.py"]
             + ([str(tables_dir(cfg) / "kernel_noise.csv")] if cfg.get("section5") else []),
-            "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in FIGURES for ext in ("png", "pdf")],
+            "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures_for(cfg) for ext in ("png", "pdf")],
         },
     }
     header = (f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"

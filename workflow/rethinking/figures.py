@@ -10,6 +10,10 @@
   without BatchNorm on true labels (other models' true-label runs when the grid
   has neither).
 - table4: training accuracy on random labels with explicit regularizers.
+- fig2a (streamed datasets, ImageNet only): top-1 training and test accuracy
+  against thousand steps of the true-label runs with and without augmentation,
+  weight decay and dropout, the cumulative best test accuracy shaded (the
+  paper's indicator of what early stopping could gain).
 Lines are means over seeds with 95% t-intervals of the mean as bands.
 Runs that did not fit within the epoch limit are drawn as open markers at the
 step they stopped (a lower bound), never silently averaged in.
@@ -26,15 +30,22 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .aggregate import t_interval, tables_dir  # noqa: E402
+from .config import is_streamed  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4")
+STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
 INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv")  # from tables/
 CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
 CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
                     "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
 MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
-               "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512"}
+               "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3"}
+
+
+def figures_for(cfg: dict) -> tuple[str, ...]:
+    """The figures `figures` draws for a config."""
+    return FIGURES + (STREAMED_FIGURES if is_streamed(cfg) else ())
 
 
 def figures_dir(cfg: dict) -> Path:
@@ -145,6 +156,40 @@ def fig2b(acc: pd.DataFrame):
     return fig
 
 
+REGULARIZER_LABEL = {"none": "none", "crop": "aug", "wd": "wd", "dropout": "dropout"}
+
+
+def _regularizer_label(regs: str) -> str:
+    return " + ".join(REGULARIZER_LABEL.get(r, r) for r in regs.split("-"))
+
+
+def fig2a(acc: pd.DataFrame):
+    """Top-1 train (solid) and test (dashed) accuracy of the true-label runs per regularizer setting, with the
+    cumulative best test accuracy shaded."""
+    d = acc[(acc["corruption"] == "true-labels") & (acc["variant"].fillna("") == "")].copy()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    if len(d):
+        d["thousand steps"] = d["step"] / 1000.0
+        d["regularizers"] = d["regularizers"].map(_regularizer_label)
+        order = sorted(d["regularizers"].unique(), key=lambda r: (-r.count("+"), r))
+        long = d.melt(id_vars=["regularizers", "seed", "thousand steps"], value_vars=["train_acc", "test_acc"],
+                      var_name="split", value_name="top-1 accuracy")
+        long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
+        sns.lineplot(data=long, x="thousand steps", y="top-1 accuracy", hue="regularizers", hue_order=order,
+                     style="split", style_order=["train", "test"], errorbar=t_interval, ax=ax)
+        colors = dict(zip(order, sns.color_palette(n_colors=len(order))))
+        for reg, g in d.groupby("regularizers"):
+            mean = g.groupby("thousand steps")["test_acc"].mean().sort_index()
+            ax.fill_between(mean.index, mean.values, mean.cummax().values, color=colors[reg], alpha=0.2, lw=0)
+        ax.set_ylim(0, 1.02)
+        models = sorted(d["model"].unique())
+        ax.set_title(f"(a) {', '.join(MODEL_LABEL.get(m, m) for m in models)} on ImageNet")
+    else:
+        _empty(ax, "no true-label runs")
+        ax.set_title("(a) ImageNet")
+    return fig
+
+
 def table4(runs: pd.DataFrame):
     d = runs[(runs["corruption"] == "random-labels")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -173,4 +218,6 @@ def figures(cfg: dict) -> Path:
     save_figure(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
     save_figure(fig2b(read("accuracy_curves.csv")), out / "fig2b")
     save_figure(table4(read("runs.csv")), out / "table4")
+    if is_streamed(cfg):
+        save_figure(fig2a(read("accuracy_curves.csv")), out / "fig2a")
     return out

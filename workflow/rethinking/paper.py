@@ -6,6 +6,8 @@ Zhang et al. (ICLR 2017): Table 1 (CIFAR-10), Table 2 (ImageNet), Table 4
 printed. `compare` puts each Table 1 and Table 4 cell beside our mean over
 seeds. Table 1 cells match runs without a training variant; Table 4 cells
 (trained with the learning-rate decay raised to 0.999) match runs of a variant.
+`table2` does the same for Table 2 (ImageNet, Inception V3), one row per
+labels x regularizer setting, where "data augmentation" is our `crop`.
 """
 from __future__ import annotations
 
@@ -34,6 +36,45 @@ def run_flags(regularizers: str) -> dict:
     return {"random_crop": "augment" if "augment" in regs else ("yes" if "crop" in regs else "no"),
             "weight_decay": "yes" if "wd" in regs else "no",
             "dropout": "yes" if "dropout" in regs else "no"}
+
+
+TABLE2_COLUMNS = ["model", "labels", "augmentation", "weight_decay", "dropout",
+                  "paper_train_top1", "train_top1", "paper_test_top1", "test_top1", "paper_test_top5", "test_top5",
+                  "best_test_top1", "seeds", "status", "note"]
+
+
+def table2(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: every cell of the paper beside our mean over seeds (blank where not run), then our other
+    true/random-label runs of the grid."""
+    ref = reference()
+    ref = ref[ref["table"] == "table2"]
+    ours = runs[runs["corruption"].isin(["true-labels", "random-labels"]) & (runs["variant"].fillna("") == "")].copy()
+    ours["labels"] = ours["corruption"].map({"true-labels": "true", "random-labels": "random"})
+    flags = pd.DataFrame([run_flags(r) for r in ours["regularizers"]], index=ours.index, dtype=object)
+    ours = ours.drop(columns=[c for c in flags.columns if c in ours.columns]).join(flags)
+    keys = ["model", "labels", "random_crop", "weight_decay", "dropout"]
+    cells = ref[keys].drop_duplicates().values.tolist()
+    cells += [c for c in ours[keys].drop_duplicates().values.tolist() if c not in cells]
+
+    def mean(sel, col):
+        return float(sel[col].astype(float).mean()) if len(sel) and col in sel else np.nan
+
+    rows = []
+    for cell in cells:
+        sel = ours[(ours[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+        paper = ref[(ref[keys] == pd.Series(cell, index=keys)).all(axis=1)].set_index("metric")
+        value = (lambda m: float(paper.loc[m, "value"]) if m in paper.index else np.nan)
+        notes = [n for n in paper["note"] if isinstance(n, str) and not n.endswith("columns")] if len(paper) else []
+        rows.append({
+            "model": cell[0], "labels": cell[1], "augmentation": cell[2], "weight_decay": cell[3],
+            "dropout": cell[4], "paper_train_top1": value("train_top1"), "train_top1": mean(sel, "train_acc"),
+            "paper_test_top1": value("test_top1"), "test_top1": mean(sel, "test_acc"),
+            "paper_test_top5": value("test_top5"), "test_top5": mean(sel, "test_top5"),
+            "best_test_top1": mean(sel, "best_test_acc"), "seeds": len(sel),
+            "status": ", ".join(sorted(set(sel["status"]))) if len(sel) else "not run",
+            "note": "; ".join(notes) if len(paper) else "not in the paper",
+        })
+    return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
 
 
 def compare(runs: pd.DataFrame, tolerance: dict) -> pd.DataFrame:

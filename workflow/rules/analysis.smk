@@ -1,5 +1,5 @@
-from rethinking.aggregate import TABLES
-from rethinking.figures import FIGURES, INPUTS
+from rethinking.aggregate import tables_for
+from rethinking.figures import INPUTS, figures_for
 
 
 rule aggregate:
@@ -10,9 +10,9 @@ rule aggregate:
     output:
         [
             report(f"{RESULTS}/tables/{t}", caption=f"../report/{t.split('.')[0]}.rst", category="Tables")
-            if t in ("table1.csv", "paper_comparison.csv")
+            if t in ("table1.csv", "table2.csv", "paper_comparison.csv")
             else f"{RESULTS}/tables/{t}"
-            for t in TABLES
+            for t in tables_for(CFG)
         ],
     params:
         file=PARAMS,
@@ -32,9 +32,9 @@ rule figures:
     output:
         [
             report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
-            for f in FIGURES
+            for f in figures_for(CFG)
         ],
-        [f"{RESULTS}/figures/{f}.pdf" for f in FIGURES],
+        [f"{RESULTS}/figures/{f}.pdf" for f in figures_for(CFG)],
     params:
         file=PARAMS,
     log:

@@ -5,7 +5,7 @@ rule prepare:
         file=PARAMS,
         settings=settings_json("dataset", "preprocess"),
     input:
-        code=f"{PKG}/data.py",
+        code=[f"{PKG}/data.py", f"{PKG}/stream.py"] if rc.is_streamed(CFG) else f"{PKG}/data.py",
     log:
         f"{RESULTS}/logs/prepare.log",
     conda:

@@ -1,0 +1,385 @@
+"""Stage `train` for streamed datasets (ImageNet): label file + index + (model, regularizers, seed) -> run folder.
+
+The in-memory engine (rethinking.train) holds a whole dataset on the device;
+ImageNet does not fit, and one Inception V3 run needs several GPUs. This
+engine trains one run from images read and decoded while it trains
+(rethinking.stream), in one process or, with `training.gpus_per_run: n`, in n
+processes started by `torchrun --standalone --nproc_per_node=n` (the
+Snakemake rule and the DVC stage do that): distributed data parallel, NCCL
+between GPUs, gloo on CPU. `batch_size` is the batch of all processes
+together; each takes batch_size / n images of every step.
+
+Read top to bottom: set up the processes and devices, load the index and the
+(corrupted) labels, build the model (Inception V3 with its auxiliary head, or
+any model of rethinking.models at image_size x image_size) and SGD, resume
+the checkpoint, then loop over epochs. An epoch is a seeded permutation of the
+training set (the same in every process), padded to a multiple of n and dealt
+out, so every process takes the same number of steps. The loss (main head
+plus 0.4 x auxiliary head) and the number of correct predictions accumulate
+on the device; every `log_every` steps the mean loss of all processes is
+read. After each epoch the processes evaluate the held-out split and the
+training set (all of it, or `train_eval_size` seeded images) with center
+crops in eval mode, top-1 and top-5, each process a share, summed.
+
+Stop rule and run folder as in rethinking.train: 100% top-1 on the
+(evaluated) training set, the epoch limit, or a non-finite loss; process 0
+writes epochs.csv, steps.csv, summary.json (last) and checkpoint.pt. The
+checkpoint is written after every epoch and, with `checkpoint_every: k`, every
+k steps inside one (an ImageNet epoch is 5,005 steps at batch 256); it holds
+the model, the optimizer, each process's random state and the position in
+the epoch, so a killed run resumes at the step it last saved, with the same
+batches and crops it would have had.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .config import ConfigError, Run, run_dir, training_for
+from .inception_v3 import AUX_WEIGHT, build_stream_model, loss_of, split_outputs
+from .io import atomic_path, remove_stale_temps, write_csv, write_json
+from .models import count_parameters, is_conv
+from .slots import claim
+from .stream import StreamImages, load_streamed, make_loader, to_input
+from .train import fitted, learning_rate, pick_device, run_settings
+
+CHECKPOINT = "checkpoint.pt"
+# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
+STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py")
+
+
+def stream_settings(cfg: dict, run: Run) -> dict:
+    """Everything that determines a streamed run's result; stored in the checkpoint and the summary."""
+    t = training_for(cfg, run)
+    s = run_settings(cfg, run)
+    s.update(engine="stream", image_size=t["image_size"], gpus_per_run=t["gpus_per_run"], decode=t["decode"],
+             train_eval_size=t["train_eval_size"],
+             aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0)
+    return s
+
+
+def launcher(cfg: dict) -> str:
+    """What starts `-m rethinking train` for a streamed run: python, or torchrun with one process per GPU."""
+    n = cfg["training"]["gpus_per_run"]
+    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
+
+
+def train_command(cfg: dict, params: str, run_id: str) -> str:
+    """The shell command of a streamed run (--run-id: torchrun would take --run for its --run-path)."""
+    return f"{launcher(cfg)} -m rethinking train --params {params} --run-id {run_id}"
+
+
+def gpus_requested(cfg: dict) -> int:
+    """The `gpu` resource a streamed run's job asks Snakemake for."""
+    return 0 if cfg["training"]["device"] == "cpu" else cfg["training"]["gpus_per_run"]
+
+
+def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[tuple[int, int]]]:
+    """This process's batches of an epoch, as (index, epoch) keys: one seeded permutation for all processes,
+    padded (wrapping around) to a multiple of `world` and dealt out, so every process has as many batches."""
+    perm = np.random.default_rng([seed, 3, epoch]).permutation(n)
+    total = math.ceil(n / world) * world
+    perm = np.concatenate([perm, perm[:total - n]]) if total > n else perm
+    mine = perm[rank::world]
+    return [[(int(i), epoch) for i in mine[j:j + batch]] for j in range(0, len(mine), batch)]
+
+
+class _Procs:
+    """This process's place among the processes of one run (one when not started by torchrun)."""
+
+    def __init__(self, world: int, rank: int, device: torch.device):
+        self.world, self.rank, self.device = world, rank, device
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.all_reduce(x)
+        return x
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def sync_buffers(self, model) -> None:
+        """Process 0's BatchNorm statistics everywhere, so evaluation and checkpoint see one model."""
+        if self.world > 1:
+            import torch.distributed as dist
+            for b in model.buffers():
+                dist.broadcast(b, 0)
+
+
+@dataclass
+class _State:
+    epoch: int = 0           # epochs done
+    batch: int = 0           # batches done of the current epoch
+    step: int = 0
+    elapsed: float = 0.0
+    train_time: float = 0.0  # seconds in training steps (no evaluation), for images/s
+    images: int = 0          # training images seen by all processes (the padding of the last batches included)
+    epochs_rows: list = field(default_factory=list)
+    steps_rows: list = field(default_factory=list)
+    status: str = "max_epochs"
+    first_fit: int | None = None
+    diverged_step: int | None = None
+
+
+def train(cfg: dict, run: Run, log=print) -> Path:
+    """Train one streamed run into its folder, resuming its checkpoint; returns the folder."""
+    s = stream_settings(cfg, run)
+    t = training_for(cfg, run)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world != s["gpus_per_run"]:
+        raise ConfigError(f"training.gpus_per_run: this run takes {s['gpus_per_run']} processes but "
+                          f"{world} started; start it with `{train_command(cfg, '<params>', run.id)}` "
+                          "(as the Snakemake rule and the DVC stage do)")
+    device = pick_device(t["device"])
+    slot = None
+    if device.type == "cuda":   # each process claims its own free GPU (a lock per GPU slot; see rethinking.slots)
+        slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
+        device = torch.device("cuda", slot.device)
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(t["threads"])
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                device_id=device if device.type == "cuda" else None)
+    if rank != 0:
+        log = lambda *_: None   # noqa: E731  (process 0 speaks for the run)
+    elif slot is not None:
+        log(f"{run.id}: process 0 of {world} on GPU {slot.physical}")
+    try:
+        return _train(cfg, run, s, t, _Procs(world, rank, device), log)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        if slot is not None:
+            slot.release()
+
+
+def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
+    device, world, rank = procs.device, procs.world, procs.rank
+    out = run_dir(cfg, run)
+    size, workers, bs = s["image_size"], t["workers"], s["batch_size"]
+    per_process = bs // world
+    raw = s["decode"] == "device"
+
+    # --- data: an index and label files; images are read and cropped by the loader's workers
+    d = load_streamed(cfg, run.corruption)
+    n_train, n_classes = len(d["y_train"]), len(d["classes"])
+    train_set = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs,
+                             seed=run.seed, raw=raw)
+    eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, raw=raw)
+    test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, raw=raw)
+    k = s["train_eval_size"]
+    train_eval_idx = (np.arange(n_train) if not k or k >= n_train
+                      else np.sort(np.random.default_rng([run.seed, 5]).choice(n_train, k, replace=False)))
+
+    # --- model and optimizer (process 0's initialization, the same seed everywhere)
+    torch.manual_seed(run.seed)
+    model = build_stream_model(run.model, size, n_classes, s["dropout"]).to(device)
+    n_params = count_parameters(model)
+    channels_last = device.type == "cuda" and (is_conv(run.model) or run.model == "inception_v3")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+        else contextlib.nullcontext
+    opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    # --- resume
+    st = _State()
+    fingerprint = _fingerprint(s)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    ckpt_path = out / CHECKPOINT
+    if rank == 0:
+        remove_stale_temps(ckpt_path)   # a checkpoint write cut short by a kill (process 0 alone writes it)
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["fingerprint"] != fingerprint:
+            log(f"{run.id}: checkpoint was made with other settings or code; starting over")
+        else:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            mine = ck["processes"][rank]
+            torch.set_rng_state(mine["torch_rng"])
+            if device.type == "cuda" and mine.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(mine["cuda_rng"])
+            loss_sum.fill_(mine["loss_sum"])
+            correct.fill_(mine["correct"])
+            seen = mine["seen"]
+            st = _State(**ck["state"])
+            log(f"{run.id}: resuming after epoch {st.epoch}, batch {st.batch} (step {st.step})")
+
+    steps_per_epoch = len(epoch_batches(n_train, 0, run.seed, 0, world, per_process))
+    log_every, every = s["log_every"], t["checkpoint_every"]
+    start = time.perf_counter() - st.elapsed
+
+    def save():
+        st.elapsed = time.perf_counter() - start
+        _checkpoint(out / CHECKPOINT, fingerprint, model, opt, st, procs, loss_sum, correct, seen)
+
+    while st.status == "max_epochs" and st.epoch < s["max_epochs"]:
+        lr = learning_rate(st.epoch, s["lr"], s["lr_decay"], s["lr_decay_images"], n_train)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batches = epoch_batches(n_train, st.epoch, run.seed, rank, world, per_process)[st.batch:]
+        net.train()
+        t0, images0 = time.perf_counter(), seen
+        for batch in make_loader(train_set, batches, workers, pin=device.type == "cuda"):
+            x, y = to_input(batch, train_set, device, channels_last)
+            with autocast():
+                output = net(x)
+            loss, logits = loss_of(output, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            st.step += 1
+            st.batch += 1
+            seen += len(y)
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            if st.step % log_every == 0:
+                mean = float(procs.sum(loss_sum.clone())) / (log_every * world)
+                loss_sum.zero_()
+                st.steps_rows.append({"step": st.step, "epoch": st.epoch + 1, "train_loss": mean})
+                rate = (seen - images0) * world / max(time.perf_counter() - t0, 1e-9)
+                log(f"{run.id}: step {st.step} ({st.batch}/{steps_per_epoch} of epoch {st.epoch + 1}) "
+                    f"loss {mean:.4f}, {rate:,.0f} images/s")
+            if every and st.step % every == 0 and st.batch < steps_per_epoch:
+                st.train_time += time.perf_counter() - t0
+                save()
+                t0, images0 = time.perf_counter(), seen
+        st.train_time += time.perf_counter() - t0
+
+        st.epoch, st.batch = st.epoch + 1, 0
+        procs.sync_buffers(model)
+        ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=workers, autocast=autocast,
+                  channels_last=channels_last)
+        train_loss, train_top1, train_top5, train_correct = evaluate(model, eval_train, train_eval_idx, **ev)
+        test_loss, test_top1, test_top5, _ = evaluate(model, test_set, np.arange(len(test_set)), **ev)
+        counts = procs.sum(torch.tensor([int(correct), seen], device=device, dtype=torch.int64)).tolist()
+        correct.zero_()
+        seen = 0
+        st.images += counts[1]
+        st.epochs_rows.append({
+            "epoch": st.epoch, "step": st.step, "lr": lr, "batch_train_acc": counts[0] / max(counts[1], 1),
+            "train_loss": train_loss, "train_acc": train_top1, "train_top5": train_top5,
+            "test_loss": test_loss, "test_acc": test_top1, "test_top5": test_top5,
+            "wall_time": time.perf_counter() - start,
+        })
+        log(f"{run.id}: epoch {st.epoch} step {st.step} lr {lr:.4g} train loss {train_loss:.4f} "
+            f"top-1 {100 * train_top1:.2f}% test top-1 {100 * test_top1:.2f}% top-5 {100 * test_top5:.2f}%")
+        bad = [r["step"] for r in st.steps_rows if r["epoch"] == st.epoch and not math.isfinite(r["train_loss"])]
+        if bad or not math.isfinite(train_loss):
+            st.status, st.diverged_step = "diverged", (bad[0] if bad else st.step)
+            log(f"{run.id}: the loss is not finite (first seen at step {st.diverged_step}); stopping as diverged")
+        elif fitted(train_correct, len(train_eval_idx)):
+            st.first_fit, st.status = st.step, "fitted"
+        save()
+
+    if rank == 0:
+        _finish(out, run, s, st, n_params, steps_per_epoch, len(train_eval_idx), n_train, len(test_set), procs, log)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, dataset: StreamImages, indices: np.ndarray, *, procs: _Procs, batch_size: int, workers: int,
+             autocast, channels_last: bool) -> tuple[float, float, float, int]:
+    """(mean loss, top-1, top-5, number top-1 correct) over dataset[indices], center crops, eval mode; each
+    process evaluates every world-th image and the sums are shared."""
+    model.eval()
+    device = procs.device
+    mine = indices[procs.rank::procs.world]
+    batches = [[(int(i), 0) for i in mine[j:j + batch_size]] for j in range(0, len(mine), batch_size)]
+    sums = torch.zeros(4, device=device, dtype=torch.float64)   # loss, top-1, top-5, images
+    for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
+        x, y = to_input(batch, dataset, device, channels_last)
+        with autocast():
+            logits, _ = split_outputs(model(x))
+        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
+                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+    loss, top1, top5, n = procs.sum(sums).tolist()
+    n = max(n, 1.0)
+    return loss / n, top1 / n, top5 / n, int(round(top1))
+
+
+def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Procs, loss_sum, correct,
+                seen: int) -> None:
+    """Every process hands process 0 its random state and partial sums; process 0 writes the file atomically."""
+    mine = {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(procs.device) if procs.device.type == "cuda" else None,
+            "loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+    everyone = procs.gather(mine)
+    if procs.rank != 0:
+        return
+    state = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "state": dict(st.__dict__), "processes": everyone}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_epoch: int, n_train_eval: int,
+            n_train: int, n_test: int, procs: _Procs, log) -> None:
+    """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5)."""
+    import pandas as pd
+    write_csv(out / "epochs.csv", pd.DataFrame(st.epochs_rows))
+    write_csv(out / "steps.csv", pd.DataFrame(st.steps_rows, columns=["step", "epoch", "train_loss"]))
+    last = st.epochs_rows[-1]
+    device = procs.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    summary = {
+        **s,
+        "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
+        "status": st.status, "epochs": st.epoch, "steps": st.step, "steps_per_epoch": steps_per_epoch,
+        "step_first_fit": st.first_fit, "diverged_step": st.diverged_step, "n_train": n_train,
+        "n_train_eval": n_train_eval, "n_test": n_test,
+        "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
+        "train_top5": 100 * last["train_top5"], "test_top5": 100 * last["test_top5"],
+        "best_test_acc": 100 * max(r["test_acc"] for r in st.epochs_rows),
+        "train_loss": last["train_loss"], "test_loss": last["test_loss"],
+        "parameters": n_params, "input_shape": [3, s["image_size"], s["image_size"]], "wall_time": st.elapsed,
+        "train_images_per_s": st.images / st.train_time if st.train_time > 0 else None,
+        "processes": procs.world, "device": f"{procs.world} x {name}" if procs.world > 1 else name,
+        "deterministic": device.type == "cpu" and procs.world == 1,
+        "versions": {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+    }
+    write_json(out / "summary.json", summary)
+    log(f"{run.id}: {st.status} after {st.epoch} epochs, {st.step} steps; train top-1 {summary['train_acc']:.2f}% "
+        f"test top-1 {summary['test_acc']:.2f}% top-5 {summary['test_top5']:.2f}% ({st.elapsed:.1f} s on {name})")
+
+
+def _fingerprint(settings: dict) -> str:
+    """A checkpoint is resumed only by the same settings and the same engine code."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name in STREAM_ENGINE_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
