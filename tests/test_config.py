@@ -130,3 +130,17 @@ def test_train_rejects_a_run_outside_the_grid(tmp_path):
                    "--run", "digits/true-labels/resnet/none/seed0", cwd=tmp_path)
     assert proc.returncode == 2 and "not in this config's grid" in proc.stderr
     assert tree_files(tmp_path / "results") == []
+
+
+@pytest.mark.parametrize("where, value", [(("seeds",), [0.0]), (("training", "batch_size"), 25.0),
+                                          (("seeds",), [True])])
+def test_integer_keys_take_ints_only(where, value):
+    """JSON Schema counts 0.0 as an integer; here it is refused (it made run ids like seed0.0, found by
+    the fuzz test in test_faults)."""
+    raw = copy.deepcopy(BASE)
+    node = raw
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    with pytest.raises(rc.ConfigError, match="is not of type 'integer'"):
+        rc.validate(raw, "p.yaml")
