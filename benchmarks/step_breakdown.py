@@ -1,9 +1,10 @@
 """Where one training step's time goes: gather, preprocessing, forward+backward, optimizer step.
 
-    python benchmarks/step_breakdown.py [--model mlp_1x512] [--threads 2] [--batch 128]
+    python benchmarks/step_breakdown.py [--model mlp_1x512] [--threads 2] [--batch 128] [--weight-decay 0]
 
 Random uint8 images of CIFAR-10's shape (3x32x32, 28x28 center crop); prints
-milliseconds per step for each part (50 timed repetitions after 3 warm-ups).
+milliseconds per step for each part (50 timed repetitions after 3 warm-ups), and
+the once-per-run preparation of all 50,000 images.
 """
 import argparse
 import time
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from rethinking.models import build_model
-from rethinking.preprocess import prepare_batch
+from rethinking.preprocess import prepare_all, prepare_batch
+from rethinking.train import sgd
 
 
 def timed(fn, n=50):
@@ -29,12 +31,14 @@ def main():
     ap.add_argument("--model", default="mlp_1x512")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (50_000,))
     model = build_model(args.model, (3, 28, 28))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=args.weight_decay)
+    fused = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=args.weight_decay)
     idx = torch.randperm(50_000)[:args.batch]
     xb, yb = x[idx], y[idx]
     xp = prepare_batch(xb, 28)
@@ -46,10 +50,14 @@ def main():
         "gather": timed(lambda: x[idx]),
         "crop+standardize": timed(lambda: prepare_batch(xb, 28)),
         "forward+backward": timed(fwd_bwd),
-        "sgd step": timed(opt.step),
+        "sgd step (torch default)": timed(opt.step),
+        "sgd step (fused, train.sgd)": timed(fused.step),
     }
     for name, ms in parts.items():
-        print(f"{name:18s} {ms:7.2f} ms")
+        print(f"{name:28s} {ms:7.2f} ms")
+    t0 = time.perf_counter()
+    prepare_all(x, 28)
+    print(f"prepare_all, 50,000 images   {time.perf_counter() - t0:7.2f} s (once per run)")
     print(f"forward+backward alone: {args.batch / parts['forward+backward'] * 1000:,.0f} images/s")
 
 

@@ -73,11 +73,27 @@ def test_prepare_batch_from_uint8():
 
 
 def test_prepare_all_equals_per_batch_preparation():
-    """Inputs prepared once per run are the values a per-batch preparation gives, in any chunking."""
+    """Inputs prepared once per run are the values a per-batch preparation gives, bit for bit, in any chunking."""
     x = torch.randint(0, 256, (300, 3, 12, 12), dtype=torch.uint8)
     whole = prepare_all(x, 10, chunk=64)
     assert whole.shape == (300, 3, 10, 10) and whole.dtype == torch.float32
-    torch.testing.assert_close(whole, prepare_batch(x, 10), rtol=0, atol=1e-6)
+    assert torch.equal(whole, prepare_batch(x, 10))
+    assert torch.equal(whole, prepare_all(x, 10, chunk=4096))
     idx = torch.randperm(300)[:32]
-    torch.testing.assert_close(whole[idx], prepare_batch(x[idx], 10), rtol=0, atol=1e-6)
-    assert prepare_all(x, None).shape == (300, 3, 12, 12)
+    assert torch.equal(whole[idx], prepare_batch(x[idx], 10))
+    assert torch.equal(prepare_all(x, None, chunk=7), prepare_batch(x, None))
+
+
+def test_standardization_in_place_equals_out_of_place_and_never_touches_the_callers_tensor():
+    x = torch.rand(6, 3, 5, 5)
+    expected = per_image_standardization(x)
+    copy = x.clone()
+    assert torch.equal(per_image_standardization(copy, inplace=True), expected) and torch.equal(copy, expected)
+    kept = x.clone()
+    for crop in (None, 5, 4):   # a float batch: the crop is the caller's tensor or a view of it
+        prepare_batch(x, crop)
+        assert torch.equal(x, kept)
+    u = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    kept = u.clone()
+    prepare_batch(u, None, frozenset({"crop", "flip", "rotate"}), torch.Generator().manual_seed(0))
+    assert torch.equal(u, kept)

@@ -1,10 +1,11 @@
 """`python -m rethinking bench`: the engine's training throughput against a conventional loop.
 
-Both train the same model on the same images with the same optimizer, back to
-back in one process:
+Both train the same model on the same images with the same SGD settings, back
+to back in one process:
 
-- engine: the pipeline's own hot loop (train.run_epoch): images resident on
-  the device, prepared once when there is no random augmentation (center crop
+- engine: the pipeline's own hot loop (train.run_epoch) and optimizer
+  (train.sgd, torch's SGD with the fused update): images resident on the device,
+  prepared once when there is no random augmentation (center crop
   and per-image standardization, timed as part of the engine) or per batch as
   batched tensor ops from uint8 (random crops), batches gathered by a
   device-side permutation, no host sync per step;
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from .models import build_model, is_conv
 from .preprocess import augmentations, per_image_standardization, prepare_all
-from .train import pick_device, run_epoch, run_epoch_packed
+from .train import pick_device, run_epoch, run_epoch_packed, sgd
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -84,12 +85,13 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
     result = {"model": model_name, "device": str(dev), "images": n, "epochs": epochs, "batch_size": batch_size,
               "threads": torch.get_num_threads()}
 
-    def fresh():
+    def fresh(engine: bool):
         torch.manual_seed(seed)
         m = build_model(model_name, in_shape, num_classes).to(dev)
         if dev.type == "cuda" and is_conv(model_name):
             m = m.to(memory_format=torch.channels_last)
-        return m, torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+        # the engine's optimizer is train's (fused SGD); a typical script uses torch's default SGD
+        return m, (sgd(m.parameters(), lr, 0.9) if engine else torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" \
         else contextlib.nullcontext
@@ -97,7 +99,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
         torch.backends.cudnn.benchmark = True
 
     # --- engine
-    model, opt = fresh()
+    model, opt = fresh(engine=True)
     result["flops_per_image"] = flops_per_image(model, in_shape, dev)
     xd, yd = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -131,7 +133,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
 
     # --- conventional loop
     if baseline:
-        model, opt = fresh()
+        model, opt = fresh(engine=False)
         loader = torch.utils.data.DataLoader(ConventionalDataset(x, y, crop, random_crop), batch_size=batch_size,
                                              shuffle=True, num_workers=workers,
                                              generator=torch.Generator().manual_seed(seed))

@@ -84,6 +84,21 @@ def run_settings(cfg: dict, run: Run) -> dict:
     }
 
 
+def sgd(params, lr: float, momentum: float, weight_decay: float = 0.0) -> torch.optim.SGD:
+    """torch's SGD with the fused update: one kernel updates every tensor, where the default
+    for-loop makes several passes per tensor. MLP 1x512 on the project's 2-core CPU: 0.3-0.5 ms
+    per step against the default's 0.6-1.1 ms, or 1.1-1.6 ms with weight decay 5e-4
+    (benchmarks/step_breakdown.py [--weight-decay 5e-4]). Same update, same state_dict format."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+
+
+def load_sgd(opt: torch.optim.SGD, state: dict) -> None:
+    """Resume `opt` from a saved SGD state (also one saved unfused, e.g. by a pack), keeping it fused."""
+    opt.load_state_dict(state)
+    for g in opt.param_groups:
+        g.update(fused=True, foreach=None)
+
+
 def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, generator, autocast,
               channels_last, loss_sum, step, log_every, on_log=None):
     """One epoch of SGD steps over `perm` (a device-side permutation): the engine's hot loop.
@@ -237,8 +252,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
     model = opt = stacked = None
     if len(runs) == 1:
         model = models[0].to(memory_format=torch.channels_last) if channels_last else models[0]
-        opt = torch.optim.SGD(model.parameters(), lr=s0["lr"], momentum=s0["momentum"],
-                              weight_decay=s0["weight_decay"])
+        opt = sgd(model.parameters(), s0["lr"], s0["momentum"], s0["weight_decay"])
     else:
         stacked = Stacked(models, s0["momentum"], s0["weight_decay"])
     del models
@@ -255,7 +269,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
             continue
         if stacked is None:
             model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            load_sgd(opt, ck["optimizer"])
             torch.set_rng_state(ck["torch_rng"])
             if device.type == "cuda" and ck.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ck["cuda_rng"])

@@ -53,7 +53,7 @@ from .io import atomic_path, remove_stale_temps, write_csv, write_json
 from .models import count_parameters, is_conv
 from .slots import claim
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import fitted, learning_rate, pick_device, run_settings
+from .train import fitted, learning_rate, load_sgd, pick_device, run_settings, sgd
 
 CHECKPOINT = "checkpoint.pt"
 # a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
@@ -203,7 +203,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
         torch.backends.cudnn.benchmark = True
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
-    opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    opt = sgd(model.parameters(), s["lr"], s["momentum"], s["weight_decay"])
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -224,7 +224,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
             log(f"{run.id}: checkpoint was made with other settings or code; starting over")
         else:
             model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            load_sgd(opt, ck["optimizer"])
             mine = ck["processes"][rank]
             torch.set_rng_state(mine["torch_rng"])
             if device.type == "cuda" and mine.get("cuda_rng") is not None:
