@@ -31,11 +31,9 @@ def digits():
     return load_source("digits")
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A copy of the project, as a fresh clone would have it, to run pipelines in."""
-    dst = tmp_path / "project"
-    dst.mkdir()
+def copy_project_files(dst: Path) -> Path:
+    """Copy the project's files, as a fresh clone would have them, into the folder `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
@@ -43,6 +41,12 @@ def project(tmp_path):
         else:
             shutil.copy2(src, dst / name)
     return dst
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the project to run pipelines in."""
+    return copy_project_files(tmp_path / "project")
 
 
 def write_params(path: Path, text: str) -> Path:

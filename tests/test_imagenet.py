@@ -13,10 +13,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import PROJECT_FILES, REPO
+from conftest import REPO, copy_project_files
 from rethinking import config as rc
 from rethinking import stream
 from rethinking import train_stream as ts
+from rethinking.plan import train_command
 from rethinking.corrupt import corrupt
 from rethinking.io import load_npz
 
@@ -105,7 +106,7 @@ def test_the_paper_imagenet_grid_is_table_2():
         [("true-labels", "crop-wd-dropout"), ("true-labels", "crop"), ("true-labels", "wd"), ("true-labels", "none"),
          ("random-labels", "wd-dropout"), ("random-labels", "wd"), ("random-labels", "none")])
     assert {r.model for r in runs} == {"inception_v3"}
-    assert ts.train_command(cfg, "p.yaml", runs[0].id).startswith("torchrun --standalone --nproc_per_node=8 -m ")
+    assert train_command(cfg, "p.yaml", runs[0].id).startswith("torchrun --standalone --nproc_per_node=8 -m ")
 
 
 # ----------------------------------------------------------------------------
@@ -222,9 +223,7 @@ def test_a_multi_process_run_needs_torchrun(tmp_path, tree):
 
 def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree):
     """prepare (index) -> corrupt (label files) -> train (Inception V3, 2 gloo processes) -> table2, fig2a."""
-    for name in PROJECT_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
+    copy_project_files(tmp_path)
     p = params(tmp_path, tree, "imagenet-test", gpus_per_run=2, workers=1)
     proc = subprocess.run(f"snakemake --cores 2 --configfile {p.name}", cwd=tmp_path, shell=True,
                           capture_output=True, text=True, timeout=900)

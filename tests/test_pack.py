@@ -14,7 +14,8 @@ from rethinking import train as tr
 from rethinking.corrupt import corrupt
 from rethinking.data import prepare
 from rethinking.models import build_model
-from rethinking.pack import Stacked, plan_packs
+from rethinking.pack import Stacked
+from rethinking.plan import plan_packs
 
 
 def _cfg(tmp_path, name, **training):

@@ -14,7 +14,8 @@ from rethinking.data import prepare
 from rethinking.figures import figures
 from rethinking.paper import CIFAR10_CLASSES, compare, reference
 from rethinking.preprocess import augmentations, prepare_batch, random_rotate
-from rethinking.train import run_settings, train
+from rethinking.plan import run_settings
+from rethinking.train import train
 
 
 def test_reference_has_every_table1_cell():

@@ -1,14 +1,13 @@
 """Snakemake and DVC: the same stages, the same runs, the same outputs; a stale dvc.yaml stops dvc repro."""
 import json
 import re
-import shutil
 import subprocess
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_cli, tree_files
+from conftest import REPO, copy_project_files, run_cli, tree_files
 from rethinking.dvcgen import generate, stage_key
 
 TINY_RESULTS = "results/tiny"
@@ -68,11 +67,7 @@ def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
 
 @pytest.fixture(scope="module")
 def snakemake_tiny(tmp_path_factory):
-    from conftest import PROJECT_FILES
-    dst = tmp_path_factory.mktemp("smk")
-    for name in PROJECT_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / name)
+    dst = copy_project_files(tmp_path_factory.mktemp("smk"))
     sh("snakemake --cores 2 --configfile config/tiny.yaml", dst)
     return dst
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import PROJECT_FILES, REPO, tree_files
+from conftest import REPO, copy_project_files, tree_files
 
 PROFILE = "workflow/profiles/slurm"
 RESULTS = "results/slurm"
@@ -149,13 +149,7 @@ def params_text(section5: bool) -> str:
 
 
 def copy_project(dst: Path, section5: bool = False) -> Path:
-    dst.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst / name)
+    copy_project_files(dst)
     (dst / "slurm-test.yaml").write_text(params_text(section5))
     return dst
 

@@ -72,7 +72,7 @@ def cmd_runs(args):
 
 
 def cmd_packs(args):
-    from .pack import plan_packs
+    from .plan import plan_packs
     cfg = load(args.params)
     for pack in plan_packs(cfg, expand_runs(cfg)):
         print(" ".join(r.id for r in pack))

@@ -212,20 +212,13 @@ def _check_streamed(cfg: dict, source: str) -> None:
 def check_data(cfg: dict, source: str = "params") -> None:
     """The data paths exist (not checked by load, so a dry run can list a grid whose data is elsewhere)."""
     ds = cfg["dataset"]
-    if ds["source"] == "imagefolder":
+    tree = {"imagefolder": "test"}.get(ds["source"], "val" if ds["source"] in STREAMED_SOURCES else None)
+    if tree:   # the evaluation split's folder name
+        layout = f"a folder or .zip with train/<class>/* and {tree}/<class>/*"
         if not ds["root"]:
-            raise ConfigError(f"{source}: dataset.root: required for source imagefolder "
-                              "(a folder or .zip with train/<class>/* and test/<class>/*)")
+            raise ConfigError(f"{source}: dataset.root: required for source {ds['source']} ({layout})")
         if not Path(ds["root"]).exists():
-            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
-                              "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
-    if ds["source"] in STREAMED_SOURCES:
-        if not ds["root"]:
-            raise ConfigError(f"{source}: dataset.root: required for source {ds['source']} "
-                              "(a folder or .zip with train/<class>/* and val/<class>/*)")
-        if not Path(ds["root"]).exists():
-            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist "
-                              "(expected a folder or .zip with train/<class>/* and val/<class>/*)")
+            raise ConfigError(f"{source}: dataset.root: {ds['root']!r} does not exist (expected {layout})")
     if ds["source"] == "cifar10" and not ds["download"]:
         root = Path(ds["root"] or "data/cifar10")
         if not (root / "cifar-10-batches-py").is_dir():

@@ -18,8 +18,7 @@ from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions
                      load, run_dir)
 from .figures import INPUTS, figures_dir, figures_for
 from .io import write_text
-from .pack import plan_packs
-from .train import ENGINE_SOURCES
+from .plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, plan_packs, train_command
 
 PKG = "workflow/rethinking"
 
@@ -61,7 +60,6 @@ def _train_stages(cfg: dict, runs, prm: str) -> dict:
     code = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
     cmd = f"python -m rethinking train --params {prm} --run ${{item.run}}"
     if is_streamed(cfg):   # one run per stage, through torchrun when it takes several GPUs
-        from .train_stream import STREAM_ENGINE_SOURCES, train_command
         code = [f"{PKG}/{f}" for f in STREAM_ENGINE_SOURCES]
         cmd = train_command(cfg, prm, "${item.run}")
     plots = lambda d: [{f"{d}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},  # noqa: E731

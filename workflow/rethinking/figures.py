@@ -22,16 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .aggregate import t_interval, tables_dir  # noqa: E402
-from .config import is_streamed  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from .aggregate import t_interval, tables_dir
+from .config import is_streamed
+from .io import atomic_path
 
 FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4")
 STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
@@ -41,6 +36,16 @@ CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random label
                     "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
 MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
                "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3"}
+
+
+def _plot_libs():
+    """pyplot (Agg backend) and seaborn, imported when a figure is drawn: the Snakemake rules import
+    this module for its file names, and seaborn (with scipy) alone takes ~3 s to import."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    return plt, sns
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:
@@ -54,6 +59,7 @@ def figures_dir(cfg: dict) -> Path:
 
 def save_figure(fig, base: Path) -> None:
     """PNG and PDF of a figure, each written atomically."""
+    plt = _plot_libs()[0]
     base.parent.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         with atomic_path(base.with_suffix(f".{ext}")) as tmp:
@@ -71,6 +77,7 @@ def _empty(ax, text):
 
 
 def fig1a(curves: pd.DataFrame):
+    plt, sns = _plot_libs()
     kinds = [c for c in CORRUPTION_ORDER if c in set(curves["corruption"])]
     # the models trained on the most corruption kinds (the paper shows Inception on all five)
     kinds_per_model = curves[curves["corruption"].isin(kinds)].groupby("model")["corruption"].nunique()
@@ -99,6 +106,7 @@ def _label_runs(conv: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig1b(conv: pd.DataFrame):
+    plt, sns = _plot_libs()
     d = _label_runs(conv)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     ok = d[d["fitted"] & d["relative_steps"].notna()]
@@ -119,6 +127,7 @@ def fig1b(conv: pd.DataFrame):
 
 
 def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
+    plt, sns = _plot_libs()
     d = _label_runs(conv)
     if kernel is not None and len(d):
         d = pd.concat([d, kernel], ignore_index=True)
@@ -136,6 +145,7 @@ def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
 
 
 def fig2b(acc: pd.DataFrame):
+    plt, sns = _plot_libs()
     d = acc[(acc["corruption"] == "true-labels") & (acc["regularizers"] == "none") & (acc["variant"].fillna("") == "")]
     inc = d[d["model"].isin(["inception", "inception_nobn"])]
     d = (inc if len(inc) else d).copy()
@@ -166,6 +176,7 @@ def _regularizer_label(regs: str) -> str:
 def fig2a(acc: pd.DataFrame):
     """Top-1 train (solid) and test (dashed) accuracy of the true-label runs per regularizer setting, with the
     cumulative best test accuracy shaded."""
+    plt, sns = _plot_libs()
     d = acc[(acc["corruption"] == "true-labels") & (acc["variant"].fillna("") == "")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     if len(d):
@@ -191,6 +202,7 @@ def fig2a(acc: pd.DataFrame):
 
 
 def table4(runs: pd.DataFrame):
+    plt, sns = _plot_libs()
     d = runs[(runs["corruption"] == "random-labels")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     if len(d) and (d["regularizers"] != "none").any():
@@ -208,6 +220,7 @@ def table4(runs: pd.DataFrame):
 
 
 def figures(cfg: dict) -> Path:
+    sns = _plot_libs()[1]
     sns.set_theme(context="paper", style="whitegrid")
     tables, out = tables_dir(cfg), figures_dir(cfg)
     read = (lambda name: pd.read_csv(tables / name, keep_default_na=True, dtype={"variant": str}))

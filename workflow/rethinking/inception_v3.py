@@ -27,9 +27,9 @@ from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, I
                                           InceptionC, InceptionD, InceptionE)
 
 from .config import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
+from .plan import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
 
 STREAM_MODELS = ("inception_v3",)  # models the streaming engine adds to models.MODELS
-AUX_WEIGHT = 0.4                    # weight of the auxiliary classifier's loss in training
 
 
 class AuxAnySize(InceptionAux):

@@ -58,6 +58,13 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_torch(path, obj) -> None:
+    """torch.save, atomically: a reader (or a resume after a kill) sees the old file or the new one."""
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 

@@ -19,75 +19,19 @@ single engine could have produced up to rounding.
 
 Whether packing pays is a property of the device: on the 2-core CPU of this
 project it does not (docs/PERFORMANCE.md), so `training.pack` defaults to 1.
+Which runs share a pack (`plan_packs`) is decided in rethinking.plan.
 """
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .config import ConfigError, Run, training_for
 
 # settings that may differ inside a pack; everything else in run_settings must be equal
-PER_RUN = ("run", "corruption", "seed")
-
-
-def pack_key(cfg: dict, run: Run, settings: dict) -> str | None:
-    """Runs with the same key can share a pack; None for a run that is always trained alone."""
-    if settings["dropout"] > 0:
-        return None
-    shared = {k: v for k, v in settings.items() if k not in PER_RUN}
-    shared["dataset"] = run.dataset
-    shared["threads"] = training_for(cfg, run)["threads"]
-    return json.dumps(shared, sort_keys=True)
-
-
-def plan_packs(cfg: dict, runs: list[Run], size: int | None = None) -> list[list[Run]]:
-    """The grid's runs in packs of at most `size` (default: training.pack), in run order.
-
-    Runs are packed only with runs of the same key (pack_key); the last pack of a key may be
-    smaller, and with size 1 every run is its own pack.
-    """
-    from .train import run_settings
-    size = size or cfg["training"].get("pack", 1)
-    packs, open_packs = [], {}
-    for run in runs:
-        key = pack_key(cfg, run, run_settings(cfg, run)) if size > 1 else None
-        if key is None:
-            packs.append([run])
-            continue
-        if key not in open_packs or len(open_packs[key]) >= size:
-            open_packs[key] = []
-            packs.append(open_packs[key])
-        open_packs[key].append(run)
-    return packs
-
-
-def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
-    """Refuse a pack whose runs cannot share one stacked model, naming the run and the setting."""
-    if len(set(runs)) != len(runs):
-        raise ConfigError("--run: the same run is given twice")
-    first = settings[0]
-    for run, s in zip(runs, settings):
-        if s["dropout"] > 0:
-            raise ConfigError(f"--run: {run.id} uses dropout; runs with dropout are trained alone, not packed")
-        if run.dataset != runs[0].dataset:
-            raise ConfigError(f"--run: {run.id} is on another dataset than {runs[0].id}; a pack shares its data")
-        for key, value in s.items():
-            if key not in PER_RUN and value != first[key]:
-                raise ConfigError(f"--run: {run.id} has {key}={value!r} but {runs[0].id} has {first[key]!r}; "
-                                  f"packed runs differ only in {', '.join(PER_RUN)}")
-
-
-def pack_name(pack: list[Run]) -> str:
-    """A stable name for a pack (its first run's id, '/' -> '__', and its size)."""
-    return f"{pack[0].id.replace('/', '__')}__x{len(pack)}"
-
-
 class Stacked:
     """K models of one architecture as stacked tensors, trained by vmap and a hand-written SGD.
 

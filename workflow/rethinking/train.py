@@ -40,14 +40,14 @@ import torch.nn.functional as F
 from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
-from .io import atomic_path, remove_stale_temps, write_csv, write_json
+from .io import remove_stale_temps, save_torch, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
-from .pack import Stacked, check_packable
+from .pack import Stacked
+from .plan import ENGINE_SOURCES, check_packable, run_settings
 from .preprocess import augmentations, prepare_all, prepare_batch
 from .slots import claim
 
 CHECKPOINT = "checkpoint.pt"
-ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
 
 
 def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | None, n_train: int) -> float:
@@ -67,21 +67,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device: 'cuda' was asked for but no CUDA device is available")
     return torch.device(name)
-
-
-def run_settings(cfg: dict, run: Run) -> dict:
-    """Everything that determines a run's result; stored in the checkpoint and the summary."""
-    t = training_for(cfg, run)
-    return {
-        "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
-        "variant": run.variant,
-        "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
-        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": t["lr"][run.model],
-        "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
-        "weight_decay": t["weight_decay"] if "wd" in run.regs else 0.0,
-        "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
-        "log_every": t["log_every"],
-    }
 
 
 def sgd(params, lr: float, momentum: float, weight_decay: float = 0.0) -> torch.optim.SGD:
@@ -270,9 +255,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
         if stacked is None:
             model.load_state_dict(ck["model"])
             load_sgd(opt, ck["optimizer"])
-            torch.set_rng_state(ck["torch_rng"])
-            if device.type == "cuda" and ck.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ck["cuda_rng"])
+            set_rng_state(ck, device)
         else:
             stacked.load_member(k, ck["model"], ck["optimizer"])
         m.gen.set_state(ck["generator"])
@@ -400,9 +383,7 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
         "n_test": len(m.y_test), "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         "parameters": n_params, "input_shape": [c, h, w], "wall_time": elapsed,
-        "device": _device_name(device), "deterministic": device.type == "cpu",
-        "versions": {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "device": device_name(device), "deterministic": device.type == "cpu", "versions": versions(),
     }
     write_json(m.out / "summary.json", summary)
     log(f"{m.run.id}: {m.status} after {m.epoch} epochs, {m.step} steps; train {summary['train_acc']:.2f}% "
@@ -422,20 +403,34 @@ def _frame(rows, columns=None):
     return pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
+def versions() -> dict:
+    return {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's torch random state (CPU, and the device's on CUDA), as a checkpoint keeps it."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+
+
 def _checkpoint(m: _Member, model, optimizer_state: dict, device) -> None:
-    state = {
+    save_torch(m.out / CHECKPOINT, {
         "fingerprint": m.fingerprint, "model": model.state_dict(), "optimizer": optimizer_state,
-        "generator": m.gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "generator": m.gen.get_state(), **rng_state(device),
         "epoch": m.epoch, "step": m.step, "elapsed": time.perf_counter() - m.start, "epochs": m.epochs_rows,
         "steps": m.steps_rows, "status": m.status, "first_fit": m.first_fit, "diverged_step": m.diverged_step,
         "loss_sum": float(m.loss_sum),
-    }
-    with atomic_path(m.out / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
+    })

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,46 +45,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
 from .config import ConfigError, Run, run_dir, training_for
-from .inception_v3 import AUX_WEIGHT, build_stream_model, loss_of, split_outputs
-from .io import atomic_path, remove_stale_temps, write_csv, write_json
+from .inception_v3 import build_stream_model, loss_of, split_outputs
+from .io import remove_stale_temps, save_torch, write_csv, write_json
 from .models import count_parameters, is_conv
 from .slots import claim
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import fitted, learning_rate, load_sgd, pick_device, run_settings, sgd
+from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
+from .train import (device_name, fitted, learning_rate, load_sgd, pick_device, rng_state, set_rng_state, sgd,
+                    versions)
 
 CHECKPOINT = "checkpoint.pt"
 # a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
-STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py")
-
-
-def stream_settings(cfg: dict, run: Run) -> dict:
-    """Everything that determines a streamed run's result; stored in the checkpoint and the summary."""
-    t = training_for(cfg, run)
-    s = run_settings(cfg, run)
-    s.update(engine="stream", image_size=t["image_size"], gpus_per_run=t["gpus_per_run"], decode=t["decode"],
-             train_eval_size=t["train_eval_size"],
-             aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0)
-    return s
-
-
-def launcher(cfg: dict) -> str:
-    """What starts `-m rethinking train` for a streamed run: python, or torchrun with one process per GPU."""
-    n = cfg["training"]["gpus_per_run"]
-    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
-
-
-def train_command(cfg: dict, params: str, run_id: str) -> str:
-    """The shell command of a streamed run (--run-id: torchrun would take --run for its --run-path)."""
-    return f"{launcher(cfg)} -m rethinking train --params {params} --run-id {run_id}"
-
-
-def gpus_requested(cfg: dict) -> int:
-    """The `gpu` resource a streamed run's job asks Snakemake for."""
-    return 0 if cfg["training"]["device"] == "cpu" else cfg["training"]["gpus_per_run"]
-
-
 def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[tuple[int, int]]]:
     """This process's batches of an epoch, as (index, epoch) keys: one seeded permutation for all processes,
     padded (wrapping around) to a multiple of `world` and dealt out, so every process has as many batches."""
@@ -226,9 +197,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
             model.load_state_dict(ck["model"])
             load_sgd(opt, ck["optimizer"])
             mine = ck["processes"][rank]
-            torch.set_rng_state(mine["torch_rng"])
-            if device.type == "cuda" and mine.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(mine["cuda_rng"])
+            set_rng_state(mine, device)
             loss_sum.fill_(mine["loss_sum"])
             correct.fill_(mine["correct"])
             seen = mine["seen"]
@@ -333,16 +302,12 @@ def evaluate(model, dataset: StreamImages, indices: np.ndarray, *, procs: _Procs
 def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Procs, loss_sum, correct,
                 seen: int) -> None:
     """Every process hands process 0 its random state and partial sums; process 0 writes the file atomically."""
-    mine = {"torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(procs.device) if procs.device.type == "cuda" else None,
-            "loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+    mine = {**rng_state(procs.device), "loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
     everyone = procs.gather(mine)
     if procs.rank != 0:
         return
-    state = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "state": dict(st.__dict__), "processes": everyone}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "state": dict(st.__dict__), "processes": everyone})
 
 
 def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_epoch: int, n_train_eval: int,
@@ -353,8 +318,7 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
     write_csv(out / "steps.csv", pd.DataFrame(st.steps_rows, columns=["step", "epoch", "train_loss"]))
     last = st.epochs_rows[-1]
     device = procs.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    name = device_name(device)
     summary = {
         **s,
         "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
@@ -369,8 +333,7 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
         "train_images_per_s": st.images / st.train_time if st.train_time > 0 else None,
         "processes": procs.world, "device": f"{procs.world} x {name}" if procs.world > 1 else name,
         "deterministic": device.type == "cpu" and procs.world == 1,
-        "versions": {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
     }
     write_json(out / "summary.json", summary)
     log(f"{run.id}: {st.status} after {st.epoch} epochs, {st.step} steps; train top-1 {summary['train_acc']:.2f}% "

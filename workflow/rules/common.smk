@@ -2,8 +2,7 @@
 import json
 
 from rethinking.aggregate import RUN_FILES
-from rethinking.pack import pack_name, plan_packs
-from rethinking.train import ENGINE_SOURCES, run_settings
+from rethinking.plan import ENGINE_SOURCES, pack_name, plan_packs, run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}

@@ -1,0 +1,114 @@
+"""What the pipeline runs, decided without torch: each run's settings, which runs share a pack, and
+which source files make a run's checkpoint stale.
+
+The Snakemake rules and dvcgen import this module (not train or pack), so that planning a grid
+(`snakemake -n`, and every Snakemake job's own start) does not spend seconds importing torch.
+"""
+from __future__ import annotations
+
+import json
+
+from .config import ConfigError, Run, training_for
+
+AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
+ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
+
+
+def run_settings(cfg: dict, run: Run) -> dict:
+    """Everything that determines a run's result; stored in the checkpoint and the summary."""
+    t = training_for(cfg, run)
+    return {
+        "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
+        "variant": run.variant,
+        "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
+        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": t["lr"][run.model],
+        "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
+        "weight_decay": t["weight_decay"] if "wd" in run.regs else 0.0,
+        "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
+        "log_every": t["log_every"],
+    }
+
+
+PER_RUN = ("run", "corruption", "seed")
+
+
+def pack_key(cfg: dict, run: Run, settings: dict) -> str | None:
+    """Runs with the same key can share a pack; None for a run that is always trained alone."""
+    if settings["dropout"] > 0:
+        return None
+    shared = {k: v for k, v in settings.items() if k not in PER_RUN}
+    shared["dataset"] = run.dataset
+    shared["threads"] = training_for(cfg, run)["threads"]
+    return json.dumps(shared, sort_keys=True)
+
+
+def plan_packs(cfg: dict, runs: list[Run], size: int | None = None) -> list[list[Run]]:
+    """The grid's runs in packs of at most `size` (default: training.pack), in run order.
+
+    Runs are packed only with runs of the same key (pack_key); the last pack of a key may be
+    smaller, and with size 1 every run is its own pack.
+    """
+    size = size or cfg["training"].get("pack", 1)
+    packs, open_packs = [], {}
+    for run in runs:
+        key = pack_key(cfg, run, run_settings(cfg, run)) if size > 1 else None
+        if key is None:
+            packs.append([run])
+            continue
+        if key not in open_packs or len(open_packs[key]) >= size:
+            open_packs[key] = []
+            packs.append(open_packs[key])
+        open_packs[key].append(run)
+    return packs
+
+
+def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
+    """Refuse a pack whose runs cannot share one stacked model, naming the run and the setting."""
+    if len(set(runs)) != len(runs):
+        raise ConfigError("--run: the same run is given twice")
+    first = settings[0]
+    for run, s in zip(runs, settings):
+        if s["dropout"] > 0:
+            raise ConfigError(f"--run: {run.id} uses dropout; runs with dropout are trained alone, not packed")
+        if run.dataset != runs[0].dataset:
+            raise ConfigError(f"--run: {run.id} is on another dataset than {runs[0].id}; a pack shares its data")
+        for key, value in s.items():
+            if key not in PER_RUN and value != first[key]:
+                raise ConfigError(f"--run: {run.id} has {key}={value!r} but {runs[0].id} has {first[key]!r}; "
+                                  f"packed runs differ only in {', '.join(PER_RUN)}")
+
+
+def pack_name(pack: list[Run]) -> str:
+    """A stable name for a pack (its first run's id, '/' -> '__', and its size)."""
+    return f"{pack[0].id.replace('/', '__')}__x{len(pack)}"
+
+
+# --- streamed runs (dataset.source imagenet: rethinking.train_stream)
+
+STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py")
+
+
+def stream_settings(cfg: dict, run: Run) -> dict:
+    """Everything that determines a streamed run's result; stored in the checkpoint and the summary."""
+    t = training_for(cfg, run)
+    s = run_settings(cfg, run)
+    s.update(engine="stream", image_size=t["image_size"], gpus_per_run=t["gpus_per_run"], decode=t["decode"],
+             train_eval_size=t["train_eval_size"],
+             aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0)
+    return s
+
+
+def launcher(cfg: dict) -> str:
+    """What starts `-m rethinking train` for a streamed run: python, or torchrun with one process per GPU."""
+    n = cfg["training"]["gpus_per_run"]
+    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
+
+
+def train_command(cfg: dict, params: str, run_id: str) -> str:
+    """The shell command of a streamed run (--run-id: torchrun would take --run for its --run-path)."""
+    return f"{launcher(cfg)} -m rethinking train --params {params} --run-id {run_id}"
+
+
+def gpus_requested(cfg: dict) -> int:
+    """The `gpu` resource a streamed run's job asks Snakemake for."""
+    return 0 if cfg["training"]["device"] == "cpu" else cfg["training"]["gpus_per_run"]
