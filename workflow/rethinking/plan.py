@@ -6,12 +6,23 @@ The Snakemake rules and dvcgen import this module (not train or pack), so that p
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 from .config import ConfigError, Run, training_for
 
 AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
 ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
+
+
+def fingerprint(settings: dict, sources: tuple[str, ...]) -> str:
+    """A checkpoint is resumed only by the same settings and the same engine code (`sources`, files of
+    this package)."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name in sources:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
 
 
 def run_settings(cfg: dict, run: Run) -> dict:

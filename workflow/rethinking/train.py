@@ -23,8 +23,6 @@ killed job resumes from it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import platform
@@ -43,7 +41,7 @@ from .corrupt import load_corrupted
 from .io import remove_stale_temps, save_torch, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
 from .pack import Stacked
-from .plan import ENGINE_SOURCES, check_packable, run_settings
+from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
 from .preprocess import augmentations, prepare_all, prepare_batch
 from .slots import claim
 
@@ -221,7 +219,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
         models.append(build_model(run.model, in_shape, num_classes=len(d["meta"]["classes"]),
                                   dropout=s["dropout"]).to(device))
         members.append(_Member(
-            run=run, settings=s, out=run_dir(cfg, run), fingerprint=_fingerprint(s),
+            run=run, settings=s, out=run_dir(cfg, run), fingerprint=fingerprint(s, ENGINE_SOURCES),
             x_fit=d["x_uint8"] if augment else d["x_train"], x_train=d["x_train"], y_train=d["y_train"],
             x_test=d["x_test"], y_test=d["y_test"], gen=torch.Generator(device=device).manual_seed(run.seed),
             loss_sum=torch.zeros((), device=device)))
@@ -388,14 +386,6 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
     write_json(m.out / "summary.json", summary)
     log(f"{m.run.id}: {m.status} after {m.epoch} epochs, {m.step} steps; train {summary['train_acc']:.2f}% "
         f"test {summary['test_acc']:.2f}% ({elapsed:.1f} s on {summary['device']})")
-
-
-def _fingerprint(settings: dict) -> str:
-    """A checkpoint is resumed only by the same settings and the same engine code."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name in ENGINE_SOURCES:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
 
 
 def _frame(rows, columns=None):

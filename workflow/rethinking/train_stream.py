@@ -33,8 +33,6 @@ batches and crops it would have had.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import time
@@ -52,6 +50,7 @@ from .models import count_parameters, is_conv
 from .slots import claim
 from .stream import StreamImages, load_streamed, make_loader, to_input
 from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
+from .plan import fingerprint as code_fingerprint
 from .train import (device_name, fitted, learning_rate, load_sgd, pick_device, rng_state, set_rng_state, sgd,
                     versions)
 
@@ -182,7 +181,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
 
     # --- resume
     st = _State()
-    fingerprint = _fingerprint(s)
+    fingerprint = code_fingerprint(s, STREAM_ENGINE_SOURCES)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -340,9 +339,3 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
         f"test top-1 {summary['test_acc']:.2f}% top-5 {summary['test_top5']:.2f}% ({st.elapsed:.1f} s on {name})")
 
 
-def _fingerprint(settings: dict) -> str:
-    """A checkpoint is resumed only by the same settings and the same engine code."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name in STREAM_ENGINE_SOURCES:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
