@@ -2,6 +2,7 @@
 import json
 import re
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -29,6 +30,19 @@ def expected_runs(path):
 def test_committed_dvc_yaml_is_current():
     assert (REPO / "dvc.yaml").read_text() == generate("params.yaml"), \
         "dvc.yaml is stale: run `python -m rethinking dvc --params params.yaml`"
+
+
+def test_the_rules_import_neither_torch_nor_seaborn():
+    """Every Snakemake start (a dry run, each cluster job) parses the rules: the modules they import
+    (and dvcgen, which writes dvc.yaml) must not load torch or seaborn, ~7 s together on the project's CPU."""
+    modules = {"rethinking.dvcgen"}
+    for src in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]:
+        modules |= set(re.findall(r"^from (rethinking[\w.]*) import", src.read_text(), flags=re.MULTILINE))
+    assert {"rethinking.plan", "rethinking.figures", "rethinking.aggregate"} <= modules, modules
+    code = (f"import sys; import {', '.join(sorted(modules))}; "
+            "print(sorted(m for m in ('torch', 'seaborn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the rules' imports load {out.strip()}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
