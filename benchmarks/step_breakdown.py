@@ -3,8 +3,9 @@
     python benchmarks/step_breakdown.py [--model mlp_1x512] [--threads 2] [--batch 128] [--weight-decay 0]
 
 Random uint8 images of CIFAR-10's shape (3x32x32, 28x28 center crop); prints
-milliseconds per step for each part (50 timed repetitions after 3 warm-ups), and
-the once-per-run preparation of all 50,000 images.
+milliseconds per step for each part (50 timed repetitions after 3 warm-ups), the
+once-per-run preparation of all 50,000 images, and the GFLOP/s of matrix products
+alone (the layer-1 shape, and 2048x2048).
 """
 import argparse
 import time
@@ -59,6 +60,11 @@ def main():
     prepare_all(x, 28)
     print(f"prepare_all, 50,000 images   {time.perf_counter() - t0:7.2f} s (once per run)")
     print(f"forward+backward alone: {args.batch / parts['forward+backward'] * 1000:,.0f} images/s")
+    # the machine's matrix-product rate: the ceiling of any loop on an MLP
+    for name, a, b in (("sgemm 128x2352 @ 2352x512", torch.randn(args.batch, 2352), torch.randn(2352, 512)),
+                       ("sgemm 2048x2048 @ 2048x2048", torch.randn(2048, 2048), torch.randn(2048, 2048))):
+        ms = timed(lambda: a @ b, n=20)
+        print(f"{name:28s} {2 * a.shape[0] * a.shape[1] * b.shape[1] / ms / 1e6:7.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

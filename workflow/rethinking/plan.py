@@ -96,6 +96,7 @@ def pack_name(pack: list[Run]) -> str:
 
 # --- streamed runs (dataset.source imagenet: rethinking.train_stream)
 
+# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
 STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py")
 
 

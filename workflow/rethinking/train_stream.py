@@ -47,15 +47,16 @@ from .config import ConfigError, Run, run_dir, training_for
 from .inception_v3 import build_stream_model, loss_of, split_outputs
 from .io import remove_stale_temps, save_torch, write_csv, write_json
 from .models import count_parameters, is_conv
+from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
+from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
 from .slots import claim
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
-from .plan import fingerprint as code_fingerprint
 from .train import (device_name, fitted, learning_rate, load_sgd, pick_device, rng_state, set_rng_state, sgd,
                     versions)
 
 CHECKPOINT = "checkpoint.pt"
-# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
+
+
 def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[tuple[int, int]]]:
     """This process's batches of an epoch, as (index, epoch) keys: one seeded permutation for all processes,
     padded (wrapping around) to a multiple of `world` and dealt out, so every process has as many batches."""
