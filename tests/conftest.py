@@ -11,10 +11,6 @@ REPO = Path(__file__).resolve().parent.parent
 # test this checkout's package, in this process and in every command the tests start
 sys.path.insert(0, str(REPO / "workflow"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
-# the files a fresh clone has that the pipeline needs (results/ is never copied)
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "config", "workflow", "pyproject.toml"]
-
-
 def run_cli(*args, cwd, check=False, timeout=600):
     """python -m rethinking ... as a user runs it; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, "-m", "rethinking", *map(str, args)], cwd=cwd,
@@ -31,22 +27,32 @@ def digits():
     return load_source("digits")
 
 
-def copy_project_files(dst: Path) -> Path:
-    """Copy the project's files, as a fresh clone would have them, into the folder `dst`."""
+def clone_project(dst: Path) -> Path:
+    """A git repository at `dst` holding what a clone of this checkout holds, committed.
+
+    Every file `git ls-files` lists (.gitignore, .dvc/ and .dvcignore included) as it is in the working
+    tree, plus untracked files git does not ignore: the commit the developer is about to make, as a
+    `git clone` of it would have it. Ignored files (results/, caches, build output) are not there.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
     dst.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    for name in filter(None, listed):
         src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst / name)
+        if not src.is_file():   # deleted in the working tree, not yet committed
+            continue
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst / name)
+    git = ["git", "-c", "user.name=rethinking tests", "-c", "user.email=tests@localhost", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-verify", "-m", "what a clone of the checkout holds"]):
+        subprocess.run(git + args, cwd=dst, check=True, capture_output=True)
     return dst
 
 
 @pytest.fixture
 def project(tmp_path):
-    """A copy of the project to run pipelines in."""
-    return copy_project_files(tmp_path / "project")
+    """A clone-like git repository of the project to run pipelines in (see clone_project)."""
+    return clone_project(tmp_path / "project")
 
 
 def write_params(path: Path, text: str) -> Path:

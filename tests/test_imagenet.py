@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_project_files
+from conftest import REPO, clone_project
 from rethinking import config as rc
 from rethinking import stream
 from rethinking import train_stream as ts
@@ -223,7 +223,7 @@ def test_a_multi_process_run_needs_torchrun(tmp_path, tree):
 
 def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree):
     """prepare (index) -> corrupt (label files) -> train (Inception V3, 2 gloo processes) -> table2, fig2a."""
-    copy_project_files(tmp_path)
+    clone_project(tmp_path)
     p = params(tmp_path, tree, "imagenet-test", gpus_per_run=2, workers=1)
     proc = subprocess.run(f"snakemake --cores 2 --configfile {p.name}", cwd=tmp_path, shell=True,
                           capture_output=True, text=True, timeout=900)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, copy_project_files, run_cli, tree_files
+from conftest import REPO, clone_project, run_cli, tree_files
 from rethinking.dvcgen import generate, stage_key
 
 TINY_RESULTS = "results/tiny"
@@ -66,22 +66,25 @@ def trained_runs(dry_run: str) -> list[str]:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
+    """In a clone-like repository (its .gitignore, .dvc/ and .dvcignore): the generated dvc.yaml lists every
+    run once, and `dvc status` reads it (a git-ignored dvc.lock once made every DVC command fail there)."""
     rel = path.relative_to(REPO)
-    (tmp_path / "dvc.yaml").write_text(generate(str(path)))
-    sh("dvc init --no-scm -q", tmp_path)
-    proc = sh("dvc stage list", tmp_path)
+    root = clone_project(tmp_path / "project")
+    sh(f"python -m rethinking dvc --params {rel}", root)
+    proc = sh("dvc stage list", root)
     names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
     train = [n.split("@", 1)[1] for n in names if n.startswith("train@")]
-    packed = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    packed = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name in (n for n in names if n.startswith("train_pack_")):
         train += [stage_key(o.split("/runs/")[1].rsplit("/", 1)[0]) for out in packed[name]["outs"] for o in out]
     assert sorted(train) == sorted(stage_key(r) for r in expected_runs(rel))
     assert {"check", "prepare", "aggregate", "figures"} <= set(names)
+    assert "changed" in sh("dvc status", root).stdout   # nothing has run yet: every stage is to run
 
 
 @pytest.fixture(scope="module")
 def snakemake_tiny(tmp_path_factory):
-    dst = copy_project_files(tmp_path_factory.mktemp("smk"))
+    dst = clone_project(tmp_path_factory.mktemp("smk"))
     sh("snakemake --cores 2 --configfile config/tiny.yaml", dst)
     return dst
 
@@ -106,8 +109,21 @@ def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def metric_numbers(shown: dict) -> dict:
+    """`dvc metrics show --json` (or one experiment of `dvc exp show --json`) as {file: {dotted.name: value}}."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    return {f: dict(flat(d.get("data", {}))) for f, d in shown.items()}   # a file DVC could not read: {}
+
+
 def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
-    sh("git init -q && dvc init -q && python -m rethinking dvc --params config/tiny.yaml", project)
+    """The README's `dvc repro` in a clone-like repository: the outputs Snakemake gives, a clean `dvc status`
+    after it, headline metrics, and `dvc exp run -S` / `dvc exp show` as a DVC user compares experiments."""
+    sh("python -m rethinking dvc --params config/tiny.yaml", project)
     sh("dvc repro", project)
     assert _outputs(project) == _outputs(snakemake_tiny)
     for table in ("table1.csv", "convergence.csv"):
@@ -118,21 +134,38 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     for f in _outputs(project):
         if f.startswith("data/"):
             assert (project / TINY_RESULTS / f).read_bytes() == (snakemake_tiny / TINY_RESULTS / f).read_bytes(), f
-    # DVC shows the same numbers and the learning curves
-    shown = json.loads(sh("dvc metrics show --json", project).stdout)
-    metrics = next(iter(shown.values()))["data"][f"{TINY_RESULTS}/tables/metrics.json"]["data"]
+    # a complete repro leaves nothing to do: no stage is "always changed"
+    status = sh("dvc status", project).stdout
+    assert "Data and pipelines are up to date" in status, status
+    again = sh("dvc repro", project).stdout
+    assert "Running stage" not in again, again
+    # DVC shows the headline numbers (a few, readable) and the learning curves
+    shown = metric_numbers(next(iter(json.loads(sh("dvc metrics show --json", project).stdout).values()))["data"])
+    metrics = shown[f"{TINY_RESULTS}/tables/metrics.json"]
     runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
-    for _, r in runs.iterrows():
-        assert metrics[r["run"]]["test_acc"] == pytest.approx(r["test_acc"])
+    true = runs[(runs["model"] == "mlp_1x512") & (runs["corruption"] == "true-labels")].iloc[0]
+    assert metrics["mlp_1x512.true_test_acc"] == pytest.approx(true["test_acc"], abs=1e-3)
+    assert metrics["runs.fitted"] + metrics["runs.max_epochs"] + metrics["runs.diverged"] == len(runs)
+    assert {f"{TINY_RESULTS}/tables/{f}" for f in ("kernel_metrics.json", "theorem_metrics.json")} <= set(shown)
+    numbers = [v for m in shown.values() for v in m.values()]
+    assert 5 <= len(numbers) <= 40, shown
     sh("dvc plots show -o plots-html", project)
     assert "train_loss" in (project / "plots-html" / "index.html").read_text()
-    # up to date: nothing reruns but the cheap check
-    again = sh("dvc repro", project).stdout
-    assert "Running stage 'train@" not in again and "Running stage 'prepare'" not in again
+    # an experiment as DVC users run one; `dvc exp show` lists it with its metrics
+    sh("dvc exp run -n two-epochs -S config/tiny.yaml:training.max_epochs=2", project)
+    exps = json.loads(sh("dvc exp show --json", project).stdout)
+    found = [e for base in exps for e in (base.get("experiments") or []) if e.get("name") == "two-epochs"]
+    assert found, exps
+    data = found[0]["revs"][0]["data"]
+    assert data["params"]["config/tiny.yaml"]["data"]["training"]["max_epochs"] == 2
+    exp_metrics = metric_numbers(data["metrics"])[f"{TINY_RESULTS}/tables/metrics.json"]
+    assert set(exp_metrics) == set(metrics)
+    table = sh("dvc exp show --no-pager --csv", project).stdout
+    assert "two-epochs" in table and "mlp_1x512.true_test_acc" in table
 
 
 def test_stale_dvc_yaml_stops_dvc_repro(project):
-    sh("git init -q && dvc init -q && python -m rethinking dvc --params config/tiny.yaml", project)
+    sh("python -m rethinking dvc --params config/tiny.yaml", project)
     cfg = yaml.safe_load((project / "config/tiny.yaml").read_text())
     cfg["seeds"] = [0, 1]
     (project / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))

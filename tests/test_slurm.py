@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, copy_project_files, tree_files
+from conftest import REPO, clone_project, tree_files
 
 PROFILE = "workflow/profiles/slurm"
 RESULTS = "results/slurm"
@@ -149,7 +149,7 @@ def params_text(section5: bool) -> str:
 
 
 def copy_project(dst: Path, section5: bool = False) -> Path:
-    copy_project_files(dst)
+    clone_project(dst)
     (dst / "slurm-test.yaml").write_text(params_text(section5))
     return dst
 

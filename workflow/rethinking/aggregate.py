@@ -10,7 +10,8 @@
 - accuracy_curves.csv  Fig. 2b: train and test accuracy per epoch of every run
 - paper_comparison.csv/.md  each Table 1 / Table 4 cell beside the paper's value
                    (CIFAR-10 and image-folder copies of it; empty otherwise)
-- metrics.json     final numbers per run, for `dvc metrics show`
+- metrics.json     the headline numbers per model (and run counts by state), for `dvc metrics show`
+                   and `dvc exp show` (see metrics())
 - table2.csv/.md   Table 2 (ImageNet; only for streamed datasets): top-1 train,
                    top-1 and top-5 test accuracy per labels x regularizers, the
                    paper's numbers beside ours
@@ -152,9 +153,47 @@ def accuracy_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
     return _curves(cfg, runs, "epochs.csv", ["epoch", "step", "train_acc", "test_acc", "train_loss", "test_loss"])
 
 
+STATUSES = ("fitted", "max_epochs", "diverged")
+
+
+def _one_state_mean(runs: pd.DataFrame, column: str) -> float | None:
+    """The mean over seeds when every seed ended in the same state (fitted, stopped at the epoch limit,
+    diverged); None when they did not (runs.csv has each seed) or the value is blank (diverged)."""
+    if runs.empty or runs["status"].nunique() != 1 or runs[column].isna().all():
+        return None
+    return round(float(runs[column].mean()), 4)
+
+
 def metrics(runs: pd.DataFrame) -> dict:
-    keep = ["status", "train_acc", "test_acc", "step_first_fit", "epochs", "wall_time"]
-    return {r["run"]: {k: (None if pd.isna(r[k]) else r[k]) for k in keep} for _, r in runs.iterrows()}
+    """The headline numbers for `dvc metrics show` and `dvc exp show`: a few per model, short stable names.
+
+    Per model, from its runs without regularizers or training variants (as Fig. 1): `true_test_acc`,
+    `random_train_acc`, `random_test_acc` (percent) and `random_fit_ratio` (steps to fit random labels over
+    steps to fit true labels, same seed; only when both fitted in every seed: otherwise the random-label
+    steps are a lower bound, not a ratio). `runs` counts the grid's runs by how they ended. Every run's
+    own numbers are in runs.csv; its curves in `dvc plots`.
+    """
+    out: dict = {}
+    plain = _plain(runs)
+    for model, group in plain.groupby("model", sort=True):
+        true, rand = (group[group["corruption"] == c] for c in ("true-labels", "random-labels"))
+        m = {"true_test_acc": _one_state_mean(true, "test_acc"),
+             "random_train_acc": _one_state_mean(rand, "train_acc"),
+             "random_test_acc": _one_state_mean(rand, "test_acc")}
+        if len(true) and len(rand):
+            both = rand.merge(true, on="seed", suffixes=("", "_true"))
+            fit = (both["status"] == "fitted") & (both["status_true"] == "fitted")
+            ratio = both["step_first_fit"] / both["step_first_fit_true"]
+            m["random_fit_ratio"] = (round(float(ratio.mean()), 4)
+                                     if len(both) == len(rand) == len(true) and fit.all() else None)
+        if not len(true):
+            del m["true_test_acc"]
+        if not len(rand):
+            del m["random_train_acc"], m["random_test_acc"]
+        if m:
+            out[model] = m
+    out["runs"] = {s: int((runs["status"] == s).sum()) for s in STATUSES}
+    return out
 
 
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:

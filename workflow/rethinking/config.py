@@ -381,8 +381,13 @@ def corrupted_artifact(cfg: dict, corruption: Corruption) -> Path:
     return Path(cfg["results_dir"]) / "data" / dataset_id(cfg) / f"{corruption.id}.npz"
 
 
+def runs_root(cfg: dict) -> Path:
+    """The folder holding every run folder."""
+    return Path(cfg["results_dir"]) / "runs"
+
+
 def run_dir(cfg: dict, run: Run) -> Path:
-    return Path(cfg["results_dir"]) / "runs" / run.id
+    return runs_root(cfg) / run.id
 
 
 def find_run(cfg: dict, run_id: str) -> Run:

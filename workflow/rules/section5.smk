@@ -1,4 +1,5 @@
-from rethinking.section5 import KERNEL_FIGURES, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_TABLES
+from rethinking.section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
+                                 THEOREM_TABLES)
 
 
 rule kernels:
@@ -6,7 +7,7 @@ rule kernels:
         base=rc.base_artifact(CFG),
         code=[f"{PKG}/section5.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py"],
     output:
-        [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES],
+        [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES + (KERNEL_METRICS,)],
         [
             report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Section 5")
             for f in KERNEL_FIGURES
@@ -29,7 +30,7 @@ rule theorem:
         base=rc.base_artifact(CFG),
         code=[f"{PKG}/section5.py", f"{PKG}/theorem.py"],
     output:
-        [f"{RESULTS}/tables/{t}" for t in THEOREM_TABLES],
+        [f"{RESULTS}/tables/{t}" for t in THEOREM_TABLES + (THEOREM_METRICS,)],
         report(f"{RESULTS}/figures/theorem.png", caption="../report/theorem.rst", category="Section 5"),
         f"{RESULTS}/figures/theorem.pdf",
     params:
