@@ -65,6 +65,75 @@ def save_torch(path, obj) -> None:
         torch.save(obj, tmp)
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def load_checkpoint(path, fingerprint: str, required_keys, log=print, *, name: str = "",
+                    move_aside: bool = True) -> dict | None:
+    """A training checkpoint to resume from, read safely, or None: start over.
+
+    Read with torch.load(weights_only=True), so a file holds tensors and plain containers only and
+    loading one never runs code a pickle carries. None when there is no file; when the file was made
+    with other settings or code (its fingerprint differs: left in place, the next checkpoint replaces
+    it); or when it cannot be used: truncated, not a checkpoint at all, refused by weights_only (an
+    unsafe pickle), not a dict or lacking `required_keys`. Such a file is moved aside to
+    <path>.corrupt (replacing an older one) with one line naming it and why, if `move_aside`
+    (process 0 of a multi-process run; the others only read). `name` prefixes the log lines.
+    """
+    import torch
+    path = Path(path)
+    prefix = f"{name}: " if name else ""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:   # none yet (or process 0 just moved a damaged one aside)
+        return None
+    with f:
+        try:
+            ck = torch.load(f, map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as exc:   # a truncated zip: RuntimeError; foreign bytes, unsafe: UnpicklingError; ...
+            ck, problem = None, f"{exc.__class__.__name__}: {_short_reason(exc)}"
+    if ck is not None:
+        if not isinstance(ck, dict):
+            problem = f"it holds a {type(ck).__name__}, not a checkpoint's dict"
+        elif not isinstance(ck.get("fingerprint"), str):
+            problem = "it has no fingerprint, so it is not a checkpoint of this engine"
+        elif ck["fingerprint"] != fingerprint:
+            log(f"{prefix}checkpoint was made with other settings or code; starting over")
+            return None
+        elif missing := [k for k in required_keys if k not in ck]:
+            problem = f"it lacks {', '.join(map(repr, missing))}"
+        else:
+            return ck
+    if move_aside:
+        aside = path.with_name(path.name + CORRUPT_SUFFIX)
+        try:
+            os.replace(path, aside)
+            moved = f"moved it to {aside.name}"
+        except OSError as exc:
+            moved = f"could not move it aside ({exc.__class__.__name__}: {exc})"
+        log(f"{prefix}checkpoint {path} cannot be used ({problem}); {moved}; starting over")
+    return None
+
+
+def _short_reason(exc: BaseException, limit: int = 160) -> str:
+    """The informative part of a torch.load error, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):   # torch's advice around one line of cause
+        cause = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+        cause = [line.split("WeightsUnpickler error:")[-1].strip() for line in cause]
+        text = "weights_only refused it: " + (" ".join(c for c in cause if c and not c.startswith("Please file"))
+                                              or "unsupported content")
+    else:
+        text = lines[0] if lines else ("the file ends early (empty, or cut short)" if isinstance(exc, EOFError)
+                                       else "no details")
+        sentence = text.find(". ")
+        if 0 < sentence < len(text) - 2:
+            text = text[:sentence + 1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 

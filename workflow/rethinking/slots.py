@@ -17,11 +17,20 @@ free again at once and no stale lock files need cleaning.
   would make jobs on different GPUs wait for each other's lock names.
 - `jobs_per_gpu` > 1 puts that many jobs on each GPU (small models do not
   fill a large GPU).
+
+Run locks (`lock_runs`) use the same kind of lock for another rule: one
+trainer per run. A trainer holds an exclusive `flock` on `.train.lock` in each
+run folder it trains, taken before it claims a GPU slot or touches anything
+else in the folder, and held until it ends; a second trainer of the same run
+stops at once (RunBusyError) naming the holder's pid and host, which the lock
+file holds. The lock files are never deleted: removing a flock file races
+with a process that has opened it but not yet locked it.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,8 +49,7 @@ class Slot:
 
     def release(self) -> None:
         if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            _unlock(self._fd)
             self._fd = -1
 
     def __enter__(self):
@@ -58,6 +66,25 @@ def visible_devices(count: int) -> list[str]:
         ids = [v.strip() for v in env.split(",") if v.strip()]
         return ids[:count]
     return [str(i) for i in range(count)]
+
+
+def try_lock(path: Path, note: str) -> int | None:
+    """An exclusive flock on `path` (created if missing) without waiting: the open descriptor, its content
+    replaced by `note` (who holds it), or None when another process holds the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, note.encode())
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeout: float | None = None,
@@ -77,15 +104,69 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
         for slot in range(jobs_per_gpu):
             for index, physical in enumerate(ids):
                 path = lock_dir / f"gpu{physical}.slot{slot}.lock"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return Slot(index, physical, slot, path, fd)
+                fd = try_lock(path, f"{os.getpid()}\n")
+                if fd is not None:
+                    return Slot(index, physical, slot, path, fd)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU slot among {len(ids)} GPUs x {jobs_per_gpu} in {lock_dir}")
         time.sleep(poll)
+
+
+# ---------------------------------------------------------------------------- one trainer per run
+
+RUN_LOCK = ".train.lock"
+
+
+class RunBusyError(RuntimeError):
+    """Another process is training the run (it holds the run folder's lock); the message names it."""
+
+
+@dataclass
+class RunLock:
+    """The locks of the run folders one training process trains (one, or every member of a pack)."""
+    paths: list[Path]
+    _fds: list[int]
+
+    def release(self) -> None:
+        while self._fds:
+            _unlock(self._fds.pop())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_runs(folders: dict[str, Path]) -> RunLock:
+    """Lock every run folder ({run id: folder}) for this process, or none: when one is held by another
+    trainer, release those taken and raise RunBusyError. Nothing but the folder and its `.train.lock` is
+    created. The kernel drops the locks when the process ends, however it ends (exit, crash, kill -9)."""
+    note = f"{os.getpid()} {socket.gethostname()}\n"
+    lock = RunLock([], [])
+    for run_id, folder in folders.items():
+        path = Path(folder) / RUN_LOCK
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = try_lock(path, note)
+        if fd is None:
+            lock.release()
+            raise RunBusyError(f"run {run_id} is being trained by another process ({lock_holder(path)}); "
+                               f"wait for it to end or stop it, then rerun (lock: {path})")
+        lock.paths.append(path)
+        lock._fds.append(fd)
+    return lock
+
+
+def lock_holder(path: Path, wait: float = 0.5) -> str:
+    """'pid P on host H' as the lock file at `path` names its holder (who may be writing it just now)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            words = Path(path).read_text().split()
+        except OSError:
+            words = []
+        if len(words) >= 2:
+            return f"pid {words[0]} on host {words[1]}"
+        if time.monotonic() > deadline:
+            return "pid and host not recorded"
+        time.sleep(0.02)

@@ -18,7 +18,10 @@ step applied to a stacked model, and every run keeping its own folder.
 Run folder: epochs.csv (per epoch), steps.csv (training loss every
 `log_every` steps, Figure 1a), summary.json (written last: its presence
 means the run is finished), checkpoint.pt (the last epoch; a rerun of a
-killed job resumes from it).
+killed job resumes from it; one that cannot be read is moved aside to
+checkpoint.pt.corrupt and the run starts over, see io.load_checkpoint), and
+.train.lock (held while a process trains the run: one trainer per run, see
+rethinking.slots).
 """
 from __future__ import annotations
 
@@ -38,14 +41,17 @@ import torch.nn.functional as F
 from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
-from .io import remove_stale_temps, save_torch, write_csv, write_json
+from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
 from .models import build_model, count_parameters, is_conv
 from .pack import Stacked
 from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
 from .preprocess import augmentations, prepare_all, prepare_batch
-from .slots import claim
+from .slots import claim, lock_runs
 
 CHECKPOINT = "checkpoint.pt"
+# what a resume reads from a checkpoint (besides its fingerprint; `diverged_step` and `cuda_rng` may be absent)
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "epoch", "step", "elapsed", "epochs", "steps",
+                   "status", "first_fit", "loss_sum")
 
 
 def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | None, n_train: int) -> float:
@@ -178,21 +184,24 @@ def train_runs(cfg: dict, runs: list[Run], log=print) -> list[Path]:
     if len(runs) > 1:
         check_packable(cfg, runs, settings)
     t = training_for(cfg, runs[0])
-    device = pick_device(t["device"])
+    # one trainer per run: lock every run folder first (RunBusyError if another process trains one of them)
+    lock = lock_runs({r.id: run_dir(cfg, r) for r in runs})
     slot = None
-    if device.type == "cuda":  # which GPU: a slot no concurrent job holds (released when we return or die)
-        slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
-        device = torch.device("cuda", slot.device)
-        torch.cuda.set_device(device)
-        packed = f" (+{len(runs) - 1} packed)" if len(runs) > 1 else ""
-        log(f"{runs[0].id}{packed}: GPU slot {slot.slot} of GPU {slot.physical}")
-    else:
-        torch.set_num_threads(t["threads"])
     try:
+        device = pick_device(t["device"])
+        if device.type == "cuda":  # which GPU: a slot no concurrent job holds (released when we return or die)
+            slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
+            device = torch.device("cuda", slot.device)
+            torch.cuda.set_device(device)
+            packed = f" (+{len(runs) - 1} packed)" if len(runs) > 1 else ""
+            log(f"{runs[0].id}{packed}: GPU slot {slot.slot} of GPU {slot.physical}")
+        else:
+            torch.set_num_threads(t["threads"])
         return _train(cfg, runs, settings, t, device, log)
     finally:
         if slot is not None:
             slot.release()
+        lock.release()
 
 
 def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: torch.device, log) -> list[Path]:
@@ -243,12 +252,9 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
     # --- resume: each run from its own checkpoint (single and packed runs write the same format)
     for k, m in enumerate(members):
         ckpt_path = m.out / CHECKPOINT
-        remove_stale_temps(ckpt_path)   # a checkpoint write cut short by a kill (this run has one trainer)
-        if not ckpt_path.is_file():
-            continue
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["fingerprint"] != m.fingerprint:
-            log(f"{m.run.id}: checkpoint was made with other settings or code; starting over")
+        remove_stale_temps(ckpt_path)   # a checkpoint write cut short by a kill (this run has one trainer: the lock)
+        ck = load_checkpoint(ckpt_path, m.fingerprint, CHECKPOINT_KEYS, log, name=m.run.id)
+        if ck is None:   # none, made with other settings or code, or damaged (moved aside): start over
             continue
         if stacked is None:
             model.load_state_dict(ck["model"])

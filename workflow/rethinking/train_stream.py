@@ -28,7 +28,11 @@ checkpoint is written after every epoch and, with `checkpoint_every: k`, every
 k steps inside one (an ImageNet epoch is 5,005 steps at batch 256); it holds
 the model, the optimizer, each process's random state and the position in
 the epoch, so a killed run resumes at the step it last saved, with the same
-batches and crops it would have had.
+batches and crops it would have had. Every process reads the checkpoint
+(io.load_checkpoint, weights_only); process 0 moves a damaged one aside, and
+the processes resume only if every one of them could read it. Process 0 holds
+the run's lock (.train.lock, rethinking.slots) from before the processes meet
+until it ends: a second trainer of the run stops at once.
 """
 from __future__ import annotations
 
@@ -45,16 +49,17 @@ import torch.nn.functional as F
 
 from .config import ConfigError, Run, run_dir, training_for
 from .inception_v3 import build_stream_model, loss_of, split_outputs
-from .io import remove_stale_temps, save_torch, write_csv, write_json
+from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
 from .models import count_parameters, is_conv
 from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
 from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
-from .slots import claim
+from .slots import claim, lock_runs
 from .stream import StreamImages, load_streamed, make_loader, to_input
 from .train import (device_name, fitted, learning_rate, load_sgd, pick_device, rng_state, set_rng_state, sgd,
                     versions)
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "state", "processes")   # besides its fingerprint
 
 
 def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[tuple[int, int]]]:
@@ -119,30 +124,36 @@ def train(cfg: dict, run: Run, log=print) -> Path:
         raise ConfigError(f"training.gpus_per_run: this run takes {s['gpus_per_run']} processes but "
                           f"{world} started; start it with `{train_command(cfg, '<params>', run.id)}` "
                           "(as the Snakemake rule and the DVC stage do)")
-    device = pick_device(t["device"])
-    slot = None
-    if device.type == "cuda":   # each process claims its own free GPU (a lock per GPU slot; see rethinking.slots)
-        slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
-        device = torch.device("cuda", slot.device)
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(t["threads"])
-    if world > 1:
-        import torch.distributed as dist
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
-                                device_id=device if device.type == "cuda" else None)
-    if rank != 0:
-        log = lambda *_: None   # noqa: E731  (process 0 speaks for the run)
-    elif slot is not None:
-        log(f"{run.id}: process 0 of {world} on GPU {slot.physical}")
+    # one trainer per run: process 0 locks the run folder before the processes meet and before any GPU is
+    # claimed (RunBusyError: it exits non-zero and torchrun stops the others)
+    lock = lock_runs({run.id: run_dir(cfg, run)}) if rank == 0 else None
+    slot, group = None, False
     try:
+        device = pick_device(t["device"])
+        if device.type == "cuda":   # each process claims its own free GPU (a lock per GPU slot; see rethinking.slots)
+            slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
+            device = torch.device("cuda", slot.device)
+            torch.cuda.set_device(device)
+        else:
+            torch.set_num_threads(t["threads"])
+        if world > 1:
+            import torch.distributed as dist
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                    device_id=device if device.type == "cuda" else None)
+            group = True
+        if rank != 0:
+            log = lambda *_: None   # noqa: E731  (process 0 speaks for the run)
+        elif slot is not None:
+            log(f"{run.id}: process 0 of {world} on GPU {slot.physical}")
         return _train(cfg, run, s, t, _Procs(world, rank, device), log)
     finally:
-        if world > 1:
+        if group:
             import torch.distributed as dist
             dist.destroy_process_group()
         if slot is not None:
             slot.release()
+        if lock is not None:
+            lock.release()
 
 
 def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
@@ -189,20 +200,24 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
     ckpt_path = out / CHECKPOINT
     if rank == 0:
         remove_stale_temps(ckpt_path)   # a checkpoint write cut short by a kill (process 0 alone writes it)
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["fingerprint"] != fingerprint:
-            log(f"{run.id}: checkpoint was made with other settings or code; starting over")
-        else:
-            model.load_state_dict(ck["model"])
-            load_sgd(opt, ck["optimizer"])
-            mine = ck["processes"][rank]
-            set_rng_state(mine, device)
-            loss_sum.fill_(mine["loss_sum"])
-            correct.fill_(mine["correct"])
-            seen = mine["seen"]
-            st = _State(**ck["state"])
-            log(f"{run.id}: resuming after epoch {st.epoch}, batch {st.batch} (step {st.step})")
+    # every process reads the file; process 0 alone moves a damaged one aside (another process reading it
+    # meanwhile reads the same damaged bytes, or finds no file: either way it starts over)
+    ck = load_checkpoint(ckpt_path, fingerprint, CHECKPOINT_KEYS, log, name=run.id, move_aside=rank == 0)
+    if world > 1:   # resume only if every process can: otherwise the processes would train different models
+        readers = int(procs.sum(torch.tensor([int(ck is not None)], device=device, dtype=torch.int64)))
+        if 0 < readers < world:
+            log(f"{run.id}: {world - readers} of {world} processes could not read the checkpoint; starting over")
+            ck = None
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        load_sgd(opt, ck["optimizer"])
+        mine = ck["processes"][rank]
+        set_rng_state(mine, device)
+        loss_sum.fill_(mine["loss_sum"])
+        correct.fill_(mine["correct"])
+        seen = mine["seen"]
+        st = _State(**ck["state"])
+        log(f"{run.id}: resuming after epoch {st.epoch}, batch {st.batch} (step {st.step})")
 
     steps_per_epoch = len(epoch_batches(n_train, 0, run.seed, 0, world, per_process))
     log_every, every = s["log_every"], t["checkpoint_every"]
