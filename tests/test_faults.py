@@ -170,3 +170,18 @@ def test_fuzzed_params_through_the_cli_write_nothing_on_error(tmp_path, raw):
     for p in results.rglob("*") if results.exists() else []:
         if p.is_file():
             p.unlink()
+
+
+@pytest.mark.parametrize("command", ["runs", "packs", "corruptions"])
+def test_a_closed_pipe_ends_a_listing_quietly(command):
+    """`python -m rethinking packs | head -3`: the reader goes away before the listing is written; the command
+    ends as Unix tools do (status 141, as SIGPIPE gives) with no traceback."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "rethinking", command, "--params", "params.yaml"], cwd=REPO,
+                            stdout=w, stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    os.close(r)   # no reader left: the child's first write (or its flush) meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert err == "" and proc.returncode == 141, (proc.returncode, err)

@@ -7,6 +7,8 @@ and nothing written.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from .config import ConfigError, check_data, Corruption, corruptions_of, expand_runs, find_run, is_streamed, load
@@ -256,14 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .data import DataError
     from .io import ArtifactError
+    from .slots import RunBusyError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, ArtifactError) as exc:
+        sys.stdout.flush()   # inside the try: a closed pipe shows here, not in Python's flush at exit
+    except (ConfigError, DataError, ArtifactError, RunBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader of stdout stopped (`packs | head -3`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # what is left in the buffer goes nowhere
+        return 128 + signal.SIGPIPE   # a shell's status for a command that SIGPIPE ended (141)
     return 0
