@@ -183,11 +183,12 @@ def test_stale_dvc_yaml_stops_dvc_repro(project):
 ])
 def test_snakemake_refuses_bad_params_before_any_work(project, text, needles):
     (project / "bad.yaml").write_text(text)
+    before = tree_files(project / "results")   # what a clone has there (results/README.md)
     proc = sh("snakemake --cores 1 --configfile bad.yaml", project, check=False)
     assert proc.returncode != 0
     for needle in needles:
         assert needle in proc.stdout + proc.stderr
-    assert tree_files(project / "results") == []
+    assert tree_files(project / "results") == before == ["README.md"]
 
 
 def test_a_second_snakemake_on_the_same_results_is_refused(project):
