@@ -301,6 +301,9 @@ def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
         assert f"slurm_account={ACCOUNT}" in res
         if rule.startswith("train"):
             assert f"slurm_partition={GPU_PARTITION}" in res and "gpu=1" in res and "runtime=720" in res, res
+        elif rule == "kernels":   # section5.kernels.device auto (the default): a GPU job, with its own limits
+            assert f"slurm_partition={GPU_PARTITION}" in res and re.search(r"\bgpu=1\b", res), res
+            assert re.search(r"\bruntime=240\b", res) and re.search(r"\bmem_mb=16000\b", res), res
         else:
             assert f"slurm_partition={CPU_PARTITION}" in res and "gpu=" not in res, res
             limit, mem = CPU_LIMITS[rule]
@@ -312,12 +315,19 @@ def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
     (root / "cpu.yaml").write_text(cpu)
     found = dry_run_resources(root, f"--workflow-profile {PROFILE} --configfile cpu.yaml")
     assert "gpu=0" in found["train"] and "gpu=0" in found["train_pack_1"]
+    # nor does the kernels stage on the CPU
+    cfg = yaml.safe_load(cpu)
+    cfg["section5"]["kernels"]["device"] = "cpu"
+    (root / "cpu-kernels.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = dry_run_resources(root, f"--workflow-profile {PROFILE} --configfile cpu-kernels.yaml")["kernels"]
+    assert re.search(r"\bgpu=0\b", res), res
 
 
 def test_local_gpu_profile_asks_one_gpu_unit_per_training_job(tmp_path):
     """With --resources gpu=N (the profile's default: 1) Snakemake runs at most N training jobs at once;
-    each then claims its own GPU slot (tests/test_slots.py). CPU-only stages take no unit."""
+    each then claims its own GPU slot (tests/test_slots.py); so does the kernels stage. CPU-only stages take no unit."""
     root = copy_project(tmp_path / "project", section5=True)
     found = dry_run_resources(root, "--workflow-profile workflow/profiles/local-gpu --configfile slurm-test.yaml")
     assert "gpu=1" in found["train"] and "gpu=1" in found["train_pack_1"]
-    assert not any("gpu=" in res for rule, res in found.items() if not rule.startswith("train"))
+    assert "gpu=1" in found["kernels"]   # section5.kernels.device auto: it may use a GPU, so it takes a unit
+    assert not any("gpu=" in res for rule, res in found.items() if not rule.startswith("train") and rule != "kernels")

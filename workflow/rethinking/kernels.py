@@ -77,6 +77,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,51 @@ class NotPositiveDefinite(RuntimeError):
         super().__init__(f"kernel matrix not positive definite at column {column} with jitter {jitter:.3g}")
         self.column = column
         self.jitter = jitter
+
+
+# ----------------------------------------------------------------------------
+# float32 that is float32 on CUDA
+
+def _legacy(read):
+    """A legacy TF32 getter's value, or None where torch refuses to read it (a mix of its old and new APIs)."""
+    try:
+        return read()
+    except RuntimeError:
+        return None
+
+
+@contextmanager
+def exact_float32():
+    """Inside: float32 convolutions and matmuls in IEEE float32, not TF32; after: the previous settings, exactly.
+
+    cuDNN convolutions use TF32 on Ampere and later GPUs by default (torch.backends.cudnn.allow_tf32 is
+    True): 10 mantissa bits, ~1e-3 relative error, so the random-conv features would differ from the CPU's
+    before a near-singular kernel solve. cuBLAS float32 matmuls (the kernel matrix's row blocks, the blocked
+    Cholesky's trailing updates, the triangular solves' panels, CG's K p) use TF32 when
+    torch.backends.cuda.matmul.allow_tf32 or torch.set_float32_matmul_precision('high' or 'medium') says so:
+    off by default and nowhere in this package, but a caller may set it. Both are turned off here:
+    cudnn.allow_tf32 = False and set_float32_matmul_precision('highest') (which also keeps oneDNN's float32
+    matmuls in float32 on the CPU), and the per-op settings of torch's newer API (cudnn.conv / cudnn.rnn /
+    cuda.matmul fp32_precision) are set to 'ieee' explicitly, so a TF32 default inherited from
+    torch.backends.fp32_precision cannot creep back in. On exit every one of them is put back as it was:
+    the legacy flags through their setters, then the per-op values over them. Nests; a no-op for float64.
+    """
+    cudnn, cuda_mm, mkldnn_mm = torch.backends.cudnn, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    cudnn_tf32, matmul_precision = _legacy(lambda: cudnn.allow_tf32), _legacy(torch.get_float32_matmul_precision)
+    per_op = [(knob, knob.fp32_precision) for knob in (cudnn.conv, cudnn.rnn, cuda_mm, mkldnn_mm)]
+    try:
+        cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")   # cuda.matmul.allow_tf32 = False, and oneDNN's
+        for knob in (cudnn.conv, cudnn.rnn, cuda_mm):
+            knob.fp32_precision = "ieee"
+        yield
+    finally:
+        if cudnn_tf32 is not None:
+            cudnn.allow_tf32 = cudnn_tf32
+        if matmul_precision is not None:
+            torch.set_float32_matmul_precision(matmul_precision)
+        for knob, value in per_op:
+            knob.fp32_precision = value
 
 
 # ----------------------------------------------------------------------------
@@ -137,7 +183,7 @@ def random_conv_features(x: np.ndarray, n_filters: int = 256, patch: int | None 
     per_image_filter = ho * wo * 4
     chunk = max(1, min(n_filters, mem_bytes // (per_image_filter * 64)))
     batch = max(1, min(n, mem_bytes // (per_image_filter * chunk)))
-    with torch.no_grad():
+    with torch.no_grad(), exact_float32():   # cuDNN's default TF32 would make these ~1e-3 off the CPU's
         for i in range(0, n, batch):
             xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device=device, dtype=torch.float32) / 255.0
             for f in range(0, n_filters, chunk):
@@ -213,6 +259,7 @@ def _kernel_rows(out: torch.Tensor, xb: torch.Tensor, xnb: torch.Tensor, z: torc
     return out
 
 
+@exact_float32()
 def gaussian_kernel(x: torch.Tensor, z: torch.Tensor, gamma: float, block: int = 2048,
                     out: torch.Tensor | None = None, lower: bool = False) -> torch.Tensor:
     """K(x, z) = exp(-gamma |x_i - z_j|^2) in x's dtype, built in row blocks (temporaries O(block x m)).
@@ -263,6 +310,7 @@ def kernel_matmul(x: torch.Tensor, z: torch.Tensor, gamma: float, a: torch.Tenso
 # ----------------------------------------------------------------------------
 # blocked in-place Cholesky and triangular solves (lower triangle only)
 
+@exact_float32()
 def blocked_cholesky_(a: torch.Tensor, block: int = 2048, jitter: float = 0.0) -> torch.Tensor:
     """Factor a = L L^T in place, right-looking over column panels; returns a (its lower triangle is L).
 
@@ -295,6 +343,7 @@ def blocked_cholesky_(a: torch.Tensor, block: int = 2048, jitter: float = 0.0) -
     return a
 
 
+@exact_float32()
 def cholesky_solve_blocked(l: torch.Tensor, y: torch.Tensor, block: int = 2048):
     """Solve L L^T x = y with L the lower triangle of `l`; returns (x, z) with z = L^{-1} y."""
     n = l.shape[0]
@@ -338,6 +387,7 @@ def conjugate_gradients(matvec, y: torch.Tensor, tol: float = 1e-6, max_iter: in
 # ----------------------------------------------------------------------------
 # the solve
 
+@exact_float32()
 def solve_interpolant(ftr: torch.Tensor, y: torch.Tensor, gamma: float, ridge: float = 0.0, solver: str = "auto",
                       block: int = 2048, jitter: float | None = None, refine: int | None = None,
                       cg_tol: float = 1e-6, cg_max_iter: int = 2000) -> dict:

@@ -12,7 +12,9 @@ Theorem 1 on real images with random and true labels: exact fit, weight count,
 condition number against n) and its figure.
 
 The math lives in kernels.py, implicit.py and theorem.py; this module reads
-params and writes outputs.
+params and writes outputs. On CUDA the kernels stage claims a GPU slot as a
+training job does (kernel_device), and its Snakemake rule asks for one unit of
+`gpu` (kernel_gpus).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .config import base_artifact
 from .figures import save_figure as _save
 from .io import load_npz, read_meta, write_csv, write_json
 from .paper import is_cifar10, reference
+from .slots import claim
 
 KERNEL_TABLES = ("kernels.csv", "kernel_noise.csv", "implicit_bias.csv")
 KERNEL_FIGURES = ("kernel_noise", "implicit_bias")
@@ -45,11 +48,41 @@ def _data(cfg):
     return arrays
 
 
-def _device(name: str) -> str:
+def kernel_gpus(cfg: dict) -> int:
+    """Units of Snakemake's `gpu` resource the kernels job asks for: 1 when section5.kernels.device is auto or
+    cuda (whether a GPU exists is not known when the DAG is built), 0 for cpu or without section5, as
+    train.smk's gpus_per_run() does for training.device. No torch here: the rules import this module."""
+    kernels = (cfg.get("section5") or {}).get("kernels") or {}
+    return 0 if not cfg.get("section5") or kernels.get("device", "auto") == "cpu" else 1
+
+
+def kernel_device(cfg: dict, log=print):
+    """(torch.device, GPU slot or None) of the kernels stage, from section5.kernels.device.
+
+    auto is cuda when CUDA is available, else cpu; cuda without CUDA is an error. On CUDA the stage claims a
+    GPU slot exactly as a training job does (rethinking.slots.claim over torch.cuda.device_count() GPUs with
+    training.jobs_per_gpu slots each, waiting while all are taken) and uses cuda:<slot.device>: beside
+    `snakemake --resources gpu=N` training jobs it never shares a GPU slot with one. The caller releases the
+    slot (Slot.release, or `with`); the kernel drops it anyway when the process ends, however it ends.
+    """
     import torch
+
+    name = cfg["section5"]["kernels"]["device"]
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("section5.kernels.device: 'cuda' was asked for but no CUDA device is available")
+    if name != "cuda":
+        return torch.device(name), None
+    slot = claim(torch.cuda.device_count(), cfg["training"]["jobs_per_gpu"])
+    try:
+        device = torch.device("cuda", slot.device)
+        torch.cuda.set_device(device)
+    except BaseException:
+        slot.release()
+        raise
+    log(f"kernels: GPU slot {slot.slot} of GPU {slot.physical}")
+    return device, slot
 
 
 def paper_value(meta: dict, features: str, ridge: float) -> float:
@@ -63,14 +96,23 @@ def paper_value(meta: dict, features: str, ridge: float) -> float:
 
 
 def kernels_stage(cfg: dict) -> Path:
-    from .implicit import implicit_bias_experiment, plot_implicit
-    from .kernels import kernel_label_noise, plot_kernel_noise, run_kernel
-
     k, imp = cfg["section5"]["kernels"], cfg["section5"]["implicit"]
     tables, figures = _dirs(cfg)
     data, meta = _data(cfg), read_meta(base_artifact(cfg))
+    device, slot = kernel_device(cfg)   # a GPU slot on CUDA, held until the stage ends (or dies)
+    try:
+        return _kernels(cfg, k, imp, tables, figures, data, meta, device)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+def _kernels(cfg, k, imp, tables, figures, data, meta, device) -> Path:
+    from .implicit import implicit_bias_experiment, plot_implicit
+    from .kernels import kernel_label_noise, plot_kernel_noise, run_kernel
+
     common = dict(n_train=k["n_train"], n_test=k["n_test"], seed=cfg["dataset"]["seed"], n_filters=k["n_filters"],
-                  pool=k["pool"], device=_device(k["device"]))
+                  pool=k["pool"], device=device)
     rows = []
     for features in k["features"]:
         for ridge in sorted({0.0, float(k["ridge"])}):

@@ -1,5 +1,10 @@
 from rethinking.section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
-                                 THEOREM_TABLES)
+                                 THEOREM_TABLES, kernel_gpus)
+
+
+# The kernels stage on a GPU (section5.kernels.device auto or cuda; whether one exists is not known here) asks
+# for one unit of `gpu`, as a training job does, and claims a GPU slot when it runs (section5.kernel_device):
+# `--resources gpu=N` counts it among the N jobs on the GPUs.
 
 
 rule kernels:
@@ -17,6 +22,8 @@ rule kernels:
         file=PARAMS,
         settings=settings_json("section5", "dataset"),
     threads: 2
+    resources:
+        gpu=kernel_gpus(CFG),
     log:
         f"{RESULTS}/logs/kernels.log",
     conda:
