@@ -25,7 +25,6 @@ batch, divided by its size).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from .models import build_model, is_conv
 from .preprocess import augmentations, per_image_standardization, prepare_all
-from .train import pick_device, run_epoch, run_epoch_packed, sgd
+from .train import autocast_for, pick_device, run_epoch, run_epoch_packed, sgd
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -93,8 +92,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
         # the engine's optimizer is train's (fused SGD); a typical script uses torch's default SGD
         return m, (sgd(m.parameters(), lr, 0.9) if engine else torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
 
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" \
-        else contextlib.nullcontext
+    autocast = autocast_for(dev)   # the engine's: bf16 where the GPU computes it natively
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 

@@ -13,13 +13,24 @@ from pathlib import Path
 from .config import ConfigError, Run, training_for
 
 AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
-ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py")  # a change to any of these invalidates checkpoints
+ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py", "precision.py")  # a change to any of these invalidates checkpoints
 
 
-def fingerprint(settings: dict, sources: tuple[str, ...]) -> str:
-    """A checkpoint is resumed only by the same settings and the same engine code (`sources`, files of
-    this package)."""
+def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | None = None) -> str:
+    """A checkpoint is resumed only by the same settings, the same engine code (`sources`, files of
+    this package) and, where `device_type` is given, on the same kind of device (torch.device.type:
+    "cpu" or "cuda" as the engine resolved `training.device`; never "auto").
+
+    The engines pass the device type: a checkpoint holds the random state of the device that wrote
+    it (a CUDA generator's state is 16 bytes, a CPU one's 5,056; neither loads into the other), so a
+    results folder moved between a GPU machine and a CPU one starts its unfinished runs over instead
+    of crashing on resume. The settings themselves (run_settings: the summary, the Snakemake params)
+    do not name it: planning knows no device."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    if device_type is not None:
+        if device_type == "auto" or ":" in device_type:
+            raise ValueError(f"device_type is the resolved device's type ('cpu', 'cuda'), not {device_type!r}")
+        h.update(f"\0device_type={device_type}\0".encode())
     for name in sources:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
@@ -97,7 +108,7 @@ def pack_name(pack: list[Run]) -> str:
 # --- streamed runs (dataset.source imagenet: rethinking.train_stream)
 
 # a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
-STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py")
+STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py", "precision.py")
 
 
 def stream_settings(cfg: dict, run: Run) -> dict:

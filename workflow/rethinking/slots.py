@@ -88,8 +88,9 @@ def _unlock(fd: int) -> None:
 
 
 def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeout: float | None = None,
-          poll: float = 0.5) -> Slot:
-    """Claim a free (GPU, slot); wait while all are taken (up to `timeout` seconds)."""
+          poll: float = 0.5, devices=None) -> Slot:
+    """Claim a free (GPU, slot); wait while all are taken (up to `timeout` seconds). `devices`: the GPU
+    indices (as this process sees them) to claim among, all by default."""
     if count < 1:
         raise RuntimeError("no GPU to claim a slot on")
     if lock_dir is None:
@@ -98,17 +99,19 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     ids = visible_devices(count)
+    indices = range(len(ids)) if devices is None else list(devices)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         # fill each GPU's first slot before any second slot: spread jobs over GPUs
         for slot in range(jobs_per_gpu):
-            for index, physical in enumerate(ids):
-                path = lock_dir / f"gpu{physical}.slot{slot}.lock"
+            for index in indices:
+                path = lock_dir / f"gpu{ids[index]}.slot{slot}.lock"
                 fd = try_lock(path, f"{os.getpid()}\n")
                 if fd is not None:
-                    return Slot(index, physical, slot, path, fd)
+                    return Slot(index, ids[index], slot, path, fd)
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"no free GPU slot among {len(ids)} GPUs x {jobs_per_gpu} in {lock_dir}")
+            raise TimeoutError(f"no free GPU slot among GPUs {', '.join(ids[i] for i in indices)} x {jobs_per_gpu} "
+                               f"in {lock_dir}")
         time.sleep(poll)
 
 

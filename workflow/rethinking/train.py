@@ -3,8 +3,9 @@
 Read top to bottom: load the data onto the device once, build the model and
 SGD, then loop over epochs. Each epoch draws a device-side permutation, runs
 the steps (loss and accuracy accumulated on the device and read every
-`log_every` steps, so there is no host synchronization per step), evaluates
-the whole training set in eval mode, and checkpoints atomically. The run stops
+`log_every` steps, so there is no host synchronization per step; under bf16
+autocast on GPUs that compute bf16 natively), evaluates the whole training set
+in eval mode and in fp32, and checkpoints atomically. The run stops
 at 100% training accuracy (recording the step of first fit), at the epoch
 limit, or when the loss stops being finite (status `diverged`).
 
@@ -45,6 +46,7 @@ from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, writ
 from .models import build_model, count_parameters, is_conv
 from .pack import Stacked
 from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
+from .precision import exact_float32
 from .preprocess import augmentations, prepare_all, prepare_batch
 from .slots import claim, lock_runs
 
@@ -82,10 +84,32 @@ def sgd(params, lr: float, momentum: float, weight_decay: float = 0.0) -> torch.
 
 
 def load_sgd(opt: torch.optim.SGD, state: dict) -> None:
-    """Resume `opt` from a saved SGD state (also one saved unfused, e.g. by a pack), keeping it fused."""
+    """Resume `opt` from a saved SGD state (also one saved unfused, e.g. by a pack), keeping it fused.
+
+    Every momentum buffer is laid out like its parameter. load_state_dict keeps the saved tensor's
+    memory layout, but a checkpoint of a pack or of a CPU run holds contiguous (NCHW) buffers where a
+    conv model on CUDA is channels_last, and the other way round; the fused kernels pair parameter,
+    gradient and buffer by storage position: CUDA's refuses mismatched strides at the first step, the
+    CPU's silently updates each weight with another weight's momentum."""
     opt.load_state_dict(state)
     for g in opt.param_groups:
         g.update(fused=True, foreach=None)
+        for p in g["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None and buf.stride() != p.stride():
+                opt.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)   # p's strides, buf's values
+
+
+def autocast_for(device: torch.device):
+    """The training steps' autocast (a factory of context managers): bf16 on a GPU that computes in bf16
+    natively (compute capability 8.0 and later, or ROCm), none (fp32) elsewhere: on the CPU, and on older
+    GPUs, where torch would emulate bf16 slowly. Evaluation never autocasts (see `evaluate`)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if native:
+            return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, generator, autocast,
@@ -120,19 +144,22 @@ def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, 
 
 
 @torch.no_grad()
-def evaluate(model, x, y, crop, batch_size, autocast) -> tuple[float, float, int]:
-    """Mean loss, accuracy and number correct over a whole split (uint8, or prepared floats), in eval mode."""
+def evaluate(model, x, y, crop, batch_size) -> tuple[float, float, int]:
+    """Mean loss, accuracy and number correct over a whole split (uint8, or prepared floats), in eval mode.
+
+    In fp32, without autocast even where the steps train in bf16, and without TF32 (precision.exact_float32):
+    the stop rule needs every training example right, and bf16 logits tie and flip small margins."""
     model.eval()
     loss = torch.zeros((), device=y.device, dtype=torch.float64)
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
-    for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size]
-        if not xb.is_floating_point():
-            xb = prepare_batch(xb, crop)
-        with autocast():
+    with exact_float32():
+        for i in range(0, len(y), batch_size):
+            xb = x[i:i + batch_size]
+            if not xb.is_floating_point():
+                xb = prepare_batch(xb, crop)
             logits = model(xb)
-        loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+            loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
     n = len(y)
     c = int(correct)
     return float(loss) / n, c / n, c
@@ -228,7 +255,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
         models.append(build_model(run.model, in_shape, num_classes=len(d["meta"]["classes"]),
                                   dropout=s["dropout"]).to(device))
         members.append(_Member(
-            run=run, settings=s, out=run_dir(cfg, run), fingerprint=fingerprint(s, ENGINE_SOURCES),
+            run=run, settings=s, out=run_dir(cfg, run), fingerprint=fingerprint(s, ENGINE_SOURCES, device.type),
             x_fit=d["x_uint8"] if augment else d["x_train"], x_train=d["x_train"], y_train=d["y_train"],
             x_test=d["x_test"], y_test=d["y_test"], gen=torch.Generator(device=device).manual_seed(run.seed),
             loss_sum=torch.zeros((), device=device)))
@@ -239,8 +266,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     channels_last = device.type == "cuda" and is_conv(s0["model"]) and len(runs) == 1
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
-        else contextlib.nullcontext
+    autocast = autocast_for(device)
     model = opt = stacked = None
     if len(runs) == 1:
         model = models[0].to(memory_format=torch.channels_last) if channels_last else models[0]
@@ -309,9 +335,8 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
         for i, m in enumerate(group):
             m.epoch += 1
             net = model if stacked is None else stacked.member(i)
-            train_loss, train_acc, train_correct = evaluate(net, m.x_train, m.y_train, crop, t["eval_batch_size"],
-                                                            autocast)
-            test_loss, test_acc, _ = evaluate(net, m.x_test, m.y_test, crop, t["eval_batch_size"], autocast)
+            train_loss, train_acc, train_correct = evaluate(net, m.x_train, m.y_train, crop, t["eval_batch_size"])
+            test_loss, test_acc, _ = evaluate(net, m.x_test, m.y_test, crop, t["eval_batch_size"])
             m.epochs_rows.append({
                 "epoch": m.epoch, "step": m.step, "lr": lrs[i], "batch_train_acc": corrects[i] / seen,
                 "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,

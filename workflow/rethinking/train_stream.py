@@ -33,10 +33,17 @@ batches and crops it would have had. Every process reads the checkpoint
 the processes resume only if every one of them could read it. Process 0 holds
 the run's lock (.train.lock, rethinking.slots) from before the processes meet
 until it ends: a second trainer of the run stops at once.
+
+On CUDA each process claims a GPU slot among its own share of the visible
+GPUs (claim_gpu: index = rank modulo processes), so the processes of a run are
+on different GPUs whatever `jobs_per_gpu` is. Every process builds the same
+model from the run's seed; then every process but 0 reseeds torch (seed_process),
+so their dropout masks differ, and a one-process run draws what it always drew.
+The steps train under bf16 autocast where the GPU computes bf16 natively
+(rethinking.train.autocast_for); evaluation, which the stop rule reads, is fp32.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -51,12 +58,13 @@ from .config import ConfigError, Run, run_dir, training_for
 from .inception_v3 import build_stream_model, loss_of, split_outputs
 from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
 from .models import count_parameters, is_conv
+from .precision import exact_float32
 from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
 from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
-from .slots import claim, lock_runs
+from .slots import Slot, claim, lock_runs, visible_devices
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import (device_name, fitted, learning_rate, load_sgd, pick_device, rng_state, set_rng_state, sgd,
-                    versions)
+from .train import (autocast_for, device_name, fitted, learning_rate, load_sgd, pick_device, rng_state,
+                    set_rng_state, sgd, versions)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "state", "processes")   # besides its fingerprint
@@ -70,6 +78,44 @@ def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: i
     perm = np.concatenate([perm, perm[:total - n]]) if total > n else perm
     mine = perm[rank::world]
     return [[(int(i), epoch) for i in mine[j:j + batch]] for j in range(0, len(mine), batch)]
+
+
+def rank_devices(count: int, rank: int, world: int) -> list[int]:
+    """The GPUs (indices as the process sees them, 0..count-1) on which process `rank` of a run of `world`
+    processes may claim a slot: those whose index is rank modulo world. The processes of one run see the
+    same GPUs (torchrun gives them one CUDA_VISIBLE_DEVICES), so they never share one, however many slots a
+    GPU has (jobs_per_gpu): NCCL stops a run with two processes on one GPU ("Duplicate GPU detected"). A
+    one-process run may take any GPU."""
+    if world > count:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
+        raise ConfigError(f"training.gpus_per_run: a run of {world} processes needs {world} GPUs, one per process, "
+                          f"but this process sees {count}{seen}")
+    return [i for i in range(count) if i % world == rank]
+
+
+def claim_gpu(count: int, jobs_per_gpu: int, rank: int = 0, world: int = 1, lock_dir: Path | None = None,
+              timeout: float | None = None, poll: float = 0.5) -> Slot:
+    """Process `rank`'s GPU slot: slots.claim among rank_devices(count, rank, world) only."""
+    devices = None if world == 1 else rank_devices(len(visible_devices(count)), rank, world)
+    return claim(count, jobs_per_gpu, lock_dir=lock_dir, timeout=timeout, poll=poll, devices=devices)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of process `rank` (>= 1) of a multi-process run once its model is built: a stream of
+    its own, drawn from (run seed, rank)."""
+    if rank < 1:
+        raise ValueError("process 0 keeps the run's own stream")
+    return int(np.random.SeedSequence([seed, 7, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_process(seed: int, rank: int) -> None:
+    """Training randomness (dropout masks, on the CPU and the GPU) of one process, after every process has
+    built the same model from torch.manual_seed(seed): process 0 goes on with the run's stream (a
+    one-process run draws what it always drew), every other process is reseeded with rank_seed, so the
+    processes do not drop the same units of their different images."""
+    if rank > 0:
+        torch.manual_seed(rank_seed(seed, rank))
 
 
 class _Procs:
@@ -130,8 +176,8 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     slot, group = None, False
     try:
         device = pick_device(t["device"])
-        if device.type == "cuda":   # each process claims its own free GPU (a lock per GPU slot; see rethinking.slots)
-            slot = claim(torch.cuda.device_count(), t["jobs_per_gpu"])
+        if device.type == "cuda":   # each process claims a free GPU slot (see rethinking.slots), one GPU per process
+            slot = claim_gpu(torch.cuda.device_count(), t["jobs_per_gpu"], rank, world)
             device = torch.device("cuda", slot.device)
             torch.cuda.set_device(device)
         else:
@@ -174,17 +220,17 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
     train_eval_idx = (np.arange(n_train) if not k or k >= n_train
                       else np.sort(np.random.default_rng([run.seed, 5]).choice(n_train, k, replace=False)))
 
-    # --- model and optimizer (process 0's initialization, the same seed everywhere)
+    # --- model and optimizer (process 0's initialization, the same seed everywhere; then a stream per process)
     torch.manual_seed(run.seed)
     model = build_stream_model(run.model, size, n_classes, s["dropout"]).to(device)
+    seed_process(run.seed, rank)
     n_params = count_parameters(model)
     channels_last = device.type == "cuda" and (is_conv(run.model) or run.model == "inception_v3")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
-        else contextlib.nullcontext
+    autocast = autocast_for(device)
     opt = sgd(model.parameters(), s["lr"], s["momentum"], s["weight_decay"])
     net = model
     if world > 1:
@@ -193,7 +239,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
 
     # --- resume
     st = _State()
-    fingerprint = code_fingerprint(s, STREAM_ENGINE_SOURCES)
+    fingerprint = code_fingerprint(s, STREAM_ENGINE_SOURCES, device.type)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -262,8 +308,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
 
         st.epoch, st.batch = st.epoch + 1, 0
         procs.sync_buffers(model)
-        ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=workers, autocast=autocast,
-                  channels_last=channels_last)
+        ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=workers, channels_last=channels_last)
         train_loss, train_top1, train_top5, train_correct = evaluate(model, eval_train, train_eval_idx, **ev)
         test_loss, test_top1, test_top5, _ = evaluate(model, test_set, np.arange(len(test_set)), **ev)
         counts = procs.sum(torch.tensor([int(correct), seen], device=device, dtype=torch.int64)).tolist()
@@ -293,23 +338,26 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
 
 @torch.no_grad()
 def evaluate(model, dataset: StreamImages, indices: np.ndarray, *, procs: _Procs, batch_size: int, workers: int,
-             autocast, channels_last: bool) -> tuple[float, float, float, int]:
-    """(mean loss, top-1, top-5, number top-1 correct) over dataset[indices], center crops, eval mode; each
-    process evaluates every world-th image and the sums are shared."""
+             channels_last: bool) -> tuple[float, float, float, int]:
+    """(mean loss, top-1, top-5, number top-1 correct) over dataset[indices], center crops, eval mode, in fp32
+    (no autocast: the stop rule reads these logits, see rethinking.train.evaluate); each process evaluates
+    every world-th image and the sums are shared."""
     model.eval()
     device = procs.device
     mine = indices[procs.rank::procs.world]
     batches = [[(int(i), 0) for i in mine[j:j + batch_size]] for j in range(0, len(mine), batch_size)]
-    sums = torch.zeros(4, device=device, dtype=torch.float64)   # loss, top-1, top-5, images
-    for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
-        x, y = to_input(batch, dataset, device, channels_last)
-        with autocast():
+    sums = torch.zeros(3, device=device, dtype=torch.float64)   # loss, top-1, top-5
+    n = 0   # images, counted on the host
+    with exact_float32():
+        for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
+            x, y = to_input(batch, dataset, device, channels_last)
             logits, _ = split_outputs(model(x))
-        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
-                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
-                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
-    loss, top1, top5, n = procs.sum(sums).tolist()
+            top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+            sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                                 (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+            n += len(y)
+    totals = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64).to(device)])
+    loss, top1, top5, n = procs.sum(totals).tolist()
     n = max(n, 1.0)
     return loss / n, top1 / n, top5 / n, int(round(top1))
 
