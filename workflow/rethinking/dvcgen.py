@@ -56,16 +56,18 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
     from .section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
                            THEOREM_TABLES)
 
-    def stage(name, code, tables, figures, metrics):
+    def stage(name, code, tables, figures, metrics, params=("section5", "dataset")):
         return {
             "cmd": f"python -m rethinking {name} --params {prm}",
             "deps": [str(base_artifact(cfg)), f"{PKG}/section5.py"] + [f"{PKG}/{c}" for c in code],
-            "params": [{prm: ["section5", "dataset"]}],
+            "params": [{prm: list(params)}],
             "outs": [_out(tables_dir(cfg) / t) for t in tables]
             + [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures for ext in ("png", "pdf")],
             "metrics": [_metrics(tables_dir(cfg) / metrics)],
         }
-    return {"kernels": stage("kernels", ["kernels.py", "implicit.py"], KERNEL_TABLES, KERNEL_FIGURES, KERNEL_METRICS),
+    # kernels: corrupt.py draws kernel_noise.csv's noisy labels, preprocess.py (and preprocess.crop) its inputs
+    return {"kernels": stage("kernels", ["kernels.py", "implicit.py", "corrupt.py", "preprocess.py"], KERNEL_TABLES,
+                             KERNEL_FIGURES, KERNEL_METRICS, params=("section5", "dataset", "preprocess")),
             "theorem": stage("theorem", ["theorem.py"], THEOREM_TABLES, THEOREM_FIGURES, THEOREM_METRICS)}
 
 

@@ -17,7 +17,18 @@ norm and half the test error).
 Choices where the paper is silent (also in the docstrings below):
 
 - Targets are one-hot 0/1 vectors; the prediction is the argmax over classes.
-- Features: "pixels" is x / 255 flattened (native channels, no centring).
+- Features: "pixels" is x / 255 flattened (native channels, no centring), with
+  inputs="raw" (the default, the paper's "no preprocessing", and kernels.csv).
+  inputs="network" gives the networks' inputs instead (preprocess.prepare_all:
+  the center crop preprocess.crop, then per-image standardization), flattened:
+  the label-noise curve of Fig. 1c (kernel_noise.csv) uses these, so the kernel
+  and the networks fit the same images.
+- Label noise (kernel_label_noise): the training labels at level p are
+  corrupt.training_labels(y_train, p, classes, seed), i.e. exactly the labels
+  of the corrupted artifact the networks train on at that level (seeded
+  [seed, 2, kind, p] by corrupt.py), drawn on the full training split and then
+  restricted to the kernel's n_train subset; levels the grid has no artifact
+  for are drawn the same way. Test labels stay true.
   "random-conv" is a Coates & Ng style random network: Gaussian filters of
   size `patch` x `patch` x C (5 for images up to 16 px, else 6), each made
   zero-mean and unit-norm (so a constant brightness offset gives no response),
@@ -85,10 +96,11 @@ import torch
 
 from .precision import exact_float32
 
-from .corrupt import corrupt_labels
+from .corrupt import training_labels
 from .data import balanced_subset
 
 FEATURES = ("pixels", "random-conv")
+INPUTS = ("raw", "network")   # raw: x / 255; network: the networks' crop + per-image standardization
 SOLVERS = ("auto", "cholesky64", "blocked32", "cg")
 AUTO_FLOAT64_MAX_N = 10_000
 
@@ -171,9 +183,27 @@ def standardize(ftr: torch.Tensor, fte: torch.Tensor, eps: float = 1e-6):
     return ftr, fte
 
 
+def network_pixel_features(x: np.ndarray, crop: int | None, device="cpu") -> torch.Tensor:
+    """The networks' inputs flattened, float32 (N, C*crop*crop): preprocess.prepare_all (center crop, x / 255,
+    per-image standardization), the values the training engine evaluates on."""
+    from .preprocess import prepare_all
+
+    return prepare_all(torch.from_numpy(np.ascontiguousarray(x)).to(device), crop).reshape(len(x), -1)
+
+
 def make_features(x_train: np.ndarray, x_test: np.ndarray, features: str = "pixels", n_filters: int = 256,
-                  pool: int = 2, patch: int | None = None, seed: int = 0, device="cpu"):
-    """(train, test) float32 feature tensors for `features` in FEATURES."""
+                  pool: int = 2, patch: int | None = None, seed: int = 0, device="cpu", inputs: str = "raw",
+                  crop: int | None = None):
+    """(train, test) float32 feature tensors for `features` in FEATURES, from `inputs` in INPUTS.
+
+    inputs="network" (features "pixels" only) uses the networks' preprocessing with center crop `crop`.
+    """
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs: {inputs!r} is unknown (allowed: {', '.join(INPUTS)})")
+    if inputs == "network":
+        if features != "pixels":
+            raise ValueError(f"inputs='network' is only for features='pixels', not {features!r}")
+        return network_pixel_features(x_train, crop, device), network_pixel_features(x_test, crop, device)
     if features == "pixels":
         return pixel_features(x_train, device), pixel_features(x_test, device)
     if features == "random-conv":
@@ -456,20 +486,24 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
-def _prepare(data: dict, features, gamma, n_train, n_test, seed, n_filters, pool, patch, device):
+def _prepare(data: dict, features, gamma, n_train, n_test, seed, n_filters, pool, patch, device, inputs="raw",
+             crop=None, num_classes=None):
+    """Subsets, features and gamma; also the training subset's indices into data's y_train (None: all)."""
     xtr, ytr, xte, yte = data["x_train"], np.asarray(data["y_train"]), data["x_test"], np.asarray(data["y_test"])
-    num_classes = int(max(ytr.max(), yte.max())) + 1
+    num_classes = num_classes or int(max(ytr.max(), yte.max())) + 1
     rng = np.random.default_rng([seed, 4])
+    train_index = None
     if n_train is not None and n_train < len(ytr):
-        i = balanced_subset(ytr, n_train, num_classes, rng, "train")
-        xtr, ytr = xtr[i], ytr[i]
+        train_index = balanced_subset(ytr, n_train, num_classes, rng, "train")
+        xtr, ytr = xtr[train_index], ytr[train_index]
     if n_test is not None and n_test < len(yte):
         i = balanced_subset(yte, n_test, num_classes, rng, "test")
         xte, yte = xte[i], yte[i]
-    ftr, fte = make_features(xtr, xte, features, n_filters=n_filters, pool=pool, patch=patch, seed=seed, device=device)
+    ftr, fte = make_features(xtr, xte, features, n_filters=n_filters, pool=pool, patch=patch, seed=seed, device=device,
+                             inputs=inputs, crop=crop)
     if gamma is None:
         gamma = median_gamma(ftr, seed)
-    return ftr, fte, ytr, yte, num_classes, float(gamma)
+    return ftr, fte, ytr, yte, num_classes, float(gamma), train_index
 
 
 def _fit(ftr, fte, targets: list[np.ndarray], num_classes, gamma, ridge, solver, block, jitter, refine):
@@ -507,8 +541,8 @@ def run_kernel(data: dict, features: str = "pixels", gamma: float | None = None,
     d, features, gamma, ridge, jitter, solver, seconds, peak_rss_gb (the process's peak so far), residual.
     """
     t0 = time.perf_counter()
-    ftr, fte, ytr, yte, num_classes, gamma = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
-                                                      pool, patch, device)
+    ftr, fte, ytr, yte, num_classes, gamma, _ = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
+                                                         pool, patch, device)
     sol, (res,) = _fit(ftr, fte, [ytr], num_classes, gamma, ridge, solver, block, jitter, refine)
     out = {
         "test_error": 100.0 * float(np.mean(res["test_pred"] != yte)),
@@ -529,24 +563,36 @@ def kernel_label_noise(data: dict, levels, features: str = "pixels", gamma: floa
                        n_train: int | None = None, seed: int = 0, n_filters: int = 256, device="cpu",
                        block: int = 2048, solver: str = "auto", jitter: float | None = None,
                        n_test: int | None = None, pool: int = 2, patch: int | None = None,
-                       refine: int | None = None) -> pd.DataFrame:
-    """Interpolate training labels corrupted at each level (corrupt_labels, seeded per level); test labels stay true.
+                       refine: int | None = None, inputs: str = "raw", crop: int | None = None,
+                       num_classes: int | None = None) -> pd.DataFrame:
+    """Interpolate the networks' noisy training labels at each level; test labels stay true.
 
+    The labels at level p are corrupt.training_labels(data's y_train, p, num_classes, seed): those of the
+    corrupted artifact Corruption.make("labels", p) of a base artifact holding `data` with dataset seed
+    `seed` (drawn on the whole training split, then restricted to the n_train subset). num_classes is the
+    artifact's class count (default: len(data["classes"]) when present, else the largest label + 1).
+    inputs / crop: as make_features (the stage passes "network" and preprocess.crop).
     K does not depend on the labels, so one factorization serves every level. Columns: level, test_error,
-    train_error, norm, residual, labels_changed, n_train, gamma, jitter, solver.
+    train_error, norm, residual, labels_changed, n_train, gamma, jitter, solver, inputs, crop.
     """
-    ftr, fte, ytr, yte, num_classes, gamma = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
-                                                      pool, patch, device)
+    if num_classes is None and data.get("classes") is not None:
+        num_classes = len(data["classes"])
+    ftr, fte, ytr, yte, num_classes, gamma, idx = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
+                                                           pool, patch, device, inputs, crop, num_classes)
     levels = [float(p) for p in levels]
-    noisy = [corrupt_labels(ytr, p, num_classes, np.random.default_rng([seed, 3, int(round(p * 1_000_000))]))
-             for p in levels]
+    y_full = np.asarray(data["y_train"])
+    noisy = []
+    for p in levels:
+        yn = np.asarray(training_labels(y_full, p, num_classes, seed), dtype=np.int64)
+        noisy.append(yn if idx is None else yn[idx])
     sol, res = _fit(ftr, fte, noisy, num_classes, gamma, ridge, solver, block, jitter, refine)
     rows = []
     for p, yn, r in zip(levels, noisy, res):
         rows.append({"level": p, "test_error": 100.0 * float(np.mean(r["test_pred"] != yte)),
                      "train_error": 100.0 * float(np.mean(r["train_pred"] != yn)), "norm": r["norm"],
                      "residual": r["residual"], "labels_changed": float(np.mean(yn != ytr)),
-                     "n_train": int(len(ytr)), "gamma": gamma, "jitter": sol["jitter"], "solver": sol["solver"]})
+                     "n_train": int(len(ytr)), "gamma": gamma, "jitter": sol["jitter"], "solver": sol["solver"],
+                     "inputs": inputs, "crop": crop if inputs == "network" else None})
     return pd.DataFrame(rows)
 
 

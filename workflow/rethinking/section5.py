@@ -1,9 +1,12 @@
 """Stages `kernels` and `theorem`: Section 5 and Theorem 1 of the paper on the grid's dataset.
 
 kernels: base artifact -> tables/kernels.csv (min-norm Gaussian-kernel
-interpolation per feature kind, with and without the l2 term, the paper's
-number beside where it has one), tables/kernel_noise.csv (the interpolant's
-test error against label corruption), tables/implicit_bias.csv (SGD from zero
+interpolation per feature kind on raw pixels / 255, with and without the l2
+term, the paper's number beside where it has one), tables/kernel_noise.csv
+(the interpolant's test error against label corruption, fitted to the same
+noisy training labels as the networks' corrupted artifacts and on the
+networks' inputs: preprocess.crop center crop + per-image standardization;
+columns inputs and crop say so), tables/implicit_bias.csv (SGD from zero
 reaches the min-norm solution of an underdetermined least-squares problem;
 from a random start it does not), and their figures.
 
@@ -124,7 +127,11 @@ def _kernels(cfg, k, imp, tables, figures, data, meta, device) -> Path:
     write_csv(tables / "kernels.csv", pd.DataFrame(rows))
     write_json(tables / KERNEL_METRICS, kernel_metrics(rows))
 
-    noise = kernel_label_noise(data, k["noise_levels"], features="pixels", gamma=k["gamma"].get("pixels"), **common)
+    # Fig. 1c's kernel curve: the networks' noisy labels (corrupt.training_labels, the corrupted artifacts' own
+    # draw) on the networks' inputs (center crop + per-image standardization); gamma.pixels is a value for raw
+    # pixels in [0, 1], so on these inputs gamma is the median heuristic.
+    noise = kernel_label_noise(data, k["noise_levels"], features="pixels", gamma=None, inputs="network",
+                               crop=cfg["preprocess"]["crop"], num_classes=len(meta["classes"]), **common)
     write_csv(tables / "kernel_noise.csv", noise)
     _save(plot_kernel_noise(noise), figures / "kernel_noise")
 

@@ -10,7 +10,10 @@ from rethinking.section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, 
 rule kernels:
     input:
         base=rc.base_artifact(CFG),
-        code=[f"{PKG}/section5.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py"],
+        # corrupt.py draws the noisy labels of kernel_noise.csv (the corrupted artifacts' own draw), preprocess.py
+        # its inputs (the networks' crop + standardization)
+        code=[f"{PKG}/section5.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py", f"{PKG}/corrupt.py",
+              f"{PKG}/preprocess.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES + (KERNEL_METRICS,)],
         [
@@ -20,7 +23,7 @@ rule kernels:
         [f"{RESULTS}/figures/{f}.pdf" for f in KERNEL_FIGURES],
     params:
         file=PARAMS,
-        settings=settings_json("section5", "dataset"),
+        settings=settings_json("section5", "dataset", "preprocess"),
     threads: 2
     resources:
         gpu=kernel_gpus(CFG),
