@@ -3,11 +3,12 @@
 - runs.csv         one row per run and seed: the run's summary
 - table1.csv/.md   Table 1: train and test accuracy (percent) per model x
                    regularizers, true and random labels (mean and spread over seeds)
-- convergence.csv  Fig. 1b/1c: steps to fit and test error per model x
-                   corruption kind x level (runs without regularizers)
+- convergence.csv  Fig. 1b/1c: one row per run without regularizers: status, steps
+                   trained, step of first fit, test error, and the time to fit
+                   relative to the same-seed true-label run (see convergence())
 - loss_curves.csv  Fig. 1a: training loss every `log_every` steps per model x
-                   corruption (runs without regularizers)
-- accuracy_curves.csv  Fig. 2b: train and test accuracy per epoch of every run
+                   corruption (runs without regularizers), with each run's status
+- accuracy_curves.csv  Fig. 2b: train and test accuracy per epoch of every run, with its status
 - paper_comparison.csv/.md  each Table 1 / Table 4 cell beside the paper's value
                    (CIFAR-10 and image-folder copies of it; empty otherwise)
 - metrics.json     the headline numbers per model (and run counts by state), for `dvc metrics show`
@@ -65,7 +66,7 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
     diverged = frame["status"] == "diverged"
     frame.loc[diverged, ["train_acc", "test_acc", "train_loss", "test_loss"]] = np.nan
     flags = pd.DataFrame([run_flags(r) for r in frame["regularizers"]], index=frame.index)
-    frame["crop"] = flags["random_crop"]
+    frame["random_crop"] = flags["random_crop"]   # the flag; `crop` stays the summary's center-crop size
     frame["weight_decay_on"] = flags["weight_decay"]
     frame["dropout_on"] = flags["dropout"]
     return frame
@@ -96,16 +97,17 @@ def t_interval(values) -> tuple[float, float]:
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
     sel = runs[runs["corruption"].isin(["true-labels", "random-labels"])].copy()
     sel["labels"] = sel["corruption"].map({"true-labels": "true", "random-labels": "random"})
-    keys = ["model", "labels", "crop", "weight_decay_on", "dropout_on", "variant"]
+    keys = ["model", "labels", "random_crop", "weight_decay_on", "dropout_on", "variant"]
     table = (sel.groupby(keys, sort=False)
              .agg(train_acc=("train_acc", "mean"), train_acc_sd=("train_acc", _spread),
                   train_acc_ci95=("train_acc", ci95),
                   test_acc=("test_acc", "mean"), test_acc_sd=("test_acc", _spread), test_acc_ci95=("test_acc", ci95),
                   seeds=("seed", "count"), fitted=("status", lambda s: int((s == "fitted").sum())),
+                  max_epochs=("status", lambda s: int((s == "max_epochs").sum())),
                   diverged=("status", lambda s: int((s == "diverged").sum())),
                   parameters=("parameters", "first"))
              .reset_index()
-             .rename(columns={"weight_decay_on": "weight_decay", "dropout_on": "dropout"}))
+             .rename(columns={"random_crop": "crop", "weight_decay_on": "weight_decay", "dropout_on": "dropout"}))
     order = {m: i for i, m in enumerate(["inception", "inception_nobn", "alexnet", "mlp_3x512", "mlp_1x512"])}
     table["_m"] = table["model"].map(order).fillna(99)
     table["_l"] = (table["labels"] == "random").astype(int)
@@ -119,21 +121,45 @@ def _plain(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["regularizers"] == "none") & (runs["variant"] == "")]
 
 
+RELATIVE = ("exact", "lower", "upper", "none")   # what convergence.csv's relative_steps is
+
+
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 1b/1c: every run without regularizers or variants, in the state it ended in.
+
+    `steps` is the steps trained, `step_first_fit` the step it reached 100% train accuracy (fitted runs only).
+    `true_status` / `true_steps` are the same-seed true-label run's state and steps (its step of first fit
+    when fitted, else the steps it trained). `relative_steps` is the time to fit over the true-label run's,
+    and `relative_bound` says what that number is:
+      exact  both fitted: step_first_fit / true step_first_fit
+      lower  this run stopped at the epoch limit, the true-label run fitted: steps / true step_first_fit,
+             a lower bound (the run would have needed more steps)
+      upper  this run fitted, the true-label run stopped: step_first_fit / true steps trained, an upper bound
+      none   no ratio: this run diverged, or the true-label run diverged or is not in the grid, or both stopped
+             (relative_steps blank)
+    """
     sel = _plain(runs).copy()
-    true_steps = (sel[sel["corruption"] == "true-labels"]
-                  .set_index(["model", "seed"])["step_first_fit"].rename("true_steps"))
-    sel = sel.join(true_steps, on=["model", "seed"])
-    sel["relative_steps"] = sel["step_first_fit"] / sel["true_steps"]
+    true = sel[sel["corruption"] == "true-labels"].set_index(["model", "seed"])
+    ref = pd.DataFrame({"true_status": true["status"],
+                        "true_steps": true["step_first_fit"].where(true["status"] == "fitted", true["steps"])})
+    ref.loc[ref["true_status"] == "diverged", "true_steps"] = np.nan
+    sel = sel.join(ref, on=["model", "seed"])
+    fit, stop = sel["status"] == "fitted", sel["status"] == "max_epochs"
+    tfit, tstop = sel["true_status"] == "fitted", sel["true_status"] == "max_epochs"
+    bound = np.select([fit & tfit, stop & tfit, fit & tstop], ["exact", "lower", "upper"], "none")
+    sel["relative_bound"] = bound
+    num = sel["step_first_fit"].where(fit, sel["steps"])
+    sel["relative_steps"] = (num / sel["true_steps"]).where(sel["relative_bound"] != "none")
     sel["test_error"] = 100.0 - sel["test_acc"]
-    cols = ["model", "corruption", "corruption_kind", "label_level", "seed", "status", "step_first_fit",
-            "relative_steps", "epochs", "train_acc", "test_acc", "test_error"]
+    cols = ["model", "corruption", "corruption_kind", "label_level", "seed", "status", "steps", "step_first_fit",
+            "diverged_step", "true_status", "true_steps", "relative_steps", "relative_bound", "epochs",
+            "train_acc", "test_acc", "test_error"]
     return sel[cols].sort_values(["model", "corruption_kind", "label_level", "corruption", "seed"],
                                  na_position="last").reset_index(drop=True)
 
 
 def _curves(cfg: dict, runs: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
-    keys = ["model", "corruption", "regularizers", "variant", "seed"]
+    keys = ["model", "corruption", "regularizers", "variant", "seed", "status"]
     frames = []
     for _, r in runs.iterrows():
         f = pd.read_csv(Path(cfg["results_dir"]) / "runs" / r["run"] / name)
@@ -220,11 +246,9 @@ def aggregate(cfg: dict) -> Path:
     write_json(out / "metrics.json", metrics(runs))
     meta = read_meta(base_artifact(cfg))
     if is_cifar10(meta):
+        from .paper import comparison_header   # states n_train / n_test; only the paper's setup is compared
         comp = compare(runs, cfg["paper_tolerance"])
-        text = ("# Our numbers beside the paper's (Tables 1 and 4, CIFAR-10)\n\n"
-                f"Tolerance: train accuracy {cfg['paper_tolerance']['train_acc']:g} points, test accuracy "
-                f"{cfg['paper_tolerance']['test_acc']:g} points. Dataset: {meta['dataset']} "
-                f"({meta['provenance'].get('source')}).\n\n" + to_markdown(comp))
+        text = comparison_header(runs, meta, cfg["paper_tolerance"]) + to_markdown(comp)
     else:
         comp = pd.DataFrame(columns=COMPARISON_COLUMNS)
         text = (f"# Paper comparison\n\nNot applicable: the paper's tables are for CIFAR-10 and ImageNet; "

@@ -14,14 +14,23 @@
   against thousand steps of the true-label runs with and without augmentation,
   weight decay and dropout, the cumulative best test accuracy shaded (the
   paper's indicator of what early stopping could gain).
-Lines are means over seeds with 95% t-intervals of the mean as bands.
-Runs that did not fit within the epoch limit are drawn as open markers at the
-step they stopped (a lower bound), never silently averaged in.
+Every figure shows how each run ended (aggregate: fitted, stopped at the epoch limit, diverged), and
+nothing is averaged across those states:
+- fitted: filled markers, and the line (mean over the fitted seeds, 95% t-interval band);
+- stopped at the epoch limit (max_epochs): open markers at the run's lower bound (Fig. 1b: the steps it
+  trained over the true-label run's, a lower bound on its time to fit; Fig. 1c: its test error when it
+  stopped; Table 4: its training accuracy when it stopped);
+- diverged: crosses on the bottom of the axes (its numbers are blank) or at the end of its curve;
+each with a legend entry. Fig. 1b/1c draw lines only for models with intermediate label levels
+(0 < p < 1); the others (Table 1's levels 0 and 1 only) are markers. Curves (Fig. 1a, 2b) are means over
+the seeds up to the step the first seed stops, each seed on its own thin line after that, the end of every
+seed marked by its state.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .aggregate import t_interval, tables_dir
@@ -76,6 +85,71 @@ def _empty(ax, text):
     ax.set_axis_off()
 
 
+OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}   # legends beside the axes, not over marks
+STATE_LABEL = {"fitted": "fitted", "max_epochs": "stopped at the epoch limit", "diverged": "diverged"}
+
+
+def _palette(names):
+    sns = _plot_libs()[1]
+    return dict(zip(names, sns.color_palette(n_colors=max(len(names), 1))))
+
+
+def _state_legend(ax, extra=(), stopped="", diverged="", **kw):
+    """The legend: the axes' labelled artists, then one entry per state (and `extra` handles); `stopped` and
+    `diverged` say what the position of those markers means in this figure."""
+    from matplotlib.lines import Line2D
+    handles, labels = ax.get_legend_handles_labels()
+    states = [Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
+              Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
+                     label=STATE_LABEL["max_epochs"] + stopped),
+              Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"] + diverged)]
+    all_handles = handles + states + list(extra)
+    ax.legend(all_handles, [h.get_label() for h in all_handles], fontsize="x-small", **kw)
+
+
+def _mean_band(values: pd.DataFrame, x: str, y: str):
+    """Mean and 95% t-interval of `y` per `x` (over the rows: seeds)."""
+    g = values.groupby(x)[y]
+    band = g.apply(lambda v: pd.Series(t_interval(v.values), index=["lo", "hi"])).unstack()
+    return g.mean(), band
+
+
+def _seed_curves(ax, d: pd.DataFrame, x: str, y: str, color, label: str, linestyle="-"):
+    """One curve of several seeds: the mean (with its t-band) up to the step where the first seed stops,
+    then each seed on a thin line; every seed's end marked by its state. Diverged seeds are never in the
+    mean: each is a thin line ending in a cross."""
+    d = d.copy()
+    d[y] = d[y].where(np.isfinite(d[y].astype(float)))
+    status = d.groupby("seed")["status"].first()
+    ok = status[status != "diverged"].index
+    live = d[d["seed"].isin(ok)]
+    if len(ok):
+        cut = live.groupby("seed")[x].max().min()
+        head = live[live[x] <= cut]
+        counts = head.groupby(x)["seed"].nunique()
+        head = head[head[x].isin(counts[counts == len(ok)].index)]
+        mean, band = _mean_band(head, x, y)
+        ax.plot(mean.index, mean.values, color=color, linestyle=linestyle, linewidth=1.4, label=label)
+        if len(ok) > 1:
+            ax.fill_between(band.index, band["lo"], band["hi"], color=color, alpha=0.2, linewidth=0)
+            for seed in ok:
+                tail = live[(live["seed"] == seed) & (live[x] >= cut)].sort_values(x)
+                if len(tail) > 1:
+                    ax.plot(tail[x], tail[y], color=color, linestyle=linestyle, linewidth=0.6, alpha=0.8)
+    for seed in status[status == "diverged"].index:
+        c = d[d["seed"] == seed].sort_values(x)
+        ax.plot(c[x], c[y], color=color, linestyle=linestyle, linewidth=0.6, alpha=0.8,
+                label=None if len(ok) else label)
+    for state, kw in (("fitted", {"marker": "o", "facecolors": color, "edgecolors": color}),
+                      ("max_epochs", {"marker": "o", "facecolors": "none", "edgecolors": color}),
+                      ("diverged", {"marker": "x", "color": color})):
+        ends = [d[d["seed"] == seed].dropna(subset=[y]).sort_values(x).tail(1) for seed in status[status == state].index]
+        ends = [e for e in ends if len(e)]
+        if ends:
+            e = pd.concat(ends)
+            ax.scatter(e[x], e[y], s=22, zorder=3, gid=f"end:{state}", **kw)
+
+
 def fig1a(curves: pd.DataFrame):
     plt, sns = _plot_libs()
     kinds = [c for c in CORRUPTION_ORDER if c in set(curves["corruption"])]
@@ -83,15 +157,19 @@ def fig1a(curves: pd.DataFrame):
     kinds_per_model = curves[curves["corruption"].isin(kinds)].groupby("model")["corruption"].nunique()
     models = sorted(kinds_per_model[kinds_per_model == kinds_per_model.max()].index) if len(kinds_per_model) else []
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4.2 * max(len(models), 1), 3.4), squeeze=False)
+    colors = _palette(kinds)
     for ax, model in zip(axes[0], models):
         d = curves[(curves["model"] == model) & curves["corruption"].isin(kinds)].copy()
         d["thousand steps"] = d["step"] / 1000.0
-        d["corruption"] = d["corruption"].map(CORRUPTION_LABEL)
-        sns.lineplot(data=d, x="thousand steps", y="train_loss", hue="corruption",
-                     hue_order=[CORRUPTION_LABEL[k] for k in kinds], errorbar=t_interval, ax=ax, linewidth=1.2)
+        for kind in kinds:
+            k = d[d["corruption"] == kind]
+            if len(k):
+                _seed_curves(ax, k, "thousand steps", "train_loss", colors[kind], CORRUPTION_LABEL[kind])
         ax.set_title(MODEL_LABEL.get(model, model))
+        ax.set_xlabel("thousand steps")
         ax.set_ylabel("average loss")
         ax.set_ylim(bottom=0)
+        _state_legend(ax)
     if not models:
         _empty(axes[0][0], "no runs without regularizers")
     fig.suptitle("(a) learning curves", y=1.02)
@@ -105,21 +183,75 @@ def _label_runs(conv: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def _line_models(d: pd.DataFrame) -> set:
+    """Models with an intermediate label level (0 < p < 1): the only ones Fig. 1b/1c draw as lines."""
+    lv = d["label_level"]
+    return set(d.loc[(lv > 0) & (lv < 1), "model"])
+
+
+def _by_state(ax, d: pd.DataFrame, y: str, colors: dict, lines: set):
+    """Fig. 1b/1c's marks per model: the mean over the fitted seeds (`d["_mean"]` rows) as filled markers, a
+    line with its t-band for the models in `lines`, open markers for the stopped runs, crosses on the bottom
+    of the axes for the diverged ones."""
+    from matplotlib.transforms import blended_transform_factory
+    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    for model in colors:
+        m = d[d["model"] == model]
+        c = colors[model]
+        fit = m[m["_mean"]].dropna(subset=[y])
+        if len(fit):
+            mean, band = _mean_band(fit, "label_level", y)
+            line = model in lines
+            ax.plot(mean.index, mean.values, color=c, marker="o", linestyle="-" if line else "", label=model,
+                    gid=f"fitted:{model}")
+            if line and len(fit["seed"].unique()) > 1:
+                ax.fill_between(band.index, band["lo"], band["hi"], color=c, alpha=0.2, linewidth=0)
+            elif not line:
+                ax.vlines(band.index, band["lo"], band["hi"], color=c, linewidth=1)
+        stop = m[m["status"] == "max_epochs"].dropna(subset=[y])
+        if len(stop):
+            ax.scatter(stop["label_level"], stop[y], marker="o", facecolors="none", edgecolors=c, zorder=3,
+                       label=None if len(fit) else model, gid=f"stopped:{model}")
+        div = m[m["status"] == "diverged"]
+        if len(div):
+            ax.scatter(div["label_level"], [0.03] * len(div), marker="x", color=c, transform=bottom, zorder=3,
+                       clip_on=False, gid=f"diverged:{model}", label=None if len(fit) or len(stop) else model)
+
+
 def fig1b(conv: pd.DataFrame):
+    """Time to overfit relative to the same-seed true-label run (convergence.csv's relative_steps), the line
+    the mean over seeds of those per-seed ratios where both runs fitted (relative_bound exact); a stopped run
+    an open marker at its lower bound; a fitted run whose true-label run stopped a filled down-triangle at its
+    upper bound; runs with no ratio (true-label run diverged or missing, or both stopped) counted on the axes."""
     plt, sns = _plot_libs()
+    from matplotlib.lines import Line2D
     d = _label_runs(conv)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    ok = d[d["fitted"] & d["relative_steps"].notna()]
     if len(d):
-        sns.lineplot(data=ok, x="label_level", y="relative_steps", hue="model", marker="o", errorbar=t_interval, ax=ax)
-        bad = d[~d["fitted"]]
-        if len(bad):
-            ax.scatter(bad["label_level"], [ax.get_ylim()[1]] * len(bad), marker="^", facecolors="none",
-                       edgecolors="black", label="not fitted (epoch limit or diverged)")
-            ax.legend()
+        bound = d["relative_bound"] if "relative_bound" in d else pd.Series("exact", index=d.index)
+        d["_mean"] = bound == "exact"
+        colors = _palette(list(dict.fromkeys(d["model"])))
+        _by_state(ax, d[(bound != "upper") & ((bound != "none") | (d["status"] == "diverged"))], "relative_steps",
+                  colors, _line_models(d))
+        extra = []
+        up = d[bound == "upper"]
+        for model, g in up.groupby("model", sort=False):
+            ax.scatter(g["label_level"], g["relative_steps"], marker="v", color=colors[model], zorder=3,
+                       gid=f"upper:{model}")
+        if len(up):
+            extra.append(Line2D([], [], color="0.3", marker="v", linestyle="",
+                                label="fitted, true-label run stopped (upper bound)"))
+        none = d[(bound == "none") & (d["status"] != "diverged")]
+        if len(none):
+            counts = none.groupby("model", sort=False).size()
+            text = "no ratio to a fitted true-label run: " + ", ".join(f"{m} {n}" for m, n in counts.items())
+            ax.text(0.0, -0.2, text + " run(s), not drawn", transform=ax.transAxes, fontsize="x-small",
+                    va="top", gid="no-reference")
+        _state_legend(ax, extra, stopped=" (lower bound)", diverged=" (on the axis: no value)", **OUTSIDE)
         ax.set_xlabel("label corruption")
         ax.set_ylabel("time to overfit (relative)")
         ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(bottom=0)
     else:
         _empty(ax, "no label-corruption runs")
     ax.set_title("(b) convergence slowdown")
@@ -127,13 +259,18 @@ def fig1b(conv: pd.DataFrame):
 
 
 def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
+    """Test error at the end of training: the line the mean over the fitted seeds ("at convergence"); a
+    stopped run an open marker at its test error when it stopped; a diverged run a cross."""
     plt, sns = _plot_libs()
     d = _label_runs(conv)
     if kernel is not None and len(d):
         d = pd.concat([d, kernel], ignore_index=True)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     if len(d):
-        sns.lineplot(data=d, x="label_level", y="test_error", hue="model", marker="o", errorbar=t_interval, ax=ax)
+        d["_mean"] = d["status"] == "fitted"
+        colors = _palette(list(dict.fromkeys(d["model"])))
+        _by_state(ax, d, "test_error", colors, _line_models(d))
+        _state_legend(ax, stopped=" (its test error then)", diverged=" (on the axis: no value)", **OUTSIDE)
         ax.set_xlabel("label corruption")
         ax.set_ylabel("test error (%)")
         ax.set_xlim(-0.02, 1.02)
@@ -152,14 +289,19 @@ def fig2b(acc: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     if len(d):
         d["thousand steps"] = d["step"] / 1000.0
-        d["model"] = d["model"].map(lambda m: MODEL_LABEL.get(m, m))
-        long = d.melt(id_vars=["model", "seed", "thousand steps"], value_vars=["train_acc", "test_acc"],
-                      var_name="split", value_name="accuracy")
-        long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
-        sns.lineplot(data=long, x="thousand steps", y="accuracy", hue="model", style="split",
-                     style_order=["train", "test"], errorbar=t_interval, ax=ax)
+        if "status" not in d:
+            d["status"] = "fitted"
+        models = list(dict.fromkeys(d["model"]))
+        colors = _palette(models)
+        for model in models:
+            m = d[d["model"] == model]
+            for split, style in (("train", "-"), ("test", "--")):
+                _seed_curves(ax, m, "thousand steps", f"{split}_acc", colors[model],
+                             f"{MODEL_LABEL.get(model, model)} {split}", linestyle=style)
         ax.set_ylim(0, 1.02)
+        ax.set_xlabel("thousand steps")
         ax.set_ylabel("accuracy")
+        _state_legend(ax, **OUTSIDE)
     else:
         _empty(ax, "no true-label runs without regularizers")
     ax.set_title("(b) Inception on CIFAR-10" if len(inc) else "(b) learning curves, true labels")
@@ -202,17 +344,44 @@ def fig2a(acc: pd.DataFrame):
 
 
 def table4(runs: pd.DataFrame):
+    """Training accuracy on random labels per model x regularizers, every seed a marker: filled when it fitted,
+    open at its accuracy when it stopped at the epoch limit, a cross on the bottom when it diverged; the
+    x labels count the seeds per state (fitted/stopped/diverged)."""
     plt, sns = _plot_libs()
+    from matplotlib.transforms import blended_transform_factory
     d = runs[(runs["corruption"] == "random-labels")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     if len(d) and (d["regularizers"] != "none").any():
         d["variant"] = d["variant"].fillna("")
         d["regularizers"] = d["regularizers"] + d["variant"].map(lambda v: f" ({v})" if v else "")
         d["model"] = d["model"].map(lambda m: MODEL_LABEL.get(m, m))
-        sns.barplot(data=d, x="model", y="train_acc", hue="regularizers", errorbar=t_interval, ax=ax)
+        regs = list(dict.fromkeys(d["regularizers"]))
+        colors = _palette(regs)
+        cells = list(dict.fromkeys(zip(d["model"], d["regularizers"])))
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        ticks = []
+        for i, (model, reg) in enumerate(cells):
+            g = d[(d["model"] == model) & (d["regularizers"] == reg)]
+            c = colors[reg]
+            n = {s: int((g["status"] == s).sum()) for s in ("fitted", "max_epochs", "diverged")}
+            fit, stop, div = (g[g["status"] == s] for s in ("fitted", "max_epochs", "diverged"))
+            if len(fit):
+                ax.scatter([i] * len(fit), fit["train_acc"], marker="o", color=c, zorder=3, gid=f"fitted:{i}",
+                           label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+            if len(stop):
+                ax.scatter([i] * len(stop), stop["train_acc"], marker="o", facecolors="none", edgecolors=c,
+                           zorder=3, gid=f"stopped:{i}",
+                           label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+            if len(div):
+                ax.scatter([i] * len(div), [0.03] * len(div), marker="x", color=c, transform=bottom, zorder=3,
+                           gid=f"diverged:{i}", label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+            ticks.append(f"{model}\n{reg}\n{n['fitted']}/{n['max_epochs']}/{n['diverged']}")
+        ax.set_xticks(range(len(cells)), ticks, fontsize="x-small", rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(cells) - 0.5)
+        ax.set_xlabel("seeds fitted/stopped/diverged")
         ax.set_ylabel("training accuracy (%)")
         ax.set_ylim(0, 105)
-        ax.legend(fontsize="small", title="regularizers")
+        _state_legend(ax, diverged=" (on the axis: no value)", title="regularizers", **OUTSIDE)
     else:
         _empty(ax, "no random-label runs with regularizers")
     ax.set_title("Table 4: random labels with regularizers")
