@@ -123,6 +123,10 @@ def test_runs_keep_the_crop_size_and_name_the_flag(hand_made):
     assert set(t1["crop"]) == {"no"}    # Table 1's column: the random-crop flag
     cell = t1[(t1["model"] == "mlp_1x512") & (t1["labels"] == "random") & (t1["weight_decay"] == "yes")].iloc[0]
     assert (cell["seeds"], cell["fitted"], cell["max_epochs"], cell["diverged"]) == (3, 1, 1, 1)
+    # seeds that ended in different states give no mean: the cell says "mixed", runs.csv has each seed
+    assert cell["status"] == "mixed" and pd.isna(cell["train_acc"]) and pd.isna(cell["test_acc_sd"])
+    same = t1[(t1["fitted"] == t1["seeds"])]
+    assert len(same) and (same["status"] == "fitted").all() and same["train_acc"].notna().all()
 
 
 def _by_gid(ax, gid, kind="collections"):

@@ -2,7 +2,8 @@
 
 - runs.csv         one row per run and seed: the run's summary
 - table1.csv/.md   Table 1: train and test accuracy (percent) per model x
-                   regularizers, true and random labels (mean and spread over seeds)
+                   regularizers, true and random labels (mean and spread over seeds, when
+                   every seed ended in the same state: `status`; "mixed" cells have no mean)
 - convergence.csv  Fig. 1b/1c: one row per run without regularizers: status, steps
                    trained, step of first fit, test error, and the time to fit
                    relative to the same-seed true-label run (see convergence())
@@ -108,6 +109,11 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
                   parameters=("parameters", "first"))
              .reset_index()
              .rename(columns={"random_crop": "crop", "weight_decay_on": "weight_decay", "dropout_on": "dropout"}))
+    # one state per cell, or no mean: seeds that fitted and seeds stopped at the epoch limit are not averaged
+    # into one number (runs.csv has each seed); diverged seeds have no accuracies at all
+    states = sel.groupby(keys, sort=False)["status"].agg(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
+    table.insert(len(keys), "status", states.to_numpy())
+    table.loc[table["status"] == "mixed", [c for c in table.columns if c.startswith(("train_acc", "test_acc"))]] = np.nan
     order = {m: i for i, m in enumerate(["inception", "inception_nobn", "alexnet", "mlp_3x512", "mlp_1x512"])}
     table["_m"] = table["model"].map(order).fillna(99)
     table["_l"] = (table["labels"] == "random").astype(int)
