@@ -197,3 +197,19 @@ def test_aggregate_header_states_the_split(tmp_path):
     assert len(mlp) == 2 and mlp["within_tolerance"].eq("not comparable").all() and mlp["ours"].eq("").all()
     assert mlp["reason"].eq("n_train 20, the paper's 50,000; n_test 10, the paper's 10,000").all()
     assert set(comp["within_tolerance"]) == {"not run", "not comparable"}
+
+
+def test_table2_gives_no_mean_across_states():
+    """Table 2 (ImageNet): a cell whose seeds fitted and stopped has no mean; one state keeps its mean."""
+    import pandas as pd
+    from rethinking.paper import table2
+    base = {"model": "inception_v3", "corruption": "true-labels", "variant": "", "regularizers": "none",
+            "train_acc": 90.0, "test_acc": 70.0, "test_top5": 88.0, "best_test_acc": 71.0}
+    mixed = pd.DataFrame([{**base, "seed": 0, "status": "fitted"}, {**base, "seed": 1, "status": "max_epochs",
+                                                                   "test_acc": 60.0}])
+    t2 = table2(mixed)
+    row = t2[(t2["labels"] == "true") & (t2["seeds"] == 2)].iloc[0]
+    assert row["status"] == "mixed (fitted, max_epochs)" and pd.isna(row["test_top1"]) and pd.isna(row["train_top1"])
+    one = table2(mixed.assign(status="max_epochs"))
+    row = one[(one["labels"] == "true") & (one["seeds"] == 2)].iloc[0]
+    assert row["status"] == "max_epochs" and row["test_top1"] == 65.0

@@ -80,8 +80,9 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     cells = ref[keys].drop_duplicates().values.tolist()
     cells += [c for c in ours[keys].drop_duplicates().values.tolist() if c not in cells]
 
-    def mean(sel, col):
-        return float(sel[col].astype(float).mean()) if len(sel) and col in sel else np.nan
+    def mean(sel, col):   # over seeds that ended in one state only (a mixed cell has no mean)
+        one = len(sel) and sel["status"].nunique() == 1
+        return float(sel[col].astype(float).mean()) if one and col in sel else np.nan
 
     rows = []
     for cell in cells:
@@ -95,7 +96,8 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
             "paper_test_top1": value("test_top1"), "test_top1": mean(sel, "test_acc"),
             "paper_test_top5": value("test_top5"), "test_top5": mean(sel, "test_top5"),
             "best_test_top1": mean(sel, "best_test_acc"), "seeds": len(sel),
-            "status": ", ".join(sorted(set(sel["status"]))) if len(sel) else "not run",
+            "status": ("not run" if not len(sel) else sel["status"].iloc[0] if sel["status"].nunique() == 1
+                       else "mixed (" + ", ".join(sorted(set(sel["status"]))) + ")"),
             "note": "; ".join(notes) if len(paper) else "not in the paper",
         })
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
