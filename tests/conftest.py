@@ -55,6 +55,17 @@ def project(tmp_path):
     return clone_project(tmp_path / "project")
 
 
+@pytest.fixture
+def digits_cfg(tmp_path):
+    """params.yaml (the bundled digits) with its base artifact prepared in a temporary results folder."""
+    from rethinking import config as rc
+    from rethinking.data import prepare
+    cfg = rc.load(REPO / "params.yaml")
+    cfg["results_dir"] = str(tmp_path / "results")
+    prepare(cfg)
+    return cfg
+
+
 def write_params(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

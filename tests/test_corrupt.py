@@ -2,19 +2,10 @@
 import numpy as np
 import pytest
 
-from conftest import REPO
 from rethinking import config as rc
 from rethinking.corrupt import corrupt, corrupt_labels, load_corrupted, random_pixels, shuffle_pixels
 from rethinking.data import prepare
 from rethinking.io import load_npz, sha256
-
-
-@pytest.fixture
-def digits_cfg(tmp_path):
-    cfg = rc.load(REPO / "params.yaml")
-    cfg["results_dir"] = str(tmp_path / "results")
-    prepare(cfg)
-    return cfg
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8, 1.0])

@@ -12,14 +12,6 @@ from rethinking.kernels import _prepare, kernel_label_noise, make_features
 from rethinking.preprocess import prepare_all
 
 
-@pytest.fixture
-def digits_cfg(tmp_path):
-    cfg = rc.load(REPO / "params.yaml")
-    cfg["results_dir"] = str(tmp_path / "results")
-    prepare(cfg)
-    return cfg
-
-
 @pytest.mark.parametrize("level", [0.0, 0.2, 1.0])
 def test_training_labels_equal_the_corrupted_artifacts(digits_cfg, level):
     c = rc.Corruption.make("labels", level)
