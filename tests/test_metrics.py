@@ -16,7 +16,9 @@ def runs_frame(cfg, status="fitted"):
         rows.append({"run": r.id, "model": r.model, "corruption": r.corruption.id, "regularizers": r.regularizers,
                      "variant": r.variant, "seed": r.seed, "status": status,
                      "train_acc": 100.0, "test_acc": 10.0 if random else 90.0,
-                     "step_first_fit": 300 if random else 100})
+                     "step_first_fit": 300 if random else 100, "steps": 300 if random else 100, "epochs": 10,
+                     "diverged_step": None, "corruption_kind": r.corruption.kind,
+                     "label_level": r.corruption.label_level})
     return pd.DataFrame(rows)
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from .config import base_artifact, expand_runs, is_streamed, run_dir
 from .io import ArtifactError, read_meta, write_csv, write_json, write_text
 from .paper import COLUMNS as COMPARISON_COLUMNS
-from .paper import compare, is_cifar10, run_flags, table2
+from .paper import compare, comparison_header, is_cifar10, run_flags, table2
 
 RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")  # what aggregate reads of each run
 TABLES = ("runs.csv", "table1.csv", "table1.md", "convergence.csv", "loss_curves.csv", "accuracy_curves.csv",
@@ -212,12 +212,11 @@ def metrics(runs: pd.DataFrame) -> dict:
         m = {"true_test_acc": _one_state_mean(true, "test_acc"),
              "random_train_acc": _one_state_mean(rand, "train_acc"),
              "random_test_acc": _one_state_mean(rand, "test_acc")}
-        if len(true) and len(rand):
-            both = rand.merge(true, on="seed", suffixes=("", "_true"))
-            fit = (both["status"] == "fitted") & (both["status_true"] == "fitted")
-            ratio = both["step_first_fit"] / both["step_first_fit_true"]
-            m["random_fit_ratio"] = (round(float(ratio.mean()), 4)
-                                     if len(both) == len(rand) == len(true) and fit.all() else None)
+        if len(true) and len(rand):   # convergence()'s per-seed ratios, when every one is exact
+            conv = convergence(group)
+            r = conv[conv["corruption"] == "random-labels"]
+            m["random_fit_ratio"] = (round(float(r["relative_steps"].mean()), 4)
+                                     if (r["relative_bound"] == "exact").all() else None)
         if not len(true):
             del m["true_test_acc"]
         if not len(rand):
@@ -252,7 +251,6 @@ def aggregate(cfg: dict) -> Path:
     write_json(out / "metrics.json", metrics(runs))
     meta = read_meta(base_artifact(cfg))
     if is_cifar10(meta):
-        from .paper import comparison_header   # states n_train / n_test; only the paper's setup is compared
         comp = compare(runs, cfg["paper_tolerance"])
         text = comparison_header(runs, meta, cfg["paper_tolerance"]) + to_markdown(comp)
     else:

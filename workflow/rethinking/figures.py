@@ -17,9 +17,9 @@
 Every figure shows how each run ended (aggregate: fitted, stopped at the epoch limit, diverged), and
 nothing is averaged across those states:
 - fitted: filled markers, and the line (mean over the fitted seeds, 95% t-interval band);
-- stopped at the epoch limit (max_epochs): open markers at the run's lower bound (Fig. 1b: the steps it
-  trained over the true-label run's, a lower bound on its time to fit; Fig. 1c: its test error when it
-  stopped; Table 4: its training accuracy when it stopped);
+- stopped at the epoch limit (max_epochs): open markers (Fig. 1b: at the steps it trained over the
+  true-label run's, a lower bound on its time to fit; Fig. 1c: at its test error when it stopped;
+  Table 4: at its training accuracy when it stopped);
 - diverged: crosses on the bottom of the axes (its numbers are blank) or at the end of its curve;
 each with a legend entry. Fig. 1b/1c draw lines only for models with intermediate label levels
 (0 < p < 1); the others (Table 1's levels 0 and 1 only) are markers. Curves (Fig. 1a, 2b) are means over
