@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from rethinking import config as rc
+from rethinking.plan import check_models
 
 min_version("9.0")
 
@@ -31,6 +32,10 @@ except rc.ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
 RUNS = rc.expand_runs(CFG)
 RESULTS = CFG["results_dir"]
+try:   # torchvision and user models are built once now, so a bad one stops the workflow before any job
+    check_models(CFG, RUNS, PARAMS)
+except rc.ConfigError as exc:
+    raise WorkflowError(f"error: {exc}") from None
 
 
 wildcard_constraints:

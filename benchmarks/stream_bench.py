@@ -149,7 +149,7 @@ def loaders(root: Path, workers: int, batch: int, size: int, repeats: int, devic
 def step(size: int, batch: int, threads: int, steps: int, classes: int):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rethinking.inception_v3 import inception_v3, loss_of
+    from rethinking.models.inception_v3 import inception_v3, loss_of
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = inception_v3(classes, dropout=0.2).train()

@@ -41,8 +41,9 @@ def test_defaults_filled_and_runs_deduplicated():
 
 
 def test_run_ids_round_trip():
-    for run in rc.expand_runs(rc.load(REPO / "config" / "paper-cifar10.yaml")):
-        assert rc.Run.parse(run.id) == run
+    cfg = rc.load(REPO / "config" / "paper-cifar10.yaml")
+    for run in rc.expand_runs(cfg):
+        assert rc.find_run(cfg, run.id) == run
 
 
 def test_seeds_multiply_runs():
@@ -60,7 +61,7 @@ def test_regularizer_names_are_canonical():
 @pytest.mark.parametrize("changes, key, allowed", [
     ({"grid__0__models": ["resnet"]}, "grid[0].models[0]", "mlp_1x512"),
     ({"grid__0__corruptions": ["blur"]}, "grid[0].corruptions[0]", "random_labels"),
-    ({"dataset__source": "mnist"}, "dataset.source", "imagefolder"),
+    ({"dataset__source": "emnist"}, "dataset.source", "imagefolder"),
     ({"grid__1__levels": [0.2, 1.5]}, "grid[1].levels[1]", "maximum"),
     ({"grid__1__levels": [-0.1]}, "grid[1].levels[0]", "minimum"),
     ({"training__batch_size": "big"}, "training.batch_size", "integer"),
@@ -85,7 +86,7 @@ def test_labels_need_levels():
 
 GRID = "grid:\n  - {name: a, models: [mlp_1x512], corruptions: [true_labels]}\n"
 BAD_STRUCTURE = [
-    ("grid:\n  - {name: a, models: [resnet18], corruptions: [true_labels]}\n", "resnet18"),
+    ("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n", "mlp_<depth>x<width>"),
     ("grid:\n  - {name: a, models: [mlp_1x512], corruptions: [labels], levels: [2]}\n", "levels"),
     ("grid: [\n", "not valid YAML"),
 ]

@@ -29,7 +29,7 @@ from rethinking import train as tr
 from rethinking import train_stream as ts
 from rethinking.corrupt import corrupt
 from rethinking.data import prepare
-from rethinking.models import build_model, is_conv
+from rethinking.models import build_model, traits
 from rethinking.pack import Stacked
 from rethinking.plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
 
@@ -86,8 +86,8 @@ def _plain_load(opt, state):
 def _checkpoint_of(channels_last: bool):
     """(model state, optimizer state) after one fused step of a run in the given layout, and that run's
     parameters after one more step: what an uninterrupted run reaches."""
-    assert is_conv("alexnet")
     model = _alexnet(channels_last)
+    assert traits(model)["conv"]
     opt = tr.sgd(model.parameters(), LR, MOMENTUM, WD)
     _step(model, opt, *_batch(0), channels_last)
     states = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())

@@ -143,7 +143,7 @@ def test_fuzzed_params_give_a_valid_grid_or_a_clear_error(raw):
         assert msg.startswith("p.yaml: ") and len(msg.splitlines()) <= 3
         return
     runs = rc.expand_runs(cfg)
-    assert runs and all(rc.Run.parse(r.id) == r for r in runs)
+    assert runs and all(rc.find_run(cfg, r.id) == r for r in runs)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,

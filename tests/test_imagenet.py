@@ -114,7 +114,7 @@ def test_the_paper_imagenet_grid_is_table_2():
 
 def test_inception_v3_is_torchvisions_with_its_auxiliary_head():
     import torchvision
-    from rethinking.inception_v3 import inception_v3, loss_of
+    from rethinking.models.inception_v3 import inception_v3, loss_of
     small = inception_v3(4, dropout=0.0)
     ref = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=4)
     assert [(k, v.shape) for k, v in small.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
@@ -240,6 +240,12 @@ def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree)
     ours = t2[t2["seeds"] > 0]
     assert sorted(ours["labels"]) == ["random", "true"] and (ours["augmentation"] == "no").all()
     assert (out / "figures/fig2a.png").stat().st_size > 0 and (out / "figures/fig2a.pdf").is_file()
+    # the split by corrupted labels, summed over the two processes, and its table
+    e = pd.read_csv(out / "runs/imagenet/random-labels/inception_v3/none/seed0/epochs.csv")
+    assert e[["clean_acc", "noisy_memorized", "noisy_true"]].notna().all().all()
+    mem = pd.read_csv(out / "tables/memorization.csv")
+    assert list(mem["corruption"]) == ["random-labels"] and mem["clean_acc"].iloc[0] == e["clean_acc"].iloc[0]
+    assert (out / "figures/memorization.png").is_file() and (out / "figures/early_stopping.pdf").is_file()
     # the label files hold labels only; nothing is left to do
     meta, labels = load_npz(out / "data/imagenet/random-labels.npz")
     assert set(labels) == {"y_train", "y_test"}

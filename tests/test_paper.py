@@ -99,7 +99,7 @@ def test_variant_validation_and_identity():
                       "variant": "slow", "training": {"lr_decay": 0.999}}]}
     cfg = rc.validate(base)
     (run,) = rc.expand_runs(cfg)
-    assert run.id == "digits/random-labels/alexnet/wd_slow/seed0" and rc.Run.parse(run.id) == run
+    assert run.id == "digits/random-labels/alexnet/wd_slow/seed0" and rc.find_run(cfg, run.id) == run
     assert run_settings(cfg, run)["lr_decay"] == 0.999
     assert rc.training_for(cfg, rc.Run("digits", run.corruption, "alexnet", "wd", 0))["lr_decay"] == 0.95
     with pytest.raises(rc.ConfigError, match="go together"):

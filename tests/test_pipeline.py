@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, clone_project, run_cli, tree_files
+from rethinking.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
 from rethinking.dvcgen import generate, stage_key
 
 TINY_RESULTS = "results/tiny"
@@ -73,7 +74,7 @@ def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
     sh(f"python -m rethinking dvc --params {rel}", root)
     proc = sh("dvc stage list", root)
     names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
-    train = [n.split("@", 1)[1] for n in names if n.startswith("train@")]
+    train = [n.split("@", 1)[1] for n in names if n.startswith(("train@", "train_user_model@"))]
     packed = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name in (n for n in names if n.startswith("train_pack_")):
         train += [stage_key(o.split("/runs/")[1].rsplit("/", 1)[0]) for out in packed[name]["outs"] for o in out]
@@ -97,13 +98,23 @@ def _outputs(root):
 def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
     files = _outputs(snakemake_tiny)
     for name in ["tables/table1.csv", "tables/table1.md", "tables/convergence.csv", "tables/runs.csv",
-                 "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf"]:
+                 "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf",
+                 "tables/memorization.csv", "tables/early_stopping.csv", "figures/memorization.png",
+                 "figures/memorization.pdf", "figures/early_stopping.png", "figures/early_stopping.pdf"]:
         assert name in files
     runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
     assert len(runs) == len(expected_runs("config/tiny.yaml"))
     t1 = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/table1.csv")
     assert {"model", "labels", "train_acc", "test_acc"} <= set(t1.columns)
     assert set(t1["labels"]) == {"true", "random"}
+    # memorization under label noise: every epoch of the label-corrupted runs, split by corrupted labels
+    mem = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/memorization.csv")
+    assert list(mem.columns) == MEMORIZATION_COLUMNS
+    assert set(mem["corruption"]) == {"labels-0.5", "random-labels"} and mem[list(SPLIT_COLUMNS)].notna().all().all()
+    es = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/early_stopping.csv")
+    assert list(es.columns) == EARLY_STOPPING_COLUMNS
+    assert sorted(es["corruption"]) == ["labels-0.5", "random-labels", "true-labels"]
+    assert es["gap"].to_numpy() == pytest.approx((es["best_test_acc"] - es["final_test_acc"]).to_numpy())
     # nothing left to do, and a params change reruns only what it touches
     again = sh("snakemake --cores 2 --configfile config/tiny.yaml -n", snakemake_tiny)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -126,7 +137,7 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     sh("python -m rethinking dvc --params config/tiny.yaml", project)
     sh("dvc repro", project)
     assert _outputs(project) == _outputs(snakemake_tiny)
-    for table in ("table1.csv", "convergence.csv"):
+    for table in ("table1.csv", "convergence.csv", "memorization.csv", "early_stopping.csv"):
         a = pd.read_csv(project / TINY_RESULTS / "tables" / table)
         b = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables" / table)
         pd.testing.assert_frame_equal(a, b)
@@ -150,7 +161,8 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     numbers = [v for m in shown.values() for v in m.values()]
     assert 5 <= len(numbers) <= 40, shown
     sh("dvc plots show -o plots-html", project)
-    assert "train_loss" in (project / "plots-html" / "index.html").read_text()
+    html = (project / "plots-html" / "index.html").read_text()
+    assert "train_loss" in html and "noisy_memorized" in html   # and each label-corrupted run's memorization
     # an experiment as DVC users run one; `dvc exp show` lists it with its metrics
     sh("dvc exp run -n two-epochs -S config/tiny.yaml:training.max_epochs=2", project)
     exps = json.loads(sh("dvc exp show --json", project).stdout)

@@ -14,6 +14,14 @@
                    (CIFAR-10 and image-folder copies of it; empty otherwise)
 - metrics.json     the headline numbers per model (and run counts by state), for `dvc metrics show`
                    and `dvc exp show` (see metrics())
+- memorization.csv  memorization under label noise: per epoch of every label-corrupted run
+                   (labels at p > 0, random labels), the training set split by its labels
+                   (clean_acc, noisy_memorized, noisy_true, percent; blank for run folders
+                   written before the engines recorded them) beside train and test accuracy
+- early_stopping.csv  per label-corrupted run (and the true-label runs of the same model and
+                   regularizers, at level 0): the best test accuracy over its epochs, where it was,
+                   the final one and the gap, with the mean over the seeds of a cell when they all
+                   ended in one state (see early_stopping())
 - table2.csv/.md   Table 2 (ImageNet; only for streamed datasets): top-1 train,
                    top-1 and top-5 test accuracy per labels x regularizers, the
                    paper's numbers beside ours
@@ -35,7 +43,7 @@ from .paper import compare, comparison_header, is_cifar10, run_flags, table2
 
 RUN_FILES = ("summary.json", "epochs.csv", "steps.csv")  # what aggregate reads of each run
 TABLES = ("runs.csv", "table1.csv", "table1.md", "convergence.csv", "loss_curves.csv", "accuracy_curves.csv",
-          "paper_comparison.csv", "paper_comparison.md", "metrics.json")
+          "paper_comparison.csv", "paper_comparison.md", "metrics.json", "memorization.csv", "early_stopping.csv")
 STREAMED_TABLES = ("table2.csv", "table2.md")   # written for streamed datasets (ImageNet) only
 
 
@@ -187,6 +195,95 @@ def accuracy_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
 
 STATUSES = ("fitted", "max_epochs", "diverged")
 
+SPLIT_COLUMNS = ("clean_acc", "noisy_memorized", "noisy_true")   # rethinking.train.SPLIT_COLUMNS (no torch here)
+MEMORIZATION_COLUMNS = ["model", "regularizers", "variant", "corruption", "level", "seed", "status", "epoch", "step",
+                        *SPLIT_COLUMNS, "train_acc", "test_acc"]
+EARLY_STOPPING_STATS = ("best_test_acc", "final_test_acc", "gap")
+EARLY_STOPPING_COLUMNS = (["model", "regularizers", "variant", "corruption", "level", "seed", "status", "epochs",
+                           "best_test_acc", "best_epoch", "best_step", "final_test_acc", "gap", "cell_status", "seeds"]
+                          + [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")])
+
+
+def _label_corrupted(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose labels are corrupted: labels at a level p > 0, random labels."""
+    return runs[runs["label_level"].fillna(0) > 0]
+
+
+def _epochs(cfg: dict, run_id: str) -> pd.DataFrame:
+    """A run's epochs.csv, the split columns blank when the run folder predates them."""
+    f = pd.read_csv(Path(cfg["results_dir"]) / "runs" / run_id / "epochs.csv")
+    for column in SPLIT_COLUMNS:
+        if column not in f:
+            f[column] = np.nan
+    return f
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def memorization(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per epoch of every label-corrupted run: the training set's split (percent of its intact-label
+    examples predicted right, of its corrupted examples predicted as their wrong label and as their original
+    one) beside train and test accuracy (percent), with the run's status. Empty (its header) without
+    label-corrupted runs."""
+    frames = []
+    for _, r in _label_corrupted(runs).iterrows():
+        f = _epochs(cfg, r["run"])
+        f["train_acc"], f["test_acc"] = 100 * f["train_acc"], 100 * f["test_acc"]
+        for k in ("model", "regularizers", "variant", "corruption", "seed", "status"):
+            f[k] = r[k]
+        f["level"] = r["label_level"]
+        frames.append(f[MEMORIZATION_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=MEMORIZATION_COLUMNS)
+    return _sorted(pd.concat(frames, ignore_index=True), ["model", "regularizers", "variant", "level", "seed", "epoch"])
+
+
+def early_stopping(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    """What stopping at the best epoch would have kept, per label-corrupted run, and per true-label run of a
+    model x regularizers x variant that has label-corrupted runs (level 0, the reference).
+
+    `best_test_acc` is the highest test accuracy over the run's epochs (percent; the first epoch that reached
+    it: `best_epoch`, `best_step`), `final_test_acc` the last epoch's and `gap` = best - final (points). The
+    best is chosen on the test set: an upper bound on what early stopping on held-out data keeps. A diverged
+    run has none of these numbers (its status says why). Per cell (model, regularizers, variant, corruption):
+    `cell_status`, the state every seed ended in or "mixed", `seeds`, and the mean, sd and ci95 of the three
+    numbers over the seeds, blank when the seeds ended in different states. Empty (its header) without
+    label-corrupted runs."""
+    noisy = _label_corrupted(runs)
+    if noisy.empty:
+        return pd.DataFrame(columns=EARLY_STOPPING_COLUMNS)
+    groups = set(zip(noisy["model"], noisy["regularizers"], noisy["variant"]))
+    cell = pd.Series([c in groups for c in zip(runs["model"], runs["regularizers"], runs["variant"])], index=runs.index)
+    true = runs[(runs["corruption"] == "true-labels") & cell]
+    rows = []
+    for _, r in pd.concat([true, noisy]).iterrows():
+        f = _epochs(cfg, r["run"])
+        test = 100 * f["test_acc"].astype(float)
+        row = {k: r[k] for k in ("model", "regularizers", "variant", "corruption", "seed", "status", "epochs")}
+        row["level"] = r["label_level"]
+        if r["status"] != "diverged" and test.notna().any():
+            best = test.idxmax()   # the first epoch with the highest test accuracy
+            row.update(best_test_acc=test[best], best_epoch=f["epoch"][best], best_step=f["step"][best],
+                       final_test_acc=test.iloc[-1], gap=test[best] - test.iloc[-1])
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=EARLY_STOPPING_COLUMNS)
+    table[list(EARLY_STOPPING_STATS)] = table[list(EARLY_STOPPING_STATS)].astype(float)
+    cell = ["model", "regularizers", "variant", "corruption"]
+    g = table.groupby(cell, sort=False)
+    table["cell_status"] = g["status"].transform(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
+    table["seeds"] = g["seed"].transform("count")
+    for v in EARLY_STOPPING_STATS:
+        table[f"{v}_mean"] = g[v].transform("mean")
+        table[f"{v}_sd"] = g[v].transform(_spread)
+        table[f"{v}_ci95"] = g[v].transform(ci95)
+    mixed = table["cell_status"] == "mixed"
+    table.loc[mixed, [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")]] = np.nan
+    for k in ("best_epoch", "best_step"):
+        table[k] = table[k].astype("Int64")
+    return _sorted(table, ["model", "regularizers", "variant", "level", "seed"])
+
 
 def _one_state_mean(runs: pd.DataFrame, column: str) -> float | None:
     """The mean over seeds when every seed ended in the same state (fitted, stopped at the epoch limit,
@@ -249,6 +346,8 @@ def aggregate(cfg: dict) -> Path:
     write_csv(out / "loss_curves.csv", loss_curves(cfg, runs))
     write_csv(out / "accuracy_curves.csv", accuracy_curves(cfg, runs))
     write_json(out / "metrics.json", metrics(runs))
+    write_csv(out / "memorization.csv", memorization(cfg, runs))
+    write_csv(out / "early_stopping.csv", early_stopping(cfg, runs))
     meta = read_meta(base_artifact(cfg))
     if is_cifar10(meta):
         comp = compare(runs, cfg["paper_tolerance"])

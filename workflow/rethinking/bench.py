@@ -16,6 +16,11 @@ to back in one process:
 
 Only training is timed (no evaluation), after one warm-up batch.
 
+The limit: "bare" is the same model's forward, backward and SGD update (the engine's optimizer) on one
+batch already on the device, repeated as many steps as the engine's epochs take: no data gathering,
+no augmentation, no loss bookkeeping. `bare images/s` and the engine's share of it say how much of a
+step the engine's own work costs.
+
 With --pack K it also trains K copies of the model as one pack
 (rethinking.pack: stacked parameters, torch.func.vmap), each with its own
 permutation, and prints the pack's aggregate images/s against the single
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import build_model, is_conv
+from .models import build_model, traits
 from .preprocess import augmentations, per_image_standardization, prepare_all
 from .train import autocast_for, pick_device, run_epoch, run_epoch_packed, sgd
 
@@ -87,7 +92,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
     def fresh(engine: bool):
         torch.manual_seed(seed)
         m = build_model(model_name, in_shape, num_classes).to(dev)
-        if dev.type == "cuda" and is_conv(model_name):
+        if dev.type == "cuda" and traits(m)["conv"]:
             m = m.to(memory_format=torch.channels_last)
         # the engine's optimizer is train's (fused SGD); a typical script uses torch's default SGD
         return m, (sgd(m.parameters(), lr, 0.9) if engine else torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
@@ -103,7 +108,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
     gen = torch.Generator(device=dev).manual_seed(seed)
     augment = augmentations({"crop"} if random_crop else set())
     kw = dict(batch_size=batch_size, crop=crop, augment=augment, generator=gen, autocast=autocast,
-              channels_last=dev.type == "cuda" and is_conv(model_name), log_every=10 ** 9)
+              channels_last=dev.type == "cuda" and traits(model)["conv"], log_every=10 ** 9)
     loss_sum = torch.zeros((), device=dev)
     run_epoch(model, opt, xd, yd, torch.arange(batch_size, device=dev), loss_sum=loss_sum, step=0, **kw)  # warm-up
     _sync(dev)
@@ -121,12 +126,21 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
         result["tflops"] = result["images_per_s"] * result["flops_per_image"] / 1e12
     log(f"images/s: {result['images_per_s']:.0f}")
 
+    # --- bare: forward + backward + update of one resident batch, nothing else
+    result["bare_images_per_s"] = _bare(model_name, in_shape, num_classes, xfit, yd, batch_size=batch_size,
+                                        steps=max(10, epochs * (n // batch_size)), lr=lr, seed=seed, dev=dev,
+                                        autocast=autocast, crop=crop if random_crop else None)
+    result["engine_share_of_bare"] = result["images_per_s"] / result["bare_images_per_s"]
+    log(f"bare images/s: {result['bare_images_per_s']:.0f}")
+    log(f"engine share of bare: {100 * result['engine_share_of_bare']:.0f}%")
+
     if pack > 1:
         result.update(_bench_pack(model_name, in_shape, num_classes, xd, yd, pack, crop=crop, epochs=epochs,
                                   batch_size=batch_size, random_crop=random_crop, lr=lr, seed=seed,
                                   autocast=autocast, device=dev))
         result["pack_speedup"] = result["pack_images_per_s"] / result["images_per_s"]
-        log(f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f}")
+        log(f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f} aggregate, against "
+            f"{result['images_per_s']:.0f} of the single engine")
         log(f"pack speedup: {result['pack_speedup']:.2f}")
 
     # --- conventional loop
@@ -163,6 +177,37 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
         log(f"speedup: {result['speedup']:.1f}")
     log(f"flops/image: {result['flops_per_image']:.4g}" + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else ""))
     return result
+
+
+def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, seed, dev, autocast, crop) -> float:
+    """images/s of forward + backward + the engine's SGD update on one fixed batch (a fresh model)."""
+    from .preprocess import prepare_batch
+    torch.manual_seed(seed)
+    model = build_model(model_name, in_shape, num_classes).to(dev)
+    channels_last = dev.type == "cuda" and traits(model)["conv"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = sgd(model.parameters(), lr, 0.9)
+    xb, yb = x[:batch_size], y[:batch_size]
+    if not xb.is_floating_point():
+        xb = prepare_batch(xb, crop)
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    model.train()
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step()   # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    return steps * len(yb) / (time.perf_counter() - t0)
 
 
 def _bench_pack(model_name, in_shape, num_classes, xd, yd, k, *, crop, epochs, batch_size, random_crop, lr, seed,

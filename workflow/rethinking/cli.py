@@ -47,6 +47,8 @@ def cmd_train(args):
     if args.device:
         cfg["training"]["device"] = args.device
     runs = [find_run(cfg, r) for r in args.run]
+    from .plan import check_models
+    check_models(cfg, runs, args.params)   # torchvision and user models: before any work
     if is_streamed(cfg):   # images read from disk while training, one run in one or several processes
         if len(runs) > 1:
             raise ConfigError("--run: a streamed run (dataset.source imagenet) trains alone; give one --run")
@@ -87,15 +89,24 @@ def cmd_corruptions(args):
 
 
 def cmd_models(args):
-    from .models import MODELS, build_model, count_parameters
+    from .models import MODELS, ModelError, check_model
     try:
         shape = tuple(int(v) for v in args.shape.lower().split("x"))
         assert len(shape) == 3 and min(shape) > 0
     except (ValueError, AssertionError):
         raise ConfigError(f"--shape: {args.shape!r} is not CxHxW (e.g. 3x28x28)") from None
+    if args.classes < 1:
+        raise ConfigError(f"--classes: {args.classes} must be at least 1")
+    names = args.model or MODELS
+    counts = {}
+    for name in names:   # every entry checked before anything is printed
+        try:
+            counts[name] = check_model(name, shape, args.classes)["parameters"]
+        except ModelError as exc:
+            raise ConfigError(f"model {exc}") from None
     print(f"# parameters for input {args.shape}, {args.classes} classes")
-    for name in MODELS:
-        print(f"{name:16s} {count_parameters(build_model(name, shape, args.classes)):>12,d}")
+    for name, n in counts.items():
+        print(f"{name:{max(16, max(map(len, names)) + 1)}s} {n:>12,d}")
 
 
 def cmd_bench(args):
@@ -105,10 +116,12 @@ def cmd_bench(args):
 
     from .bench import bench
     from .data import load_source
-    from .models import MODELS
+    from .models import ModelError, parse
     for model in args.model:
-        if model not in MODELS:
-            raise ConfigError(f"--model: {model!r} is not a model (allowed: {', '.join(MODELS)})")
+        try:
+            parse(model)
+        except ModelError as exc:
+            raise ConfigError(f"--model: {exc}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     d = load_source(args.dataset, args.root, args.train_size)   # loaded once for every model
@@ -203,13 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("models", help="parameter count of each model for an input shape")
+    p.add_argument("model", nargs="*", help="model entries (default: the paper's five): mlp_<depth>x<width>, "
+                                            "resnet18, torchvision.<name>, path/to/file.py:function, ...")
     p.add_argument("--shape", default="3x28x28", help="CxHxW (default 3x28x28, the paper's CIFAR-10 crop)")
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("bench", help="engine images/s against a conventional DataLoader loop")
     p.add_argument("--model", nargs="+", default=["mlp_1x512"], help="one or more models (see `models`)")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"])
     p.add_argument("--root", help="data location (cifar10, imagefolder)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -226,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kernels", help="Section 5: min-norm kernel interpolation (stage, or standalone with --dataset)")
     _params_arg(p)
-    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"],
+    p.add_argument("--dataset", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"],
                    help="standalone: print test_error and norm for this dataset instead of running the stage")
     p.add_argument("--root")
     p.add_argument("--n-train", type=int)
@@ -240,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("theorem", help="Theorem 1: the 2n+d weight ReLU net (stage, or standalone with --dataset)")
     _params_arg(p)
-    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--dataset", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"])
     p.add_argument("--root")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--labels", default="random", choices=["true", "random"])

@@ -19,9 +19,21 @@ CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "ran
 LABEL_CORRUPTIONS = ("true_labels", "labels", "random_labels")
 # sources read from disk while training (too large for memory): an index artifact, label files, rethinking.stream
 STREAMED_SOURCES = ("imagenet",)
+# read by torchvision's own dataset classes (rethinking.data.load_torchvision): the folder under dataset.root and
+# the files each class checks before reading (MNIST's .gz downloads unpacked), and the default dataset.root
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TORCHVISION_FILES = {
+    "mnist": ("MNIST/raw", _MNIST_FILES),
+    "fashion_mnist": ("FashionMNIST/raw", _MNIST_FILES),
+    "kmnist": ("KMNIST/raw", _MNIST_FILES),
+    "cifar100": ("cifar-100-python", ("train", "test", "meta")),
+    "svhn": ("", ("train_32x32.mat", "test_32x32.mat")),
+}
+TORCHVISION_ROOTS = {s: f"data/{s}" for s in TORCHVISION_FILES}
 MIN_IMAGE_SIZE = {"inception_v3": 75}  # smallest input side of a model (rethinking.inception_v3)
 REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
-TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr_decay", "lr_decay_images", "weight_decay", "dropout")
+TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr", "lr_decay", "lr_decay_images", "weight_decay",
+                      "dropout")
 
 DEFAULTS = {
     "results_dir": "results",
@@ -43,8 +55,9 @@ DEFAULTS = {
         "batch_size": 128,
         "max_epochs": 300,
         "momentum": 0.9,
+        # per model entry; `default` for every model not named (rethinking.models lists the kinds)
         "lr": {"mlp_1x512": 0.01, "mlp_3x512": 0.01, "alexnet": 0.01,
-               "inception": 0.1, "inception_nobn": 0.1, "inception_v3": 0.1},
+               "inception": 0.1, "inception_nobn": 0.1, "inception_v3": 0.1, "resnet18": 0.1, "default": 0.01},
         "lr_decay": 0.95,
         "lr_decay_images": None,
         "weight_decay": 5e-4,
@@ -104,8 +117,10 @@ def _where(path) -> str:
     return "".join(parts) or "(top level)"
 
 
-def validate(raw, source: str = "params") -> dict:
-    """Validate a parsed params mapping; return it with defaults filled in."""
+def validate(raw, source: str = "params", params_dir=None) -> dict:
+    """Validate a parsed params mapping; return it with defaults filled in. `params_dir` (the params
+    file's folder; default the working directory) is where model files are looked up first; it is kept
+    as cfg["_params_dir"]."""
     import jsonschema
 
     if raw is None:
@@ -127,6 +142,7 @@ def validate(raw, source: str = "params") -> dict:
             allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
         raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
     cfg = _merge(DEFAULTS, raw)
+    cfg["_params_dir"] = str(params_dir) if params_dir is not None else "."
     if cfg.get("section5") is not None:
         cfg["section5"] = _merge(SECTION5_DEFAULTS, cfg["section5"])
     if "grid" not in cfg:
@@ -135,7 +151,35 @@ def validate(raw, source: str = "params") -> dict:
     return cfg
 
 
+def _check_models(cfg: dict, source: str) -> None:
+    """Every model entry and `lr` key names a model the registry knows (no file is imported here),
+    and a file factory's file exists; two entries never share a run folder name."""
+    from .models import ModelError, model_file, parse, run_name
+    base = cfg.get("_params_dir")
+    names = {}
+    for i, group in enumerate(cfg["grid"]):
+        for j, model in enumerate(group["models"]):
+            try:
+                parse(model)
+                model_file(model, base)
+            except ModelError as exc:
+                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {exc}") from None
+            if names.setdefault(run_name(model), model) != model:
+                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {model!r} and {names[run_name(model)]!r} "
+                                  f"would share the run folder name {run_name(model)!r}; name one of them otherwise")
+    lrs = [("training.lr", cfg["training"]["lr"])] + [(f"grid[{i}].training.lr", g["training"]["lr"])
+                                                      for i, g in enumerate(cfg["grid"]) if "lr" in g.get("training", {})]
+    for where, lr in lrs:
+        for key in lr:
+            if key != "default":
+                try:
+                    parse(key)
+                except ModelError as exc:
+                    raise ConfigError(f"{source}: {where}.{key}: not a model entry nor 'default' ({exc})") from None
+
+
 def _check_semantics(cfg: dict, source: str) -> None:
+    _check_models(cfg, source)
     names = set()
     for i, group in enumerate(cfg["grid"]):
         where = f"grid[{i}]"
@@ -224,6 +268,34 @@ def check_data(cfg: dict, source: str = "params") -> None:
         if not (root / "cifar-10-batches-py").is_dir():
             raise ConfigError(f"{source}: dataset.root: {str(root)!r} holds no cifar-10-batches-py folder "
                               "(put the official python version of CIFAR-10 there, or set dataset.download: true)")
+    if ds["source"] in TORCHVISION_FILES and not ds["download"]:
+        root = Path(ds["root"] or TORCHVISION_ROOTS[ds["source"]])
+        missing = torchvision_missing(ds["source"], root)
+        if missing:
+            folder, names = TORCHVISION_FILES[ds["source"]]
+            what = (f"holds no {ds['source']} files" if len(missing) == len(names)
+                    else f"lacks {', '.join(missing)} in {Path(root, folder).as_posix()}")
+            raise ConfigError(f"{source}: dataset.root: {str(root)!r} {what} (torchvision expects "
+                              f"{torchvision_expected(ds['source'], root)}; put the official files there, "
+                              "or set dataset.download: true on a machine with network access)")
+
+
+def torchvision_expected(source: str, root) -> str:
+    """The files torchvision's class for `source` reads under `root`, as one string: root/folder/{a, b, c}."""
+    folder, names = TORCHVISION_FILES[source]
+    unpacked = " (the .gz downloads unpacked)" if folder.endswith("/raw") else ""
+    return f"{Path(root, folder).as_posix()}/{{{', '.join(names)}}}{unpacked}"
+
+
+def torchvision_missing(source: str, root) -> list[str]:
+    """The expected files of a torchvision source absent under `root` (MNIST's legacy processed/*.pt count too)."""
+    folder, names = TORCHVISION_FILES[source]
+    missing = [n for n in names if not Path(root, folder, n).is_file()]
+    if missing and folder.endswith("/raw"):   # torchvision still reads <Class>/processed/{training,test}.pt
+        processed = Path(root, folder).parent / "processed"
+        if all((processed / n).is_file() for n in ("training.pt", "test.pt")):
+            return []
+    return missing
 
 
 def load(path) -> dict:
@@ -235,7 +307,7 @@ def load(path) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate(raw, str(path))
+    return validate(raw, str(path), params_dir=path.parent)
 
 
 # ----------------------------------------------------------------------------
@@ -320,20 +392,19 @@ class Run:
 
     @property
     def id(self) -> str:
+        from .models import run_name   # the entry itself, tv-<name> or <function>-<hash> (torch-free)
         regs = f"{self.regularizers}_{self.variant}" if self.variant else self.regularizers
-        return f"{self.dataset}/{self.corruption.id}/{self.model}/{regs}/seed{self.seed}"
+        return f"{self.dataset}/{self.corruption.id}/{run_name(self.model)}/{regs}/seed{self.seed}"
 
     @property
     def regs(self) -> frozenset:
         return frozenset() if self.regularizers == "none" else frozenset(self.regularizers.split("-"))
 
     @staticmethod
-    def parse(run_id: str) -> "Run":
+    def check_id(run_id: str) -> None:
         parts = run_id.strip("/").split("/")
         if len(parts) != 5 or not parts[4].startswith("seed"):
             raise ConfigError(f"run: {run_id!r} is not a run id (expected dataset/corruption/model/regularizers/seedN)")
-        regs, _, variant = parts[3].partition("_")
-        return Run(parts[0], Corruption.parse(parts[1]), parts[2], regs, int(parts[4][4:]), variant)
 
 
 def expand_runs(cfg: dict) -> list[Run]:
@@ -354,12 +425,15 @@ def expand_runs(cfg: dict) -> list[Run]:
 
 
 def training_for(cfg: dict, run: Run) -> dict:
-    """The training settings of a run: params' training with its variant's overrides."""
+    """The training settings of a run: params' training with its variant's overrides (a variant's
+    `lr` adds to or replaces params' per-model rates)."""
     t = copy.deepcopy(cfg["training"])
     if run.variant:
         for group in cfg["grid"]:
             if group.get("variant") == run.variant:
-                t.update(group["training"])
+                over = copy.deepcopy(group["training"])
+                t["lr"] = {**t["lr"], **over.pop("lr", {})}
+                t.update(over)
                 break
         else:
             raise ConfigError(f"run: variant {run.variant!r} of {run.id!r} is not in this config's grid")
@@ -390,8 +464,36 @@ def run_dir(cfg: dict, run: Run) -> Path:
     return runs_root(cfg) / run.id
 
 
+# C x H x W and classes of each source whose images all have one known size
+SOURCE_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+                 "kmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+                 "svhn": ((3, 32, 32), 10)}
+
+
+def data_shape(cfg: dict) -> tuple[tuple[int, int, int], int, bool]:
+    """(C x H x W of the training inputs after the crop, number of classes, whether both are known from
+    the params alone). Image folders and streamed trees are guessed as RGB at the crop (or 32 x 32,
+    streamed: training.image_size) with 10 classes: `prepare` finds out."""
+    source = cfg["dataset"]["source"]
+    crop = cfg["preprocess"]["crop"]
+    if source in SOURCE_SHAPES:
+        (c, h, w), k = SOURCE_SHAPES[source]
+        return (c, crop or h, crop or w), k, True
+    side = cfg["training"]["image_size"] if is_streamed(cfg) else (crop or 32)
+    return (3, side, side), 10, False
+
+
+def lr_for(t: dict, model: str) -> float:
+    """A model's learning rate from training settings `t`: its own entry, else `default`."""
+    lr = t["lr"]
+    if model in lr:
+        return lr[model]
+    return lr["default"] if "default" in lr else DEFAULTS["training"]["lr"].get(model, DEFAULTS["training"]["lr"]["default"])
+
+
 def find_run(cfg: dict, run_id: str) -> Run:
-    run = Run.parse(run_id)
-    if run not in set(expand_runs(cfg)):
+    Run.check_id(run_id)
+    run = {r.id: r for r in expand_runs(cfg)}.get(run_id.strip("/"))
+    if run is None:
         raise ConfigError(f"run: {run_id!r} is not in this config's grid (see `python -m rethinking runs`)")
     return run

@@ -21,7 +21,11 @@ artifact is uint8 like the base; the Gaussian's location and scale are solved
 and standard deviation; pixel corruptions keep the true labels.
 
 A label-only corruption stores labels and a reference (path and SHA-256) to
-its base artifact, never a second copy of the images.
+its base artifact, never a second copy of the images. Which training labels
+are corrupted is not stored: load_corrupted returns the base's training
+labels beside the artifact's (`y_train_true`), and corrupted_mask compares
+them, so artifacts made before the mask existed give it too. A label the
+draw replaced by its own class is not corrupted.
 """
 from __future__ import annotations
 
@@ -149,8 +153,19 @@ def corrupt(cfg: dict, corruption: Corruption) -> Path:
     return path
 
 
+def corrupted_mask(arrays: dict) -> np.ndarray:
+    """Which training examples carry a corrupted label (bool, one per training example): those whose label
+    differs from the base artifact's, of load_corrupted's arrays (or load_streamed's dict). A label the draw
+    replaced by its own class is intact; pixel corruptions corrupt no label. The mask depends on the
+    artifact only (dataset.seed), so every training seed of a run shares it."""
+    return np.asarray(arrays["y_train"]) != np.asarray(arrays["y_train_true"])
+
+
 def load_corrupted(cfg: dict, corruption: Corruption) -> tuple[dict, dict]:
-    """(meta, arrays) of a corrupted artifact with images resolved from its base if needed."""
+    """(meta, arrays) of a corrupted artifact with images resolved from its base if needed.
+
+    arrays["y_train_true"] holds the base artifact's training labels (the true ones): read from the base a
+    label artifact references; for a pixel corruption, whose labels are the base's, its own y_train."""
     path = corrupted_artifact(cfg, corruption)
     hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
     meta, arrays = load_npz(path, rebuild_hint=hint)
@@ -164,4 +179,7 @@ def load_corrupted(cfg: dict, corruption: Corruption) -> tuple[dict, dict]:
                                 f"labels were drawn; rebuild it with {hint}")
         _, base = load_npz(base_path)
         arrays["x_train"], arrays["x_test"] = base["x_train"], base["x_test"]
+        arrays["y_train_true"] = base["y_train"]
+    else:
+        arrays["y_train_true"] = arrays["y_train"]
     return meta, arrays

@@ -8,6 +8,9 @@ Sources:
   split into train/test by a seeded stratified split.
 - cifar10: torchvision's official CIFAR-10 files (downloaded when asked and the
   network allows).
+- mnist, fashion_mnist, kmnist (1 x 28 x 28), cifar100 (its 100 fine labels) and
+  svhn (train and test, not extra; digit 0 is label 0): read by torchvision's own
+  dataset classes from dataset.root (default data/<source>), downloaded likewise.
 - imagefolder: a folder or .zip holding train/<class>/* and test/<class>/*.
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from . import __version__
-from .config import ConfigError, base_artifact, dataset_id
+from .config import (TORCHVISION_FILES, TORCHVISION_ROOTS, ConfigError, base_artifact, dataset_id,
+                     torchvision_expected)
 from .io import save_npz
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -73,6 +77,63 @@ def load_cifar10(root, download: bool):
     xte, yte = arrays(test)
     prov = {"source": "cifar10", "origin": "torchvision.datasets.CIFAR10", "root": str(root)}
     return xtr, ytr, xte, yte, list(train.classes), prov
+
+
+# source -> (torchvision class, name in messages); the files each reads: config.TORCHVISION_FILES
+TORCHVISION_CLASSES = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "Fashion-MNIST"),
+                       "kmnist": ("KMNIST", "KMNIST"), "cifar100": ("CIFAR100", "CIFAR-100"), "svhn": ("SVHN", "SVHN")}
+assert set(TORCHVISION_CLASSES) == set(TORCHVISION_FILES)
+
+
+def load_torchvision(source: str, root, download: bool):
+    """MNIST, Fashion-MNIST, KMNIST, CIFAR-100 or SVHN, read by torchvision's own class: uint8 NCHW, int64 labels.
+
+    The test split is each dataset's official test set (SVHN: test_32x32.mat; its extra set is not read).
+    """
+    import pickle
+
+    import torchvision.datasets
+
+    name, title = TORCHVISION_CLASSES[source]
+    cls = getattr(torchvision.datasets, name)
+    root = Path(root or TORCHVISION_ROOTS[source])
+    expected = torchvision_expected(source, root)
+    splits = [{"split": "train"}, {"split": "test"}] if source == "svhn" else [{"train": True}, {"train": False}]
+    try:
+        train, test = [cls(str(root), download=download, **kw) for kw in splits]
+    except (RuntimeError, OSError) as exc:   # torchvision: "Dataset not found [or corrupted]"; no network
+        detail = " ".join(str(exc).split())   # MNIST's download error spans lines
+        if download:
+            raise DataError(f"dataset.download: could not download {title} into {root} ({detail}); "
+                            f"put the official files there by hand: {expected}") from None
+        raise DataError(f"dataset.root: {title} not found or corrupted at {root} ({detail}). torchvision expects "
+                        f"{expected}: put the official files there, or set dataset.download: true on a machine "
+                        "with network access.") from None
+    except (ValueError, KeyError, TypeError, IndexError, EOFError, AssertionError, pickle.UnpicklingError) as exc:
+        raise DataError(f"dataset.root: {title} files under {root} are not in the format torchvision reads "
+                        f"({exc.__class__.__name__}: {' '.join(str(exc).split())}); expected {expected}") from None
+
+    def arrays(ds):
+        if source == "svhn":   # torchvision already gives N x 3 x 32 x 32, and label 0 for the digit 0 (10 on disk)
+            x, y = ds.data, ds.labels
+        elif source == "cifar100":   # N x 32 x 32 x 3, the fine labels
+            x, y = ds.data.transpose(0, 3, 1, 2), ds.targets
+        else:   # MNIST family: torch tensors N x 28 x 28
+            x, y = ds.data.numpy()[:, None], ds.targets.numpy()
+        x, y = np.ascontiguousarray(x), np.asarray(y, dtype=np.int64).reshape(-1)
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
+            raise DataError(f"dataset.root: {title} under {root}: expected uint8 images with one label each, "
+                            f"got {x.dtype} images of shape {x.shape} and {len(y)} labels")
+        return x, y
+
+    xtr, ytr = arrays(train)
+    xte, yte = arrays(test)
+    if source in ("mnist", "svhn"):
+        classes = [str(i) for i in range(10)]   # torchvision's MNIST says "0 - zero", ...; as digits: "0".."9"
+    else:
+        classes = [str(c) for c in train.classes]   # CIFAR-100: the meta file's fine_label_names
+    prov = {"source": source, "origin": f"torchvision.datasets.{name}", "root": str(root)}
+    return xtr, ytr, xte, yte, classes, prov
 
 
 class _Tree:
@@ -214,13 +275,16 @@ def load_source(source: str, root=None, train_size: int | None = None, test_size
         xtr, ytr, xte, yte, classes, prov = load_digits(test_fraction, seed)
     elif source == "cifar10":
         xtr, ytr, xte, yte, classes, prov = load_cifar10(root, download)
+    elif source in TORCHVISION_CLASSES:
+        xtr, ytr, xte, yte, classes, prov = load_torchvision(source, root, download)
     elif source == "imagefolder":
         if not root:
             raise DataError("dataset.root: required for imagefolder "
                             "(a folder or .zip with train/<class>/* and test/<class>/*)")
         xtr, ytr, xte, yte, classes, prov = load_imagefolder(root)
     else:
-        raise DataError(f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, imagefolder)")
+        raise DataError(f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, "
+                        f"{', '.join(TORCHVISION_CLASSES)}, imagefolder)")
     rng = np.random.default_rng([seed, 1])
     if train_size:
         i = balanced_subset(ytr, train_size, len(classes), rng, "train")

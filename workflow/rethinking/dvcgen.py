@@ -20,12 +20,14 @@ from pathlib import Path
 
 import yaml
 
-from .aggregate import tables_dir, tables_for
+from .aggregate import SPLIT_COLUMNS, tables_dir, tables_for
 from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed,
                      load, run_dir, runs_root)
+from .figures import CODE as FIGURES_CODE
 from .figures import INPUTS, figures_dir, figures_for
 from .io import write_text
-from .plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, plan_packs, train_command
+from .models import model_file
+from .plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, check_models, plan_packs, train_command
 
 PKG = "workflow/rethinking"
 
@@ -59,7 +61,8 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
     def stage(name, code, tables, figures, metrics, params=("section5", "dataset")):
         return {
             "cmd": f"python -m rethinking {name} --params {prm}",
-            "deps": [str(base_artifact(cfg)), f"{PKG}/section5.py"] + [f"{PKG}/{c}" for c in code],
+            "deps": [str(base_artifact(cfg)), f"{PKG}/section5.py", f"{PKG}/plotting.py"]
+            + [f"{PKG}/{c}" for c in code],
             "params": [{prm: list(params)}],
             "outs": [_out(tables_dir(cfg) / t) for t in tables]
             + [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures for ext in ("png", "pdf")],
@@ -81,23 +84,36 @@ def _train_stages(cfg: dict, runs, prm: str) -> dict:
         cmd = train_command(cfg, prm, "${item.run}")
     plots = lambda d: [{f"{d}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},  # noqa: E731
                        {f"{d}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}]
-    stages = {"train": {
-        "foreach": {stage_key(r.id): {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
-                                      "dir": str(run_dir(cfg, r))} for [r] in (p for p in packs if len(p) == 1)},
-        "do": {
-            "cmd": cmd,
-            "deps": ["${item.data}", *code],
-            "params": [{prm: ["training", "preprocess"]}],
-            "outs": [{"${item.dir}/summary.json": {"cache": False}}],
-            "plots": plots("${item.dir}"),
-        },
-    }}
-    if not stages["train"]["foreach"]:
-        del stages["train"]
+    base = cfg.get("_params_dir")
+    alone = [r for [r] in (p for p in packs if len(p) == 1)]
+    stages = {}
+    # runs of a user's model file depend on that file too (train_user_model): editing it reruns exactly them
+    for name, group, extra in (("train", [r for r in alone if model_file(r.model, base) is None], []),
+                               ("train_user_model", [r for r in alone if model_file(r.model, base) is not None],
+                                ["${item.model}"])):
+        if not group:
+            continue
+        items = {}
+        for r in group:
+            items[stage_key(r.id)] = {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
+                                      "dir": str(run_dir(cfg, r))}
+            if extra:
+                items[stage_key(r.id)]["model"] = str(model_file(r.model, base))
+        stages[name] = {
+            "foreach": items,
+            "do": {
+                "cmd": cmd,
+                "deps": ["${item.data}", *extra, *code],
+                "params": [{prm: ["training", "preprocess"]}],
+                "outs": [{"${item.dir}/summary.json": {"cache": False}}],
+                "plots": plots("${item.dir}"),
+            },
+        }
     for number, pack in enumerate((p for p in packs if len(p) > 1), start=1):
         stages[f"train_pack_{number}"] = {
             "cmd": f"python -m rethinking train --params {prm} " + " ".join(f"--run {r.id}" for r in pack),
-            "deps": sorted({str(corrupted_artifact(cfg, r.corruption)) for r in pack}) + code,
+            "deps": sorted({str(corrupted_artifact(cfg, r.corruption)) for r in pack})
+            + sorted({str(f) for r in pack if (f := model_file(r.model, base)) is not None}) + code,
             "params": [{prm: ["training", "preprocess"]}],
             "outs": [_out(run_dir(cfg, r) / "summary.json") for r in pack],
             "plots": [p for r in pack for p in plots(run_dir(cfg, r))],
@@ -108,6 +124,7 @@ def _train_stages(cfg: dict, runs, prm: str) -> dict:
 def generate(params_path: str) -> str:
     cfg = load(params_path)
     runs = expand_runs(cfg)
+    check_models(cfg, runs, str(params_path))   # torchvision and user models, before dvc.yaml is written
     prm = str(params_path)
     stamp = grid_stamp(cfg)
     stages = {
@@ -141,14 +158,25 @@ def generate(params_path: str) -> str:
         **_section5_stages(cfg, prm),
         "figures": {
             "cmd": f"python -m rethinking figures --params {prm}",
-            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/figures.py"]
+            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/{c}" for c in FIGURES_CODE]
             + ([str(tables_dir(cfg) / "kernel_noise.csv")] if cfg.get("section5") else []),
             "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures_for(cfg) for ext in ("png", "pdf")],
         },
     }
     header = (f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"
               f"# edit {prm} and rerun that command (the stage `check` stops `dvc repro` when this is stale).\n")
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+    plots = _memorization_plots(cfg, runs)
+    return header + yaml.safe_dump({"stages": stages, **({"plots": plots} if plots else {})}, sort_keys=False,
+                                   width=120)
+
+
+def _memorization_plots(cfg: dict, runs) -> list:
+    """Top-level `dvc plots`: per label-corrupted run (labels at p > 0, random labels), its memorization curves,
+    epochs.csv's split of the training set (aggregate.SPLIT_COLUMNS, percent) against steps."""
+    return [{f"memorization_{stage_key(r.id)}": {
+        "x": "step", "y": {str(run_dir(cfg, r) / "epochs.csv"): list(SPLIT_COLUMNS)},
+        "title": f"memorization: {r.id}", "x_label": "step", "y_label": "% of training examples"}}
+        for r in runs if (r.corruption.label_level or 0) > 0]
 
 
 def write(params_path: str, output: str = "dvc.yaml") -> str:

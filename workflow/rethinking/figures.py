@@ -10,6 +10,14 @@
   without BatchNorm on true labels (other models' true-label runs when the grid
   has neither).
 - table4: training accuracy on random labels with explicit regularizers.
+- memorization: memorization under label noise (Arpit et al. 2017): per
+  label-corrupted run, against thousand steps, the accuracy on the training
+  examples whose label is intact, the share of the corrupted ones predicted as
+  their wrong label (memorized) and as their original label, and the test
+  accuracy; a row of panels per model x regularizers, a panel per level.
+- early_stopping: the best test accuracy over the epochs against the one at the
+  end of training, against label corruption, a panel per model x regularizers
+  (beside Fig. 1c: what early stopping would have kept).
 - fig2a (streamed datasets, ImageNet only): top-1 training and test accuracy
   against thousand steps of the true-label runs with and without augmentation,
   weight decay and dropout, the cumulative best test accuracy shaded (the
@@ -35,26 +43,21 @@ import pandas as pd
 
 from .aggregate import t_interval, tables_dir
 from .config import is_streamed
-from .io import atomic_path
+from .plotting import empty as _empty
+from .plotting import plot_libs as _plot_libs
+from .plotting import save_figure
+from .section5 import kernel_curve
 
-FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4")
+FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4", "memorization", "early_stopping")
 STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
-INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv")  # from tables/
+INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv", "memorization.csv",
+          "early_stopping.csv")  # from tables/
+CODE = ("figures.py", "plotting.py")   # the stage's code (the rule's and the DVC stage's dependencies)
 CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
 CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
                     "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
 MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
                "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3"}
-
-
-def _plot_libs():
-    """pyplot (Agg backend) and seaborn, imported when a figure is drawn: the Snakemake rules import
-    this module for its file names, and seaborn (with scipy) alone takes ~3 s to import."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    return plt, sns
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:
@@ -64,25 +67,6 @@ def figures_for(cfg: dict) -> tuple[str, ...]:
 
 def figures_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / "figures"
-
-
-def save_figure(fig, base: Path) -> None:
-    """PNG and PDF of a figure, each written atomically."""
-    plt = _plot_libs()[0]
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        with atomic_path(base.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=_metadata(ext))
-    plt.close(fig)
-
-
-def _metadata(ext):  # no timestamps: the same tables give the same files
-    return {"CreationDate": None} if ext == "pdf" else {"Software": None}
-
-
-def _empty(ax, text):
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
 
 
 OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}   # legends beside the axes, not over marks
@@ -388,6 +372,104 @@ def table4(runs: pd.DataFrame):
     return fig
 
 
+SPLIT_SERIES = {"clean_acc": "intact labels: accuracy", "noisy_memorized": "corrupted: predicted as its wrong label",
+                "noisy_true": "corrupted: predicted as its original label", "test_acc": "test accuracy"}
+
+
+def _cells(d: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(model, regularizers, variant) of the rows, models in MODEL_LABEL's order, runs without regularizers first."""
+    order = {m: i for i, m in enumerate(MODEL_LABEL)}
+    cells = set(zip(d["model"], d["regularizers"], d["variant"]))
+    return sorted(cells, key=lambda c: (order.get(c[0], len(order)), c[0], c[1] != "none", c[1], c[2]))
+
+
+def _cell_title(model: str, regs: str, variant: str) -> str:
+    return f"{MODEL_LABEL.get(model, model)}, {_regularizer_label(regs)}" + (f" ({variant})" if variant else "")
+
+
+def memorization(mem: pd.DataFrame):
+    """Per model x regularizers (rows) and label-corruption level (panels), against thousand steps (one scale per
+    model): the accuracy on the training examples whose label is intact, the share of the corrupted examples
+    predicted as their (wrong) label and as their original label, and the test accuracy, all percent; means
+    over seeds with the t-band up to where the first seed stops, then per seed, each end marked by its state
+    (_seed_curves)."""
+    plt, sns = _plot_libs()
+    from matplotlib.lines import Line2D
+    d = mem.copy()
+    d["variant"] = d["variant"].fillna("") if len(d) else d["variant"]
+    cells = _cells(d)
+    ncols = max([d[(d["model"] == m) & (d["regularizers"] == r) & (d["variant"] == v)]["level"].nunique()
+                 for m, r, v in cells] or [1])
+    fig, axes = plt.subplots(max(len(cells), 1), ncols, figsize=(2.8 * ncols, 2.4 * max(len(cells), 1)),
+                             squeeze=False, sharey=True)
+    colors = _palette(list(SPLIT_SERIES))
+    for i, (model, regs, variant) in enumerate(cells):
+        g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
+        levels = sorted(g["level"].unique())
+        for j, ax in enumerate(axes[i]):
+            if j >= len(levels):
+                ax.set_axis_off()
+                continue
+            p = g[g["level"] == levels[j]].copy()
+            p["thousand steps"] = p["step"] / 1000.0
+            for column, label in SPLIT_SERIES.items():
+                if p[column].notna().any():
+                    _seed_curves(ax, p, "thousand steps", column, colors[column], label)
+            if not p[["clean_acc", "noisy_memorized", "noisy_true"]].notna().any().any():
+                ax.text(0.5, 0.5, "no split recorded\n(run folder older than it)", ha="center", va="center",
+                        transform=ax.transAxes, fontsize="x-small", gid="no-split")
+            ax.set_title(f"{_cell_title(model, regs, variant)}: p = {levels[j]:g}", fontsize="small")
+            ax.set_ylim(0, 102)
+            # one step axis per model: with and without regularizers side by side at the same scale
+            ax.set_xlim(0, 1.02 * d.loc[d["model"] == model, "step"].max() / 1000.0)
+            ax.set_xlabel("thousand steps" if i == len(cells) - 1 else "")
+            ax.set_ylabel("% of examples" if j == 0 else "")
+    if cells:
+        handles = [Line2D([], [], color=colors[c], label=label) for c, label in SPLIT_SERIES.items()]
+        handles += [Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
+                    Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
+                           label=STATE_LABEL["max_epochs"]),
+                    Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"])]
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize="x-small")
+    else:
+        _empty(axes[0][0], "no label-corruption runs")
+    fig.suptitle("Memorization under label noise: the training set split by its labels", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def early_stopping(es: pd.DataFrame):
+    """Per model x regularizers: the best test accuracy over the epochs (solid) and the one at the end of training
+    against label corruption, each as Fig. 1c marks a run's state (_by_state): the line the mean over the fitted
+    seeds, open markers for runs stopped at the epoch limit, crosses on the axis for diverged runs."""
+    plt, sns = _plot_libs()
+    d = es.copy()
+    d["variant"] = d["variant"].fillna("") if len(d) else d["variant"]
+    cells = _cells(d)
+    fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.6 * max(len(cells), 1), 3.2), squeeze=False,
+                             sharey=True)
+    series = {"best_test_acc": "best during training", "final_test_acc": "at the end of training"}
+    colors = _palette(list(series.values()))
+    for j, (ax, (model, regs, variant)) in enumerate(zip(axes[0], cells)):
+        g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
+        long = pd.concat([g.assign(model=label, test_acc=g[column]) for column, label in series.items()],
+                         ignore_index=True)
+        long["label_level"] = long["level"]
+        long["_mean"] = long["status"] == "fitted"
+        _by_state(ax, long, "test_acc", colors, _line_models(long))
+        ax.set_title(_cell_title(model, regs, variant), fontsize="small")
+        ax.set_xlabel("label corruption")
+        ax.set_ylabel("test accuracy (%)" if j == 0 else "")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(0, 100)
+    if cells:
+        _state_legend(axes[0][-1], stopped=" (its numbers then)", diverged=" (on the axis: no value)", **OUTSIDE)
+    else:
+        _empty(axes[0][0], "no label-corruption runs")
+    fig.suptitle("Early stopping: the best test accuracy during training and at its end", y=1.02)
+    return fig
+
+
 def figures(cfg: dict) -> Path:
     sns = _plot_libs()[1]
     sns.set_theme(context="paper", style="whitegrid")
@@ -396,10 +478,11 @@ def figures(cfg: dict) -> Path:
     curves, conv = read("loss_curves.csv"), read("convergence.csv")
     save_figure(fig1a(curves), out / "fig1a")
     save_figure(fig1b(conv), out / "fig1b")
-    from .section5 import kernel_curve
     save_figure(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
     save_figure(fig2b(read("accuracy_curves.csv")), out / "fig2b")
     save_figure(table4(read("runs.csv")), out / "table4")
+    save_figure(memorization(read("memorization.csv")), out / "memorization")
+    save_figure(early_stopping(read("early_stopping.csv")), out / "early_stopping")
     if is_streamed(cfg):
         save_figure(fig2a(read("accuracy_curves.csv")), out / "fig2a")
     return out

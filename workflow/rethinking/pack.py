@@ -31,13 +31,77 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 
-# settings that may differ inside a pack; everything else in run_settings must be equal
-class Stacked:
-    """K models of one architecture as stacked tensors, trained by vmap and a hand-written SGD.
+# parameter-free modules that treat every sample on its own: the K x B samples of a pack are one batch to them
+PER_SAMPLE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.LocalResponseNorm, nn.Identity)
 
-    The update is torch.optim.SGD's (dampening 0, no Nesterov): g = grad + wd * p;
-    buf = momentum * buf + g (buf starts at 0, so the first buf is g, as torch's clone);
-    p -= lr_k * buf, with each run's own lr_k.
+
+def _per_sample(m: nn.Module) -> bool:
+    if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None:
+        return False
+    if isinstance(m, nn.Dropout):
+        return m.p == 0
+    return isinstance(m, PER_SAMPLE) or getattr(m, "per_sample", False)
+
+
+def batched_forward(module: nn.Module):
+    """The stacked forward of an nn.Sequential of Linear, Conv2d, Flatten and per-sample layers, one
+    batched op per layer: f(params, x) maps the K x B x ... inputs of K members to K x B x classes
+    logits, params being stack_module_state's. None for any other module (the pack uses vmap).
+
+    A Linear is one batched matrix product (K x B x in @ K x in x out); a Conv2d one grouped
+    convolution over the members' channels side by side (B x K*C x H x W, groups K); a per-sample
+    layer sees the K*B samples as one batch. vmap does the same arithmetic through its batching
+    rules, at several times the dispatch cost per op on a CPU."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    layers = []
+    for name, m in module.named_children():
+        if isinstance(m, nn.Linear):
+            layers.append(("linear", name, m))
+        elif isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            layers.append(("conv", name, m))
+        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            layers.append(("flatten", name, m))
+        elif _per_sample(m):
+            layers.append(("each", name, m))
+        else:
+            return None
+
+    def forward(p: dict, x: torch.Tensor) -> torch.Tensor:
+        k, b = x.shape[:2]
+        h, kb = x, True   # kb: h is K x B x ...; else B x K x ... (the layout of the convolutions)
+        for kind, name, m in layers:
+            if kind == "linear":
+                if not kb:
+                    h, kb = h.transpose(0, 1), True
+                w, bias = p[f"{name}.weight"], p.get(f"{name}.bias")
+                h = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), h,
+                                                                                      w.transpose(1, 2))
+            elif kind == "conv":
+                if kb:
+                    h, kb = h.transpose(0, 1), False
+                w, bias = p[f"{name}.weight"], p.get(f"{name}.bias")
+                out = F.conv2d(h.reshape(b, k * h.shape[2], *h.shape[3:]), w.reshape(-1, *w.shape[2:]),
+                               None if bias is None else bias.reshape(-1), m.stride, m.padding, m.dilation,
+                               k * m.groups)
+                h = out.view(b, k, -1, *out.shape[2:])
+            elif kind == "flatten":
+                h = h.reshape(h.shape[0], h.shape[1], -1)
+            else:
+                out = m(h.reshape(-1, *h.shape[2:]))
+                h = out.view(h.shape[0], h.shape[1], *out.shape[1:])
+        return h if kb else h.transpose(0, 1)
+    return forward
+
+
+class Stacked:
+    """K models of one architecture as stacked tensors, trained with a hand-written SGD.
+
+    The forward pass is batched_forward's where the model is a plain stack of layers (the MLPs,
+    AlexNet), else torch.func.vmap over functional_call (Inception: any module). The update is
+    torch.optim.SGD's (dampening 0, no Nesterov): g = grad + wd * p; buf = momentum * buf + g (buf
+    starts at 0, so the first buf is g, as torch's clone); p -= lr_k * buf, with each run's own lr_k,
+    as a few foreach ops over all stacked tensors.
     """
 
     def __init__(self, models: list[nn.Module], momentum: float, weight_decay: float):
@@ -54,6 +118,7 @@ class Stacked:
             return F.cross_entropy(logits.float(), y), logits
 
         self._forward = vmap(loss_and_logits)
+        self._batched = None if self.buffers else batched_forward(self.template)
 
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
@@ -61,17 +126,26 @@ class Stacked:
     def step(self, xb: torch.Tensor, yb: torch.Tensor, lrs: torch.Tensor, autocast):
         """One SGD step of every member on its own batch xb[k], yb[k]; returns (losses (K,), correct (K,))."""
         self.base.train()
-        with autocast():
-            losses, logits = self._forward(self.params, self.buffers, xb, yb)
+        if self._batched is not None:
+            with autocast():
+                logits = self._batched(self.params, xb)
+            k, b = yb.shape
+            losses = F.cross_entropy(logits.reshape(k * b, -1).float(), yb.reshape(-1), reduction="none")
+            losses = losses.view(k, b).mean(1)
+        else:
+            with autocast():
+                losses, logits = self._forward(self.params, self.buffers, xb, yb)
         names = list(self.params)
-        grads = torch.autograd.grad(losses.sum(), [self.params[n] for n in names])
+        params = [self.params[n] for n in names]
+        grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
-            for n, g in zip(names, grads):
-                p, buf = self.params[n], self.momentum_buf[n]
-                if self.weight_decay:
-                    g = g.add(p, alpha=self.weight_decay)
-                buf.mul_(self.momentum).add_(g)
-                p.sub_(lrs.view(-1, *([1] * (p.dim() - 1))) * buf)
+            if self.weight_decay:
+                grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            bufs = [self.momentum_buf[n] for n in names]
+            torch._foreach_mul_(bufs, self.momentum)
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_addcmul_(params, [lrs.view(-1, *([1] * (p.dim() - 1))) for p in params], bufs,
+                                    value=-1.0)
         correct = (logits.detach().argmax(-1) == yb).sum(1)
         return losses.detach(), correct
 

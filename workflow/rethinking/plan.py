@@ -10,10 +10,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from .config import ConfigError, Run, training_for
+from .config import ConfigError, Run, data_shape, lr_for, training_for
 
 AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
-ENGINE_SOURCES = ("train.py", "pack.py", "models.py", "preprocess.py", "precision.py")  # a change to any of these invalidates checkpoints
+# every file of the models subpackage (a new model file is an engine source without another edit)
+MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((Path(__file__).parent / "models").glob("*.py")))
+# a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
+ENGINE_SOURCES = ("train.py", "pack.py", *MODEL_SOURCES, "preprocess.py", "precision.py")
 
 
 def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | None = None) -> str:
@@ -37,31 +40,86 @@ def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | Non
 
 
 def run_settings(cfg: dict, run: Run) -> dict:
-    """Everything that determines a run's result; stored in the checkpoint and the summary."""
+    """Everything that determines a run's result; stored in the checkpoint and the summary. A model
+    from a user's file adds `model_source` (its path and content hash): editing the file changes
+    the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs."""
+    from .models import source_digest
     t = training_for(cfg, run)
-    return {
+    s = {
         "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
         "variant": run.variant,
         "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
-        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": t["lr"][run.model],
+        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": lr_for(t, run.model),
         "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
         "weight_decay": t["weight_decay"] if "wd" in run.regs else 0.0,
         "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
         "log_every": t["log_every"],
     }
+    source = source_digest(run.model, cfg.get("_params_dir"))
+    if source is not None:
+        s["model_source"] = source
+    return s
 
 
 PER_RUN = ("run", "corruption", "seed")
 
 
 def pack_key(cfg: dict, run: Run, settings: dict) -> str | None:
-    """Runs with the same key can share a pack; None for a run that is always trained alone."""
-    if settings["dropout"] > 0:
+    """Runs with the same key can share a pack; None for a run that is always trained alone: one
+    whose built module has active dropout (vmap's masks would differ from a single run's)."""
+    if settings["dropout"] > 0 or module_traits(cfg, run.model, settings["dropout"])["dropout"]:
         return None
     shared = {k: v for k, v in settings.items() if k not in PER_RUN}
     shared["dataset"] = run.dataset
     shared["threads"] = training_for(cfg, run)["threads"]
     return json.dumps(shared, sort_keys=True)
+
+
+_TRAITS: dict = {}
+
+
+def module_traits(cfg: dict, model: str, dropout: float) -> dict:
+    """rethinking.models.traits of the built module (imports torch; asked only when packing), built
+    for the input config.data_shape gives. The plan depends on the params alone, never on whether the
+    data is prepared yet: a module that cannot be built for a guessed shape (an image folder's) is
+    trained alone."""
+    shape, classes, known = data_shape(cfg)
+    key = (model, dropout, shape, classes, cfg.get("_params_dir"))
+    if key not in _TRAITS:
+        from .models import ModelError, check_model
+        try:
+            _TRAITS[key] = check_model(model, shape, classes, dropout, base=cfg.get("_params_dir"))
+        except ModelError:
+            if known:
+                raise
+            _TRAITS[key] = {"dropout": True}
+    return _TRAITS[key]
+
+
+def check_models(cfg: dict, runs: list[Run], source: str = "params") -> None:
+    """Before any work: every model from torchvision or a user's code builds and maps the params'
+    input (config.data_shape) to N x K logits, with the dropout its runs ask for. ConfigError names
+    the entry and what is wrong. Built-in models are not built (nothing to find out; no torch import).
+    Where the input is only guessed (an image folder), a user's factory is imported and looked up,
+    not called: `train` checks it on the real data."""
+    from .models import is_user_code, parse
+    todo = {}
+    for run in runs:
+        if parse(run.model).kind in ("torchvision", "file", "module"):
+            todo.setdefault((run.model, run_settings(cfg, run)["dropout"]), run)
+    if not todo:
+        return
+    from .models import ModelError, check_model, import_only
+    shape, classes, known = data_shape(cfg)
+    for (model, dropout), run in todo.items():
+        try:
+            if known:
+                _TRAITS[(model, dropout, shape, classes, cfg.get("_params_dir"))] = check_model(
+                    model, shape, classes, dropout, base=cfg.get("_params_dir"))
+            elif is_user_code(model):
+                import_only(model, base=cfg.get("_params_dir"))
+        except ModelError as exc:
+            raise ConfigError(f"{source}: model {exc} (run {run.id})") from None
 
 
 def plan_packs(cfg: dict, runs: list[Run], size: int | None = None) -> list[list[Run]]:
@@ -92,6 +150,9 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
     for run, s in zip(runs, settings):
         if s["dropout"] > 0:
             raise ConfigError(f"--run: {run.id} uses dropout; runs with dropout are trained alone, not packed")
+        if module_traits(cfg, run.model, s["dropout"])["dropout"]:
+            raise ConfigError(f"--run: {run.id}: its model {run.model!r} has dropout layers; such runs are "
+                              "trained alone, not packed")
         if run.dataset != runs[0].dataset:
             raise ConfigError(f"--run: {run.id} is on another dataset than {runs[0].id}; a pack shares its data")
         for key, value in s.items():
@@ -107,8 +168,9 @@ def pack_name(pack: list[Run]) -> str:
 
 # --- streamed runs (dataset.source imagenet: rethinking.train_stream)
 
-# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code)
-STREAM_ENGINE_SOURCES = ("train_stream.py", "stream.py", "inception_v3.py", "models.py", "precision.py")
+# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code;
+# train.py: the stop rule, the learning-rate schedule and the memorization split come from it)
+STREAM_ENGINE_SOURCES = ("train_stream.py", "train.py", "stream.py", *MODEL_SOURCES, "precision.py")
 
 
 def stream_settings(cfg: dict, run: Run) -> dict:

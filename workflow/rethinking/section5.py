@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from .config import base_artifact
-from .figures import save_figure as _save
 from .io import load_npz, read_meta, write_csv, write_json
 from .paper import is_cifar10, reference
+from .plotting import save_figure as _save
 from .slots import claim
 
 KERNEL_TABLES = ("kernels.csv", "kernel_noise.csv", "implicit_bias.csv")

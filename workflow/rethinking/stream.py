@@ -138,7 +138,8 @@ def prepare_index(cfg: dict) -> Path:
 
 
 def load_streamed(cfg: dict, corruption: Corruption) -> dict:
-    """A corrupted label file with its index: root, names, (corrupted) training labels, test labels, classes."""
+    """A corrupted label file with its index: root, names, (corrupted) training labels, test labels, classes,
+    and the index's own training labels (`y_train_true`: corrupt.corrupted_mask compares the two)."""
     path = corrupted_artifact(cfg, corruption)
     hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
     meta, labels = load_npz(path, rebuild_hint=hint)
@@ -154,7 +155,7 @@ def load_streamed(cfg: dict, corruption: Corruption) -> dict:
         raise ArtifactError(f"{base_path}: not an index of a streamed tree; rebuild it with "
                             "`python -m rethinking prepare --params <file>`")
     return {"root": base_meta["root"], "classes": base_meta["classes"],
-            "train_files": index["train_files"], "y_train": labels["y_train"],
+            "train_files": index["train_files"], "y_train": labels["y_train"], "y_train_true": index["y_train"],
             "test_files": index["test_files"], "y_test": labels["y_test"]}
 
 

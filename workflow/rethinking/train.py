@@ -16,6 +16,11 @@ Several runs that share a model and their training settings can be trained in
 one process as a pack (`train_runs`, rethinking.pack): the same loop, with the
 step applied to a stacked model, and every run keeping its own folder.
 
+The evaluation of the training set also splits its predictions by the labels
+the corruption changed (corrupt.corrupted_mask; SPLIT_COLUMNS: accuracy on
+the intact labels, share of the corrupted ones predicted as their wrong label
+and as their original one), counted in the same forward pass.
+
 Run folder: epochs.csv (per epoch), steps.csv (training loss every
 `log_every` steps, Figure 1a), summary.json (written last: its presence
 means the run is finished), checkpoint.pt (the last epoch; a rerun of a
@@ -43,7 +48,7 @@ from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
 from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
-from .models import build_model, count_parameters, is_conv
+from .models import build_model, check_model, count_parameters, is_user_code, parse, traits
 from .pack import Stacked
 from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
 from .precision import exact_float32
@@ -65,6 +70,29 @@ def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | 
 def fitted(correct: int, total: int) -> bool:
     """The stop rule: every training example classified as its (possibly corrupted) label."""
     return total > 0 and correct == total
+
+
+# epochs.csv: the evaluation of the training set split by its labels (corrupt.corrupted_mask), in percent
+SPLIT_COLUMNS = ("clean_acc", "noisy_memorized", "noisy_true")
+
+
+def split_counts(pred: torch.Tensor, y: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """One batch's counts, on the device: (intact labels predicted right, corrupted examples, corrupted examples
+    predicted as their assigned label, corrupted examples predicted as their original label). An example is
+    corrupted where its label y differs from its true label y_true."""
+    noisy = y != y_true
+    hit = pred == y
+    return torch.stack([(hit & ~noisy).sum(), noisy.sum(), (hit & noisy).sum(), ((pred == y_true) & noisy).sum()])
+
+
+def split_percent(clean_correct: int, n_noisy: int, memorized: int, true: int, n: int) -> dict:
+    """The SPLIT_COLUMNS of n evaluated training examples from split_counts' sums: `clean_acc` the accuracy on
+    the examples whose label is intact, `noisy_memorized` / `noisy_true` the share of the corrupted examples
+    predicted as their assigned (wrong) / original label; percent, blank (NaN) where the group is empty."""
+    def pct(k, total):
+        return 100.0 * k / total if total else float("nan")
+    return {"clean_acc": pct(clean_correct, n - n_noisy), "noisy_memorized": pct(memorized, n_noisy),
+            "noisy_true": pct(true, n_noisy)}
 
 
 def pick_device(name: str) -> torch.device:
@@ -144,25 +172,36 @@ def run_epoch(model, opt, x_train, y_train, perm, *, batch_size, crop, augment, 
 
 
 @torch.no_grad()
-def evaluate(model, x, y, crop, batch_size) -> tuple[float, float, int]:
+def evaluate(model, x, y, crop, batch_size, y_true=None):
     """Mean loss, accuracy and number correct over a whole split (uint8, or prepared floats), in eval mode.
+
+    With `y_true` (the true labels of a training set whose labels `y` may be corrupted) a fourth value: the
+    split of the same predictions by corrupted and intact labels (split_percent), counted on the device in
+    the same forward pass.
 
     In fp32, without autocast even where the steps train in bf16, and without TF32 (precision.exact_float32):
     the stop rule needs every training example right, and bf16 logits tie and flip small margins."""
     model.eval()
     loss = torch.zeros((), device=y.device, dtype=torch.float64)
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    split = None if y_true is None else torch.zeros(4, device=y.device, dtype=torch.int64)
     with exact_float32():
         for i in range(0, len(y), batch_size):
             xb = x[i:i + batch_size]
             if not xb.is_floating_point():
                 xb = prepare_batch(xb, crop)
             logits = model(xb)
-            loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+            yb = y[i:i + batch_size]
+            pred = logits.argmax(1)
+            loss += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+            correct += (pred == yb).sum()
+            if split is not None:
+                split += split_counts(pred, yb, y_true[i:i + batch_size])
     n = len(y)
     c = int(correct)
-    return float(loss) / n, c / n, c
+    if split is None:
+        return float(loss) / n, c / n, c
+    return float(loss) / n, c / n, c, split_percent(*split.tolist(), n)
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -194,6 +233,7 @@ class _Member:
     status: str = "max_epochs"
     first_fit: int | None = None
     diverged_step: int | None = None
+    y_true: torch.Tensor | None = None   # the training set's true labels (the base artifact's): the split's
 
     @property
     def running(self) -> bool:
@@ -246,26 +286,30 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
             loaded[run.corruption] = dict(
                 meta=meta, x_uint8=x_train, x_train=prepare_all(x_train, crop),
                 y_train=torch.from_numpy(arr["y_train"]).to(device),
+                y_true=torch.from_numpy(arr["y_train_true"]).to(device),
                 x_test=prepare_all(torch.from_numpy(arr["x_test"]).to(device), crop),
                 y_test=torch.from_numpy(arr["y_test"]).to(device))
         d = loaded[run.corruption]
-        torch.manual_seed(run.seed)   # the model's initialization (and, for a single run, dropout)
         c, h, w = d["x_uint8"].shape[1:]
         in_shape = (c, crop or h, crop or w)
-        models.append(build_model(run.model, in_shape, num_classes=len(d["meta"]["classes"]),
-                                  dropout=s["dropout"]).to(device))
+        n_classes = len(d["meta"]["classes"])
+        if is_user_code(run.model) or parse(run.model).kind == "torchvision":   # 2 x K logits, or one line
+            check_model(run.model, in_shape, n_classes, s["dropout"], base=cfg.get("_params_dir"))
+        torch.manual_seed(run.seed)   # the model's initialization (and, for a single run, dropout)
+        models.append(build_model(run.model, in_shape, num_classes=n_classes, dropout=s["dropout"],
+                                  base=cfg.get("_params_dir")).to(device))
         members.append(_Member(
             run=run, settings=s, out=run_dir(cfg, run), fingerprint=fingerprint(s, ENGINE_SOURCES, device.type),
             x_fit=d["x_uint8"] if augment else d["x_train"], x_train=d["x_train"], y_train=d["y_train"],
             x_test=d["x_test"], y_test=d["y_test"], gen=torch.Generator(device=device).manual_seed(run.seed),
-            loss_sum=torch.zeros((), device=device)))
+            loss_sum=torch.zeros((), device=device), y_true=d["y_true"]))
     n_train = len(members[0].y_train)
     n_params = count_parameters(models[0])
 
     # --- model and optimizer: the plain module and torch's SGD, or the runs stacked into one model
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    channels_last = device.type == "cuda" and is_conv(s0["model"]) and len(runs) == 1
+    channels_last = device.type == "cuda" and traits(models[0])["conv"] and len(runs) == 1
     autocast = autocast_for(device)
     model = opt = stacked = None
     if len(runs) == 1:
@@ -335,12 +379,13 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
         for i, m in enumerate(group):
             m.epoch += 1
             net = model if stacked is None else stacked.member(i)
-            train_loss, train_acc, train_correct = evaluate(net, m.x_train, m.y_train, crop, t["eval_batch_size"])
+            train_loss, train_acc, train_correct, split = evaluate(net, m.x_train, m.y_train, crop,
+                                                                   t["eval_batch_size"], y_true=m.y_true)
             test_loss, test_acc, _ = evaluate(net, m.x_test, m.y_test, crop, t["eval_batch_size"])
             m.epochs_rows.append({
                 "epoch": m.epoch, "step": m.step, "lr": lrs[i], "batch_train_acc": corrects[i] / seen,
                 "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-                "wall_time": time.perf_counter() - m.start,
+                "wall_time": time.perf_counter() - m.start, **split,
             })
             line = (f"{m.run.id}: epoch {m.epoch} step {m.step} lr {lrs[i]:.4g} train loss {train_loss:.4f} "
                     f"acc {100 * train_acc:.2f}% test acc {100 * test_acc:.2f}%")
@@ -400,7 +445,7 @@ def run_epoch_packed(stacked, group, perms, lrs, *, batch_size, crop, augment, a
 def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.device, log) -> None:
     """Write a finished run's tables and, last, its summary."""
     elapsed = time.perf_counter() - m.start
-    write_csv(m.out / "epochs.csv", _frame(m.epochs_rows))
+    write_csv(m.out / "epochs.csv", epochs_frame(m.epochs_rows))
     write_csv(m.out / "steps.csv", _frame(m.steps_rows, columns=["step", "epoch", "train_loss"]))
     last = m.epochs_rows[-1]
     c, h, w = m.x_train.shape[1:]
@@ -409,6 +454,7 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
         "dataset": m.run.dataset, "level": m.run.corruption.level, "corruption_kind": m.run.corruption.kind,
         "status": m.status, "epochs": m.epoch, "steps": m.step, "steps_per_epoch": steps_per_epoch,
         "step_first_fit": m.first_fit, "diverged_step": m.diverged_step, "n_train": len(m.y_train),
+        "n_corrupted": None if m.y_true is None else int((m.y_train != m.y_true).sum()),
         "n_test": len(m.y_test), "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         "parameters": n_params, "input_shape": [c, h, w], "wall_time": elapsed,
@@ -422,6 +468,16 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
 def _frame(rows, columns=None):
     import pandas as pd
     return pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
+
+
+def epochs_frame(rows):
+    """epochs.csv from a run's per-epoch rows (both engines). The SPLIT_COLUMNS are always there, blank in
+    the rows of a checkpoint written before the engines recorded them (a resumed run keeps its earlier rows)."""
+    frame = _frame(rows)
+    for column in SPLIT_COLUMNS:
+        if column not in frame:
+            frame[column] = np.nan
+    return frame
 
 
 def device_name(device: torch.device) -> str:

@@ -19,7 +19,9 @@ plus 0.4 x auxiliary head) and the number of correct predictions accumulate
 on the device; every `log_every` steps the mean loss of all processes is
 read. After each epoch the processes evaluate the held-out split and the
 training set (all of it, or `train_eval_size` seeded images) with center
-crops in eval mode, top-1 and top-5, each process a share, summed.
+crops in eval mode, top-1 and top-5, each process a share, summed; the
+training set's top-1 is also split by corrupted and intact labels on those
+same images (rethinking.train.SPLIT_COLUMNS).
 
 Stop rule and run folder as in rethinking.train: 100% top-1 on the
 (evaluated) training set, the epoch limit, or a non-finite loss; process 0
@@ -55,16 +57,16 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, Run, run_dir, training_for
-from .inception_v3 import build_stream_model, loss_of, split_outputs
+from .models.inception_v3 import build_stream_model, loss_of, split_outputs
 from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
-from .models import count_parameters, is_conv
+from .models import count_parameters, traits
 from .precision import exact_float32
 from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
 from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
 from .slots import Slot, claim, lock_runs, visible_devices
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import (autocast_for, device_name, fitted, learning_rate, load_sgd, pick_device, rng_state,
-                    set_rng_state, sgd, versions)
+from .train import (autocast_for, device_name, epochs_frame, fitted, learning_rate, load_sgd, pick_device, rng_state,
+                    set_rng_state, sgd, split_counts, split_percent, versions)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "state", "processes")   # besides its fingerprint
@@ -99,6 +101,14 @@ def claim_gpu(count: int, jobs_per_gpu: int, rank: int = 0, world: int = 1, lock
     """Process `rank`'s GPU slot: slots.claim among rank_devices(count, rank, world) only."""
     devices = None if world == 1 else rank_devices(len(visible_devices(count)), rank, world)
     return claim(count, jobs_per_gpu, lock_dir=lock_dir, timeout=timeout, poll=poll, devices=devices)
+
+
+def train_eval_indices(n_train: int, k: int | None, seed: int) -> np.ndarray:
+    """The training images evaluated after every epoch (training.train_eval_size = k): all of them, or k drawn
+    once from the run's seed, sorted. The stop rule, train_acc and the split by corrupted labels are over these."""
+    if not k or k >= n_train:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng([seed, 5]).choice(n_train, k, replace=False))
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -217,15 +227,14 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
     eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, raw=raw)
     test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, raw=raw)
     k = s["train_eval_size"]
-    train_eval_idx = (np.arange(n_train) if not k or k >= n_train
-                      else np.sort(np.random.default_rng([run.seed, 5]).choice(n_train, k, replace=False)))
+    train_eval_idx = train_eval_indices(n_train, k, run.seed)
 
     # --- model and optimizer (process 0's initialization, the same seed everywhere; then a stream per process)
     torch.manual_seed(run.seed)
-    model = build_stream_model(run.model, size, n_classes, s["dropout"]).to(device)
+    model = build_stream_model(run.model, size, n_classes, s["dropout"], base=cfg.get("_params_dir")).to(device)
     seed_process(run.seed, rank)
     n_params = count_parameters(model)
-    channels_last = device.type == "cuda" and (is_conv(run.model) or run.model == "inception_v3")
+    channels_last = device.type == "cuda" and traits(model)["conv"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -309,7 +318,8 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
         st.epoch, st.batch = st.epoch + 1, 0
         procs.sync_buffers(model)
         ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=workers, channels_last=channels_last)
-        train_loss, train_top1, train_top5, train_correct = evaluate(model, eval_train, train_eval_idx, **ev)
+        train_loss, train_top1, train_top5, train_correct, split = evaluate(
+            model, eval_train, train_eval_idx, **ev, y_true=d["y_train_true"])
         test_loss, test_top1, test_top5, _ = evaluate(model, test_set, np.arange(len(test_set)), **ev)
         counts = procs.sum(torch.tensor([int(correct), seen], device=device, dtype=torch.int64)).tolist()
         correct.zero_()
@@ -319,7 +329,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
             "epoch": st.epoch, "step": st.step, "lr": lr, "batch_train_acc": counts[0] / max(counts[1], 1),
             "train_loss": train_loss, "train_acc": train_top1, "train_top5": train_top5,
             "test_loss": test_loss, "test_acc": test_top1, "test_top5": test_top5,
-            "wall_time": time.perf_counter() - start,
+            "wall_time": time.perf_counter() - start, **split,
         })
         log(f"{run.id}: epoch {st.epoch} step {st.step} lr {lr:.4g} train loss {train_loss:.4f} "
             f"top-1 {100 * train_top1:.2f}% test top-1 {100 * test_top1:.2f}% top-5 {100 * test_top5:.2f}%")
@@ -332,34 +342,48 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
         save()
 
     if rank == 0:
-        _finish(out, run, s, st, n_params, steps_per_epoch, len(train_eval_idx), n_train, len(test_set), procs, log)
+        n_corrupted = int((d["y_train"] != d["y_train_true"])[train_eval_idx].sum())   # among the evaluated images
+        _finish(out, run, s, st, n_params, steps_per_epoch, len(train_eval_idx), n_train, len(test_set), procs, log,
+                n_corrupted)
     return out
 
 
 @torch.no_grad()
 def evaluate(model, dataset: StreamImages, indices: np.ndarray, *, procs: _Procs, batch_size: int, workers: int,
-             channels_last: bool) -> tuple[float, float, float, int]:
+             channels_last: bool, y_true: np.ndarray | None = None):
     """(mean loss, top-1, top-5, number top-1 correct) over dataset[indices], center crops, eval mode, in fp32
     (no autocast: the stop rule reads these logits, see rethinking.train.evaluate); each process evaluates
-    every world-th image and the sums are shared."""
+    every world-th image and the sums are shared. With `y_true` (the true label of every image of `dataset`,
+    whose labels may be corrupted) a fifth value: the split of the same top-1 predictions over these images
+    by corrupted and intact labels (rethinking.train.split_percent), from the same forward pass."""
     model.eval()
     device = procs.device
     mine = indices[procs.rank::procs.world]
     batches = [[(int(i), 0) for i in mine[j:j + batch_size]] for j in range(0, len(mine), batch_size)]
-    sums = torch.zeros(3, device=device, dtype=torch.float64)   # loss, top-1, top-5
+    split = y_true is not None
+    # loss, top-1, top-5 (and the split's counts: intact right, corrupted, memorized, original label)
+    sums = torch.zeros(7 if split else 3, device=device, dtype=torch.float64)
+    if split:   # the true labels of this process's images, in the loader's order (one copy per evaluation)
+        true_mine = torch.from_numpy(np.asarray(y_true, dtype=np.int64)[mine]).to(device)
     n = 0   # images, counted on the host
     with exact_float32():
         for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
             x, y = to_input(batch, dataset, device, channels_last)
             logits, _ = split_outputs(model(x))
             top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-            sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
-                                 (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+            parts = [F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                     (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()]
+            if split:
+                parts += list(split_counts(top[:, 0], y, true_mine[n:n + len(y)]).double())
+            sums += torch.stack(parts)
             n += len(y)
     totals = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64).to(device)])
-    loss, top1, top5, n = procs.sum(totals).tolist()
+    loss, top1, top5, *counts, n = procs.sum(totals).tolist()
     n = max(n, 1.0)
-    return loss / n, top1 / n, top5 / n, int(round(top1))
+    out = loss / n, top1 / n, top5 / n, int(round(top1))
+    if not split:
+        return out
+    return (*out, split_percent(*(int(round(c)) for c in counts), int(round(n))))
 
 
 def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Procs, loss_sum, correct,
@@ -374,10 +398,10 @@ def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Pr
 
 
 def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_epoch: int, n_train_eval: int,
-            n_train: int, n_test: int, procs: _Procs, log) -> None:
+            n_train: int, n_test: int, procs: _Procs, log, n_corrupted: int | None = None) -> None:
     """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5)."""
     import pandas as pd
-    write_csv(out / "epochs.csv", pd.DataFrame(st.epochs_rows))
+    write_csv(out / "epochs.csv", epochs_frame(st.epochs_rows))
     write_csv(out / "steps.csv", pd.DataFrame(st.steps_rows, columns=["step", "epoch", "train_loss"]))
     last = st.epochs_rows[-1]
     device = procs.device
@@ -387,7 +411,7 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
         "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
         "status": st.status, "epochs": st.epoch, "steps": st.step, "steps_per_epoch": steps_per_epoch,
         "step_first_fit": st.first_fit, "diverged_step": st.diverged_step, "n_train": n_train,
-        "n_train_eval": n_train_eval, "n_test": n_test,
+        "n_train_eval": n_train_eval, "n_corrupted": n_corrupted, "n_test": n_test,
         "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_top5": 100 * last["train_top5"], "test_top5": 100 * last["test_top5"],
         "best_test_acc": 100 * max(r["test_acc"] for r in st.epochs_rows),

@@ -1,4 +1,5 @@
 from rethinking.aggregate import tables_for
+from rethinking.figures import CODE as FIGURES_CODE
 from rethinking.figures import INPUTS, figures_for
 
 
@@ -28,7 +29,7 @@ rule figures:
     input:
         tables=[f"{RESULTS}/tables/{t}" for t in INPUTS],
         kernel_curve=[f"{RESULTS}/tables/kernel_noise.csv"] if CFG.get("section5") else [],
-        code=f"{PKG}/figures.py",
+        code=[f"{PKG}/{c}" for c in FIGURES_CODE],
     output:
         [
             report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")

@@ -2,6 +2,7 @@
 import json
 
 from rethinking.aggregate import RUN_FILES
+from rethinking.models import model_file
 from rethinking.plan import ENGINE_SOURCES, pack_name, plan_packs, run_settings
 
 
@@ -9,6 +10,11 @@ RUN_BY_ID = {r.id: r for r in RUNS}
 PACKS = plan_packs(CFG, RUNS)  # with training.pack 1 (the default), one run per pack
 PKG = "workflow/rethinking"
 ENGINE_CODE = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
+
+
+def model_code(runs):
+    """A user's model file is an input of exactly the runs of that model (none for other models)."""
+    return sorted({str(f) for r in runs if (f := model_file(r.model, CFG["_params_dir"])) is not None})
 
 
 def settings_json(*keys):

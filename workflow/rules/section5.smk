@@ -12,8 +12,8 @@ rule kernels:
         base=rc.base_artifact(CFG),
         # corrupt.py draws the noisy labels of kernel_noise.csv (the corrupted artifacts' own draw), preprocess.py
         # its inputs (the networks' crop + standardization)
-        code=[f"{PKG}/section5.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py", f"{PKG}/corrupt.py",
-              f"{PKG}/preprocess.py"],
+        code=[f"{PKG}/section5.py", f"{PKG}/plotting.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py",
+              f"{PKG}/corrupt.py", f"{PKG}/preprocess.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES + (KERNEL_METRICS,)],
         [
@@ -38,7 +38,7 @@ rule kernels:
 rule theorem:
     input:
         base=rc.base_artifact(CFG),
-        code=[f"{PKG}/section5.py", f"{PKG}/theorem.py"],
+        code=[f"{PKG}/section5.py", f"{PKG}/plotting.py", f"{PKG}/theorem.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in THEOREM_TABLES + (THEOREM_METRICS,)],
         report(f"{RESULTS}/figures/theorem.png", caption="../report/theorem.rst", category="Section 5"),

@@ -6,6 +6,7 @@ rule train:
     input:
         data=lambda wc: rc.corrupted_artifact(CFG, RUN_BY_ID[wc.run].corruption),
         code=ENGINE_CODE,
+        model=lambda wc: model_code([RUN_BY_ID[wc.run]]),
     output:
         summary=f"{RESULTS}/runs/{{run}}/summary.json",
         epochs=f"{RESULTS}/runs/{{run}}/epochs.csv",
@@ -34,6 +35,7 @@ for number, pack in enumerate([p for p in PACKS if len(p) > 1], start=1):
         input:
             data=sorted({str(rc.corrupted_artifact(CFG, r.corruption)) for r in pack}),
             code=ENGINE_CODE,
+            model=model_code(pack),
         output:
             [f"{RESULTS}/runs/{r.id}/{f}" for r in pack for f in RUN_FILES],
         params:

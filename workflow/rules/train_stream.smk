@@ -13,6 +13,7 @@ rule train:
     input:
         data=lambda wc: rc.corrupted_artifact(CFG, RUN_BY_ID[wc.run].corruption),
         code=[f"{PKG}/{f}" for f in STREAM_ENGINE_SOURCES],
+        model=lambda wc: model_code([RUN_BY_ID[wc.run]]),
     output:
         summary=f"{RESULTS}/runs/{{run}}/summary.json",
         epochs=f"{RESULTS}/runs/{{run}}/epochs.csv",

@@ -15,9 +15,8 @@ auxiliary heads) runs from its minimum input of 75x75 up. At 299x299 it is
 exactly torchvision's network, parameter for parameter (27,161,264 with 1000
 classes and the auxiliary head).
 
-This module is separate from `models` on purpose: the in-memory engine's
-checkpoints are fingerprinted by models.py, and ImageNet-scale models are only
-ever trained by the streaming engine (rethinking.train_stream).
+Only the streaming engine (rethinking.train_stream) trains it: ImageNet-scale inputs are never held
+in memory.
 """
 from __future__ import annotations
 
@@ -26,10 +25,9 @@ from torch import Tensor, nn
 from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux, InceptionB,
                                           InceptionC, InceptionD, InceptionE)
 
-from .config import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
-from .plan import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
+from ..config import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
+from ..plan import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
 
-STREAM_MODELS = ("inception_v3",)  # models the streaming engine adds to models.MODELS
 
 
 class AuxAnySize(InceptionAux):
@@ -52,14 +50,19 @@ def inception_v3(num_classes: int, dropout: float = 0.0, aux_logits: bool = True
                       inception_blocks=blocks, init_weights=True, dropout=dropout)
 
 
-def build_stream_model(name: str, size: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """A model of the streaming engine for size x size RGB inputs: Inception V3, or one of models.MODELS."""
-    if name == "inception_v3":
-        if size < MIN_SIZE[name]:
-            raise ValueError(f"inception_v3 needs inputs of at least {MIN_SIZE[name]}x{MIN_SIZE[name]}, got {size}")
-        return inception_v3(num_classes, dropout)
-    from .models import build_model
-    return build_model(name, (3, size, size), num_classes, dropout)
+def build(in_shape, num_classes: int, dropout: float) -> nn.Module:
+    """The registry's builder: Inception V3 for C x H x W inputs of at least 75 x 75 (RGB)."""
+    side = min(in_shape[1:])
+    if side < MIN_SIZE["inception_v3"]:
+        raise ValueError(f"inception_v3 needs inputs of at least {MIN_SIZE['inception_v3']}x{MIN_SIZE['inception_v3']}, "
+                         f"got {in_shape[1]}x{in_shape[2]}")
+    return inception_v3(num_classes, dropout)
+
+
+def build_stream_model(name: str, size: int, num_classes: int, dropout: float = 0.0, base=None) -> nn.Module:
+    """A model of the streaming engine for size x size RGB inputs: Inception V3, or any entry of the registry."""
+    from . import build_model
+    return build_model(name, (3, size, size), num_classes, dropout, base=base)
 
 
 def split_outputs(out) -> tuple[Tensor, Tensor | None]:
