@@ -64,3 +64,4 @@ rule all:
         tables=rules.aggregate.output,
         figures=rules.figures.output,
         section5=[rules.kernels.output, rules.theorem.output] if CFG.get("section5") else [],
+        jobs=rules.jobs.output,   # last: time and memory of every job (Snakemake-only; docs/CHOICES.md)

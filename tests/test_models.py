@@ -276,3 +276,139 @@ def test_models_command_prints_counts_of_any_entry(capsys):
     assert main(["models", "resnet"]) == 2
     bad = capsys.readouterr()
     assert bad.out == "" and "is not a model" in bad.err and len(bad.err.splitlines()) == 1
+
+
+# --- AlexNet's fast layers (issue #18) against the plain-torch network they replace
+
+def _plain_alexnet(model):
+    """`model` (build_model's alexnet) rebuilt from torch's own layers: nn.Conv2d, an -inf padded
+    F.max_pool2d (TF SAME) and nn.LocalResponseNorm, with the same parameters."""
+    import math
+
+    import torch.nn.functional as F
+
+    from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame
+
+    class PaddedPool(nn.Module):
+        def forward(self, x):
+            pads = []
+            for size in (x.shape[-1], x.shape[-2]):
+                total = max((math.ceil(size / 2) - 1) * 2 + 3 - size, 0)
+                pads += [total // 2, total - total // 2]
+            return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
+
+    layers = []
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            assert (m.kernel_size, m.stride, m.padding) == ((5, 5), (1, 1), (2, 2))
+            plain = nn.Conv2d(m.in_channels, m.out_channels, 5, 1, 2)
+            plain.load_state_dict(m.state_dict())
+            m = plain
+        elif isinstance(m, MaxPool2dSame):
+            assert (m.kernel_size, m.stride) == (3, 2)
+            m = PaddedPool()
+        elif isinstance(m, LocalResponseNorm):
+            assert (m.size, m.alpha, m.beta, m.k) == (9, 0.001, 0.75, 1.0)
+            m = nn.LocalResponseNorm(9, 0.001, 0.75, 1.0)
+        layers.append(m)
+    return nn.Sequential(*layers)
+
+
+def _rel(a, b):
+    return float((a.detach().double() - b.detach().double()).abs().max() / b.detach().double().abs().max().clamp(min=1e-12))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops: on a shared 2-core machine a second thread only adds waits at every op."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("shape, batch", [((1, 7, 7), 32), ((1, 8, 8), 5), ((3, 28, 28), 6), ((3, 32, 32), 2),
+                                          ((2, 9, 5), 3), ((1, 1, 1), 2), ((3, 3, 6), 1)])
+def test_alexnet_equals_the_plain_torch_network(shape, batch, one_thread):
+    """Forward and every parameter's gradient equal the plain network's to float rounding, in train mode
+    with and without dropout (same masks from the same seed) and in eval mode; state dicts are alike."""
+    for dropout in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = build_model("alexnet", shape, 10, dropout)
+        plain = _plain_alexnet(model)
+        assert list(model.state_dict()) == list(plain.state_dict())
+        assert not list(model.buffers())
+        x = torch.randn(batch, *shape) * 2
+        for train in (True, False):
+            model.train(train), plain.train(train)
+            grads = []
+            for m in (model, plain):
+                torch.manual_seed(1)
+                out = m(x)
+                (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+                grads.append([out] + [p.grad.clone() for p in m.parameters()])
+                m.zero_grad(set_to_none=True)
+            for a, b in zip(*grads):
+                assert _rel(a, b) < 1e-5
+            with torch.no_grad():
+                assert _rel(model(x), plain(x)) < 1e-5 or train   # (train: dropout draws differ without a seed)
+
+
+def test_alexnet_layers_equal_torchs_own(one_thread):
+    """LocalResponseNorm: torch's nn.LocalResponseNorm (alpha / size, window size // 2 before and
+    (size - 1) // 2 after, zero-padded) for odd, even and larger-than-C sizes, NCHW and channels_last;
+    MaxPool2dSame: an -inf padded max-pool bit for bit (values and gradients) at every small size."""
+    import torch.nn.functional as F
+
+    from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame, _same_pool_pads
+    torch.manual_seed(0)
+    for size, c, beta in [(9, 64, 0.75), (4, 8, 0.75), (5, 3, 1.3), (2, 6, 0.5), (1, 4, 0.75)]:
+        for channels_last in (False, True):
+            x = torch.randn(3, c, 4, 5) * 3
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            g = torch.randn(3, c, 4, 5)
+            outs = [m(x) for m in (LocalResponseNorm(size, 0.01, beta, 2.0), nn.LocalResponseNorm(size, 0.01, beta, 2.0))]
+            grads = [torch.autograd.grad(o, x, g)[0] for o in outs]
+            assert _rel(*outs) < 1e-6 and _rel(*grads) < 1e-6, (size, c, beta, channels_last)
+    for h in range(1, 10):
+        for w in (1, 2, 5, 8):
+            x = torch.randn(2, 3, h, w, requires_grad=True)
+            (top, bottom), (left, right) = _same_pool_pads(h), _same_pool_pads(w)
+            ref = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=float("-inf")), 3, 2)
+            out = MaxPool2dSame(3, 2)(x)
+            g = torch.randn_like(ref)
+            assert torch.equal(out, ref) and torch.equal(*(torch.autograd.grad(o, x, g)[0] for o in (out, ref)))
+
+
+def test_alexnet_under_vmap_channels_last_and_autocast(one_thread):
+    """The layers work where the engines run them: torch.func.vmap over functional_call (packs), a
+    channels_last model, CPU bf16 autocast, and no_grad evaluation."""
+    import copy
+
+    from torch.func import functional_call, grad, stack_module_state, vmap
+    torch.manual_seed(0)
+    models = [build_model("alexnet", (1, 7, 7), 10) for _ in range(2)]
+    params, _ = stack_module_state(models)
+    x, y = torch.randn(2, 6, 1, 7, 7), torch.randint(0, 10, (2, 6))
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def loss(p, xb, yb):
+        return nn.functional.cross_entropy(functional_call(base, p, (xb,)), yb)
+    stacked = vmap(grad(loss))(params, x, y)
+    for k, m in enumerate(models):
+        plain = _plain_alexnet(m)
+        nn.functional.cross_entropy(plain(x[k]), y[k]).backward()
+        for (name, p) in plain.named_parameters():
+            assert _rel(stacked[name][k], p.grad) < 1e-5, name
+    model, plain = models[0], _plain_alexnet(models[0])
+    xb = torch.randn(4, 1, 7, 7)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert _rel(cl(xb.contiguous(memory_format=torch.channels_last)), plain(xb)) < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(xb)
+    out.float().sum().backward()
+    assert _rel(out.float(), plain(xb)) < 0.05 and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        assert _rel(model.eval()(xb), plain.eval()(xb)) < 1e-5

@@ -168,6 +168,24 @@ def test_plan_packs_groups_only_runs_that_can_share_a_model(tmp_path):
             assert "dropout" not in p[0].regularizers
 
 
+def test_training_pack_may_be_set_per_model():
+    raw = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    raw["grid"].append({"name": "conv", "models": ["alexnet"], "corruptions": ["labels"], "levels": [0.0, 0.5, 1.0]})
+    raw["training"]["pack"] = {"mlp_1x512": 3, "default": 1}
+    cfg = rc.validate(raw)
+    sizes = {}
+    for p in plan_packs(cfg, rc.expand_runs(cfg)):
+        sizes.setdefault(p[0].model, []).append(len(p))
+    assert max(sizes["mlp_1x512"]) == 3 and set(sizes["alexnet"]) == {1}
+    raw["training"]["pack"] = {"alexnet": 2}   # no default: 1
+    cfg = rc.validate(raw)
+    sizes = {m: [len(p) for p in plan_packs(cfg, rc.expand_runs(cfg)) if p[0].model == m] for m in ("mlp_1x512", "alexnet")}
+    assert set(sizes["mlp_1x512"]) == {1} and max(sizes["alexnet"]) == 2
+    raw["training"]["pack"] = {"mlp_1x5l2": 2}
+    with pytest.raises(rc.ConfigError, match=r"training\.pack\.mlp_1x5l2: not a model entry"):
+        rc.validate(raw)
+
+
 def test_train_command_refuses_runs_that_cannot_share_a_pack(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text((REPO / "config" / "tiny.yaml").read_text().replace("results/tiny", str(tmp_path / "r")))
@@ -217,3 +235,25 @@ def test_switching_packing_on_retrains_nothing(tmp_path):
     assert sum("resuming after epoch 2" in line for line in lines) == 2
     assert not any("epoch 3" in line for line in lines)
     assert [(rc.run_dir(cfg, r) / "epochs.csv").read_bytes() for r in runs] == before
+
+
+@pytest.mark.parametrize("name, shape", [("mlp_1x512", (1, 7, 7)), ("mlp_3x512", (3, 8, 8)), ("alexnet", (1, 7, 7)),
+                                         ("alexnet", (3, 12, 10))])
+def test_the_batched_pack_step_is_the_vmap_step(name, shape):
+    """Plain stacks of layers (the MLPs, AlexNet) take one batched op per layer instead of vmap: the same
+    losses, predictions and parameters after three steps, to float rounding; Inception keeps vmap."""
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(build_model(name, shape, 10))
+    fast, ref = Stacked(models, 0.9, 5e-4), Stacked(models, 0.9, 5e-4)
+    assert fast._batched is not None
+    ref._batched = None
+    x, y = torch.randn(3, 16, *shape), torch.randint(0, 10, (3, 16))
+    lr = torch.tensor([0.01, 0.02, 0.05])
+    for _ in range(3):
+        (la, ca), (lb, cb) = fast.step(x, y, lr, contextlib.nullcontext), ref.step(x, y, lr, contextlib.nullcontext)
+        assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6) and torch.equal(ca, cb)
+    for n in fast.params:
+        assert torch.allclose(fast.params[n], ref.params[n], rtol=1e-5, atol=1e-6), n
+    assert Stacked([build_model("inception", (1, 8, 8))] * 2, 0.9, 0.0)._batched is None

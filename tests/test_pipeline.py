@@ -9,10 +9,13 @@ import pytest
 import yaml
 
 from conftest import REPO, clone_project, run_cli, tree_files
+from rethinking import config as rc
 from rethinking.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
 from rethinking.dvcgen import generate, stage_key
+from rethinking.jobs import benchmarks_dir, expected_jobs
 
 TINY_RESULTS = "results/tiny"
+SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")   # rule jobs: no DVC stage
 CONFIGS = [REPO / "params.yaml", *sorted((REPO / "config").glob("*.yaml"))]
 
 
@@ -53,6 +56,11 @@ def test_snakemake_dry_run_lists_exactly_the_runs(path):
     train_runs = trained_runs(proc.stdout)
     assert sorted(train_runs) == sorted(expected_runs(rel))
     assert len(train_runs) == len(set(train_runs))
+    # every job has the benchmark file `jobs` reads for it (and the jobs rule its own, which its table leaves out)
+    benchmarks = re.findall(r"^\s*benchmark: (\S+)$", proc.stdout, flags=re.M)
+    cfg = rc.load(path)
+    expected = [str(j.file) for j in expected_jobs(cfg)] + [str(benchmarks_dir(cfg) / "jobs.tsv")]
+    assert sorted(benchmarks) == sorted(expected)
 
 
 def trained_runs(dry_run: str) -> list[str]:
@@ -115,6 +123,26 @@ def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
     assert list(es.columns) == EARLY_STOPPING_COLUMNS
     assert sorted(es["corruption"]) == ["labels-0.5", "random-labels", "true-labels"]
     assert es["gap"].to_numpy() == pytest.approx((es["best_test_acc"] - es["final_test_acc"]).to_numpy())
+    # per-job benchmarks: Snakemake's file for every job of every rule (one per run of train; tiny.yaml has no
+    # packs), and the last rule's tables/jobs.csv, which saw them all: every stage measured, with its wall time
+    cfg = rc.load(snakemake_tiny / "config/tiny.yaml")
+    expected = expected_jobs(cfg)
+    assert {j.stage for j in expected} == {"prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem"}
+    for path in [j.file for j in expected] + [benchmarks_dir(cfg) / "jobs.tsv"]:
+        header, *rows = (snakemake_tiny / path).read_text().splitlines()
+        assert header.split("\t") == ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
+                                      "mean_load", "cpu_time"] and len(rows) == 1, path
+    jobs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
+    assert list(jobs.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem", "total"]
+    assert (jobs["wall_s"] > 0).all() and (jobs["missing"] == 0).all() and (jobs["source"] == "benchmark").all()
+    assert jobs.loc["train", "jobs"] == jobs.loc["train", "runs"] == len(runs)
+    assert jobs.loc["total", "jobs"] == len(expected)
+    assert jobs.loc["total", "wall_s"] == pytest.approx(jobs["wall_s"].drop("total").sum(), abs=0.05)
+    assert jobs.loc["total", "max_rss_mb"] == jobs["max_rss_mb"].drop("total").max() > 0
+    assert len(pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/jobs_detail.csv")) == len(expected)
+    # the train command's own measurements (summary.json, for DVC), in runs.csv
+    assert (runs["cpu_time"] > 0).all() and (runs["max_rss_mb"] > 0).all()
+    assert (runs["process_wall_time"] >= runs["wall_time"]).all()
     # nothing left to do, and a params change reruns only what it touches
     again = sh("snakemake --cores 2 --configfile config/tiny.yaml -n", snakemake_tiny)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -136,7 +164,8 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     after it, headline metrics, and `dvc exp run -S` / `dvc exp show` as a DVC user compares experiments."""
     sh("python -m rethinking dvc --params config/tiny.yaml", project)
     sh("dvc repro", project)
-    assert _outputs(project) == _outputs(snakemake_tiny)
+    # all of Snakemake's outputs but the tables of its last rule, `jobs`, which DVC has no stage for (CHOICES.md)
+    assert _outputs(project) == [f for f in _outputs(snakemake_tiny) if f not in SNAKEMAKE_ONLY]
     for table in ("table1.csv", "convergence.csv", "memorization.csv", "early_stopping.csv"):
         a = pd.read_csv(project / TINY_RESULTS / "tables" / table)
         b = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables" / table)
@@ -174,6 +203,11 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
     assert set(exp_metrics) == set(metrics)
     table = sh("dvc exp show --no-pager --csv", project).stdout
     assert "two-epochs" in table and "mlp_1x512.true_test_acc" in table
+    # DVC measures no jobs: `python -m rethinking jobs` reads the training jobs from the runs' summaries
+    sh("python -m rethinking jobs --params config/tiny.yaml", project)
+    jobs = pd.read_csv(project / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
+    assert jobs.loc["train", "source"] == "summary.json" and jobs.loc["train", "jobs"] == len(runs)
+    assert jobs.loc["train", ["wall_s", "cpu_s", "max_rss_mb"]].gt(0).all() and jobs.loc["prepare", "jobs"] == 0
 
 
 def test_stale_dvc_yaml_stops_dvc_repro(project):

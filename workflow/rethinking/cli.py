@@ -69,6 +69,11 @@ def cmd_figures(args):
     print(figures(load(args.params)))
 
 
+def cmd_jobs(args):
+    from .jobs import jobs
+    print(jobs(load(args.params)))
+
+
 def cmd_runs(args):
     cfg = load(args.params)
     for run in expand_runs(cfg):
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in [("aggregate", cmd_aggregate, "run folders -> tables"),
                              ("figures", cmd_figures, "tables -> figures"),
+                             ("jobs", cmd_jobs, "benchmark files (or run summaries) -> per-stage time and memory"),
                              ("runs", cmd_runs, "list the runs the config expands to, one per line"),
                              ("packs", cmd_packs, "list the runs as training.pack groups them, one process per line"),
                              ("corruptions", cmd_corruptions, "list the corrupted datasets the config needs")]:

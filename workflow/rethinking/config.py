@@ -169,6 +169,8 @@ def _check_models(cfg: dict, source: str) -> None:
                                   f"would share the run folder name {run_name(model)!r}; name one of them otherwise")
     lrs = [("training.lr", cfg["training"]["lr"])] + [(f"grid[{i}].training.lr", g["training"]["lr"])
                                                       for i, g in enumerate(cfg["grid"]) if "lr" in g.get("training", {})]
+    if isinstance(cfg["training"]["pack"], dict):
+        lrs.append(("training.pack", cfg["training"]["pack"]))
     for where, lr in lrs:
         for key in lr:
             if key != "default":
@@ -229,7 +231,7 @@ def _check_streamed(cfg: dict, source: str) -> None:
     if cfg["preprocess"]["crop"] is not None:
         raise ConfigError(f"{source}: preprocess.crop: not used with dataset.source {ds!r} (streamed images are "
                           "cropped to training.image_size); set it to null")
-    if cfg["training"]["pack"] != 1:
+    if cfg["training"]["pack"] not in (1, {"default": 1}):
         raise ConfigError(f"{source}: training.pack: {cfg['training']['pack']} is not possible with dataset.source "
                           f"{ds!r}: a streamed run trains alone (set pack: 1)")
     for i, group in enumerate(cfg["grid"]):

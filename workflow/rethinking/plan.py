@@ -122,20 +122,29 @@ def check_models(cfg: dict, runs: list[Run], source: str = "params") -> None:
             raise ConfigError(f"{source}: model {exc} (run {run.id})") from None
 
 
-def plan_packs(cfg: dict, runs: list[Run], size: int | None = None) -> list[list[Run]]:
-    """The grid's runs in packs of at most `size` (default: training.pack), in run order.
+def pack_size(cfg: dict, model: str) -> int:
+    """training.pack for a model: the number, or the mapping's entry for the model (else its `default`)."""
+    pack = cfg["training"].get("pack", 1)
+    if isinstance(pack, dict):
+        return pack.get(model, pack.get("default", 1))
+    return pack
 
-    Runs are packed only with runs of the same key (pack_key); the last pack of a key may be
-    smaller, and with size 1 every run is its own pack.
+
+def plan_packs(cfg: dict, runs: list[Run], size: int | None = None) -> list[list[Run]]:
+    """The grid's runs in packs of at most `size` (default: training.pack, per model where it is a
+    mapping), in run order.
+
+    Runs are packed only with runs of the same key (pack_key, which holds the model); the last pack
+    of a key may be smaller, and with size 1 every run is its own pack.
     """
-    size = size or cfg["training"].get("pack", 1)
     packs, open_packs = [], {}
     for run in runs:
-        key = pack_key(cfg, run, run_settings(cfg, run)) if size > 1 else None
+        n = size or pack_size(cfg, run.model)
+        key = pack_key(cfg, run, run_settings(cfg, run)) if n > 1 else None
         if key is None:
             packs.append([run])
             continue
-        if key not in open_packs or len(open_packs[key]) >= size:
+        if key not in open_packs or len(open_packs[key]) >= n:
             open_packs[key] = []
             packs.append(open_packs[key])
         open_packs[key].append(run)

@@ -278,16 +278,21 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
 
     # --- data, resident on the device; runs of one corruption share it. Inputs that need no random
     # augmentation are prepared once (crop + standardization), so a step only gathers its batch.
-    loaded, members, models = {}, [], []
+    # Label corruptions share their base's images: one copy on the device serves them all (and lets a
+    # pack gather every member's batch in one index).
+    loaded, images, members, models = {}, {}, [], []
     for run, s in zip(runs, settings):
         if run.corruption not in loaded:
             meta, arr = load_corrupted(cfg, run.corruption)
-            x_train = torch.from_numpy(arr["x_train"]).to(device)
+            key = run.corruption if run.corruption.touches_pixels else "base"
+            if key not in images:
+                x_train = torch.from_numpy(arr["x_train"]).to(device)
+                images[key] = dict(x_uint8=x_train, x_train=prepare_all(x_train, crop),
+                                   x_test=prepare_all(torch.from_numpy(arr["x_test"]).to(device), crop))
             loaded[run.corruption] = dict(
-                meta=meta, x_uint8=x_train, x_train=prepare_all(x_train, crop),
+                meta=meta, **images[key],
                 y_train=torch.from_numpy(arr["y_train"]).to(device),
                 y_true=torch.from_numpy(arr["y_train_true"]).to(device),
-                x_test=prepare_all(torch.from_numpy(arr["x_test"]).to(device), crop),
                 y_test=torch.from_numpy(arr["y_test"]).to(device))
         d = loaded[run.corruption]
         c, h, w = d["x_uint8"].shape[1:]
@@ -410,40 +415,54 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
 def run_epoch_packed(stacked, group, perms, lrs, *, batch_size, crop, augment, autocast, log_every):
     """One epoch of a pack: every member steps on its own batch, all in one stacked step.
 
-    Members read their own data (or, when all share one tensor, one gather serves all) in their
-    own permutation order; each member logs its own mean loss every `log_every` of its steps.
+    Members read their own data in their own permutation order: one gather of a K x B index serves all
+    members (from the one tensor they share, or from their distinct tensors stacked once); with random
+    augmentation each member's batch is drawn from its own generator. Labels are one gather too. The
+    step's losses and correct counts stay on the device; the host reads the epoch's losses once, at
+    its end, and each member logs its mean loss every `log_every` of its own steps, as a single run.
     Returns (correct predictions per member, images seen per member).
     """
     device = perms[0].device
+    k = len(group)
     lr = torch.tensor(lrs, device=device)
-    correct = torch.zeros(len(group), device=device, dtype=torch.int64)
-    loss_sum = torch.stack([m.loss_sum for m in group])
-    shared = all(m.x_fit is group[0].x_fit for m in group)
-    n = len(perms[0])
-    for i in range(0, n, batch_size):
-        idx = [p[i:i + batch_size] for p in perms]
-        if shared and not augment:
-            xb = group[0].x_fit[torch.stack(idx)]
+    correct = torch.zeros(k, device=device, dtype=torch.int64)
+    perm = torch.stack(perms)                                   # K x N
+    y = torch.stack([m.y_train for m in group])                 # K x N
+    xs = list({id(m.x_fit): m.x_fit for m in group}.values())   # the members' distinct input tensors
+    if not augment:
+        x = xs[0] if len(xs) == 1 else torch.stack(xs)
+        which = None if len(xs) == 1 else torch.tensor([next(u for u, t in enumerate(xs) if t is m.x_fit)
+                                                        for m in group], device=device)[:, None]
+    n = perm.shape[1]
+    losses = torch.empty(math.ceil(n / batch_size), k, device=device)
+    for j, i in enumerate(range(0, n, batch_size)):
+        idx = perm[:, i:i + batch_size]
+        if augment:
+            xb = torch.stack([prepare_batch(m.x_fit[r], crop, augment, m.gen) for m, r in zip(group, idx)])
         else:
-            xb = torch.stack([m.x_fit[j] if not augment else prepare_batch(m.x_fit[j], crop, augment, m.gen)
-                              for m, j in zip(group, idx)])
-        yb = torch.stack([m.y_train[j] for m, j in zip(group, idx)])
-        losses, corr = stacked.step(xb, yb, lr, autocast)
-        loss_sum += losses
+            xb = x[idx] if which is None else x[which, idx]
+        step_losses, corr = stacked.step(xb, torch.gather(y, 1, idx), lr, autocast)
+        losses[j] = step_losses
         correct += corr
-        for k, m in enumerate(group):
+    # the loss log: each member's running sum since its last row, in float32 as a single run keeps it
+    host = losses.cpu()
+    for kk, m in enumerate(group):
+        acc = m.loss_sum.cpu().clone()
+        for value in host[:, kk]:
             m.step += 1
+            acc += value
             if m.step % log_every == 0:
-                m.steps_rows.append({"step": m.step, "epoch": m.epoch + 1,
-                                     "train_loss": float(loss_sum[k]) / log_every})
-                loss_sum[k] = 0.0
-    for k, m in enumerate(group):
-        m.loss_sum = loss_sum[k].clone()
+                m.steps_rows.append({"step": m.step, "epoch": m.epoch + 1, "train_loss": float(acc) / log_every})
+                acc.zero_()
+        m.loss_sum = acc.to(device)
     return correct.tolist(), n
 
 
 def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.device, log) -> None:
-    """Write a finished run's tables and, last, its summary."""
+    """Write a finished run's tables and, last, its summary. `cpu_time`, `max_rss_mb` and `process_wall_time`
+    are the training process's since it started (rethinking.jobs.process_usage): for a pack, the one process of all its
+    members, up to this member's end; after a resume, the resuming process's only (`wall_time` adds up)."""
+    from .jobs import process_usage
     elapsed = time.perf_counter() - m.start
     write_csv(m.out / "epochs.csv", epochs_frame(m.epochs_rows))
     write_csv(m.out / "steps.csv", _frame(m.steps_rows, columns=["step", "epoch", "train_loss"]))
@@ -457,7 +476,7 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
         "n_corrupted": None if m.y_true is None else int((m.y_train != m.y_true).sum()),
         "n_test": len(m.y_test), "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
-        "parameters": n_params, "input_shape": [c, h, w], "wall_time": elapsed,
+        "parameters": n_params, "input_shape": [c, h, w], "wall_time": elapsed, **process_usage(),
         "device": device_name(device), "deterministic": device.type == "cpu", "versions": versions(),
     }
     write_json(m.out / "summary.json", summary)

@@ -399,8 +399,12 @@ def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Pr
 
 def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_epoch: int, n_train_eval: int,
             n_train: int, n_test: int, procs: _Procs, log, n_corrupted: int | None = None) -> None:
-    """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5)."""
+    """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5).
+    `cpu_time`, `max_rss_mb`, `process_wall_time` are process 0's (rethinking.jobs.process_usage; not its loader
+    workers' nor the other processes' of a multi-GPU run: Snakemake's benchmark file of the job measures them all)."""
     import pandas as pd
+
+    from .jobs import process_usage
     write_csv(out / "epochs.csv", epochs_frame(st.epochs_rows))
     write_csv(out / "steps.csv", pd.DataFrame(st.steps_rows, columns=["step", "epoch", "train_loss"]))
     last = st.epochs_rows[-1]
@@ -417,6 +421,7 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
         "best_test_acc": 100 * max(r["test_acc"] for r in st.epochs_rows),
         "train_loss": last["train_loss"], "test_loss": last["test_loss"],
         "parameters": n_params, "input_shape": [3, s["image_size"], s["image_size"]], "wall_time": st.elapsed,
+        **process_usage(),
         "train_images_per_s": st.images / st.train_time if st.train_time > 0 else None,
         "processes": procs.world, "device": f"{procs.world} x {name}" if procs.world > 1 else name,
         "deterministic": device.type == "cpu" and procs.world == 1,

@@ -6,6 +6,8 @@ rule prepare:
         settings=settings_json("dataset", "preprocess"),
     input:
         code=[f"{PKG}/data.py", f"{PKG}/stream.py"] if rc.is_streamed(CFG) else f"{PKG}/data.py",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare.tsv"
     log:
         f"{RESULTS}/logs/prepare.log",
     conda:
@@ -22,6 +24,8 @@ rule corrupt:
         f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
     params:
         file=PARAMS,
+    benchmark:
+        f"{RESULTS}/benchmarks/corrupt/{{corruption}}.tsv"
     log:
         f"{RESULTS}/logs/corrupt/{{corruption}}.log",
     conda:

@@ -27,6 +27,8 @@ rule kernels:
     threads: 2
     resources:
         gpu=kernel_gpus(CFG),
+    benchmark:
+        f"{RESULTS}/benchmarks/kernels.tsv"
     log:
         f"{RESULTS}/logs/kernels.log",
     conda:
@@ -46,6 +48,8 @@ rule theorem:
     params:
         file=PARAMS,
         settings=settings_json("section5", "dataset"),
+    benchmark:
+        f"{RESULTS}/benchmarks/theorem.tsv"
     log:
         f"{RESULTS}/logs/theorem.log",
     conda:

@@ -19,6 +19,8 @@ rule train:
     threads: CFG["training"]["threads"]
     resources:
         gpu=gpus_per_run(),
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     conda:
@@ -45,6 +47,8 @@ for number, pack in enumerate([p for p in PACKS if len(p) > 1], start=1):
         threads: CFG["training"]["threads"]
         resources:
             gpu=gpus_per_run(),
+        benchmark:
+            f"{RESULTS}/benchmarks/train_pack/{pack_name(pack)}.tsv"
         log:
             f"{RESULTS}/logs/train/{pack_name(pack)}.log",
         conda:

@@ -27,6 +27,8 @@ rule train:
     threads: CFG["training"]["gpus_per_run"] * (CFG["training"]["threads"] + CFG["training"]["workers"])
     resources:
         gpu=gpus_requested(CFG),
+    benchmark:   # Snakemake measures the job's process tree: torchrun, every process and its loader workers
+        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     conda:
