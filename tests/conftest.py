@@ -90,3 +90,25 @@ def make_image_folder(root: Path, size=(8, 8), mode="RGB", classes=("cat", "dog"
 
 def tree_files(root: Path):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+class Killed(Exception):
+    """Stands for a kill: raised right after a run's checkpoint (train_until_killed)."""
+
+
+def train_until_killed(cfg, run, epoch, monkeypatch):
+    """Train `run` in the in-memory engine and stop it as a kill would, right after its checkpoint of
+    `epoch`: what is left is the run folder a killed job leaves."""
+    from rethinking import train as tr
+    real = tr._checkpoint
+
+    def kill_after(member, *args, **kw):
+        real(member, *args, **kw)
+        if member.epoch == epoch:
+            raise Killed()
+    monkeypatch.setattr(tr, "_checkpoint", kill_after)
+    try:
+        with pytest.raises(Killed):
+            tr.train(cfg, run, log=lambda *_: None)
+    finally:
+        monkeypatch.setattr(tr, "_checkpoint", real)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, train_until_killed
 from rethinking import aggregate as ag
 from rethinking import config as rc
 from rethinking import figures as F
@@ -144,23 +144,10 @@ def test_runs_and_packs_write_the_split_of_their_training_set(tmp_path):
     np.testing.assert_array_equal(masks[0], masks[1])   # every seed splits by the same examples
 
 
-class Killed(Exception):
-    pass
-
-
 def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, monkeypatch):
     cfg = _tiny(tmp_path)
     run = _run(cfg)
-    real = tr._checkpoint
-
-    def kill_after_epoch_2(member, *args, **kw):
-        real(member, *args, **kw)
-        if member.epoch == 2:
-            raise Killed()
-    monkeypatch.setattr(tr, "_checkpoint", kill_after_epoch_2)
-    with pytest.raises(Killed):
-        tr.train(cfg, run, **QUIET)
-    monkeypatch.setattr(tr, "_checkpoint", real)
+    train_until_killed(cfg, run, 2, monkeypatch)
     # as a checkpoint of an engine from before the split: its rows lack the columns
     path = rc.run_dir(cfg, run) / tr.CHECKPOINT
     ck = torch.load(path, map_location="cpu", weights_only=True)

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, train_until_killed
 from rethinking import config as rc
 from rethinking import train as tr
 from rethinking.corrupt import corrupt
@@ -75,10 +75,6 @@ def test_same_seed_same_metrics_on_cpu(tiny, tmp_path):
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_after_kill_gives_the_same_result(tiny, tmp_path, monkeypatch):
     run = _run(tiny, "labels-0.5", "mlp_1x512", "dropout")
     tiny["training"]["max_epochs"] = 4
@@ -87,17 +83,8 @@ def test_resume_after_kill_gives_the_same_result(tiny, tmp_path, monkeypatch):
     other = dict(tiny, results_dir=str(tmp_path / "killed"))
     prepare(other)
     corrupt(other, run.corruption)
-    real = tr._checkpoint
-
-    def kill_after_epoch_2(member, *args, **kw):
-        real(member, *args, **kw)
-        if member.epoch == 2:
-            raise Killed()
-    monkeypatch.setattr(tr, "_checkpoint", kill_after_epoch_2)
-    with pytest.raises(Killed):
-        tr.train(other, run, log=lambda *_: None)
+    train_until_killed(other, run, 2, monkeypatch)
     assert not (rc.run_dir(other, run) / "summary.json").exists()
-    monkeypatch.setattr(tr, "_checkpoint", real)
     lines = []
     resumed = json.loads((tr.train(other, run, log=lines.append) / "summary.json").read_text())
     assert any("resuming after epoch 2" in line for line in lines)
