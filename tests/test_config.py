@@ -145,3 +145,18 @@ def test_integer_keys_take_ints_only(where, value):
     node[where[-1]] = value
     with pytest.raises(rc.ConfigError, match="is not of type 'integer'"):
         rc.validate(raw, "p.yaml")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("grid:\n- {name: g, models: [mlp_1x512], corruptions: [labels], levels: [.nan, 0.5]}\n", r"grid\[0\]\.levels\[0\]"),
+    ("training: {weight_decay: .inf}\n", "training.weight_decay"),
+    ("section5: {kernels: {noise_levels: [0.0, .nan]}}\n", r"section5\.kernels\.noise_levels\[1\]"),
+])
+def test_nan_and_infinity_are_refused_by_key(text, key):
+    """JSON Schema's minimum and maximum let NaN through (every comparison with it is false): a level of
+    .nan passed validation and failed later in expand_runs (found by the fuzz test in test_faults)."""
+    raw = copy.deepcopy(BASE)
+    for k, v in yaml.safe_load(text).items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    with pytest.raises(rc.ConfigError, match=rf"^p\.yaml: {key}: -?(nan|inf) is not a finite number$"):
+        rc.validate(raw, "p.yaml")

@@ -141,6 +141,9 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
         elif e.validator == "additionalProperties":
             allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
         raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
+    bad = next(_non_finite(raw), None)   # JSON Schema's minimum/maximum let NaN through (every comparison is false)
+    if bad is not None:
+        raise ConfigError(f"{source}: {_where(bad[0])}: {bad[1]!r} is not a finite number")
     cfg = _merge(DEFAULTS, raw)
     cfg["_params_dir"] = str(params_dir) if params_dir is not None else "."
     if cfg.get("section5") is not None:
@@ -149,6 +152,18 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
         raise ConfigError(f"{source}: grid: missing; list at least one group of models x corruptions")
     _check_semantics(cfg, source)
     return cfg
+
+
+def _non_finite(node, path=()):
+    """(key path, value) of every NaN or infinite float (YAML's .nan, .inf) in a parsed mapping."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield path, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, path + (i,))
 
 
 def _check_models(cfg: dict, source: str) -> None:
