@@ -76,11 +76,16 @@ def _resume(model_state, opt_state, channels_last: bool, loader):
     return model, opt
 
 
-def _plain_load(opt, state):
-    """load_sgd before the re-layout: torch's own load_state_dict (the saved buffers' layout is kept), fused."""
+def _engine_load(opt, state):
+    """The engine's resume (optim.SGD.load_state_dict: every buffer laid out like its parameter)."""
     opt.load_state_dict(state)
-    for g in opt.param_groups:
-        g.update(fused=True, foreach=None)
+
+
+def _plain_load(opt, state):
+    """torch.optim.SGD's own load_state_dict, which keeps the saved buffers as they are (their layout too)."""
+    opt.load_state_dict(state)
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        opt.state[p]["momentum_buffer"] = state["state"][i]["momentum_buffer"]
 
 
 def _checkpoint_of(channels_last: bool):
@@ -105,7 +110,7 @@ def test_sgd_resumes_into_the_other_memory_layout(saved, resumed):
     x, y = _batch(1)
     cl = resumed == "channels_last"
 
-    model, opt = _resume(model_state, opt_state, cl, tr.load_sgd)
+    model, opt = _resume(model_state, opt_state, cl, _engine_load)
     conv_weight = next(model.parameters())
     assert conv_weight.dim() == 4 and conv_weight.is_contiguous(memory_format=torch.channels_last) == cl
     for p in model.parameters():
@@ -135,9 +140,9 @@ def test_a_packs_optimizer_state_resumes_as_a_channels_last_single_run():
     opt_state = copy.deepcopy(stacked.optimizer_state(k, member, LR))
     x, y = _batch(1)
 
-    ref_model, ref_opt = _resume(model_state, opt_state, False, tr.load_sgd)
+    ref_model, ref_opt = _resume(model_state, opt_state, False, _engine_load)
     _step(ref_model, ref_opt, x, y, False)
-    model, opt = _resume(model_state, opt_state, True, tr.load_sgd)
+    model, opt = _resume(model_state, opt_state, True, _engine_load)
     for p in model.parameters():
         assert opt.state[p]["momentum_buffer"].stride() == p.stride()
     _step(model, opt, x, y, True)
@@ -148,14 +153,14 @@ def test_a_packs_optimizer_state_resumes_as_a_channels_last_single_run():
     assert _max_diff(_params(ref_model), model.parameters()) > 1e-5
 
 
-def test_load_sgd_leaves_matching_buffers_alone():
+def test_loading_sgd_state_leaves_matching_buffers_alone():
     """Same layout (every CPU run, and CUDA's MLPs): the loaded buffers are used as they are, no copy."""
     (model_state, opt_state), _ = _checkpoint_of(False)
     model = _alexnet(False)
     model.load_state_dict(model_state)
     opt = tr.sgd(model.parameters(), LR, MOMENTUM, WD)
     state = copy.deepcopy(opt_state)
-    tr.load_sgd(opt, state)
+    opt.load_state_dict(state)
     for i, p in enumerate(model.parameters()):
         assert opt.state[p]["momentum_buffer"].data_ptr() == state["state"][i]["momentum_buffer"].data_ptr()
 

@@ -1,15 +1,19 @@
 """The engine's hot loop equals a plain PyTorch loop, and the bench command runs."""
 import contextlib
+import copy
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
 from rethinking.models import build_model
-from rethinking.train import load_sgd, run_epoch, sgd
+from rethinking.train import run_epoch, sgd
 
 
 def plain_standardize(x: np.ndarray) -> np.ndarray:
@@ -78,7 +82,7 @@ def test_fused_sgd_equals_torch_default_sgd_and_resumes_from_an_unfused_state():
     saved = io.BytesIO()
     torch.save(opt_b.state_dict(), saved)   # as a checkpoint holds it (loading a live state_dict shares its buffers)
     saved.seek(0)
-    load_sgd(opt_c, torch.load(saved))
+    opt_c.load_state_dict(torch.load(saved))
     assert all(g["fused"] for g in opt_c.param_groups)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(opt_c.state[p]["momentum_buffer"], opt_b.state[q]["momentum_buffer"])
@@ -86,6 +90,101 @@ def test_fused_sgd_equals_torch_default_sgd_and_resumes_from_an_unfused_state():
     step(b, opt_b)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _stepper(model, x, y):
+    def step(opt):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _twins(seed=0):
+    torch.manual_seed(seed)
+    a = build_model("mlp_2x16", (1, 4, 4), num_classes=3)
+    b = build_model("mlp_2x16", (1, 4, 4), num_classes=3)
+    b.load_state_dict(a.state_dict())
+    return a, b, torch.randn(12, 1, 4, 4), torch.randint(0, 3, (12,))
+
+
+@pytest.mark.parametrize("momentum, wd", [(0.9, 5e-4), (0.0, 0.0), (0.0, 0.01)])
+def test_engine_sgd_writes_and_reads_torch_fused_sgds_state_dict(momentum, wd):
+    """optim.SGD against torch.optim.SGD(fused=True): the same parameters after 3 steps, the same state_dict
+    (keys, group values, buffers), and each one resumes from the other's state to the same next step."""
+    a, b, x, y = _twins()
+    ours = sgd(a.parameters(), lr=0.1, momentum=momentum, weight_decay=wd)
+    theirs = torch.optim.SGD(b.parameters(), lr=0.1, momentum=momentum, weight_decay=wd, fused=True)
+    for _ in range(3):
+        _stepper(a, x, y)(ours)
+        _stepper(b, x, y)(theirs)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    sa, sb = ours.state_dict(), theirs.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sa["state"].keys() == sb["state"].keys() and (len(sa["state"]) == 0) == (momentum == 0)
+    for i in sa["state"]:
+        torch.testing.assert_close(sa["state"][i]["momentum_buffer"], sb["state"][i]["momentum_buffer"], rtol=0,
+                                   atol=0)
+    # cross-resume: torch's optimizer from our state, ours from torch's
+    a2, b2 = build_model("mlp_2x16", (1, 4, 4), 3), build_model("mlp_2x16", (1, 4, 4), 3)
+    a2.load_state_dict(a.state_dict())
+    b2.load_state_dict(b.state_dict())
+    ours2 = sgd(a2.parameters(), lr=0.1, momentum=momentum, weight_decay=wd)
+    ours2.load_state_dict(copy.deepcopy(sb))
+    theirs2 = torch.optim.SGD(b2.parameters(), lr=0.1, momentum=momentum, weight_decay=wd, fused=True)
+    theirs2.load_state_dict(copy.deepcopy(sa))
+    for model, opt in ((a, ours), (b, theirs), (a2, ours2), (b2, theirs2)):
+        _stepper(model, x, y)(opt)
+    for m in (b, a2, b2):
+        for p, q in zip(a.parameters(), m.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_engine_sgd_starts_the_buffers_a_resumed_state_lacks_as_torch_does():
+    """A state holding buffers for some parameters only: those continue, the others start at buf = g
+    (torch's default SGD does the same per parameter; its fused path cannot mix them)."""
+    a, b, x, y = _twins(1)
+    ours = sgd(a.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    theirs = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    _stepper(a, x, y)(ours)
+    _stepper(b, x, y)(theirs)
+    state = copy.deepcopy(ours.state_dict())
+    del state["state"][0], state["state"][3]
+    ours.load_state_dict(state)
+    for i, p in enumerate(b.parameters()):
+        if i in (0, 3):
+            del theirs.state[p]
+    for _ in range(2):
+        _stepper(a, x, y)(ours)
+        _stepper(b, x, y)(theirs)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_engine_sgd_refuses_a_state_of_another_model():
+    a, _, _, _ = _twins()
+    other = torch.optim.SGD(build_model("mlp_1x16", (1, 4, 4), 3).parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="group of 4 parameters where this optimizer's has 6"):
+        sgd(a.parameters(), lr=0.1, momentum=0.9).load_state_dict(other.state_dict())
+
+
+def test_a_training_process_does_not_import_torch_dynamo(tmp_path):
+    """torch.optim's Optimizer imports torch._dynamo (about 1.8 s of a fresh process here,
+    benchmarks/optimizer_import.py); a training step, a checkpoint's state_dict and a resume must not."""
+    code = ("import sys, torch\n"
+            "from rethinking.train import sgd\n"
+            "from rethinking.pack import Stacked\n"
+            "from rethinking.models import build_model\n"
+            "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"
+            "opt = sgd(m.parameters(), 0.1, 0.9, 5e-4)\n"
+            "m(torch.zeros(2, 1, 4, 4)).sum().backward(); opt.step()\n"
+            "sgd(m.parameters(), 0.1, 0.9).load_state_dict(opt.state_dict())\n"
+            "st = Stacked([m, build_model('mlp_1x16', (1, 4, 4), 3)], 0.9, 0.0)\n"
+            "st.load_member(1, m.state_dict(), st.optimizer_state(0, st.member(0), 0.1))\n"
+            "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_bench_command_reports_throughput_and_speedup(tmp_path):

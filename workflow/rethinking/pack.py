@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .optim import SGD
+
 
 # parameter-free modules that treat every sample on its own: the K x B samples of a pack are one batch to them
 PER_SAMPLE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.LocalResponseNorm, nn.Identity)
@@ -158,17 +160,18 @@ class Stacked:
         return self.template
 
     def optimizer_state(self, k: int, module: nn.Module, lr: float) -> dict:
-        """Member k's momentum as a torch.optim.SGD state_dict for `module` (a single run resumes from it)."""
-        opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        """Member k's momentum as an SGD state_dict for `module` (torch.optim.SGD's format: a single run
+        resumes from it)."""
+        opt = SGD(module.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
         for (n, _), p in zip(module.named_parameters(), module.parameters()):
-            opt.state[p]["momentum_buffer"] = self.momentum_buf[n][k].detach().clone()
+            opt.state[p] = {"momentum_buffer": self.momentum_buf[n][k].detach().clone()}
         return opt.state_dict()
 
     def load_member(self, k: int, model_state: dict, optimizer_state: dict) -> None:
         """Put a run's checkpoint (single or packed: the same format) into slot k."""
         module = self.template
         module.load_state_dict(model_state)
-        opt = torch.optim.SGD(module.parameters(), lr=0.0, momentum=self.momentum)
+        opt = SGD(module.parameters(), lr=0.0, momentum=self.momentum)
         opt.load_state_dict(optimizer_state)
         with torch.no_grad():
             for n, v in {**dict(module.named_parameters()), **dict(module.named_buffers())}.items():

@@ -16,7 +16,7 @@ AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in 
 # every file of the models subpackage (a new model file is an engine source without another edit)
 MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((Path(__file__).parent / "models").glob("*.py")))
 # a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
-ENGINE_SOURCES = ("train.py", "pack.py", *MODEL_SOURCES, "preprocess.py", "precision.py")
+ENGINE_SOURCES = ("train.py", "optim.py", "pack.py", *MODEL_SOURCES, "preprocess.py", "precision.py")
 
 
 def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | None = None) -> str:
@@ -179,7 +179,7 @@ def pack_name(pack: list[Run]) -> str:
 
 # a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code;
 # train.py: the stop rule, the learning-rate schedule and the memorization split come from it)
-STREAM_ENGINE_SOURCES = ("train_stream.py", "train.py", "stream.py", *MODEL_SOURCES, "precision.py")
+STREAM_ENGINE_SOURCES = ("train_stream.py", "train.py", "optim.py", "stream.py", *MODEL_SOURCES, "precision.py")
 
 
 def stream_settings(cfg: dict, run: Run) -> dict:

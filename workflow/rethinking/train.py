@@ -48,6 +48,7 @@ from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
 from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
+from .optim import SGD
 from .models import build_model, check_model, count_parameters, is_user_code, parse, traits
 from .pack import Stacked
 from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
@@ -103,29 +104,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sgd(params, lr: float, momentum: float, weight_decay: float = 0.0) -> torch.optim.SGD:
-    """torch's SGD with the fused update: one kernel updates every tensor, where the default
-    for-loop makes several passes per tensor. MLP 1x512 on the project's 2-core CPU: 0.3-0.5 ms
-    per step against the default's 0.6-1.1 ms, or 1.1-1.6 ms with weight decay 5e-4
-    (benchmarks/step_breakdown.py [--weight-decay 5e-4]). Same update, same state_dict format."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
-
-
-def load_sgd(opt: torch.optim.SGD, state: dict) -> None:
-    """Resume `opt` from a saved SGD state (also one saved unfused, e.g. by a pack), keeping it fused.
-
-    Every momentum buffer is laid out like its parameter. load_state_dict keeps the saved tensor's
-    memory layout, but a checkpoint of a pack or of a CPU run holds contiguous (NCHW) buffers where a
-    conv model on CUDA is channels_last, and the other way round; the fused kernels pair parameter,
-    gradient and buffer by storage position: CUDA's refuses mismatched strides at the first step, the
-    CPU's silently updates each weight with another weight's momentum."""
-    opt.load_state_dict(state)
-    for g in opt.param_groups:
-        g.update(fused=True, foreach=None)
-        for p in g["params"]:
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None and buf.stride() != p.stride():
-                opt.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)   # p's strides, buf's values
+def sgd(params, lr: float, momentum: float, weight_decay: float = 0.0) -> SGD:
+    """The engine's optimizer (optim.SGD): torch's fused SGD kernel, one kernel for every tensor, where
+    torch's default for-loop makes several passes per tensor. MLP 1x512 on the project's 2-core CPU:
+    0.3-0.5 ms per step against the default's 0.6-1.1 ms, or 1.1-1.6 ms with weight decay 5e-4
+    (benchmarks/step_breakdown.py [--weight-decay 5e-4]). Same update, same state_dict format as
+    torch.optim.SGD; resuming (`load_state_dict`) lays the buffers out like the parameters."""
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def autocast_for(device: torch.device):
@@ -333,7 +318,7 @@ def _train(cfg: dict, runs: list[Run], settings: list[dict], t: dict, device: to
             continue
         if stacked is None:
             model.load_state_dict(ck["model"])
-            load_sgd(opt, ck["optimizer"])
+            opt.load_state_dict(ck["optimizer"])
             set_rng_state(ck, device)
         else:
             stacked.load_member(k, ck["model"], ck["optimizer"])

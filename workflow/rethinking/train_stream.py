@@ -65,7 +65,7 @@ from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
 from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
 from .slots import Slot, claim, lock_runs, visible_devices
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import (autocast_for, device_name, epochs_frame, fitted, learning_rate, load_sgd, pick_device, rng_state,
+from .train import (autocast_for, device_name, epochs_frame, fitted, learning_rate, pick_device, rng_state,
                     set_rng_state, sgd, split_counts, split_percent, versions)
 
 CHECKPOINT = "checkpoint.pt"
@@ -265,7 +265,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
             ck = None
     if ck is not None:
         model.load_state_dict(ck["model"])
-        load_sgd(opt, ck["optimizer"])
+        opt.load_state_dict(ck["optimizer"])
         mine = ck["processes"][rank]
         set_rng_state(mine, device)
         loss_sum.fill_(mine["loss_sum"])
