@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parent.parent
 # test this checkout's package, in this process and in every command the tests start
 sys.path.insert(0, str(REPO / "workflow"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
+
+# the fuzz tests (test_faults) draw the same examples every run, so a CI result is reproducible; a fresh
+# draw hunts for new bugs: HYPOTHESIS_PROFILE=explore python -m pytest tests/test_faults.py
+try:
+    from hypothesis import settings as _hypothesis
+    _hypothesis.register_profile("repeatable", derandomize=True, database=None)
+    _hypothesis.register_profile("explore", derandomize=False)
+    _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:   # hypothesis is in the [test] extra
+    pass
+
+
 def run_cli(*args, cwd, check=False, timeout=600):
     """python -m rethinking ... as a user runs it; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, "-m", "rethinking", *map(str, args)], cwd=cwd,
