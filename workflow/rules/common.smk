@@ -3,7 +3,7 @@ import json
 
 from rethinking.aggregate import RUN_FILES
 from rethinking.models import model_file
-from rethinking.plan import ENGINE_SOURCES, pack_name, plan_packs, run_settings
+from rethinking.plan import ENGINE_SOURCES, job_priority, pack_name, plan_packs, run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}

@@ -17,6 +17,7 @@ rule train:
         file=PARAMS,
         settings=run_settings_json,
     threads: CFG["training"]["threads"]
+    priority: lambda wc: job_priority(CFG, [RUN_BY_ID[wc.run]])   # the longest runs first
     resources:
         gpu=gpus_per_run(),
     benchmark:
@@ -45,6 +46,7 @@ for number, pack in enumerate([p for p in PACKS if len(p) > 1], start=1):
             settings=pack_settings_json(pack),
             runs=" ".join(f"--run {r.id}" for r in pack),
         threads: CFG["training"]["threads"]
+        priority: job_priority(CFG, pack)
         resources:
             gpu=gpus_per_run(),
         benchmark:
