@@ -199,11 +199,25 @@ def expected_cost(cfg: dict, run: Run) -> float:
     return cost * epochs
 
 
+SECTION5_PRIORITY = 1000   # the kernels and theorem stages: above every training job (job_priority is a log2)
+
+
 def job_priority(cfg: dict, runs: list[Run]) -> float:
     """Snakemake's priority of a training job (a run or a pack): higher starts first. log2 of the expected
     cost (expected_cost), so that a pack counts as the sum of its runs."""
     import math
     return round(math.log2(sum(expected_cost(cfg, r) for r in runs)), 3)
+
+
+def corruption_priorities(cfg: dict, packs: list[list[Run]]) -> dict[str, float]:
+    """Snakemake's priority of each corrupt job (by corruption id): that of the first training job
+    waiting for it, so that the longest runs' data is made first (a job only starts once its data exists)."""
+    out: dict[str, float] = {}
+    for pack in packs:
+        p = job_priority(cfg, pack)
+        for run in pack:
+            out[run.corruption.id] = max(out.get(run.corruption.id, p), p)
+    return out
 
 
 def pack_name(pack: list[Run]) -> str:

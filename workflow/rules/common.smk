@@ -3,11 +3,12 @@ import json
 
 from rethinking.aggregate import RUN_FILES
 from rethinking.models import model_file
-from rethinking.plan import ENGINE_SOURCES, job_priority, pack_name, plan_packs, run_settings
+from rethinking.plan import ENGINE_SOURCES, corruption_priorities, job_priority, pack_name, plan_packs, run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}
 PACKS = plan_packs(CFG, RUNS)  # with training.pack 1 (the default), one run per pack
+CORRUPT_PRIORITY = corruption_priorities(CFG, PACKS)  # the longest runs' data first
 PKG = "workflow/rethinking"
 ENGINE_CODE = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
 

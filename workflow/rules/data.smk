@@ -24,6 +24,7 @@ rule corrupt:
         f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
     params:
         file=PARAMS,
+    priority: lambda wc: CORRUPT_PRIORITY.get(wc.corruption, 0)
     benchmark:
         f"{RESULTS}/benchmarks/corrupt/{{corruption}}.tsv"
     log:

@@ -1,10 +1,14 @@
 from rethinking.section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
                                  THEOREM_TABLES, kernel_gpus)
+from rethinking.plan import SECTION5_PRIORITY
 
 
 # The kernels stage on a GPU (section5.kernels.device auto or cuda; whether one exists is not known here) asks
 # for one unit of `gpu`, as a training job does, and claims a GPU slot when it runs (section5.kernel_device):
 # `--resources gpu=N` counts it among the N jobs on the GPUs.
+# kernels needs only the base artifact and asks for 2 cores; it starts before every training job
+# (plan.SECTION5_PRIORITY): with 2 cores it otherwise waited for both to be free, which happened only after the
+# last training job, on the critical path. theorem (one core, seconds) keeps the default priority and fills a gap.
 
 
 rule kernels:
@@ -25,6 +29,7 @@ rule kernels:
         file=PARAMS,
         settings=settings_json("section5", "dataset", "preprocess"),
     threads: 2
+    priority: SECTION5_PRIORITY
     resources:
         gpu=kernel_gpus(CFG),
     benchmark:
