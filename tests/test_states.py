@@ -252,3 +252,21 @@ def test_states_demo_through_the_cli(tmp_path):
     assert "stopped:MLP 1x512" in gids and "diverged:AlexNet" in gids
     assert _by_gid(ax, "fitted:MLP 1x512", "lines").get_linestyle() == "-"
     assert _by_gid(ax, "fitted:MLP 3x512", "lines").get_linestyle() == "None"
+
+
+def test_the_curves_band_is_the_t_interval_of_each_step():
+    """figures._mean_band (one pass over the groups) equals aggregate.t_interval applied to every step:
+    NaN values left out, the mean itself where a step has fewer than 2 values, NaN where it has none."""
+    from rethinking.aggregate import t_interval
+    from rethinking.figures import _mean_band
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"step": np.repeat(np.arange(30), 4), "v": rng.normal(size=120)})
+    d.loc[d.index % 7 == 0, "v"] = np.nan
+    d.loc[d["step"] == 3, "v"] = [1.0, np.nan, np.nan, np.nan]
+    d.loc[d["step"] == 4, "v"] = np.nan
+    mean, band = _mean_band(d, "step", "v")
+    for step, v in d.groupby("step")["v"]:
+        lo, hi = t_interval(v.values) if v.notna().any() else (np.nan, np.nan)
+        np.testing.assert_allclose([mean[step], band.loc[step, "lo"], band.loc[step, "hi"]],
+                                   [np.nanmean(v) if v.notna().any() else np.nan, lo, hi], rtol=1e-12)
+    assert band.loc[3].tolist() == [1.0, 1.0] and band.loc[0, "hi"] > band.loc[0, "lo"]

@@ -92,10 +92,15 @@ def _state_legend(ax, extra=(), stopped="", diverged="", **kw):
 
 
 def _mean_band(values: pd.DataFrame, x: str, y: str):
-    """Mean and 95% t-interval of `y` per `x` (over the rows: seeds)."""
-    g = values.groupby(x)[y]
-    band = g.apply(lambda v: pd.Series(t_interval(v.values), index=["lo", "hi"])).unstack()
-    return g.mean(), band
+    """Mean and 95% t-interval of `y` per `x` (over the rows: seeds), as aggregate.t_interval computes it
+    (NaN values left out; the mean itself where fewer than 2 values), in one pass over the groups:
+    t_interval per group took 2.6 s of the default experiment's 8 s figures stage."""
+    from scipy import stats
+    g = values.assign(**{y: values[y].astype(float)}).groupby(x)[y]
+    mean, sd, n = g.mean(), g.std(ddof=1), g.count()
+    half = pd.Series(stats.t.ppf(0.975, np.maximum(n - 1, 1)), index=n.index) * sd / np.sqrt(n)
+    half = half.where(n >= 2, 0.0)
+    return mean, pd.DataFrame({"lo": mean - half, "hi": mean + half})
 
 
 def _seed_curves(ax, d: pd.DataFrame, x: str, y: str, color, label: str, linestyle="-"):
