@@ -144,3 +144,42 @@ def test_a_checkpoint_write_cut_short_leaves_nothing_after_the_rerun(tiny):
     assert not stale.exists() and (out / tr.CHECKPOINT).is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt", "summary.json", "epochs.csv",
                                                             "steps.csv", ".train.lock"])
+
+
+def test_run_tables_are_written_as_pandas_writes_them(tmp_path):
+    """io.write_rows (the engines' epochs.csv and steps.csv, without importing pandas) is byte for byte
+    pandas' to_csv of the same rows: key order, blanks for NaN/None/missing, float repr, int columns
+    with a blank as floats, quoting, numpy scalars."""
+    import numpy as np
+    from rethinking.io import write_csv, write_rows
+    rows = [{"epoch": 1, "step": 45, "lr": 0.01, "acc": 0.43771746694502434, "x": 1e-05, "big": 1.5e20, "s": "a,b",
+             "flag": True, "nan": float("nan"), "np": np.float64(0.1), "npi": np.int64(3), "f32": np.float32(0.1)},
+            {"epoch": 2, "step": 90, "lr": 0.009985269167730945, "acc": 100.0, "x": None, "big": 3, "s": "plain",
+             "flag": False, "nan": float("nan"), "np": np.float64(2), "npi": np.int64(4), "extra": 5,
+             "f32": np.float32(2.5)},
+            {"epoch": 3, "step": 135, "lr": 0.0, "acc": -0.0, "s": 'q"uote', "flag": True, "np": float("inf"),
+             "npi": 7, "extra": None}]
+    for name, columns in (("all", None), ("chosen", ["step", "lr", "missing", "epoch"])):
+        write_rows(tmp_path / f"{name}.csv", rows, columns)
+        write_csv(tmp_path / f"{name}_pd.csv", pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows))
+        assert (tmp_path / f"{name}.csv").read_bytes() == (tmp_path / f"{name}_pd.csv").read_bytes()
+    write_rows(tmp_path / "empty.csv", [], ["step", "epoch", "train_loss"])
+    assert (tmp_path / "empty.csv").read_text() == "step,epoch,train_loss\n"
+
+
+def test_a_training_process_imports_neither_pandas_nor_dynamo(tiny):
+    """Every training job is a fresh process: pandas (0.26 s) and torch._dynamo (1.8 s, torch.optim's
+    optimizers) are not imported by `train`."""
+    import subprocess
+    import sys
+    import yaml
+    run = _run(tiny)
+    params = tiny["results_dir"] + "/../p.yaml"
+    with open(params, "w") as f:
+        yaml.safe_dump({k: v for k, v in tiny.items() if not k.startswith("_")}, f)
+    code = ("import sys; from rethinking import cli; code = cli.main(sys.argv[1:]); "
+            "print(code, sorted(m for m in ('pandas', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "train", "--params", params, "--run", run.id],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []"
+    assert (rc.run_dir(tiny, run) / "summary.json").is_file()

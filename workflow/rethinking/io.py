@@ -153,6 +153,40 @@ def write_csv(path, frame) -> None:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
+def write_rows(path, rows: list[dict], columns=None) -> None:
+    """A CSV of dict rows, byte for byte as write_csv(path, pandas.DataFrame(rows, columns=columns)) writes
+    it, without importing pandas (a quarter of a second of every training process): columns given, else
+    every key in order of first appearance; NaN, None and missing keys blank; floats as repr, and a column
+    of ints that has a blank written as floats (pandas makes it a float column)."""
+    import csv
+    import math
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    missing = [any(_blank(r.get(c)) for r in rows) for c in columns]
+    floaty = [m or any(isinstance(r.get(c), (float, np.floating)) for r in rows) for c, m in zip(columns, missing)]
+
+    def cell(v, as_float):
+        if _blank(v):
+            return ""
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if isinstance(v, (int, np.integer)) and not as_float:
+            return str(int(v))
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return repr(float(v)) if math.isfinite(float(v)) else ("inf" if v > 0 else "-inf")
+        return str(v)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([cell(r.get(c), fl) for c, fl in zip(columns, floaty)])
+
+
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and v != v)
+
+
 def save_npz(path, meta: dict, **arrays) -> None:
     """An artifact: named arrays plus a JSON `meta` record, written atomically.
 

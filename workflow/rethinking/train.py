@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from . import __version__
 from .config import Run, run_dir, training_for
 from .corrupt import load_corrupted
-from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
+from .io import load_checkpoint, remove_stale_temps, save_torch, write_json, write_rows
 from .optim import SGD
 from .models import build_model, check_model, count_parameters, is_user_code, parse, traits
 from .pack import Stacked
@@ -449,8 +449,8 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
     members, up to this member's end; after a resume, the resuming process's only (`wall_time` adds up)."""
     from .jobs import process_usage
     elapsed = time.perf_counter() - m.start
-    write_csv(m.out / "epochs.csv", epochs_frame(m.epochs_rows))
-    write_csv(m.out / "steps.csv", _frame(m.steps_rows, columns=["step", "epoch", "train_loss"]))
+    write_epochs(m.out / "epochs.csv", m.epochs_rows)
+    write_steps(m.out / "steps.csv", m.steps_rows)
     last = m.epochs_rows[-1]
     c, h, w = m.x_train.shape[1:]
     summary = {
@@ -469,19 +469,16 @@ def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.devic
         f"test {summary['test_acc']:.2f}% ({elapsed:.1f} s on {summary['device']})")
 
 
-def _frame(rows, columns=None):
-    import pandas as pd
-    return pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
-
-
-def epochs_frame(rows):
+def write_epochs(path, rows) -> None:
     """epochs.csv from a run's per-epoch rows (both engines). The SPLIT_COLUMNS are always there, blank in
     the rows of a checkpoint written before the engines recorded them (a resumed run keeps its earlier rows)."""
-    frame = _frame(rows)
-    for column in SPLIT_COLUMNS:
-        if column not in frame:
-            frame[column] = np.nan
-    return frame
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    write_rows(path, rows, columns + [c for c in SPLIT_COLUMNS if c not in columns])
+
+
+def write_steps(path, rows) -> None:
+    """steps.csv: the logged training loss every log_every steps (both engines)."""
+    write_rows(path, rows, ["step", "epoch", "train_loss"])
 
 
 def device_name(device: torch.device) -> str:

@@ -58,15 +58,15 @@ import torch.nn.functional as F
 
 from .config import ConfigError, Run, run_dir, training_for
 from .models.inception_v3 import build_stream_model, loss_of, split_outputs
-from .io import load_checkpoint, remove_stale_temps, save_torch, write_csv, write_json
+from .io import load_checkpoint, remove_stale_temps, save_torch, write_json
 from .models import count_parameters, traits
 from .precision import exact_float32
 from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
 from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
 from .slots import Slot, claim, lock_runs, visible_devices
 from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import (autocast_for, device_name, epochs_frame, fitted, learning_rate, pick_device, rng_state,
-                    set_rng_state, sgd, split_counts, split_percent, versions)
+from .train import (autocast_for, device_name, fitted, learning_rate, pick_device, rng_state,
+                    set_rng_state, sgd, split_counts, split_percent, versions, write_epochs, write_steps)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "state", "processes")   # besides its fingerprint
@@ -402,11 +402,9 @@ def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_e
     """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5).
     `cpu_time`, `max_rss_mb`, `process_wall_time` are process 0's (rethinking.jobs.process_usage; not its loader
     workers' nor the other processes' of a multi-GPU run: Snakemake's benchmark file of the job measures them all)."""
-    import pandas as pd
-
     from .jobs import process_usage
-    write_csv(out / "epochs.csv", epochs_frame(st.epochs_rows))
-    write_csv(out / "steps.csv", pd.DataFrame(st.steps_rows, columns=["step", "epoch", "train_loss"]))
+    write_epochs(out / "epochs.csv", st.epochs_rows)
+    write_steps(out / "steps.csv", st.steps_rows)
     last = st.epochs_rows[-1]
     device = procs.device
     name = device_name(device)
