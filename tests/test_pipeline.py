@@ -13,6 +13,7 @@ from rethinking import config as rc
 from rethinking.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
 from rethinking.dvcgen import generate, stage_key
 from rethinking.jobs import benchmarks_dir, expected_jobs
+from rethinking.plan import SECTION5_PRIORITY, job_priority
 
 TINY_RESULTS = "results/tiny"
 SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")   # rule jobs: no DVC stage
@@ -61,6 +62,39 @@ def test_snakemake_dry_run_lists_exactly_the_runs(path):
     cfg = rc.load(path)
     expected = [str(j.file) for j in expected_jobs(cfg)] + [str(benchmarks_dir(cfg) / "jobs.tsv")]
     assert sorted(benchmarks) == sorted(expected)
+    # the longest jobs first (plan.job_priority); each corrupt job as the highest of the runs it feeds
+    by_id = {r.id: r for r in rc.expand_runs(cfg)}
+    corrupt_priority = {}
+    for job in re.split(r"\n(?=(?:local)?rule )", proc.stdout):
+        priority = float(m.group(1)) if (m := re.search(r"^\s*priority: (\S+)$", job, flags=re.M)) else 0.0
+        if re.match(r"rule train(?:_pack_\d+)?:", job):
+            runs = [by_id[r] for r in re.findall(r"/runs/([^,\s]+)/summary\.json", job)]
+            assert priority == job_priority(cfg, runs), job
+            for r in runs:
+                corrupt_priority[r.corruption.id] = max(corrupt_priority.get(r.corruption.id, priority), priority)
+        elif re.match(r"rule corrupt:", job):
+            corrupt_priority.setdefault("_seen", []).append(
+                (re.search(r"corruption=(\S+)", job).group(1), priority))
+        elif re.match(r"rule kernels:", job):
+            assert priority == SECTION5_PRIORITY
+    for corruption, priority in corrupt_priority.pop("_seen", []):
+        assert priority == corrupt_priority[corruption], corruption
+
+
+def test_job_priorities_put_the_longest_runs_first():
+    """plan.expected_cost orders what the default experiment measured (docs/PERFORMANCE.md): AlexNet above
+    every MLP, MLP 3x512 above 1x512, random labels above partial above true labels, the crop above none."""
+    cfg = rc.load(REPO / "params.yaml")
+    runs = {r.id: r for r in rc.expand_runs(cfg)}
+
+    def p(run_id):
+        return job_priority(cfg, [runs["digits/" + run_id + "/seed0"]])
+    assert p("true-labels/alexnet/none") > p("random-labels/mlp_3x512/none") > p("random-labels/mlp_1x512/none")
+    assert p("random-labels/alexnet/none") > p("labels-0.5/alexnet/none") > p("true-labels/alexnet/none")
+    assert p("true-labels/alexnet/crop") > p("true-labels/alexnet/none") == p("true-labels/alexnet/wd")
+    assert p("true-labels/mlp_3x512/none") > p("true-labels/mlp_1x512/none") > p("gaussian/mlp_1x512/none")
+    pack = [runs["digits/labels-0.2/mlp_1x512/none/seed0"], runs["digits/labels-0.4/mlp_1x512/none/seed0"]]
+    assert job_priority(cfg, pack) > max(job_priority(cfg, [r]) for r in pack)
 
 
 def trained_runs(dry_run: str) -> list[str]:

@@ -199,7 +199,7 @@ def expected_cost(cfg: dict, run: Run) -> float:
     return cost * epochs
 
 
-SECTION5_PRIORITY = 1000   # the kernels and theorem stages: above every training job (job_priority is a log2)
+SECTION5_PRIORITY = 1000   # the kernels stage (2 cores): before every training job (job_priority is a log2)
 
 
 def job_priority(cfg: dict, runs: list[Run]) -> float:
@@ -210,7 +210,7 @@ def job_priority(cfg: dict, runs: list[Run]) -> float:
 
 
 def corruption_priorities(cfg: dict, packs: list[list[Run]]) -> dict[str, float]:
-    """Snakemake's priority of each corrupt job (by corruption id): that of the first training job
+    """Snakemake's priority of each corrupt job (by corruption id): the highest of the training jobs
     waiting for it, so that the longest runs' data is made first (a job only starts once its data exists)."""
     out: dict[str, float] = {}
     for pack in packs:

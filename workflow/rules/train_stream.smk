@@ -25,6 +25,7 @@ rule train:
         settings=stream_settings_json,
         launch=launcher(CFG),
     threads: CFG["training"]["gpus_per_run"] * (CFG["training"]["threads"] + CFG["training"]["workers"])
+    priority: lambda wc: job_priority(CFG, [RUN_BY_ID[wc.run]])   # random labels before true labels
     resources:
         gpu=gpus_requested(CFG),
     benchmark:   # Snakemake measures the job's process tree: torchrun, every process and its loader workers
