@@ -143,8 +143,8 @@ class Stacked:
         params = [self.params[n] for n in names]
         grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
-            if self.weight_decay:
-                grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            if self.weight_decay:   # in place: autograd.grad's fresh tensors
+                torch._foreach_add_(grads, params, alpha=self.weight_decay)
             bufs = [self.momentum_buf[n] for n in names]
             torch._foreach_mul_(bufs, self.momentum)
             torch._foreach_add_(bufs, grads)
