@@ -64,7 +64,7 @@ def test_snakemake_dry_run_lists_exactly_the_runs(path):
     assert sorted(benchmarks) == sorted(expected)
     # the longest jobs first (plan.job_priority); each corrupt job as the highest of the runs it feeds
     by_id = {r.id: r for r in rc.expand_runs(cfg)}
-    corrupt_priority = {}
+    corrupt_priority, corrupt_jobs = {}, []
     for job in re.split(r"\n(?=(?:local)?rule )", proc.stdout):
         priority = float(m.group(1)) if (m := re.search(r"^\s*priority: (\S+)$", job, flags=re.M)) else 0.0
         if re.match(r"rule train(?:_pack_\d+)?:", job):
@@ -73,11 +73,10 @@ def test_snakemake_dry_run_lists_exactly_the_runs(path):
             for r in runs:
                 corrupt_priority[r.corruption.id] = max(corrupt_priority.get(r.corruption.id, priority), priority)
         elif re.match(r"rule corrupt:", job):
-            corrupt_priority.setdefault("_seen", []).append(
-                (re.search(r"corruption=(\S+)", job).group(1), priority))
+            corrupt_jobs.append((re.search(r"corruption=(\S+)", job).group(1), priority))
         elif re.match(r"rule kernels:", job):
             assert priority == SECTION5_PRIORITY
-    for corruption, priority in corrupt_priority.pop("_seen", []):
+    for corruption, priority in corrupt_jobs:
         assert priority == corrupt_priority[corruption], corruption
 
 
