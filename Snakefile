@@ -12,8 +12,8 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from rethinking import config as rc
-from rethinking.plan import check_models
+from rethinking import plan as rc
+from rethinking.plan.packs import check_models
 
 min_version("9.0")
 

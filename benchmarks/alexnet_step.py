@@ -19,7 +19,7 @@ from torch import nn
 
 from rethinking.models import build_model
 from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame, _same_pool_pads
-from rethinking.train import sgd
+from rethinking.engine.loop import sgd
 
 
 class PaddedMaxPool(nn.Module):

@@ -3,7 +3,7 @@
     python benchmarks/compile_step.py [--models mlp_1x512 alexnet] [--pack 8] [--steps 300]
 
 For each model (digits shape 1x7x7, batch 32, 1 thread, like the default experiment's runs) and for
-the pack step of --pack members (rethinking.pack.Stacked, its batched forward compiled), every case
+the pack step of --pack members (rethinking.engine.pack.Stacked, its batched forward compiled), every case
 runs in its own fresh process, back to back:
   eager         the engine's step as it is (train.sgd, model(x) in eager mode);
   compile cold  torch.compile(model) with an empty inductor cache (a new TORCHINDUCTOR_CACHE_DIR);
@@ -36,8 +36,8 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
     torch.set_num_threads(1)
     t_import = time.perf_counter()
     from rethinking.models import build_model
-    from rethinking.pack import Stacked
-    from rethinking.train import sgd
+    from rethinking.engine.pack import Stacked
+    from rethinking.engine.loop import sgd
 
     torch.manual_seed(0)
     shape, k, b = (1, 7, 7), 10, 32

@@ -8,7 +8,7 @@
     # on a GPU (nvJPEG for torchvision and torchcodec; Pillow decodes on the CPU and copies the batch over)
     python benchmarks/decode_bench.py --device cuda
 
-What is timed is what `decode: device` does per batch (rethinking.stream.decode_batch): a list of 1-D uint8
+What is timed is what `decode: device` does per batch (rethinking.data.stream.decode_batch): a list of 1-D uint8
 tensors of file bytes -> a list of 3 x H x W uint8 RGB tensors on the device, in batches of --batch.
 - torchvision: torchvision.io.decode_jpeg(list, mode=RGB, device) (deprecated since torchvision 0.29).
 - torchcodec: torchcodec.decoders.decode_jpeg(list, mode="RGB", device) (its FFmpeg-free image library).

@@ -35,7 +35,7 @@ def _words(name: str) -> list[str]:
 def make(out: str) -> None:
     import yaml
 
-    from rethinking.config import corruptions_of, expand_runs, load
+    from rethinking.plan import corruptions_of, expand_runs, load
     env = os.environ
     p = yaml.safe_load(Path("benchmarks/gpu-check.yaml").read_text())
     p["results_dir"] = env.get("RESULTS", p["results_dir"])
@@ -88,7 +88,7 @@ def make(out: str) -> None:
 def finished(params: str, out: str) -> None:
     import yaml
 
-    from rethinking.config import expand_runs, load, run_dir
+    from rethinking.plan import expand_runs, load, run_dir
     cfg = load(params)
     runs = expand_runs(cfg)
     done = {r for r in runs if (run_dir(cfg, r) / "summary.json").is_file()}

@@ -10,7 +10,7 @@ heuristic on MNIST pixels gives ~0.01, the order of the paper's MNIST value 0.02
 
 The solver is "auto": the float64 Cholesky up to n = 10,000, the in-place blocked float32 Cholesky above
 (n = 50,000: a 10 GB kernel buffer, ~12 GB allocated with pixels, ~40 min on 2 CPU cores; see
-rethinking.kernels). The printed line
+rethinking.section5.kernels). The printed line
 also holds the loading time, the memory model of the blocked solver for this n and the machine's threads.
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    from rethinking.data import load_imagefolder
-    from rethinking.kernels import blocked_memory_model, run_kernel
+    from rethinking.data.sources import load_imagefolder
+    from rethinking.section5.kernels import blocked_memory_model, run_kernel
 
     t0 = time.perf_counter()
     xtr, ytr, xte, yte, classes, prov = load_imagefolder(args.root)

@@ -19,14 +19,14 @@ from pathlib import Path
 SCRIPT = """
 import sys, torch
 from rethinking.models import build_model
-from rethinking.optim import SGD
+from rethinking.engine.optim import SGD
 m = build_model("mlp_1x512", (1, 7, 7), num_classes=10)
 opt = {ctor}(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4{extra})
 m(torch.zeros(2, 1, 7, 7)).sum().backward()
 opt.step()
 print("torch._dynamo" in sys.modules)
 """
-KINDS = {"torch.optim.SGD(fused=True)": ("torch.optim.SGD", ", fused=True"), "rethinking.optim.SGD": ("SGD", "")}
+KINDS = {"torch.optim.SGD(fused=True)": ("torch.optim.SGD", ", fused=True"), "rethinking.engine.optim.SGD": ("SGD", "")}
 
 
 def main() -> None:

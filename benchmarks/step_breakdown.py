@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from rethinking.models import build_model
-from rethinking.preprocess import prepare_all, prepare_batch
-from rethinking.train import sgd
+from rethinking.data.preprocess import prepare_all, prepare_batch
+from rethinking.engine.loop import sgd
 
 
 def timed(fn, n=50):

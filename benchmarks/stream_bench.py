@@ -1,4 +1,4 @@
-"""The streaming loader (rethinking.stream) against torchvision's ImageFolder + DataLoader; Inception V3 step time.
+"""The streaming loader (rethinking.data.stream) against torchvision's ImageFolder + DataLoader; Inception V3 step time.
 
     # a tree of ImageNet-like JPEGs: CIFAR-10 images upscaled to 300-500 x 250-450 px (--large-fraction f: that
     # share at 1000-2000 x 750-1500), with Gaussian noise (sd 20) so the files carry detail (70 KB on average
@@ -16,7 +16,7 @@ Loaders compared, each over the same images with the same number of worker proce
 - torchvision: ImageFolder + RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize (the reference
   ImageNet recipe), a shuffling DataLoader: float32 batches.
 - torchvision-uint8: the same with PILToTensor (uint8 batches, no normalization): what the float conversion costs.
-- stream: rethinking.stream.StreamImages (one Pillow resize of the crop box, reduced-scale JPEG decoding where
+- stream: rethinking.data.stream.StreamImages (one Pillow resize of the crop box, reduced-scale JPEG decoding where
   the box allows, uint8 HWC batches: what training moves to the device, which normalizes).
 - stream+normalize: the same plus the normalization to [-1, 1] in this process (what a CPU-only run does).
 - stream-device: decode_jpeg in the training process (decode: device): on the CPU, or with --device cuda nvJPEG.
@@ -107,7 +107,7 @@ def loaders(root: Path, workers: int, batch: int, size: int, repeats: int, devic
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
-    from rethinking import stream
+    from rethinking.data import stream
 
     idx = stream.build_index(root)
     results = []

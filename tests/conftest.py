@@ -35,7 +35,7 @@ def run_cli(*args, cwd, check=False, timeout=600):
 @pytest.fixture(scope="module")
 def digits():
     """The bundled digits as arrays (1,437 train / 360 test), as the standalone commands load them."""
-    from rethinking.data import load_source
+    from rethinking.data.sources import load_source
     return load_source("digits")
 
 
@@ -70,8 +70,8 @@ def project(tmp_path):
 @pytest.fixture
 def digits_cfg(tmp_path):
     """params.yaml (the bundled digits) with its base artifact prepared in a temporary results folder."""
-    from rethinking import config as rc
-    from rethinking.data import prepare
+    from rethinking import plan as rc
+    from rethinking.data.sources import prepare
     cfg = rc.load(REPO / "params.yaml")
     cfg["results_dir"] = str(tmp_path / "results")
     prepare(cfg)
@@ -111,7 +111,7 @@ class Killed(Exception):
 def train_until_killed(cfg, run, epoch, monkeypatch):
     """Train `run` in the in-memory engine and stop it as a kill would, right after its checkpoint of
     `epoch`: what is left is the run folder a killed job leaves."""
-    from rethinking import train as tr
+    from rethinking.engine import loop as tr
     real = tr._checkpoint
 
     def kill_after(member, *args, **kw):

@@ -17,12 +17,12 @@ import torch
 import yaml
 
 from conftest import run_cli
-from rethinking import config as rc
-from rethinking import train as tr
-from rethinking import train_stream as ts
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
-from rethinking.io import load_checkpoint
+from rethinking import plan as rc
+from rethinking.engine import loop as tr
+from rethinking.engine import streamed as ts
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
+from rethinking.files import load_checkpoint
 from test_imagenet import make_jpeg_tree, prepared
 from test_imagenet import params as stream_params
 

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from conftest import make_image_folder
-from rethinking import config as rc
-from rethinking.aggregate import aggregate
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
-from rethinking.paper import CIFAR10_CLASSES, COLUMNS, compare, setup_differences
-from rethinking.train import train
+from rethinking import plan as rc
+from rethinking.analysis.aggregate import aggregate
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
+from rethinking.analysis.paper import CIFAR10_CLASSES, COLUMNS, compare, setup_differences
+from rethinking.engine.loop import train
 
 TOL = {"train_acc": 1.0, "test_acc": 3.0}
 LR = {"inception": 0.1, "inception_nobn": 0.1, "alexnet": 0.01, "mlp_3x512": 0.01, "mlp_1x512": 0.01}
@@ -202,7 +202,7 @@ def test_aggregate_header_states_the_split(tmp_path):
 def test_table2_gives_no_mean_across_states():
     """Table 2 (ImageNet): a cell whose seeds fitted and stopped has no mean; one state keeps its mean."""
     import pandas as pd
-    from rethinking.paper import table2
+    from rethinking.analysis.paper import table2
     base = {"model": "inception_v3", "corruption": "true-labels", "variant": "", "regularizers": "none",
             "train_acc": 90.0, "test_acc": 70.0, "test_top5": 88.0, "best_test_acc": 71.0}
     mixed = pd.DataFrame([{**base, "seed": 0, "status": "fitted"}, {**base, "seed": 1, "status": "max_epochs",

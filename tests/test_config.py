@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_cli, tree_files
-from rethinking import config as rc
+from rethinking import plan as rc
 
 BASE = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 

@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from rethinking import config as rc
-from rethinking import slots
-from rethinking import train as tr
-from rethinking import train_stream as ts
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
+from rethinking import plan as rc
+from rethinking.engine import slots
+from rethinking.engine import loop as tr
+from rethinking.engine import streamed as ts
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
 from rethinking.models import build_model, traits
-from rethinking.pack import Stacked
-from rethinking.plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
+from rethinking.engine.pack import Stacked
+from rethinking.plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
 
 SHAPE = (3, 28, 28)
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
@@ -371,7 +371,7 @@ def test_bf16_autocast_only_where_the_gpu_computes_bf16_natively(monkeypatch):
 
 def test_evaluation_runs_without_tf32(monkeypatch):
     """Both engines evaluate inside precision.exact_float32 (its flags: tests/test_kernels_gpu.py)."""
-    from rethinking import precision
+    from rethinking.engine import precision
     assert tr.exact_float32 is precision.exact_float32 and ts.exact_float32 is precision.exact_float32
     entered = []
 

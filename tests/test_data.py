@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_image_folder
-from rethinking import config as rc
-from rethinking.data import DataError, balanced_subset, load_cifar10, load_digits, load_imagefolder, prepare
-from rethinking.io import ArtifactError, load_npz
+from rethinking import plan as rc
+from rethinking.errors import DataError
+from rethinking.data.sources import balanced_subset, load_cifar10, load_digits, load_imagefolder, prepare
+from rethinking.errors import ArtifactError
+from rethinking.files import load_npz
 
 SHARED_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
@@ -111,7 +113,7 @@ def test_prepare_subset_and_truncated_artifact_error(tmp_path):
 
 @pytest.mark.skipif(not SHARED_ZIP.is_file(), reason="the shared JPEG CIFAR-10 is not on this machine")
 def test_shared_jpeg_cifar10_zip_layout():
-    from rethinking.data import _Tree, _decode
+    from rethinking.data.sources import _Tree, _decode
     tree = _Tree(SHARED_ZIP)
     assert sorted(tree.files["train"]) == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                            "horse", "ship", "truck"]

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tree_files
-from rethinking import config as rc
-from rethinking.data import DataError, load_source
-from rethinking.io import load_npz
+from rethinking import plan as rc
+from rethinking.errors import DataError
+from rethinking.data.sources import load_source
+from rethinking.files import load_npz
 
 N_TRAIN, N_TEST = 20, 10
 MNIST_FAMILY = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}

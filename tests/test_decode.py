@@ -1,7 +1,7 @@
 """`decode: device` decodes with TorchCodec (pinned), gives the pixels torchvision.io and Pillow give, and warns of nothing.
 
 torchvision 0.29 deprecates torchvision.io's image decoders in favour of TorchCodec (a DeprecationWarning at
-every call); rethinking.stream's `decode: device` path uses torchcodec.decoders.decode_jpeg instead (see the
+every call); rethinking.data.stream's `decode: device` path uses torchcodec.decoders.decode_jpeg instead (see the
 comment above stream._decode_jpegs, and benchmarks/decode_bench.py for the measurement behind it).
 """
 import io
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from rethinking import stream
-from rethinking.data import DataError
+from rethinking.data import stream
+from rethinking.errors import DataError
 
 
 def _image(rng, w, h):

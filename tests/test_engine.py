@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from rethinking.models import build_model
-from rethinking.train import run_epoch, sgd
+from rethinking.engine.loop import run_epoch, sgd
 
 
 def plain_standardize(x: np.ndarray) -> np.ndarray:
@@ -173,8 +173,8 @@ def test_a_training_process_does_not_import_torch_dynamo(tmp_path):
     """torch.optim's Optimizer imports torch._dynamo (about 1.8 s of a fresh process here,
     benchmarks/optimizer_import.py); a training step, a checkpoint's state_dict and a resume must not."""
     code = ("import sys, torch\n"
-            "from rethinking.train import sgd\n"
-            "from rethinking.pack import Stacked\n"
+            "from rethinking.engine.loop import sgd\n"
+            "from rethinking.engine.pack import Stacked\n"
             "from rethinking.models import build_model\n"
             "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"
             "opt = sgd(m.parameters(), 0.1, 0.9, 5e-4)\n"

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from conftest import REPO, run_cli, tree_files
 from rethinking import cli
-from rethinking import config as rc
-from rethinking.io import load_npz, save_npz
+from rethinking import plan as rc
+from rethinking.files import load_npz, save_npz
 
 KILL_PARAMS = """
 results_dir: {results}

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from rethinking import config as rc
-from rethinking.corrupt import corrupt, gaussian_like, gaussian_params, stored_moments
-from rethinking.data import prepare
-from rethinking.io import load_npz
+from rethinking import plan as rc
+from rethinking.data.corrupt import corrupt, gaussian_like, gaussian_params, stored_moments
+from rethinking.data.sources import prepare
+from rethinking.files import load_npz
 
 
 def _close(got, want):

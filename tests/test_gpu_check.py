@@ -75,7 +75,7 @@ def test_budget_is_within_the_device_limit():
 
 def test_gpu_check_yaml_gives_every_run_a_slot():
     """jobs_per_gpu >= runs: with 1, the runs queue for one GPU slot and the time limit kills the waiting ones."""
-    from rethinking.config import expand_runs, load
+    from rethinking.plan import expand_runs, load
     cfg = load(REPO / "benchmarks/gpu-check.yaml")
     assert cfg["training"]["jobs_per_gpu"] >= len(expand_runs(cfg)) == 6
 

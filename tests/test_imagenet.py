@@ -14,12 +14,12 @@ import torch
 import yaml
 
 from conftest import REPO, clone_project
-from rethinking import config as rc
-from rethinking import stream
-from rethinking import train_stream as ts
-from rethinking.plan import train_command
-from rethinking.corrupt import corrupt
-from rethinking.io import load_npz
+from rethinking import plan as rc
+from rethinking.data import stream
+from rethinking.engine import streamed as ts
+from rethinking.plan.settings import train_command
+from rethinking.data.corrupt import corrupt
+from rethinking.files import load_npz
 
 CLASSES = ("n01", "n02", "n03", "n04")
 

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from rethinking.data import load_digits
-from rethinking.implicit import (implicit_bias_experiment, min_norm_solution, null_projection, plot_implicit,
-                                 sgd_least_squares)
+from rethinking.data.sources import load_digits
+from rethinking.section5.implicit import implicit_bias_experiment, min_norm_solution, null_projection, plot_implicit, sgd_least_squares
 
 
 @pytest.fixture(scope="module")

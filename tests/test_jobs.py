@@ -1,4 +1,4 @@
-"""rethinking.jobs: per-stage time and memory from Snakemake's benchmark files, or from the runs' summaries."""
+"""rethinking.analysis.jobs: per-stage time and memory from Snakemake's benchmark files, or from the runs' summaries."""
 import json
 import math
 
@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from conftest import REPO
-from rethinking import config as rc
+from rethinking import plan as rc
 from rethinking.cli import main
-from rethinking.jobs import (COLUMNS, DETAIL_COLUMNS, benchmarks_dir, expected_jobs, job_rows, process_usage,
-                              stage_table)
-from rethinking.plan import pack_name
+from rethinking.analysis.jobs import COLUMNS, DETAIL_COLUMNS, benchmarks_dir, expected_jobs, job_rows, stage_table
+from rethinking.engine.run import process_usage
+from rethinking.plan.packs import pack_name
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

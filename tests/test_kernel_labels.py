@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import REPO
-from rethinking import config as rc
-from rethinking.corrupt import corrupt, load_corrupted, training_labels
-from rethinking.data import prepare
-from rethinking.io import load_npz, read_meta
-from rethinking.kernels import _prepare, kernel_label_noise, make_features
-from rethinking.preprocess import prepare_all
+from rethinking import plan as rc
+from rethinking.data.corrupt import corrupt, load_corrupted, training_labels
+from rethinking.data.sources import prepare
+from rethinking.files import load_npz, read_meta
+from rethinking.section5.kernels import _prepare, kernel_label_noise, make_features
+from rethinking.data.preprocess import prepare_all
 
 
 @pytest.mark.parametrize("level", [0.0, 0.2, 1.0])
@@ -51,7 +51,7 @@ def test_network_inputs_are_the_networks_preprocessing(digits):
 
 
 def test_stage_kernel_noise_uses_network_inputs_and_artifact_labels(tmp_path):
-    from rethinking.section5 import kernels_stage
+    from rethinking.section5.stages import kernels_stage
     import pandas as pd
 
     cfg = rc.load(REPO / "config" / "tiny.yaml")

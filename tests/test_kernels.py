@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from rethinking.kernels import (NotPositiveDefinite, blocked_cholesky_, cholesky_solve_blocked, gaussian_kernel,
-                                kernel_label_noise, kernel_matmul, make_features, plot_kernel_noise,
-                                random_conv_features, run_kernel)
+from rethinking.section5.kernels import NotPositiveDefinite, blocked_cholesky_, cholesky_solve_blocked, gaussian_kernel, kernel_label_noise, kernel_matmul, make_features, plot_kernel_noise, random_conv_features, run_kernel
 
 
 @pytest.fixture(scope="module")

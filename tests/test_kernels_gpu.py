@@ -15,9 +15,10 @@ import yaml
 from conftest import REPO, clone_project
 from test_slurm import dry_run_resources
 
-from rethinking import kernels, section5, slots
-from rethinking.kernels import exact_float32
-from rethinking.section5 import kernel_device, kernel_gpus
+from rethinking.section5 import kernels, stages as section5
+from rethinking.engine import slots
+from rethinking.section5.kernels import exact_float32
+from rethinking.section5.stages import kernel_device, kernel_gpus
 
 
 def _cfg(device="auto", jobs_per_gpu=1):

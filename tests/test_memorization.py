@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import REPO, train_until_killed
-from rethinking import aggregate as ag
-from rethinking import config as rc
-from rethinking import figures as F
-from rethinking import train as tr
-from rethinking.corrupt import _rng, corrupt, corrupted_mask, load_corrupted
-from rethinking.data import prepare
-from rethinking.io import load_npz
-from rethinking.preprocess import prepare_all
+from rethinking.analysis import aggregate as ag
+from rethinking import plan as rc
+from rethinking.analysis import figures as F
+from rethinking.engine import loop as tr
+from rethinking.data.corrupt import _rng, corrupt, corrupted_mask, load_corrupted
+from rethinking.data.sources import prepare
+from rethinking.files import load_npz
+from rethinking.data.preprocess import prepare_all
 
 QUIET = dict(log=lambda *_: None)
 
@@ -164,8 +164,8 @@ def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, 
 # ---------------------------------------------------------------------------- the streaming engine
 
 def test_the_streaming_engine_splits_the_images_it_evaluates(tmp_path):
-    from rethinking import stream
-    from rethinking import train_stream as ts
+    from rethinking.data import stream
+    from rethinking.engine import streamed as ts
     from test_imagenet import make_jpeg_tree, params, prepared
 
     tree = make_jpeg_tree(tmp_path / "tree")

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from rethinking.aggregate import metrics
-from rethinking.config import expand_runs, load
-from rethinking.section5 import kernel_metrics, theorem_metrics
+from rethinking.analysis.aggregate import metrics
+from rethinking.plan import expand_runs, load
+from rethinking.section5.stages import kernel_metrics, theorem_metrics
 
 
 def runs_frame(cfg, status="fitted"):

@@ -96,9 +96,11 @@ def test_num_classes():
 
 import textwrap  # noqa: E402
 
-from rethinking import config as rc  # noqa: E402
-from rethinking.models import ModelError, check_model, model_file, parse, run_name  # noqa: E402
-from rethinking.plan import check_models, plan_packs, run_settings  # noqa: E402
+from rethinking import plan as rc  # noqa: E402
+from rethinking.errors import ModelError
+from rethinking.models import check_model, model_file, parse, run_name  # noqa: E402
+from rethinking.plan.packs import check_models, plan_packs
+from rethinking.plan.settings import run_settings  # noqa: E402
 
 
 def test_mlp_depth_x_width_is_any_depth_and_width():

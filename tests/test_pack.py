@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, run_cli
-from rethinking import config as rc
-from rethinking import train as tr
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
+from rethinking import plan as rc
+from rethinking.engine import loop as tr
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
 from rethinking.models import build_model
-from rethinking.pack import Stacked
-from rethinking.plan import plan_packs
+from rethinking.engine.pack import Stacked
+from rethinking.plan.packs import plan_packs
 
 
 def _cfg(tmp_path, name, **training):

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from rethinking import config as rc
-from rethinking.aggregate import aggregate, ci95
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
-from rethinking.figures import figures
-from rethinking.paper import CIFAR10_CLASSES, compare, reference
-from rethinking.preprocess import augmentations, prepare_batch, random_rotate
-from rethinking.plan import run_settings
-from rethinking.train import train
+from rethinking import plan as rc
+from rethinking.analysis.aggregate import aggregate, ci95
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
+from rethinking.analysis.figures import figures
+from rethinking.analysis.paper import CIFAR10_CLASSES, compare, reference
+from rethinking.data.preprocess import augmentations, prepare_batch, random_rotate
+from rethinking.plan.settings import run_settings
+from rethinking.engine.loop import train
 
 
 def test_reference_has_every_table1_cell():

@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from conftest import REPO, clone_project, run_cli, tree_files
-from rethinking import config as rc
-from rethinking.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
-from rethinking.dvcgen import generate, stage_key
-from rethinking.jobs import benchmarks_dir, expected_jobs
-from rethinking.plan import SECTION5_PRIORITY, job_priority
+from rethinking import plan as rc
+from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
+from rethinking.pipeline.dvcgen import generate, stage_key
+from rethinking.analysis.jobs import benchmarks_dir, expected_jobs
+from rethinking.plan.packs import SECTION5_PRIORITY, job_priority
 
 TINY_RESULTS = "results/tiny"
 SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")   # rule jobs: no DVC stage
@@ -40,10 +40,10 @@ def test_committed_dvc_yaml_is_current():
 def test_the_rules_import_neither_torch_nor_seaborn():
     """Every Snakemake start (a dry run, each cluster job) parses the rules: the modules they import
     (and dvcgen, which writes dvc.yaml) must not load torch or seaborn, ~7 s together on the project's CPU."""
-    modules = {"rethinking.dvcgen"}
+    modules = {"rethinking.pipeline.dvcgen"}
     for src in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]:
         modules |= set(re.findall(r"^from (rethinking[\w.]*) import", src.read_text(), flags=re.MULTILINE))
-    assert {"rethinking.plan", "rethinking.figures", "rethinking.aggregate"} <= modules, modules
+    assert {"rethinking.plan.packs", "rethinking.analysis.figures", "rethinking.analysis.aggregate"} <= modules, modules
     code = (f"import sys; import {', '.join(sorted(modules))}; "
             "print(sorted(m for m in ('torch', 'seaborn', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -4,8 +4,7 @@ import math
 import numpy as np
 import torch
 
-from rethinking.preprocess import (center_crop, per_image_standardization, prepare_all, prepare_batch, random_crop,
-                                   random_flip)
+from rethinking.data.preprocess import center_crop, per_image_standardization, prepare_all, prepare_batch, random_crop, random_flip
 
 
 def test_per_image_standardization_matches_tf_formula():

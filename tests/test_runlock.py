@@ -18,11 +18,12 @@ import pytest
 import yaml
 
 from conftest import run_cli, tree_files
-from rethinking import config as rc
-from rethinking import train as tr
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
-from rethinking.slots import RUN_LOCK, RunBusyError, lock_runs
+from rethinking import plan as rc
+from rethinking.engine import loop as tr
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
+from rethinking.engine.slots import RUN_LOCK, lock_runs
+from rethinking.errors import RunBusyError
 from test_checkpoints import streamed_params
 
 PARAMS = """
@@ -42,7 +43,7 @@ HOST = socket.gethostname()
 HOLDER = """
 import sys, time
 from pathlib import Path
-from rethinking.slots import lock_runs
+from rethinking.engine.slots import lock_runs
 lock = lock_runs({sys.argv[1]: Path(sys.argv[2])})
 print("locked", flush=True)
 time.sleep(300)

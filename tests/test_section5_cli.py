@@ -2,9 +2,9 @@
 import pandas as pd
 
 from conftest import REPO, run_cli
-from rethinking import config as rc
-from rethinking.data import prepare
-from rethinking.section5 import kernels_stage, paper_value, theorem_stage
+from rethinking import plan as rc
+from rethinking.data.sources import prepare
+from rethinking.section5.stages import kernels_stage, paper_value, theorem_stage
 
 
 def test_theorem_command_prints_weights_and_exact_fit(tmp_path):

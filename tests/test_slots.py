@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from rethinking import slots
-from rethinking.slots import claim, visible_devices
+from rethinking.engine import slots
+from rethinking.engine.slots import claim, visible_devices
 
 HOLDER = """
 import sys, time
-from rethinking.slots import claim
+from rethinking.engine.slots import claim
 s = claim(int(sys.argv[1]), int(sys.argv[2]), lock_dir=sys.argv[3], timeout=float(sys.argv[4]))
 print(s.physical, s.slot, flush=True)
 time.sleep(60)

@@ -95,7 +95,7 @@ def sacct(where: str) -> list[dict]:
 
 SLOT_JOB = """
 import os, sys, time
-from rethinking.slots import claim
+from rethinking.engine.slots import claim
 visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 t0 = time.monotonic()
 slot = claim(len(visible.split(",")), 1, lock_dir=sys.argv[1], timeout=5)

@@ -14,10 +14,10 @@ import yaml
 
 from conftest import REPO, run_cli
 
-from rethinking import config as rc
-from rethinking.aggregate import aggregate
-from rethinking.data import prepare
-from rethinking import figures as F
+from rethinking import plan as rc
+from rethinking.analysis.aggregate import aggregate
+from rethinking.data.sources import prepare
+from rethinking.analysis import figures as F
 
 SPE = 5   # steps per epoch of the hand-made runs
 
@@ -257,8 +257,8 @@ def test_states_demo_through_the_cli(tmp_path):
 def test_the_curves_band_is_the_t_interval_of_each_step():
     """figures._mean_band (one pass over the groups) equals aggregate.t_interval applied to every step:
     NaN values left out, the mean itself where a step has fewer than 2 values, NaN where it has none."""
-    from rethinking.aggregate import t_interval
-    from rethinking.figures import _mean_band
+    from rethinking.analysis.aggregate import t_interval
+    from rethinking.analysis.figures import _mean_band
     rng = np.random.default_rng(0)
     d = pd.DataFrame({"step": np.repeat(np.arange(30), 4), "v": rng.normal(size=120)})
     d.loc[d.index % 7 == 0, "v"] = np.nan

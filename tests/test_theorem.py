@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from rethinking.theorem import (construct, design_matrix, evaluate, plot_theorem, theorem_report, theorem_sweep,
-                                weights_count)
+from rethinking.section5.theorem import construct, design_matrix, evaluate, plot_theorem, theorem_report, theorem_sweep, weights_count
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_plot(sweep):
 
 
 def test_large_n_condition_number_is_a_one_norm_estimate(monkeypatch):
-    import rethinking.theorem as th
+    import rethinking.section5.theorem as th
 
     z = np.random.default_rng(4).random((40, 3))
     a, b, _ = construct(z, np.zeros(40), seed=0)

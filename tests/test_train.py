@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, train_until_killed
-from rethinking import config as rc
-from rethinking import train as tr
-from rethinking.corrupt import corrupt
-from rethinking.data import prepare
+from rethinking import plan as rc
+from rethinking.engine import loop as tr
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
 
 
 def test_learning_rate_per_epoch_and_per_images():
@@ -107,8 +107,8 @@ def test_all_models_train_a_step_on_digits(tiny):
 
 
 def test_divergence_is_a_result_not_a_crash(tiny, tmp_path):
-    from rethinking.aggregate import aggregate
-    from rethinking.figures import figures
+    from rethinking.analysis.aggregate import aggregate
+    from rethinking.analysis.figures import figures
     tiny["training"]["lr"]["alexnet"] = 1e12  # plants inf/NaN losses within a few steps
     tiny["training"]["max_epochs"] = 5
     diverging = _run(tiny, "true-labels", "alexnet", "crop-wd")
@@ -151,7 +151,7 @@ def test_run_tables_are_written_as_pandas_writes_them(tmp_path):
     pandas' to_csv of the same rows: key order, blanks for NaN/None/missing, float repr, int columns
     with a blank as floats, quoting, numpy scalars."""
     import numpy as np
-    from rethinking.io import write_csv, write_rows
+    from rethinking.files import write_csv, write_rows
     rows = [{"epoch": 1, "step": 45, "lr": 0.01, "acc": 0.43771746694502434, "x": 1e-05, "big": 1.5e20, "s": "a,b",
              "flag": True, "nan": float("nan"), "np": np.float64(0.1), "npi": np.int64(3), "f32": np.float32(0.1)},
             {"epoch": 2, "step": 90, "lr": 0.009985269167730945, "acc": 100.0, "x": None, "big": 3, "s": "plain",

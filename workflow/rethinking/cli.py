@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from .config import ConfigError, check_data, Corruption, corruptions_of, expand_runs, find_run, is_streamed, load
+from .errors import ConfigError
+from .plan import check_data, Corruption, corruptions_of, expand_runs, find_run, is_streamed, load
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -24,15 +25,15 @@ def cmd_prepare(args):
     cfg = load(args.params)
     check_data(cfg, args.params)
     if is_streamed(cfg):   # an ImageNet-style tree: an index of its files, no pixels
-        from .stream import prepare_index
+        from .data.stream import prepare_index
         print(prepare_index(cfg))
         return
-    from .data import prepare
+    from .data.sources import prepare
     print(prepare(cfg))
 
 
 def cmd_corrupt(args):
-    from .corrupt import corrupt
+    from .data.corrupt import corrupt
     cfg = load(args.params)
     c = Corruption.parse(args.corruption)
     needed = corruptions_of(expand_runs(cfg))
@@ -47,30 +48,30 @@ def cmd_train(args):
     if args.device:
         cfg["training"]["device"] = args.device
     runs = [find_run(cfg, r) for r in args.run]
-    from .plan import check_models
+    from .plan.packs import check_models
     check_models(cfg, runs, args.params)   # torchvision and user models: before any work
     if is_streamed(cfg):   # images read from disk while training, one run in one or several processes
         if len(runs) > 1:
             raise ConfigError("--run: a streamed run (dataset.source imagenet) trains alone; give one --run")
-        from .train_stream import train
+        from .engine.streamed import train
         train(cfg, runs[0])
         return
-    from .train import train_runs
+    from .engine.loop import train_runs
     train_runs(cfg, runs)
 
 
 def cmd_aggregate(args):
-    from .aggregate import aggregate
+    from .analysis.aggregate import aggregate
     print(aggregate(load(args.params)))
 
 
 def cmd_figures(args):
-    from .figures import figures
+    from .analysis.figures import figures
     print(figures(load(args.params)))
 
 
 def cmd_jobs(args):
-    from .jobs import jobs
+    from .analysis.jobs import jobs
     print(jobs(load(args.params)))
 
 
@@ -81,7 +82,7 @@ def cmd_runs(args):
 
 
 def cmd_packs(args):
-    from .plan import plan_packs
+    from .plan.packs import plan_packs
     cfg = load(args.params)
     for pack in plan_packs(cfg, expand_runs(cfg)):
         print(" ".join(r.id for r in pack))
@@ -94,7 +95,8 @@ def cmd_corruptions(args):
 
 
 def cmd_models(args):
-    from .models import MODELS, ModelError, check_model
+    from .models import MODELS, check_model
+    from .errors import ModelError
     try:
         shape = tuple(int(v) for v in args.shape.lower().split("x"))
         assert len(shape) == 3 and min(shape) > 0
@@ -119,9 +121,10 @@ def cmd_bench(args):
 
     import torch
 
-    from .bench import bench
-    from .data import load_source
-    from .models import ModelError, parse
+    from .engine.bench import bench
+    from .data.sources import load_source
+    from .errors import ModelError
+    from .models import parse
     for model in args.model:
         try:
             parse(model)
@@ -140,17 +143,17 @@ def cmd_bench(args):
                              device=args.device, random_crop=args.random_crop, workers=args.workers,
                              baseline=not args.no_baseline, pack=args.pack))
     if args.json:
-        from .io import write_text
+        from .files import write_text
         write_text(args.json, json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
 
 
 def cmd_kernels(args):
     if args.dataset is None:  # the pipeline stage
-        from .section5 import kernels_stage
+        from .section5.stages import kernels_stage
         print(kernels_stage(_section5(args.params)))
         return
-    from .data import load_source
-    from .kernels import run_kernel
+    from .data.sources import load_source
+    from .section5.kernels import run_kernel
     data = load_source(args.dataset, args.root, test_size=args.n_test)
     r = run_kernel(data, features=args.features, gamma=args.gamma, ridge=args.ridge, n_train=args.n_train,
                    n_filters=args.n_filters, device=args.device)
@@ -163,11 +166,11 @@ def cmd_kernels(args):
 
 def cmd_theorem(args):
     if args.dataset is None:  # the pipeline stage
-        from .section5 import theorem_stage
+        from .section5.stages import theorem_stage
         print(theorem_stage(_section5(args.params)))
         return
-    from .data import load_source
-    from .theorem import theorem_sweep
+    from .data.sources import load_source
+    from .section5.theorem import theorem_sweep
     row = theorem_sweep(load_source(args.dataset, args.root), [args.n], labels=args.labels, seed=args.seed).iloc[0]
     print(f"weights: {row['weights']}")
     print(f"expected_weights: {2 * row['n'] + row['d']} (2n + d, n={row['n']}, d={row['d']})")
@@ -183,7 +186,7 @@ def _section5(params):
 
 
 def cmd_dvc(args):
-    from .dvcgen import check, write
+    from .pipeline.dvcgen import check, write
     if args.check:
         check(args.params, args.output)
     else:
@@ -241,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the baseline")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--pack", type=int, default=1, help="also train this many copies as one pack (rethinking.pack)")
+    p.add_argument("--pack", type=int, default=1, help="also train this many copies as one pack (rethinking.engine.pack)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 
@@ -277,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .data import DataError
-    from .io import ArtifactError
-    from .slots import RunBusyError
+    from .errors import DataError
+    from .errors import ArtifactError
+    from .errors import RunBusyError
 
     args = build_parser().parse_args(argv)
     try:

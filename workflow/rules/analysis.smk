@@ -1,13 +1,13 @@
-from rethinking.aggregate import tables_for
-from rethinking.figures import CODE as FIGURES_CODE
-from rethinking.figures import INPUTS, figures_for
+from rethinking.analysis.aggregate import tables_for
+from rethinking.analysis.figures import CODE as FIGURES_CODE
+from rethinking.analysis.figures import INPUTS, figures_for
 
 
 rule aggregate:
     input:
         runs=[f"{RESULTS}/runs/{r.id}/{f}" for r in RUNS for f in RUN_FILES],
         base=rc.base_artifact(CFG),
-        code=[f"{PKG}/aggregate.py", f"{PKG}/paper.py"],
+        code=[f"{PKG}/analysis/aggregate.py", f"{PKG}/analysis/paper.py"],
     output:
         [
             report(f"{RESULTS}/tables/{t}", caption=f"../report/{t.split('.')[0]}.rst", category="Tables")
@@ -50,7 +50,7 @@ rule figures:
         "python -m rethinking figures --params {params.file} > {log} 2>&1"
 
 
-# The last job: time and memory per stage from every job's benchmark file (rethinking.jobs). Its inputs are the
+# The last job: time and memory per stage from every job's benchmark file (rethinking.analysis.jobs). Its inputs are the
 # final products (the outputs of aggregate, figures, kernels and theorem), so it runs after every other job and
 # whenever one of them ran. The benchmark files are not inputs: one missing (results made before the rules had
 # benchmarks, or a deleted file) would make Snakemake rerun the job that writes it, retraining a run; the command
@@ -70,7 +70,7 @@ def final_outputs(wildcards):
 rule jobs:
     input:
         done=final_outputs,
-        code=f"{PKG}/jobs.py",
+        code=f"{PKG}/analysis/jobs.py",
     output:
         f"{RESULTS}/tables/jobs.csv",
         f"{RESULTS}/tables/jobs_detail.csv",

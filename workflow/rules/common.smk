@@ -1,9 +1,10 @@
 # Shared helpers of the Snakemake files; paths and settings come from the package.
 import json
 
-from rethinking.aggregate import RUN_FILES
+from rethinking.analysis.aggregate import RUN_FILES
 from rethinking.models import model_file
-from rethinking.plan import ENGINE_SOURCES, corruption_priorities, job_priority, pack_name, plan_packs, run_settings
+from rethinking.plan.packs import corruption_priorities, job_priority, pack_name, plan_packs
+from rethinking.plan.settings import ENGINE_SOURCES, run_settings
 
 
 RUN_BY_ID = {r.id: r for r in RUNS}

@@ -5,7 +5,7 @@ rule prepare:
         file=PARAMS,
         settings=settings_json("dataset", "preprocess"),
     input:
-        code=[f"{PKG}/data.py", f"{PKG}/stream.py"] if rc.is_streamed(CFG) else f"{PKG}/data.py",
+        code=[f"{PKG}/data/sources.py", f"{PKG}/data/stream.py"] if rc.is_streamed(CFG) else f"{PKG}/data/sources.py",
     benchmark:
         f"{RESULTS}/benchmarks/prepare.tsv"
     log:
@@ -19,7 +19,7 @@ rule prepare:
 rule corrupt:
     input:
         base=rc.base_artifact(CFG),
-        code=f"{PKG}/corrupt.py",
+        code=f"{PKG}/data/corrupt.py",
     output:
         f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
     params:

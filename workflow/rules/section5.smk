@@ -1,6 +1,6 @@
-from rethinking.section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
+from rethinking.section5.stages import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
                                  THEOREM_TABLES, kernel_gpus)
-from rethinking.plan import SECTION5_PRIORITY
+from rethinking.plan.packs import SECTION5_PRIORITY
 
 
 # The kernels stage on a GPU (section5.kernels.device auto or cuda; whether one exists is not known here) asks
@@ -16,8 +16,8 @@ rule kernels:
         base=rc.base_artifact(CFG),
         # corrupt.py draws the noisy labels of kernel_noise.csv (the corrupted artifacts' own draw), preprocess.py
         # its inputs (the networks' crop + standardization)
-        code=[f"{PKG}/section5.py", f"{PKG}/plotting.py", f"{PKG}/kernels.py", f"{PKG}/implicit.py",
-              f"{PKG}/corrupt.py", f"{PKG}/preprocess.py"],
+        code=[f"{PKG}/section5/stages.py", f"{PKG}/analysis/plotting.py", f"{PKG}/section5/kernels.py",
+              f"{PKG}/section5/implicit.py", f"{PKG}/data/corrupt.py", f"{PKG}/data/preprocess.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES + (KERNEL_METRICS,)],
         [
@@ -45,7 +45,7 @@ rule kernels:
 rule theorem:
     input:
         base=rc.base_artifact(CFG),
-        code=[f"{PKG}/section5.py", f"{PKG}/plotting.py", f"{PKG}/theorem.py"],
+        code=[f"{PKG}/section5/stages.py", f"{PKG}/analysis/plotting.py", f"{PKG}/section5/theorem.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in THEOREM_TABLES + (THEOREM_METRICS,)],
         report(f"{RESULTS}/figures/theorem.png", caption="../report/theorem.rst", category="Section 5"),

@@ -1,5 +1,5 @@
 # One job per run, or, with training.pack > 1, one job per pack of runs that share a model and
-# their training settings (rethinking.pack); either way every run has its own folder and outputs.
+# their training settings (rethinking.engine.pack); either way every run has its own folder and outputs.
 
 
 rule train:

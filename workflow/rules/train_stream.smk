@@ -1,7 +1,7 @@
 # Streamed datasets (dataset.source: imagenet), in place of train.smk: one job per run, trained from images
-# read while it trains (rethinking.train_stream). A run of training.gpus_per_run > 1 is that many processes,
+# read while it trains (rethinking.engine.streamed). A run of training.gpus_per_run > 1 is that many processes,
 # one per GPU, started by torchrun inside the job, which asks Snakemake for as many units of `gpu`.
-from rethinking.plan import STREAM_ENGINE_SOURCES, gpus_requested, launcher, stream_settings
+from rethinking.plan.settings import STREAM_ENGINE_SOURCES, gpus_requested, launcher, stream_settings
 
 
 def stream_settings_json(wildcards):

@@ -32,11 +32,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ModelError
 
 PAPER_MODELS = ("mlp_1x512", "mlp_3x512", "alexnet", "inception", "inception_nobn")
 MODELS = PAPER_MODELS            # what `models` lists by default
-STREAM_MODELS = ("inception_v3",)   # trained on streamed image trees only (rethinking.train_stream)
+STREAM_MODELS = ("inception_v3",)   # trained on streamed image trees only (rethinking.engine.streamed)
+MIN_IMAGE_SIZE = {"inception_v3": 75}  # smallest input side of a model (inception_v3.py)
+AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
 
 # name -> (module of this package, its builder); builder(in_shape, num_classes, dropout) -> nn.Module
 BUILTIN = {
@@ -54,9 +56,6 @@ KINDS = ("the paper's five (mlp_1x512, mlp_3x512, alexnet, inception, inception_
          "resnet18, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
          "package.module:function")
 
-
-class ModelError(ConfigError):
-    """A model entry that cannot be built or does not map N x C x H x W to N x K logits."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ auxiliary heads) runs from its minimum input of 75x75 up. At 299x299 it is
 exactly torchvision's network, parameter for parameter (27,161,264 with 1000
 classes and the auxiliary head).
 
-Only the streaming engine (rethinking.train_stream) trains it: ImageNet-scale inputs are never held
+Only the streaming engine (rethinking.engine.streamed) trains it: ImageNet-scale inputs are never held
 in memory.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux, InceptionB,
                                           InceptionC, InceptionD, InceptionE)
 
-from ..config import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
-from ..plan import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
+from . import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
+from . import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
 
 
 

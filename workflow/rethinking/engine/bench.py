@@ -22,7 +22,7 @@ no augmentation, no loss bookkeeping. `bare images/s` and the engine's share of 
 step the engine's own work costs.
 
 With --pack K it also trains K copies of the model as one pack
-(rethinking.pack: stacked parameters, torch.func.vmap), each with its own
+(rethinking.engine.pack: stacked parameters, torch.func.vmap), each with its own
 permutation, and prints the pack's aggregate images/s against the single
 engine's, which is what K runs one after another would give.
 FLOPs per image come from torch.utils.flop_counter (forward + backward of one
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import build_model, traits
-from .preprocess import augmentations, per_image_standardization, prepare_all
-from .train import autocast_for, pick_device, run_epoch, run_epoch_packed, sgd
+from ..models import build_model, traits
+from ..data.preprocess import augmentations, per_image_standardization, prepare_all
+from .loop import autocast_for, pick_device, run_epoch, run_epoch_packed, sgd
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -181,7 +181,7 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
 
 def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, seed, dev, autocast, crop) -> float:
     """images/s of forward + backward + the engine's SGD update on one fixed batch (a fresh model)."""
-    from .preprocess import prepare_batch
+    from ..data.preprocess import prepare_batch
     torch.manual_seed(seed)
     model = build_model(model_name, in_shape, num_classes).to(dev)
     channels_last = dev.type == "cuda" and traits(model)["conv"]

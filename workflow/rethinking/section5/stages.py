@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import base_artifact
-from .io import load_npz, read_meta, write_csv, write_json
-from .paper import is_cifar10, reference
-from .plotting import save_figure as _save
-from .slots import claim
+from ..plan import base_artifact
+from ..files import load_npz, read_meta, write_csv, write_json
+from ..analysis.paper import is_cifar10, reference
+from ..analysis.plotting import save_figure as _save
+from ..engine.slots import claim
 
 KERNEL_TABLES = ("kernels.csv", "kernel_noise.csv", "implicit_bias.csv")
 KERNEL_FIGURES = ("kernel_noise", "implicit_bias")
@@ -63,7 +63,7 @@ def kernel_device(cfg: dict, log=print):
     """(torch.device, GPU slot or None) of the kernels stage, from section5.kernels.device.
 
     auto is cuda when CUDA is available, else cpu; cuda without CUDA is an error. On CUDA the stage claims a
-    GPU slot exactly as a training job does (rethinking.slots.claim over torch.cuda.device_count() GPUs with
+    GPU slot exactly as a training job does (rethinking.engine.slots.claim over torch.cuda.device_count() GPUs with
     training.jobs_per_gpu slots each, waiting while all are taken) and uses cuda:<slot.device>: beside
     `snakemake --resources gpu=N` training jobs it never shares a GPU slot with one. The caller releases the
     slot (Slot.release, or `with`); the kernel drops it anyway when the process ends, however it ends.
@@ -167,14 +167,3 @@ def theorem_metrics(frame: pd.DataFrame) -> dict:
     """Theorem 1's worst fitting error over every n, per kind of labels (0 up to rounding: the net fits)."""
     return {"theorem": {f"{labels}_labels_max_abs_error": float(g["max_abs_error"].max())
                         for labels, g in frame.groupby("labels", sort=True)}}
-
-
-def kernel_curve(cfg: dict) -> pd.DataFrame | None:
-    """The min-norm interpolant's test error against label corruption, for Fig. 1c (None without it)."""
-    path = _dirs(cfg)[0] / "kernel_noise.csv"
-    if not cfg.get("section5") or not path.is_file():
-        return None
-    f = pd.read_csv(path)
-    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": f["level"],
-                         "test_error": f["test_error"], "status": "fitted",
-                         "relative_steps": np.nan, "seed": 0})

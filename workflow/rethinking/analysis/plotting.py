@@ -1,7 +1,7 @@
 """What every stage that draws shares: matplotlib and seaborn imported on demand, and figures saved as
 PNG and PDF, atomically and without timestamps.
 
-The figure stages (rethinking.figures; rethinking.section5 for Section 5 and Theorem 1) import this
+The figure stages (rethinking.analysis.figures; rethinking.section5.stages for Section 5 and Theorem 1) import this
 module and not each other. It imports neither matplotlib nor seaborn itself: the Snakemake rules import
 the stages for their file names, and seaborn (with scipy) alone takes ~3 s to import.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_path
+from ..files import atomic_path
 
 
 def plot_libs():

@@ -94,10 +94,10 @@ import pandas as pd
 import scipy.linalg
 import torch
 
-from .precision import exact_float32
+from ..engine.precision import exact_float32
 
-from .corrupt import training_labels
-from .data import balanced_subset
+from ..data.corrupt import training_labels
+from ..data.sources import balanced_subset
 
 FEATURES = ("pixels", "random-conv")
 INPUTS = ("raw", "network")   # raw: x / 255; network: the networks' crop + per-image standardization
@@ -186,7 +186,7 @@ def standardize(ftr: torch.Tensor, fte: torch.Tensor, eps: float = 1e-6):
 def network_pixel_features(x: np.ndarray, crop: int | None, device="cpu") -> torch.Tensor:
     """The networks' inputs flattened, float32 (N, C*crop*crop): preprocess.prepare_all (center crop, x / 255,
     per-image standardization), the values the training engine evaluates on."""
-    from .preprocess import prepare_all
+    from ..data.preprocess import prepare_all
 
     return prepare_all(torch.from_numpy(np.ascontiguousarray(x)).to(device), crop).reshape(len(x), -1)
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Corruption, base_artifact, corrupted_artifact
-from .io import ArtifactError, load_npz, save_npz, sha256
+from ..plan import Corruption, base_artifact, corrupted_artifact
+from ..errors import ArtifactError
+from ..files import load_npz, save_npz, sha256
 
 
 def _rng(seed: int, corruption: Corruption) -> np.random.Generator:

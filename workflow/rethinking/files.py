@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ArtifactError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-
-class ArtifactError(RuntimeError):
-    """A missing, truncated or foreign artifact; the message names it and how to rebuild it."""
 
 
 @contextlib.contextmanager

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import base_artifact, expand_runs, is_streamed, run_dir
-from .io import ArtifactError, read_meta, write_csv, write_json, write_text
+from ..plan import base_artifact, expand_runs, is_streamed, run_dir
+from ..errors import ArtifactError
+from ..files import read_meta, write_csv, write_json, write_text
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
 
@@ -195,7 +196,7 @@ def accuracy_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
 
 STATUSES = ("fitted", "max_epochs", "diverged")
 
-SPLIT_COLUMNS = ("clean_acc", "noisy_memorized", "noisy_true")   # rethinking.train.SPLIT_COLUMNS (no torch here)
+SPLIT_COLUMNS = ("clean_acc", "noisy_memorized", "noisy_true")   # rethinking.engine.loop.SPLIT_COLUMNS (no torch here)
 MEMORIZATION_COLUMNS = ["model", "regularizers", "variant", "corruption", "level", "seed", "status", "epoch", "step",
                         *SPLIT_COLUMNS, "train_acc", "test_acc"]
 EARLY_STOPPING_STATS = ("best_test_acc", "final_test_acc", "gap")

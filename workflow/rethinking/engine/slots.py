@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import RunBusyError
+
 DEFAULT_DIR = Path(os.environ.get("RETHINKING_SLOT_DIR", Path(tempfile.gettempdir()) / f"rethinking-gpu-slots-{os.getuid()}"))
 
 
@@ -119,9 +121,6 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
 
 RUN_LOCK = ".train.lock"
 
-
-class RunBusyError(RuntimeError):
-    """Another process is training the run (it holds the run folder's lock); the message names it."""
 
 
 @dataclass

@@ -22,16 +22,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from . import __version__
-from .config import (TORCHVISION_FILES, TORCHVISION_ROOTS, ConfigError, base_artifact, dataset_id,
-                     torchvision_expected)
-from .io import save_npz
+from .. import __version__
+from ..plan import TORCHVISION_FILES, TORCHVISION_ROOTS, base_artifact, dataset_id, torchvision_expected
+from ..errors import ConfigError, DataError
+from ..files import save_npz
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file or folder and what was expected."""
 
 
 # ----------------------------------------------------------------------------

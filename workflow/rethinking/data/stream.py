@@ -11,7 +11,7 @@ stages with other contents:
   (read through data._Tree) both work.
 - `corrupt` is unchanged: a label corruption stores labels and the base
   artifact's path and SHA-256 (pixel corruptions are refused by the config).
-- the streaming engine (rethinking.train_stream) reads images through
+- the streaming engine (rethinking.engine.streamed) reads images through
   `StreamImages` in DataLoader worker processes.
 
 `StreamImages` yields uint8 HWC crops (normalization happens on the training
@@ -45,10 +45,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from . import __version__
-from .config import Corruption, base_artifact, corrupted_artifact, dataset_id
-from .data import IMAGE_SUFFIXES, DataError, _Tree, balanced_subset
-from .io import ArtifactError, load_npz, save_npz, sha256
+from .. import __version__
+from ..plan import Corruption, base_artifact, corrupted_artifact, dataset_id
+from .sources import IMAGE_SUFFIXES, _Tree, balanced_subset
+from ..errors import DataError
+from ..errors import ArtifactError
+from ..files import load_npz, save_npz, sha256
 
 HELD_OUT = ("val", "test")   # the held-out split's folder, first found
 EVAL_FRACTION = 0.875         # center crop = 0.875 of the short side (299 of 342)

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import corruptions_of, expand_runs, is_streamed, run_dir
+from ..plan import corruptions_of, expand_runs, is_streamed, run_dir
 
 STAGES = ("prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem")
 DETAIL_COLUMNS = ["stage", "job", "runs", "source", "wall_s", "cpu_s", "max_rss_mb", "io_in_mb", "io_out_mb",
@@ -42,29 +42,6 @@ COLUMNS = ["stage", "jobs", "missing", "runs", "wall_s", "cpu_s", "max_rss_mb", 
 # a benchmark file's columns (Snakemake 9) -> jobs_detail.csv's
 BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb", "io_in": "io_in_mb",
                      "io_out": "io_out_mb", "mean_load": "mean_load"}
-
-
-def process_usage() -> dict:
-    """This process's CPU time (user + system, seconds), peak resident memory (MB) and wall time (seconds;
-    None where /proc is not there) since it started: imports and data loading included, which a run's
-    `wall_time` (its training loop, summed over resumes) leaves out."""
-    import resource
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    per_mb = 1024 * 1024 if sys.platform == "darwin" else 1024   # ru_maxrss: bytes on macOS, KB on Linux
-    return {"cpu_time": ru.ru_utime + ru.ru_stime, "max_rss_mb": ru.ru_maxrss / per_mb,
-            "process_wall_time": _process_age()}
-
-
-def _process_age() -> float | None:
-    """Seconds since this process started, from /proc (Linux): its start in clock ticks after boot."""
-    try:
-        with open("/proc/self/stat") as f:
-            start = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime (fields after `comm`)
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def benchmarks_dir(cfg: dict) -> Path:
@@ -83,7 +60,7 @@ def expected_jobs(cfg: dict, packs=None) -> list[Job]:
     """Every job of the grid, with the benchmark file its rule writes (workflow/rules/*.smk). `packs`:
     the training jobs' runs (default: plan.plan_packs, as common.smk plans them; one run a job when
     streamed)."""
-    from .plan import pack_name, plan_packs
+    from ..plan.packs import pack_name, plan_packs
     b = benchmarks_dir(cfg)
     runs = expand_runs(cfg)
     if packs is None:
@@ -185,7 +162,7 @@ def stage_table(detail):
 def jobs(cfg: dict) -> Path:
     """Write tables/jobs.csv and tables/jobs_detail.csv; returns jobs.csv's path."""
     from .aggregate import tables_dir
-    from .io import write_csv
+    from ..files import write_csv
     detail = job_rows(cfg)
     table = stage_table(detail)
     out = tables_dir(cfg)

@@ -42,17 +42,16 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import t_interval, tables_dir
-from .config import is_streamed
+from ..plan import is_streamed
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
 from .plotting import save_figure
-from .section5 import kernel_curve
 
 FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4", "memorization", "early_stopping")
 STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
 INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv", "memorization.csv",
           "early_stopping.csv")  # from tables/
-CODE = ("figures.py", "plotting.py")   # the stage's code (the rule's and the DVC stage's dependencies)
+CODE = ("analysis/figures.py", "analysis/plotting.py")   # the stage's code (the rule's and the DVC stage's dependencies)
 CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
 CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
                     "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
@@ -473,6 +472,17 @@ def early_stopping(es: pd.DataFrame):
         _empty(axes[0][0], "no label-corruption runs")
     fig.suptitle("Early stopping: the best test accuracy during training and at its end", y=1.02)
     return fig
+
+
+def kernel_curve(cfg: dict) -> pd.DataFrame | None:
+    """The min-norm interpolant's test error against label corruption, for Fig. 1c (None without it)."""
+    path = tables_dir(cfg) / "kernel_noise.csv"
+    if not cfg.get("section5") or not path.is_file():
+        return None
+    f = pd.read_csv(path)
+    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": f["level"],
+                         "test_error": f["test_error"], "status": "fitted",
+                         "relative_steps": np.nan, "seed": 0})
 
 
 def figures(cfg: dict) -> Path:

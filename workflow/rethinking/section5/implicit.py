@@ -28,7 +28,7 @@ Choices where the paper is silent:
   "rff", random Fourier features of the Gaussian kernel (gamma by the median
   heuristic on the subset's pixels), the linear-model view of Section 5's
   kernel solve (X X^T approximates K); or "random-conv", the ReLU-pooled
-  random-filter features of rethinking.kernels without standardization
+  random-filter features of rethinking.section5.kernels without standardization
   (centring n rows drops the rank to n - 1, and then no interpolant exists).
   The rows are scaled to unit mean norm so lr is comparable across kinds.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import balanced_subset
+from ..data.sources import balanced_subset
 
 FEATURES = ("pixels", "rff", "random-conv")
 

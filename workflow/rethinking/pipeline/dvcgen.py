@@ -20,14 +20,15 @@ from pathlib import Path
 
 import yaml
 
-from .aggregate import SPLIT_COLUMNS, tables_dir, tables_for
-from .config import (ConfigError, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed,
-                     load, run_dir, runs_root)
-from .figures import CODE as FIGURES_CODE
-from .figures import INPUTS, figures_dir, figures_for
-from .io import write_text
-from .models import model_file
-from .plan import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, check_models, plan_packs, train_command
+from ..analysis.aggregate import SPLIT_COLUMNS, tables_dir, tables_for
+from ..errors import ConfigError
+from ..plan import base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed, load, run_dir, runs_root
+from ..analysis.figures import CODE as FIGURES_CODE
+from ..analysis.figures import INPUTS, figures_dir, figures_for
+from ..files import write_text
+from ..models import model_file
+from ..plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, train_command
+from ..plan.packs import check_models, plan_packs
 
 PKG = "workflow/rethinking"
 
@@ -55,13 +56,12 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
     """kernels and theorem, when the params ask for Section 5."""
     if not cfg.get("section5"):
         return {}
-    from .section5 import (KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS,
-                           THEOREM_TABLES)
+    from ..section5.stages import KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS, THEOREM_TABLES
 
     def stage(name, code, tables, figures, metrics, params=("section5", "dataset")):
         return {
             "cmd": f"python -m rethinking {name} --params {prm}",
-            "deps": [str(base_artifact(cfg)), f"{PKG}/section5.py", f"{PKG}/plotting.py"]
+            "deps": [str(base_artifact(cfg)), f"{PKG}/section5/stages.py", f"{PKG}/analysis/plotting.py"]
             + [f"{PKG}/{c}" for c in code],
             "params": [{prm: list(params)}],
             "outs": [_out(tables_dir(cfg) / t) for t in tables]
@@ -69,9 +69,9 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
             "metrics": [_metrics(tables_dir(cfg) / metrics)],
         }
     # kernels: corrupt.py draws kernel_noise.csv's noisy labels, preprocess.py (and preprocess.crop) its inputs
-    return {"kernels": stage("kernels", ["kernels.py", "implicit.py", "corrupt.py", "preprocess.py"], KERNEL_TABLES,
+    return {"kernels": stage("kernels", ["section5/kernels.py", "section5/implicit.py", "data/corrupt.py", "data/preprocess.py"], KERNEL_TABLES,
                              KERNEL_FIGURES, KERNEL_METRICS, params=("section5", "dataset", "preprocess")),
-            "theorem": stage("theorem", ["theorem.py"], THEOREM_TABLES, THEOREM_FIGURES, THEOREM_METRICS)}
+            "theorem": stage("theorem", ["section5/theorem.py"], THEOREM_TABLES, THEOREM_FIGURES, THEOREM_METRICS)}
 
 
 def _train_stages(cfg: dict, runs, prm: str) -> dict:
@@ -135,7 +135,7 @@ def generate(params_path: str) -> str:
         },
         "prepare": {
             "cmd": f"python -m rethinking prepare --params {prm}",
-            "deps": [str(stamp), f"{PKG}/data.py"] + ([f"{PKG}/stream.py"] if is_streamed(cfg) else []),
+            "deps": [str(stamp), f"{PKG}/data/sources.py"] + ([f"{PKG}/data/stream.py"] if is_streamed(cfg) else []),
             "params": [{prm: ["dataset", "preprocess"]}],
             "outs": [_out(base_artifact(cfg))],
         },
@@ -143,15 +143,15 @@ def generate(params_path: str) -> str:
             "foreach": {c.id: {"out": str(corrupted_artifact(cfg, c))} for c in corruptions_of(runs)},
             "do": {
                 "cmd": f"python -m rethinking corrupt --params {prm} --corruption ${{key}}",
-                "deps": [str(base_artifact(cfg)), f"{PKG}/corrupt.py"],
+                "deps": [str(base_artifact(cfg)), f"{PKG}/data/corrupt.py"],
                 "outs": [{"${item.out}": {"cache": False}}],
             },
         },
         **_train_stages(cfg, runs, prm),
         "aggregate": {
             "cmd": f"python -m rethinking aggregate --params {prm}",
-            "deps": [str(stamp), str(runs_root(cfg)), str(base_artifact(cfg)), f"{PKG}/aggregate.py",
-                     f"{PKG}/paper.py"],
+            "deps": [str(stamp), str(runs_root(cfg)), str(base_artifact(cfg)), f"{PKG}/analysis/aggregate.py",
+                     f"{PKG}/analysis/paper.py"],
             "outs": [_out(tables_dir(cfg) / t) for t in tables_for(cfg) if t != "metrics.json"],
             "metrics": [_metrics(tables_dir(cfg) / "metrics.json")],
         },

@@ -1,65 +1,17 @@
-"""What the pipeline runs, decided without torch: each run's settings, which runs share a pack, and
-which source files make a run's checkpoint stale.
+"""Which runs share a pack (one process, one stacked model) and in which order jobs start.
 
-The Snakemake rules and dvcgen import this module (not train or pack), so that planning a grid
-(`snakemake -n`, and every Snakemake job's own start) does not spend seconds importing torch.
+No torch here unless a pack's model must be built to see whether it has dropout layers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
+import math
 
-from .config import ConfigError, Run, data_shape, lr_for, training_for
-
-AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
-# every file of the models subpackage (a new model file is an engine source without another edit)
-MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((Path(__file__).parent / "models").glob("*.py")))
-# a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
-ENGINE_SOURCES = ("train.py", "optim.py", "pack.py", *MODEL_SOURCES, "preprocess.py", "precision.py")
-
-
-def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | None = None) -> str:
-    """A checkpoint is resumed only by the same settings, the same engine code (`sources`, files of
-    this package) and, where `device_type` is given, on the same kind of device (torch.device.type:
-    "cpu" or "cuda" as the engine resolved `training.device`; never "auto").
-
-    The engines pass the device type: a checkpoint holds the random state of the device that wrote
-    it (a CUDA generator's state is 16 bytes, a CPU one's 5,056; neither loads into the other), so a
-    results folder moved between a GPU machine and a CPU one starts its unfinished runs over instead
-    of crashing on resume. The settings themselves (run_settings: the summary, the Snakemake params)
-    do not name it: planning knows no device."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    if device_type is not None:
-        if device_type == "auto" or ":" in device_type:
-            raise ValueError(f"device_type is the resolved device's type ('cpu', 'cuda'), not {device_type!r}")
-        h.update(f"\0device_type={device_type}\0".encode())
-    for name in sources:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
-
-
-def run_settings(cfg: dict, run: Run) -> dict:
-    """Everything that determines a run's result; stored in the checkpoint and the summary. A model
-    from a user's file adds `model_source` (its path and content hash): editing the file changes
-    the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs."""
-    from .models import source_digest
-    t = training_for(cfg, run)
-    s = {
-        "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
-        "variant": run.variant,
-        "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
-        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": lr_for(t, run.model),
-        "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
-        "weight_decay": t["weight_decay"] if "wd" in run.regs else 0.0,
-        "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
-        "log_every": t["log_every"],
-    }
-    source = source_digest(run.model, cfg.get("_params_dir"))
-    if source is not None:
-        s["model_source"] = source
-    return s
-
+from ..errors import ConfigError, ModelError
+from ..models import MLP, check_model, import_only, is_user_code, parse
+from .datasets import data_shape
+from .grid import Run, training_for
+from .settings import run_settings
 
 PER_RUN = ("run", "corruption", "seed")
 
@@ -86,7 +38,6 @@ def module_traits(cfg: dict, model: str, dropout: float) -> dict:
     shape, classes, known = data_shape(cfg)
     key = (model, dropout, shape, classes, cfg.get("_params_dir"))
     if key not in _TRAITS:
-        from .models import ModelError, check_model
         try:
             _TRAITS[key] = check_model(model, shape, classes, dropout, base=cfg.get("_params_dir"))
         except ModelError:
@@ -102,14 +53,12 @@ def check_models(cfg: dict, runs: list[Run], source: str = "params") -> None:
     the entry and what is wrong. Built-in models are not built (nothing to find out; no torch import).
     Where the input is only guessed (an image folder), a user's factory is imported and looked up,
     not called: `train` checks it on the real data."""
-    from .models import is_user_code, parse
     todo = {}
     for run in runs:
         if parse(run.model).kind in ("torchvision", "file", "module"):
             todo.setdefault((run.model, run_settings(cfg, run)["dropout"]), run)
     if not todo:
         return
-    from .models import ModelError, check_model, import_only
     shape, classes, known = data_shape(cfg)
     for (model, dropout), run in todo.items():
         try:
@@ -175,6 +124,8 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
 # labels in 38 epochs, random labels in 180, shuffled pixels in 66, random pixels and Gaussian noise in 26;
 # AlexNet true labels 11, random labels 105, with the random crop 32.
 EPOCH_FACTOR = {"true_labels": 1.0, "shuffled_pixels": 2.0, "random_pixels": 0.7, "gaussian": 0.7}
+
+
 HEAVY_MODEL = 1e9   # conv models, torchvision's and users' (not built at planning): above every MLP here
 
 
@@ -184,7 +135,6 @@ def expected_cost(cfg: dict, run: Run) -> float:
     processing time first). Multiply-adds per image for MLPs (from the input shape), conv and unknown
     models above every MLP, times the epochs the corruption and the regularizers are expected to take.
     It decides no result: a wrong estimate only orders jobs worse."""
-    from .models import MLP
     (c, h, w), k, _ = data_shape(cfg)
     m = MLP.fullmatch(run.model)   # mlp_1x512 and mlp_3x512 too
     if m:
@@ -205,7 +155,6 @@ SECTION5_PRIORITY = 1000   # the kernels stage (2 cores): before every training 
 def job_priority(cfg: dict, runs: list[Run]) -> float:
     """Snakemake's priority of a training job (a run or a pack): higher starts first. log2 of the expected
     cost (expected_cost), so that a pack counts as the sum of its runs."""
-    import math
     return round(math.log2(sum(expected_cost(cfg, r) for r in runs)), 3)
 
 
@@ -223,36 +172,3 @@ def corruption_priorities(cfg: dict, packs: list[list[Run]]) -> dict[str, float]
 def pack_name(pack: list[Run]) -> str:
     """A stable name for a pack (its first run's id, '/' -> '__', and its size)."""
     return f"{pack[0].id.replace('/', '__')}__x{len(pack)}"
-
-
-# --- streamed runs (dataset.source imagenet: rethinking.train_stream)
-
-# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code;
-# train.py: the stop rule, the learning-rate schedule and the memorization split come from it)
-STREAM_ENGINE_SOURCES = ("train_stream.py", "train.py", "optim.py", "stream.py", *MODEL_SOURCES, "precision.py")
-
-
-def stream_settings(cfg: dict, run: Run) -> dict:
-    """Everything that determines a streamed run's result; stored in the checkpoint and the summary."""
-    t = training_for(cfg, run)
-    s = run_settings(cfg, run)
-    s.update(engine="stream", image_size=t["image_size"], gpus_per_run=t["gpus_per_run"], decode=t["decode"],
-             train_eval_size=t["train_eval_size"],
-             aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0)
-    return s
-
-
-def launcher(cfg: dict) -> str:
-    """What starts `-m rethinking train` for a streamed run: python, or torchrun with one process per GPU."""
-    n = cfg["training"]["gpus_per_run"]
-    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
-
-
-def train_command(cfg: dict, params: str, run_id: str) -> str:
-    """The shell command of a streamed run (--run-id: torchrun would take --run for its --run-path)."""
-    return f"{launcher(cfg)} -m rethinking train --params {params} --run-id {run_id}"
-
-
-def gpus_requested(cfg: dict) -> int:
-    """The `gpu` resource a streamed run's job asks Snakemake for."""
-    return 0 if cfg["training"]["device"] == "cpu" else cfg["training"]["gpus_per_run"]

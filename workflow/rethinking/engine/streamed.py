@@ -1,9 +1,9 @@
 """Stage `train` for streamed datasets (ImageNet): label file + index + (model, regularizers, seed) -> run folder.
 
-The in-memory engine (rethinking.train) holds a whole dataset on the device;
+The in-memory engine (rethinking.engine.loop) holds a whole dataset on the device;
 ImageNet does not fit, and one Inception V3 run needs several GPUs. This
 engine trains one run from images read and decoded while it trains
-(rethinking.stream), in one process or, with `training.gpus_per_run: n`, in n
+(rethinking.data.stream), in one process or, with `training.gpus_per_run: n`, in n
 processes started by `torchrun --standalone --nproc_per_node=n` (the
 Snakemake rule and the DVC stage do that): distributed data parallel, NCCL
 between GPUs, gloo on CPU. `batch_size` is the batch of all processes
@@ -21,9 +21,9 @@ read. After each epoch the processes evaluate the held-out split and the
 training set (all of it, or `train_eval_size` seeded images) with center
 crops in eval mode, top-1 and top-5, each process a share, summed; the
 training set's top-1 is also split by corrupted and intact labels on those
-same images (rethinking.train.SPLIT_COLUMNS).
+same images (rethinking.engine.loop.SPLIT_COLUMNS).
 
-Stop rule and run folder as in rethinking.train: 100% top-1 on the
+Stop rule and run folder as in rethinking.engine.loop: 100% top-1 on the
 (evaluated) training set, the epoch limit, or a non-finite loss; process 0
 writes epochs.csv, steps.csv, summary.json (last) and checkpoint.pt. The
 checkpoint is written after every epoch and, with `checkpoint_every: k`, every
@@ -33,7 +33,7 @@ the epoch, so a killed run resumes at the step it last saved, with the same
 batches and crops it would have had. Every process reads the checkpoint
 (io.load_checkpoint, weights_only); process 0 moves a damaged one aside, and
 the processes resume only if every one of them could read it. Process 0 holds
-the run's lock (.train.lock, rethinking.slots) from before the processes meet
+the run's lock (.train.lock, rethinking.engine.slots) from before the processes meet
 until it ends: a second trainer of the run stops at once.
 
 On CUDA each process claims a GPU slot among its own share of the visible
@@ -42,7 +42,7 @@ on different GPUs whatever `jobs_per_gpu` is. Every process builds the same
 model from the run's seed; then every process but 0 reseeds torch (seed_process),
 so their dropout masks differ, and a one-process run draws what it always drew.
 The steps train under bf16 autocast where the GPU computes bf16 natively
-(rethinking.train.autocast_for); evaluation, which the stop rule reads, is fp32.
+(rethinking.engine.loop.autocast_for); evaluation, which the stop rule reads, is fp32.
 """
 from __future__ import annotations
 
@@ -56,17 +56,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, Run, run_dir, training_for
-from .models.inception_v3 import build_stream_model, loss_of, split_outputs
-from .io import load_checkpoint, remove_stale_temps, save_torch, write_json
-from .models import count_parameters, traits
+from ..errors import ConfigError
+from ..plan import Run, run_dir, training_for
+from ..models.inception_v3 import build_stream_model, loss_of, split_outputs
+from ..files import load_checkpoint, remove_stale_temps, save_torch, write_json
+from ..models import count_parameters, traits
 from .precision import exact_float32
-from .plan import STREAM_ENGINE_SOURCES, stream_settings, train_command
-from .plan import fingerprint as code_fingerprint   # `fingerprint` is a local name in _train
+from ..plan.settings import STREAM_ENGINE_SOURCES, stream_settings, train_command
+from ..plan.settings import fingerprint as code_fingerprint  # `fingerprint` is a local name in _train
 from .slots import Slot, claim, lock_runs, visible_devices
-from .stream import StreamImages, load_streamed, make_loader, to_input
-from .train import (autocast_for, device_name, fitted, learning_rate, pick_device, rng_state,
-                    set_rng_state, sgd, split_counts, split_percent, versions, write_epochs, write_steps)
+from ..data.stream import StreamImages, load_streamed, make_loader, to_input
+from .loop import autocast_for, device_name, fitted, learning_rate, pick_device, rng_state, set_rng_state, sgd, split_counts, split_percent, versions, write_epochs, write_steps
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "state", "processes")   # besides its fingerprint
@@ -186,7 +186,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     slot, group = None, False
     try:
         device = pick_device(t["device"])
-        if device.type == "cuda":   # each process claims a free GPU slot (see rethinking.slots), one GPU per process
+        if device.type == "cuda":   # each process claims a free GPU slot (see rethinking.engine.slots), one GPU per process
             slot = claim_gpu(torch.cuda.device_count(), t["jobs_per_gpu"], rank, world)
             device = torch.device("cuda", slot.device)
             torch.cuda.set_device(device)
@@ -352,10 +352,10 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
 def evaluate(model, dataset: StreamImages, indices: np.ndarray, *, procs: _Procs, batch_size: int, workers: int,
              channels_last: bool, y_true: np.ndarray | None = None):
     """(mean loss, top-1, top-5, number top-1 correct) over dataset[indices], center crops, eval mode, in fp32
-    (no autocast: the stop rule reads these logits, see rethinking.train.evaluate); each process evaluates
+    (no autocast: the stop rule reads these logits, see rethinking.engine.loop.evaluate); each process evaluates
     every world-th image and the sums are shared. With `y_true` (the true label of every image of `dataset`,
     whose labels may be corrupted) a fifth value: the split of the same top-1 predictions over these images
-    by corrupted and intact labels (rethinking.train.split_percent), from the same forward pass."""
+    by corrupted and intact labels (rethinking.engine.loop.split_percent), from the same forward pass."""
     model.eval()
     device = procs.device
     mine = indices[procs.rank::procs.world]
@@ -399,10 +399,10 @@ def _checkpoint(path: Path, fingerprint: str, model, opt, st: _State, procs: _Pr
 
 def _finish(out: Path, run: Run, s: dict, st: _State, n_params: int, steps_per_epoch: int, n_train_eval: int,
             n_train: int, n_test: int, procs: _Procs, log, n_corrupted: int | None = None) -> None:
-    """Write a finished run's tables and, last, its summary (the same keys as rethinking.train's, plus top-5).
-    `cpu_time`, `max_rss_mb`, `process_wall_time` are process 0's (rethinking.jobs.process_usage; not its loader
+    """Write a finished run's tables and, last, its summary (the same keys as rethinking.engine.loop's, plus top-5).
+    `cpu_time`, `max_rss_mb`, `process_wall_time` are process 0's (rethinking.analysis.jobs.process_usage; not its loader
     workers' nor the other processes' of a multi-GPU run: Snakemake's benchmark file of the job measures them all)."""
-    from .jobs import process_usage
+    from .run import process_usage
     write_epochs(out / "epochs.csv", st.epochs_rows)
     write_steps(out / "steps.csv", st.steps_rows)
     last = st.epochs_rows[-1]

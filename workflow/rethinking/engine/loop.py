@@ -13,7 +13,7 @@ Inputs that need no random augmentation are prepared once per process
 (center crop and per-image standardization, as floats on the device), so a
 step only gathers its batch; augmented runs prepare each batch from uint8.
 Several runs that share a model and their training settings can be trained in
-one process as a pack (`train_runs`, rethinking.pack): the same loop, with the
+one process as a pack (`train_runs`, rethinking.engine.pack): the same loop, with the
 step applied to a stacked model, and every run keeping its own folder.
 
 The evaluation of the training set also splits its predictions by the labels
@@ -27,7 +27,7 @@ means the run is finished), checkpoint.pt (the last epoch; a rerun of a
 killed job resumes from it; one that cannot be read is moved aside to
 checkpoint.pt.corrupt and the run starts over, see io.load_checkpoint), and
 .train.lock (held while a process trains the run: one trainer per run, see
-rethinking.slots).
+rethinking.engine.slots).
 """
 from __future__ import annotations
 
@@ -44,16 +44,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .config import Run, run_dir, training_for
-from .corrupt import load_corrupted
-from .io import load_checkpoint, remove_stale_temps, save_torch, write_json, write_rows
+from .. import __version__
+from ..plan import Run, run_dir, training_for
+from ..data.corrupt import load_corrupted
+from ..files import load_checkpoint, remove_stale_temps, save_torch, write_json, write_rows
 from .optim import SGD
-from .models import build_model, check_model, count_parameters, is_user_code, parse, traits
+from ..models import build_model, check_model, count_parameters, is_user_code, parse, traits
 from .pack import Stacked
-from .plan import ENGINE_SOURCES, check_packable, fingerprint, run_settings
+from ..plan.settings import ENGINE_SOURCES, fingerprint, run_settings
+from ..plan.packs import check_packable
 from .precision import exact_float32
-from .preprocess import augmentations, prepare_all, prepare_batch
+from ..data.preprocess import augmentations, prepare_all, prepare_batch
 from .slots import claim, lock_runs
 
 CHECKPOINT = "checkpoint.pt"
@@ -231,7 +232,7 @@ def train(cfg: dict, run: Run, log=print) -> Path:
 
 
 def train_runs(cfg: dict, runs: list[Run], log=print) -> list[Path]:
-    """Train runs in one process: one run as a plain module, several as one pack (rethinking.pack)."""
+    """Train runs in one process: one run as a plain module, several as one pack (rethinking.engine.pack)."""
     settings = [run_settings(cfg, r) for r in runs]
     if len(runs) > 1:
         check_packable(cfg, runs, settings)
@@ -445,9 +446,9 @@ def run_epoch_packed(stacked, group, perms, lrs, *, batch_size, crop, augment, a
 
 def _finish(m: _Member, n_params: int, steps_per_epoch: int, device: torch.device, log) -> None:
     """Write a finished run's tables and, last, its summary. `cpu_time`, `max_rss_mb` and `process_wall_time`
-    are the training process's since it started (rethinking.jobs.process_usage): for a pack, the one process of all its
+    are the training process's since it started (rethinking.analysis.jobs.process_usage): for a pack, the one process of all its
     members, up to this member's end; after a resume, the resuming process's only (`wall_time` adds up)."""
-    from .jobs import process_usage
+    from .run import process_usage
     elapsed = time.perf_counter() - m.start
     write_epochs(m.out / "epochs.csv", m.epochs_rows)
     write_steps(m.out / "steps.csv", m.steps_rows)

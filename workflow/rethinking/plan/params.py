@@ -1,0 +1,257 @@
+"""Params files: load, validate against the schema and the registries, fill in defaults.
+
+params.yaml (or a file in config/) is the only file a user edits. Everything that Snakemake, DVC
+and the commands of this package do is derived from the dict `load` returns, so they cannot
+disagree about which runs exist or where they live. Every error names the file and the key.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError, ModelError
+from ..models import MIN_IMAGE_SIZE, model_file, parse, run_name
+from .datasets import STREAMED_SOURCES, is_streamed
+from .grid import DEFAULT_LR, LABEL_CORRUPTIONS
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
+
+
+TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr", "lr_decay", "lr_decay_images", "weight_decay",
+                      "dropout")
+
+
+DEFAULTS = {
+    "results_dir": "results",
+    "paper_tolerance": {"train_acc": 1.0, "test_acc": 3.0},
+    "section5": None,
+    "seeds": [0],
+    "dataset": {
+        "source": "digits",
+        "root": None,
+        "name": None,
+        "download": False,
+        "train_size": None,
+        "test_size": None,
+        "test_fraction": 0.2,
+        "seed": 0,
+    },
+    "preprocess": {"crop": None},
+    "training": {
+        "batch_size": 128,
+        "max_epochs": 300,
+        "momentum": 0.9,
+        # per model entry; `default` for every model not named (rethinking.models lists the kinds)
+        "lr": dict(DEFAULT_LR),
+        "lr_decay": 0.95,
+        "lr_decay_images": None,
+        "weight_decay": 5e-4,
+        "dropout": 0.5,
+        "log_every": 20,
+        "eval_batch_size": 1000,
+        "device": "auto",
+        "threads": 1,
+        "jobs_per_gpu": 1,
+        "pack": 1,
+        # streamed sources only (dataset.source: imagenet): see rethinking.engine.streamed
+        "image_size": 299,
+        "gpus_per_run": 1,
+        "workers": 4,
+        "decode": "workers",
+        "checkpoint_every": None,
+        "train_eval_size": None,
+    },
+}
+
+
+SECTION5_DEFAULTS = {
+    "kernels": {"features": ["pixels", "random-conv"], "gamma": {"pixels": 0.02, "random-conv": None},
+                "ridge": 0.01, "n_train": None, "n_test": None, "n_filters": 256, "pool": 2,
+                "noise_levels": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "device": "auto"},
+    "implicit": {"n": 20, "steps": 20000, "features": "pixels"},
+    "theorem": {"ns": [10, 30, 100, 300], "labels": ["random", "true"]},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _where(path) -> str:
+    parts = []
+    for p in path:
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." + p if parts else p))
+    return "".join(parts) or "(top level)"
+
+
+def validate(raw, source: str = "params", params_dir=None) -> dict:
+    """Validate a parsed params mapping; return it with defaults filled in. `params_dir` (the params
+    file's folder; default the working directory) is where model files are looked up first; it is kept
+    as cfg["_params_dir"]."""
+    import jsonschema
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    # "integer" means an int: JSON Schema's own rule also accepts 0.0, which would make run ids like seed0.0
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        key = _where(e.absolute_path)
+        allowed = ""
+        if e.validator == "enum":
+            allowed = f" (allowed: {', '.join(map(str, e.validator_value))})"
+        elif e.validator == "additionalProperties":
+            allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
+        raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
+    bad = next(_non_finite(raw), None)   # JSON Schema's minimum/maximum let NaN through (every comparison is false)
+    if bad is not None:
+        raise ConfigError(f"{source}: {_where(bad[0])}: {bad[1]!r} is not a finite number")
+    cfg = _merge(DEFAULTS, raw)
+    cfg["_params_dir"] = str(params_dir) if params_dir is not None else "."
+    if cfg.get("section5") is not None:
+        cfg["section5"] = _merge(SECTION5_DEFAULTS, cfg["section5"])
+    if "grid" not in cfg:
+        raise ConfigError(f"{source}: grid: missing; list at least one group of models x corruptions")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _non_finite(node, path=()):
+    """(key path, value) of every NaN or infinite float (YAML's .nan, .inf) in a parsed mapping."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield path, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, path + (i,))
+
+
+def _check_models(cfg: dict, source: str) -> None:
+    """Every model entry and `lr` key names a model the registry knows (no file is imported here),
+    and a file factory's file exists; two entries never share a run folder name."""
+    base = cfg.get("_params_dir")
+    names = {}
+    for i, group in enumerate(cfg["grid"]):
+        for j, model in enumerate(group["models"]):
+            try:
+                parse(model)
+                model_file(model, base)
+            except ModelError as exc:
+                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {exc}") from None
+            if names.setdefault(run_name(model), model) != model:
+                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {model!r} and {names[run_name(model)]!r} "
+                                  f"would share the run folder name {run_name(model)!r}; name one of them otherwise")
+    lrs = [("training.lr", cfg["training"]["lr"])] + [(f"grid[{i}].training.lr", g["training"]["lr"])
+                                                      for i, g in enumerate(cfg["grid"]) if "lr" in g.get("training", {})]
+    if isinstance(cfg["training"]["pack"], dict):
+        lrs.append(("training.pack", cfg["training"]["pack"]))
+    for where, lr in lrs:
+        for key in lr:
+            if key != "default":
+                try:
+                    parse(key)
+                except ModelError as exc:
+                    raise ConfigError(f"{source}: {where}.{key}: not a model entry nor 'default' ({exc})") from None
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    _check_models(cfg, source)
+    names = set()
+    for i, group in enumerate(cfg["grid"]):
+        where = f"grid[{i}]"
+        if group["name"] in names:
+            raise ConfigError(f"{source}: {where}.name: {group['name']!r} is used twice; group names must be unique")
+        names.add(group["name"])
+        if "labels" in group["corruptions"] and "levels" not in group:
+            raise ConfigError(f"{source}: {where}.levels: required when corruptions contains 'labels' "
+                              "(a list of probabilities in [0, 1])")
+        if "levels" in group and "labels" not in group["corruptions"]:
+            raise ConfigError(f"{source}: {where}.levels: only meaningful with the corruption 'labels'")
+        for r in group.get("regularizers", ["none"]):
+            parts = r.replace("+", "-").split("-")
+            if len(set(parts)) != len(parts):
+                raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
+            if {"crop", "augment"} <= set(parts):
+                raise ConfigError(f"{source}: {where}.regularizers: {r!r}: augment already includes the random crop")
+        if ("variant" in group) != ("training" in group):
+            raise ConfigError(f"{source}: {where}: 'variant' and 'training' go together "
+                              "(a variant names the training overrides of its group)")
+    if is_streamed(cfg):
+        _check_streamed(cfg, source)
+    else:
+        for i, group in enumerate(cfg["grid"]):
+            for j, model in enumerate(group["models"]):
+                if model == "inception_v3":
+                    raise ConfigError(f"{source}: grid[{i}].models[{j}]: inception_v3 is trained on streamed "
+                                      f"image trees only (dataset.source: {', '.join(STREAMED_SOURCES)}), "
+                                      f"not on {cfg['dataset']['source']!r}")
+    variants = {}
+    for i, group in enumerate(cfg["grid"]):
+        if "variant" in group:
+            seen = variants.setdefault(group["variant"], group["training"])
+            if seen != group["training"]:
+                raise ConfigError(f"{source}: grid[{i}].training: variant {group['variant']!r} is given different "
+                                  "overrides in two groups; use one variant name per set of overrides")
+
+
+def _check_streamed(cfg: dict, source: str) -> None:
+    """What a streamed dataset cannot do: pixel corruptions (the images are never copied), packs, a fixed crop."""
+    ds = cfg["dataset"]["source"]
+    if cfg["preprocess"]["crop"] is not None:
+        raise ConfigError(f"{source}: preprocess.crop: not used with dataset.source {ds!r} (streamed images are "
+                          "cropped to training.image_size); set it to null")
+    if cfg["training"]["pack"] not in (1, {"default": 1}):
+        raise ConfigError(f"{source}: training.pack: {cfg['training']['pack']} is not possible with dataset.source "
+                          f"{ds!r}: a streamed run trains alone (set pack: 1)")
+    for i, group in enumerate(cfg["grid"]):
+        for j, kind in enumerate(group["corruptions"]):
+            if kind not in LABEL_CORRUPTIONS:
+                raise ConfigError(f"{source}: grid[{i}].corruptions[{j}]: {kind!r} corrupts pixels, which needs the "
+                                  f"images in memory; dataset.source {ds!r} is streamed from disk and takes label "
+                                  f"corruptions only (allowed: {', '.join(LABEL_CORRUPTIONS)})")
+        for r in group.get("regularizers", ["none"]):
+            if "augment" in r.replace("+", "-").split("-"):
+                raise ConfigError(f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "
+                                  f"dataset.source {ds!r} use 'crop' (random resized crop + horizontal flip)")
+        t = _merge(cfg["training"], group.get("training", {}))
+        if t["batch_size"] % t["gpus_per_run"]:
+            raise ConfigError(f"{source}: training.batch_size: {t['batch_size']} is the batch of all "
+                              f"{t['gpus_per_run']} processes of a run (training.gpus_per_run) together and must "
+                              "be a multiple of it")
+        for model in group["models"]:
+            if t["image_size"] < MIN_IMAGE_SIZE.get(model, 1):
+                raise ConfigError(f"{source}: training.image_size: {t['image_size']} is too small for {model} "
+                                  f"(at least {MIN_IMAGE_SIZE[model]})")
+
+
+def load(path) -> dict:
+    """Read and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate(raw, str(path), params_dir=path.parent)
