@@ -2,7 +2,7 @@
 
     python benchmarks/alexnet_step.py [--shape 1x7x7] [--batch-size 32] [--threads 1] [--reps 9] [--profile]
 
-One step: forward, cross-entropy, backward, the engine's fused SGD (train.sgd, momentum 0.9) on a
+One step: forward, cross-entropy, backward, the engine's fused SGD (optim.SGD, momentum 0.9) on a
 fixed random batch. "reference" is the same network from torch's own layers (nn.Conv2d, an -inf
 padded F.max_pool2d, nn.LocalResponseNorm: what models/alexnet.py computed before #18); "alexnet"
 is build_model's. Both are timed interleaved (reference, alexnet, reference, ...; `--steps` steps per
@@ -19,7 +19,7 @@ from torch import nn
 
 from rethinking.models import build_model
 from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame, _same_pool_pads
-from rethinking.engine.loop import sgd
+from rethinking.engine.optim import SGD as sgd
 
 
 class PaddedMaxPool(nn.Module):

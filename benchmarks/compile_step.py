@@ -5,7 +5,7 @@
 For each model (digits shape 1x7x7, batch 32, 1 thread, like the default experiment's runs) and for
 the pack step of --pack members (rethinking.engine.pack.Stacked, its batched forward compiled), every case
 runs in its own fresh process, back to back:
-  eager         the engine's step as it is (train.sgd, model(x) in eager mode);
+  eager         the engine's step as it is (optim.SGD, model(x) in eager mode);
   compile cold  torch.compile(model) with an empty inductor cache (a new TORCHINDUCTOR_CACHE_DIR);
   compile warm  the same again with that cache filled by the cold run (a later process on this machine).
 Each prints the time to its first finished step (compile included; torch import excluded) and the
@@ -37,7 +37,7 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
     t_import = time.perf_counter()
     from rethinking.models import build_model
     from rethinking.engine.pack import Stacked
-    from rethinking.engine.loop import sgd
+    from rethinking.engine.optim import SGD as sgd
 
     torch.manual_seed(0)
     shape, k, b = (1, 7, 7), 10, 32
@@ -47,10 +47,10 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
         stacked = Stacked([build_model(model_name, shape, k) for _ in range(pack)], 0.9, 5e-4)
         if compiled:
             stacked._batched = torch.compile(stacked._batched)
-        lrs = torch.full((pack,), 0.01)
+        stacked.set_lrs([0.01] * pack)
 
         def step():
-            stacked.step(x, y, lrs, contextlib.nullcontext)
+            stacked.step(x, y, contextlib.nullcontext)
     else:
         model = build_model(model_name, shape, k)
         fwd = torch.compile(model) if compiled else model

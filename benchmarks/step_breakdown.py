@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from rethinking.models import build_model
 from rethinking.data.preprocess import prepare_all, prepare_batch
-from rethinking.engine.loop import sgd
+from rethinking.engine.optim import SGD as sgd
 
 
 def timed(fn, n=50):
@@ -52,7 +52,7 @@ def main():
         "crop+standardize": timed(lambda: prepare_batch(xb, 28)),
         "forward+backward": timed(fwd_bwd),
         "sgd step (torch default)": timed(opt.step),
-        "sgd step (fused, train.sgd)": timed(fused.step),
+        "sgd step (fused, optim.SGD)": timed(fused.step),
     }
     for name, ms in parts.items():
         print(f"{name:28s} {ms:7.2f} ms")

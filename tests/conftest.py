@@ -112,15 +112,15 @@ def train_until_killed(cfg, run, epoch, monkeypatch):
     """Train `run` in the in-memory engine and stop it as a kill would, right after its checkpoint of
     `epoch`: what is left is the run folder a killed job leaves."""
     from rethinking.engine import loop as tr
-    real = tr._checkpoint
+    real = tr.save_checkpoint
 
-    def kill_after(member, *args, **kw):
-        real(member, *args, **kw)
-        if member.epoch == epoch:
+    def kill_after(out, fingerprint, model, optimizer, progress, *args, **kw):
+        real(out, fingerprint, model, optimizer, progress, *args, **kw)
+        if progress.epoch == epoch:
             raise Killed()
-    monkeypatch.setattr(tr, "_checkpoint", kill_after)
+    monkeypatch.setattr(tr, "save_checkpoint", kill_after)
     try:
         with pytest.raises(Killed):
             tr.train(cfg, run, log=lambda *_: None)
     finally:
-        monkeypatch.setattr(tr, "_checkpoint", real)
+        monkeypatch.setattr(tr, "save_checkpoint", real)

@@ -23,6 +23,7 @@ from rethinking.engine import streamed as ts
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
 from rethinking.files import load_checkpoint
+from rethinking.engine import run as rn
 from test_imagenet import make_jpeg_tree, prepared
 from test_imagenet import params as stream_params
 
@@ -70,7 +71,7 @@ def _same_result(ref_dir, out_dir, cols=EPOCH_COLS, keys=SUMMARY_KEYS):
 def _moved_aside(out, log, damaged: bytes, *needles):
     """The damaged file is checkpoint.pt.corrupt, byte for byte; one log line names it and why; the run
     started over and left a good checkpoint."""
-    ckpt = out / tr.CHECKPOINT
+    ckpt = out / rn.CHECKPOINT
     assert (out / "checkpoint.pt.corrupt").read_bytes() == damaged
     lines = [line for line in log.splitlines() if "cannot be used" in line]
     assert len(lines) == 1, log
@@ -104,12 +105,12 @@ def _fresh(tmp_path, reference, planted: dict[str, bytes] | None = None):
     path.write_text(PARAMS.format(results=results))
     for run_id, data in (planted or {}).items():
         (results / "runs" / run_id).mkdir(parents=True)
-        (results / "runs" / run_id / tr.CHECKPOINT).write_bytes(data)
+        (results / "runs" / run_id / rn.CHECKPOINT).write_bytes(data)
     return path, results
 
 
 def test_a_truncated_checkpoint_is_moved_aside_and_the_run_retrains_to_the_same_result(tmp_path, reference):
-    good = (reference[1] / tr.CHECKPOINT).read_bytes()
+    good = (reference[1] / rn.CHECKPOINT).read_bytes()
     cut = good[: len(good) // 2]
     params, results = _fresh(tmp_path, reference, {RUN: cut})
     proc = run_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
@@ -122,7 +123,7 @@ def test_a_truncated_checkpoint_is_moved_aside_and_the_run_retrains_to_the_same_
 def test_an_unsafe_checkpoint_is_refused_and_its_code_never_runs(tmp_path, reference):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    _unsafe_copy(reference[1] / tr.CHECKPOINT, evil, marker)
+    _unsafe_copy(reference[1] / rn.CHECKPOINT, evil, marker)
     torch.load(evil, weights_only=False)   # the payload is live: an unsafe load runs it
     assert marker.is_file()
     marker.unlink()
@@ -160,12 +161,12 @@ def test_packed_runs_each_heal_their_own_damaged_checkpoint(tmp_path, reference)
 
 
 def test_a_checkpoint_of_other_settings_is_not_moved_aside(tmp_path, reference):
-    ck = torch.load(reference[1] / tr.CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = torch.load(reference[1] / rn.CHECKPOINT, map_location="cpu", weights_only=True)
     ck["fingerprint"] = "0" * 64
     params, results = _fresh(tmp_path, reference)
     out = results / "runs" / RUN
     out.mkdir(parents=True)
-    torch.save(ck, out / tr.CHECKPOINT)
+    torch.save(ck, out / rn.CHECKPOINT)
     cfg = rc.load(params)
     lines = []
     tr.train(cfg, rc.find_run(cfg, RUN), log=lines.append)
@@ -208,7 +209,7 @@ def _damaged(kind, good: bytes, tmp_path) -> bytes:
 def test_load_checkpoint_moves_a_damaged_file_aside_with_its_reason(tmp_path, reference, kind, reason):
     path = tmp_path / "checkpoint.pt"
     (tmp_path / "checkpoint.pt.corrupt").write_bytes(b"an older damaged file")
-    data = _damaged(kind, (reference[1] / tr.CHECKPOINT).read_bytes(), tmp_path)
+    data = _damaged(kind, (reference[1] / rn.CHECKPOINT).read_bytes(), tmp_path)
     path.write_bytes(data)
     lines = []
     assert load_checkpoint(path, "fp", ["model", "optimizer"], lines.append, name="r") is None
@@ -228,8 +229,8 @@ def test_load_checkpoint_of_other_processes_only_reads(tmp_path):
 
 
 def test_both_engines_write_checkpoints_that_load_with_weights_only(reference, stream_reference):
-    for ck_path, keys in ((reference[1] / tr.CHECKPOINT, tr.CHECKPOINT_KEYS),
-                          (stream_reference[1] / ts.CHECKPOINT, ts.CHECKPOINT_KEYS)):
+    for ck_path, keys in ((reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS),
+                          (stream_reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS)):
         ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         assert isinstance(ck, dict) and set(keys) <= set(ck) and isinstance(ck["fingerprint"], str)
 
@@ -260,7 +261,7 @@ def stream_reference(tmp_path_factory, stream_tree):
 def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(tmp_path, stream_tree, stream_reference,
                                                                          kind):
     marker = tmp_path / "pwned"
-    good = stream_reference[1] / ts.CHECKPOINT
+    good = stream_reference[1] / rn.CHECKPOINT
     if kind == "truncated":
         damaged, needles = good.read_bytes()[:5000], ("Error: ",)   # torch says OSError or RuntimeError
     else:
@@ -270,7 +271,7 @@ def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(tmp_p
     shutil.copytree(stream_reference[0] / "data", tmp_path / "results" / "data")
     out = tmp_path / "results" / "runs" / STREAM_RUN
     out.mkdir(parents=True)
-    (out / ts.CHECKPOINT).write_bytes(damaged)
+    (out / rn.CHECKPOINT).write_bytes(damaged)
     proc = run_cli("train", "--params", params, "--run", STREAM_RUN, cwd=tmp_path, check=True)
     assert not marker.exists()
     _moved_aside(out, proc.stdout, damaged, *needles)
@@ -288,8 +289,8 @@ def test_two_processes_agree_to_start_over_from_a_damaged_checkpoint(tmp_path, s
     shutil.copytree(stream_reference[0] / "data", tmp_path / "results" / "data")
     out = tmp_path / "results" / "runs" / STREAM_RUN
     out.mkdir(parents=True)
-    damaged = (stream_reference[1] / ts.CHECKPOINT).read_bytes()[:-64]
-    (out / ts.CHECKPOINT).write_bytes(damaged)
+    damaged = (stream_reference[1] / rn.CHECKPOINT).read_bytes()[:-64]
+    (out / rn.CHECKPOINT).write_bytes(damaged)
     proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "rethinking", "train",
                            "--params", str(p), "--run-id", STREAM_RUN], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)

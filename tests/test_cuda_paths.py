@@ -30,8 +30,10 @@ from rethinking.engine import streamed as ts
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
 from rethinking.models import build_model, traits
+from rethinking.engine.optim import SGD
 from rethinking.engine.pack import Stacked
 from rethinking.plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
+from rethinking.engine import run as rn
 
 SHAPE = (3, 28, 28)
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
@@ -71,7 +73,7 @@ def _resume(model_state, opt_state, channels_last: bool, loader):
     """A fresh model (layout `channels_last`) and fused SGD, resumed from the states (SGD's by `loader`)."""
     model = _alexnet(channels_last, seed=123)   # another initialization: everything must come from the states
     model.load_state_dict(model_state)
-    opt = tr.sgd(model.parameters(), LR, MOMENTUM, WD)
+    opt = SGD(model.parameters(), LR, MOMENTUM, WD)
     loader(opt, copy.deepcopy(opt_state))   # load_state_dict keeps (aliases) the saved tensors: a copy per resume
     return model, opt
 
@@ -93,7 +95,7 @@ def _checkpoint_of(channels_last: bool):
     parameters after one more step: what an uninterrupted run reaches."""
     model = _alexnet(channels_last)
     assert traits(model)["conv"]
-    opt = tr.sgd(model.parameters(), LR, MOMENTUM, WD)
+    opt = SGD(model.parameters(), LR, MOMENTUM, WD)
     _step(model, opt, *_batch(0), channels_last)
     states = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     _step(model, opt, *_batch(1), channels_last)
@@ -133,7 +135,8 @@ def test_a_packs_optimizer_state_resumes_as_a_channels_last_single_run():
     models = [_alexnet(False, seed=s) for s in (0, 1)]
     stacked = Stacked(models, MOMENTUM, WD)
     xs, ys = _batch(0, k=2)
-    stacked.step(xs, ys, torch.tensor([LR, LR]), contextlib.nullcontext)
+    stacked.set_lrs([LR, LR])
+    stacked.step(xs, ys, contextlib.nullcontext)
     k = 1
     member = stacked.member(k)
     model_state = copy.deepcopy(member.state_dict())
@@ -158,7 +161,7 @@ def test_loading_sgd_state_leaves_matching_buffers_alone():
     (model_state, opt_state), _ = _checkpoint_of(False)
     model = _alexnet(False)
     model.load_state_dict(model_state)
-    opt = tr.sgd(model.parameters(), LR, MOMENTUM, WD)
+    opt = SGD(model.parameters(), LR, MOMENTUM, WD)
     state = copy.deepcopy(opt_state)
     opt.load_state_dict(state)
     for i, p in enumerate(model.parameters()):
@@ -211,24 +214,24 @@ def test_a_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tiny, tmp_path, mon
     the rerun on the CPU starts over with one log line, and ends as an uninterrupted run."""
     run = _tiny_run(tiny)
     out = rc.run_dir(tiny, run)
-    real = tr._checkpoint
+    real = tr.save_checkpoint
 
-    def kill_after_epoch_1(member, *args, **kw):
-        real(member, *args, **kw)
+    def kill_after_epoch_1(*args, **kw):
+        real(*args, **kw)
         raise Killed()
-    monkeypatch.setattr(tr, "_checkpoint", kill_after_epoch_1)
+    monkeypatch.setattr(tr, "save_checkpoint", kill_after_epoch_1)
     with pytest.raises(Killed):
         tr.train(tiny, run, log=lambda *_: None)
-    monkeypatch.setattr(tr, "_checkpoint", real)
+    monkeypatch.setattr(tr, "save_checkpoint", real)
 
-    ck = torch.load(out / tr.CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)
     s = run_settings(tiny, run)
     assert ck["fingerprint"] == fingerprint(s, ENGINE_SOURCES, "cpu") != fingerprint(s, ENGINE_SOURCES)
     ck["fingerprint"] = fingerprint(s, ENGINE_SOURCES, "cuda")
     ck["generator"] = torch.zeros(16, dtype=torch.uint8)   # what a CUDA generator's get_state() holds
     with pytest.raises(RuntimeError):
         torch.Generator().set_state(ck["generator"])        # the crash a resume would have been
-    torch.save(ck, out / tr.CHECKPOINT)
+    torch.save(ck, out / rn.CHECKPOINT)
 
     lines = []
     tr.train(tiny, run, log=lines.append)
@@ -270,22 +273,22 @@ def _stream_cfg(tmp_path, tree, results="results", **training):
 def test_a_streamed_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tmp_path, jpeg_tree, monkeypatch):
     cfg, run = _stream_cfg(tmp_path, jpeg_tree)
     out = rc.run_dir(cfg, run)
-    real = ts._checkpoint
+    real = ts.save_checkpoint
 
-    def kill_at_step_2(path, fp, model, opt, st, *args):
-        real(path, fp, model, opt, st, *args)
+    def kill_at_step_2(*args, **kw):
+        real(*args, **kw)
         raise Killed()
-    monkeypatch.setattr(ts, "_checkpoint", kill_at_step_2)
+    monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_2)
     with pytest.raises(Killed):
         ts.train(cfg, run, log=lambda *_: None)
-    monkeypatch.setattr(ts, "_checkpoint", real)
+    monkeypatch.setattr(ts, "save_checkpoint", real)
 
-    ck = torch.load(out / ts.CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)
     s = stream_settings(cfg, run)
     assert ck["fingerprint"] == fingerprint(s, STREAM_ENGINE_SOURCES, "cpu") != fingerprint(s, STREAM_ENGINE_SOURCES)
-    assert ck["state"]["step"] == 2
+    assert ck["progress"]["step"] == 2
     ck["fingerprint"] = fingerprint(s, STREAM_ENGINE_SOURCES, "cuda")
-    torch.save(ck, out / ts.CHECKPOINT)
+    torch.save(ck, out / rn.CHECKPOINT)
     lines = []
     ts.train(cfg, run, log=lines.append)
     assert f"{run.id}: checkpoint was made with other settings or code; starting over" in lines
@@ -370,18 +373,19 @@ def test_bf16_autocast_only_where_the_gpu_computes_bf16_natively(monkeypatch):
 
 
 def test_evaluation_runs_without_tf32(monkeypatch):
-    """Both engines evaluate inside precision.exact_float32 (its flags: tests/test_kernels_gpu.py)."""
-    from rethinking.engine import precision
-    assert tr.exact_float32 is precision.exact_float32 and ts.exact_float32 is precision.exact_float32
+    """Both engines evaluate through metrics.evaluate, inside precision.exact_float32 (its flags:
+    tests/test_kernels_gpu.py)."""
+    from rethinking.engine import metrics, precision
+    assert tr.evaluate is metrics.evaluate and ts.evaluate is metrics.evaluate
     entered = []
 
     @contextlib.contextmanager
     def recording():
         entered.append(True)
         yield
-    monkeypatch.setattr(tr, "exact_float32", recording)
+    monkeypatch.setattr(precision, "exact_float32", recording)
     model = torch.nn.Linear(4, 3)
-    tr.evaluate(model, torch.zeros(5, 4), torch.zeros(5, dtype=torch.int64), None, 2)
+    metrics.evaluate(model, [(torch.zeros(5, 4), torch.zeros(5, dtype=torch.int64), None)])
     assert entered == [True]
 
 
@@ -403,14 +407,14 @@ def test_the_processes_of_a_run_claim_different_gpus(tmp_path, monkeypatch, visi
         pytest.skip("more one-process jobs than slots")
     for world in range(1, count + 1):
         lock_dir = tmp_path / f"locks-{world}"
-        held = [ts.claim_gpu(count, per_gpu, lock_dir=lock_dir, timeout=0) for _ in range(others + 1)]
+        held = [slots.claim_gpu(count, per_gpu, lock_dir=lock_dir, timeout=0) for _ in range(others + 1)]
         held.pop(0).release()
         runs = 0
         while True:
             run = {}
             try:
                 for rank in (range(world) if runs % 2 == 0 else reversed(range(world))):
-                    run[rank] = ts.claim_gpu(count, per_gpu, rank, world, lock_dir=lock_dir, timeout=0)
+                    run[rank] = slots.claim_gpu(count, per_gpu, rank, world, lock_dir=lock_dir, timeout=0)
             except TimeoutError:
                 for slot in run.values():
                     slot.release()
@@ -430,24 +434,24 @@ def test_the_processes_of_a_run_claim_different_gpus(tmp_path, monkeypatch, visi
 def test_rank_devices_partition_the_gpus():
     for count in range(1, 9):
         for world in range(1, count + 1):
-            parts = [ts.rank_devices(count, r, world) for r in range(world)]
+            parts = [slots.rank_devices(count, r, world) for r in range(world)]
             assert sorted(itertools.chain(*parts)) == list(range(count))   # every GPU, each for one rank
             assert all(parts)
-    assert ts.rank_devices(4, 0, 1) == [0, 1, 2, 3]
+    assert slots.rank_devices(4, 0, 1) == [0, 1, 2, 3]
 
 
 def test_a_run_of_more_processes_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
     with pytest.raises(rc.ConfigError, match=r"gpus_per_run: a run of 2 processes needs 2 GPUs.*sees 1 "
                                              r"\(CUDA_VISIBLE_DEVICES=2\)"):
-        ts.claim_gpu(1, 4, 1, 2, timeout=0)
+        slots.claim_gpu(1, 4, 1, 2, timeout=0)
 
 
 def test_a_one_process_run_claims_as_slots_claim_does(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    a = ts.claim_gpu(2, 2, lock_dir=tmp_path, timeout=0)
+    a = slots.claim_gpu(2, 2, lock_dir=tmp_path, timeout=0)
     b = slots.claim(2, 2, lock_dir=tmp_path, timeout=0)
-    c = ts.claim_gpu(2, 2, lock_dir=tmp_path, timeout=0)
+    c = slots.claim_gpu(2, 2, lock_dir=tmp_path, timeout=0)
     assert [(s.physical, s.slot) for s in (a, b, c)] == [("5", 0), ("7", 0), ("5", 1)]
     for s in (a, b, c):
         s.release()
@@ -458,14 +462,14 @@ def test_the_default_lock_folder_is_slots_claims(tmp_path, monkeypatch):
     monkeypatch.setattr(slots, "DEFAULT_DIR", tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    with ts.claim_gpu(2, 1, 1, 2, timeout=0) as s:
+    with slots.claim_gpu(2, 1, 1, 2, timeout=0) as s:
         assert s.path == tmp_path / "gpu1.slot0.lock"
         with slots.claim(2, 1, timeout=0) as other:   # a one-process job sees process 1's slot taken
             assert other.path == tmp_path / "gpu0.slot0.lock"
             with pytest.raises(TimeoutError):
                 slots.claim(2, 1, timeout=0)
     monkeypatch.setenv("SLURM_JOB_ID", "42")
-    with ts.claim_gpu(2, 1, 0, 2, timeout=0) as s:
+    with slots.claim_gpu(2, 1, 0, 2, timeout=0) as s:
         assert s.path == tmp_path / "slurm-job-42" / "gpu0.slot0.lock"
 
 
@@ -524,7 +528,7 @@ def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "runs" / run_id
-    ck = torch.load(out / ts.CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)
     a, b = ck["processes"]
     assert not torch.equal(a["torch_rng"], b["torch_rng"])
     s = json.loads((out / "summary.json").read_text())
@@ -533,24 +537,9 @@ def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
 
 # ---------------------------------------------------------------------------- 8a. evaluation counts without a sync
 
-class _CountingTorch:
-    """train_stream's `torch`, counting the tensors it makes from host values (each one a host-to-device copy on
-    CUDA: a synchronization per call)."""
-
-    def __init__(self):
-        self.made = 0
-
-    def tensor(self, *args, **kw):
-        self.made += 1
-        return torch.tensor(*args, **kw)
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def test_streamed_evaluation_counts_images_on_the_host(tmp_path, jpeg_tree, monkeypatch):
-    """Evaluation makes one tensor from host values per evaluation, not one per batch; the means are over all
-    images, whatever the batch size."""
+def test_streamed_evaluation_counts_images_on_the_host(tmp_path, jpeg_tree):
+    """Evaluation shares its sums between processes once per evaluation (one vector, the image count in it),
+    not once per batch; the means are over all images, whatever the batch size."""
     cfg, run = _stream_cfg(tmp_path, jpeg_tree)
     d = ts.load_streamed(cfg, run.corruption)
     test_set = ts.StreamImages(d["root"], d["test_files"], d["y_test"], 32, augment=False)
@@ -560,12 +549,14 @@ def test_streamed_evaluation_counts_images_on_the_host(tmp_path, jpeg_tree, monk
     idx = np.arange(len(test_set))
     results = {}
     for batch_size in (3, len(test_set)):
-        counting = _CountingTorch()
-        monkeypatch.setattr(ts, "torch", counting)
-        results[batch_size] = ts.evaluate(model, test_set, idx, procs=procs, batch_size=batch_size, workers=0,
-                                          channels_last=False)
-        monkeypatch.setattr(ts, "torch", torch)
-        assert counting.made == 1
+        reduced = []
+
+        def reduce(v):
+            reduced.append(v.clone())
+            return procs.sum(v)
+        ev = ts.evaluate(model, ts._eval_batches(test_set, idx, procs, batch_size, 0, False), topk=5, reduce=reduce)
+        assert len(reduced) == 1 and reduced[0][-1] == len(test_set)
+        results[batch_size] = (ev["loss"], ev["acc"], ev["top5"], ev["correct"])
     (loss, top1, top5, correct), again = results[3], results[len(test_set)]
     assert 0 <= top1 <= top5 <= 1 and correct == round(top1 * len(test_set)) and len(test_set) > 3
     assert again[3] == correct and again[:3] == pytest.approx((loss, top1, top5), rel=1e-12)

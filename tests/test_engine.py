@@ -1,5 +1,6 @@
 """The engine's hot loop equals a plain PyTorch loop, and the bench command runs."""
 import contextlib
+from types import SimpleNamespace
 import copy
 import io
 import json
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from rethinking.models import build_model
-from rethinking.engine.loop import run_epoch, sgd
+from rethinking.engine.loop import run_epoch
+from rethinking.engine.optim import SGD as sgd
+from rethinking.engine.pack import Single
 
 
 def plain_standardize(x: np.ndarray) -> np.ndarray:
@@ -32,12 +35,12 @@ def test_engine_matches_a_plain_loop_given_the_same_batch_order():
 
     torch.manual_seed(0)
     model = build_model("mlp_1x512", (3, 8, 8), num_classes=4)
-    opt = sgd(model.parameters(), lr=0.05, momentum=0.9)   # the engine's optimizer
-    losses = []
-    step, correct, seen = run_epoch(
-        model, opt, torch.from_numpy(x), torch.from_numpy(y), perm, batch_size=16, crop=8, augment=frozenset(),
-        generator=None, autocast=contextlib.nullcontext, channels_last=False, loss_sum=torch.zeros(()), step=0,
-        log_every=1, on_log=lambda s, loss: losses.append(loss))
+    single = Single(model, momentum=0.9, weight_decay=0.0, lr=0.05)   # a run as a pack of one, the engine's SGD
+    member = SimpleNamespace(x_fit=torch.from_numpy(x), y_train=torch.from_numpy(y), gen=None)
+    correct, seen, step_losses = run_epoch(single, [member], [perm], batch_size=16, crop=8, augment=frozenset(),
+                                           autocast=contextlib.nullcontext)
+    losses = step_losses[:, 0].tolist()
+    step = len(losses)
 
     torch.manual_seed(0)
     ref = build_model("mlp_1x512", (3, 8, 8), num_classes=4)
@@ -173,7 +176,7 @@ def test_a_training_process_does_not_import_torch_dynamo(tmp_path):
     """torch.optim's Optimizer imports torch._dynamo (about 1.8 s of a fresh process here,
     benchmarks/optimizer_import.py); a training step, a checkpoint's state_dict and a resume must not."""
     code = ("import sys, torch\n"
-            "from rethinking.engine.loop import sgd\n"
+            "from rethinking.engine.optim import SGD as sgd\n"
             "from rethinking.engine.pack import Stacked\n"
             "from rethinking.models import build_model\n"
             "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"

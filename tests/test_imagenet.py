@@ -194,16 +194,16 @@ def test_resume_inside_an_epoch_gives_the_same_run(tmp_path, tree, monkeypatch):
     full = ts.train(cfg, run, log=lambda *_: None)
 
     cfg, run = run_of("killed")
-    real = ts._checkpoint
+    real = ts.save_checkpoint
 
-    def kill_at_step_8(path, fingerprint, model, opt, st, *args):
-        real(path, fingerprint, model, opt, st, *args)
-        if st.step == 8:   # inside epoch 2 (6 steps per epoch)
+    def kill_at_step_8(out, fingerprint, model, opt, progress, *args, **kw):
+        real(out, fingerprint, model, opt, progress, *args, **kw)
+        if progress.step == 8:   # inside epoch 2 (6 steps per epoch)
             raise Killed()
-    monkeypatch.setattr(ts, "_checkpoint", kill_at_step_8)
+    monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_8)
     with pytest.raises(Killed):
         ts.train(cfg, run, log=lambda *_: None)
-    monkeypatch.setattr(ts, "_checkpoint", real)
+    monkeypatch.setattr(ts, "save_checkpoint", real)
     lines = []
     resumed = ts.train(cfg, run, log=lines.append)
     assert any("resuming after epoch 1, batch 2 (step 8)" in line for line in lines)

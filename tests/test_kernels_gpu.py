@@ -52,10 +52,12 @@ def test_cpu_and_auto_without_cuda_claim_no_slot(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(slots, "DEFAULT_DIR", tmp_path / "slots")
     for name in ("cpu", "auto"):
-        assert kernel_device(_cfg(name), log=lambda m: None) == (torch.device("cpu"), None)
+        with kernel_device(_cfg(name), log=lambda m: None) as device:
+            assert device == torch.device("cpu")
     assert not (tmp_path / "slots").exists()   # not even the lock folder
     with pytest.raises(RuntimeError, match="section5.kernels.device: 'cuda'"):
-        kernel_device(_cfg("cuda"))
+        with kernel_device(_cfg("cuda")):
+            pass
 
 
 def test_cuda_claims_the_next_free_slot_like_a_training_job(fake_cuda, tmp_path):
@@ -66,11 +68,10 @@ def test_cuda_claims_the_next_free_slot_like_a_training_job(fake_cuda, tmp_path)
     assert [s.device for s in held] == [0, 1]
     logged = []
     for name in ("auto", "cuda"):
-        device, slot = kernel_device(_cfg(name), log=logged.append)
-        assert device == torch.device("cuda", 2) and (slot.device, slot.physical, slot.slot) == (2, "2", 0)
-        assert fake_cuda[-1] == torch.device("cuda", 2)
-        assert not _free(lock_dir, 2)
-        slot.release()
+        with kernel_device(_cfg(name), log=logged.append) as device:
+            assert device == torch.device("cuda", 2)
+            assert fake_cuda[-1] == torch.device("cuda", 2)
+            assert not _free(lock_dir, 2)
         assert _free(lock_dir, 2)
     assert logged == ["kernels: GPU slot 0 of GPU 2"] * 2
     # every GPU's slot taken: the stage waits, as a training job does (here: times out)
@@ -84,10 +85,11 @@ def test_cuda_claims_the_next_free_slot_like_a_training_job(fake_cuda, tmp_path)
 def test_jobs_per_gpu_and_visible_devices_are_honoured(fake_cuda, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,9")
     held = [slots.claim(3, 2) for _ in range(3)]    # every GPU's first slot
-    device, slot = kernel_device(_cfg("cuda", jobs_per_gpu=2), log=lambda m: None)
-    assert (device, slot.physical, slot.slot) == (torch.device("cuda", 0), "5", 1)
-    assert (tmp_path / "slots" / "gpu5.slot1.lock").exists()
-    for s in [*held, slot]:
+    with kernel_device(_cfg("cuda", jobs_per_gpu=2), log=lambda m: None) as device:
+        assert device == torch.device("cuda", 0)
+        assert not _free(tmp_path / "slots", 5, slot=1)   # GPU 5 (the first visible), its second slot
+    assert _free(tmp_path / "slots", 5, slot=1)
+    for s in held:
         s.release()
 
 

@@ -20,6 +20,8 @@ from rethinking.data.corrupt import _rng, corrupt, corrupted_mask, load_corrupte
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz
 from rethinking.data.preprocess import prepare_all
+from rethinking.engine import run as rn
+from rethinking.engine.metrics import evaluate, metric_columns
 
 QUIET = dict(log=lambda *_: None)
 
@@ -71,7 +73,7 @@ def test_true_labels_and_pixel_corruptions_corrupt_no_label(tmp_path):
 
 
 def test_the_aggregate_split_columns_are_the_engines():
-    assert ag.SPLIT_COLUMNS == tr.SPLIT_COLUMNS
+    assert ag.SPLIT_COLUMNS == metric_columns()
 
 
 # ---------------------------------------------------------------------------- the split, in-memory engine and packs
@@ -91,15 +93,19 @@ def test_evaluate_splits_its_own_predictions():
     y = torch.where(torch.rand(n, generator=g) < 0.5, torch.randint(0, k, (n,), generator=g), y_true)
     torch.manual_seed(0)
     model = torch.nn.Linear(6, k)
-    loss, acc, correct, split = tr.evaluate(model, x, y, None, 10, y_true=y_true)
-    assert (loss, acc, correct) == tr.evaluate(model, x, y, None, 10)
+    def batches(labels):
+        return [(x[i:i + 10], labels[i:i + 10], y_true[i:i + 10]) for i in range(0, n, 10)]
+    ev = evaluate(model, batches(y), metrics=True)
+    split = {c: ev[c] for c in metric_columns()}
+    plain = evaluate(model, batches(y))
+    assert (ev["loss"], ev["acc"], ev["correct"]) == (plain["loss"], plain["acc"], plain["correct"])
     with torch.no_grad():
         pred = model(x).argmax(1).numpy()
     want = _numpy_split(pred, y.numpy(), y_true.numpy())
     assert split == pytest.approx(want) and 0 < want["noisy_memorized"] < 100
-    assert list(split) == list(tr.SPLIT_COLUMNS)
+    assert list(split) == list(metric_columns())
     # no corrupted example: the two shares of the corrupted ones are blank
-    clean = tr.evaluate(model, x, y_true, None, 10, y_true=y_true)[3]
+    clean = evaluate(model, batches(y_true), metrics=True)
     assert clean["clean_acc"] == pytest.approx(100 * np.mean(pred == y_true.numpy()))
     assert math.isnan(clean["noisy_memorized"]) and math.isnan(clean["noisy_true"])
 
@@ -110,7 +116,7 @@ def _split_of_checkpoint(cfg, run):
     _, arr = load_corrupted(cfg, run.corruption)
     x = prepare_all(torch.from_numpy(arr["x_train"]), cfg["preprocess"]["crop"])
     model = build_model(run.model, tuple(x.shape[1:]), num_classes=10, dropout=0.0)
-    ck = torch.load(rc.run_dir(cfg, run) / tr.CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = torch.load(rc.run_dir(cfg, run) / rn.CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(ck["model"])
     with torch.no_grad():
         pred = model.eval()(x).argmax(1).numpy()
@@ -128,7 +134,7 @@ def test_runs_and_packs_write_the_split_of_their_training_set(tmp_path):
     for run in runs:
         e = pd.read_csv(rc.run_dir(single, run) / "epochs.csv")
         s = json.loads((rc.run_dir(single, run) / "summary.json").read_text())
-        assert list(e.columns[-3:]) == list(tr.SPLIT_COLUMNS) and e[list(tr.SPLIT_COLUMNS)].notna().all().all()
+        assert list(e.columns[-3:]) == list(metric_columns()) and e[list(metric_columns())].notna().all().all()
         want, mask = _split_of_checkpoint(single, run)
         masks.append(mask)
         assert e[list(want)].iloc[-1].to_dict() == pytest.approx(want)
@@ -140,7 +146,7 @@ def test_runs_and_packs_write_the_split_of_their_training_set(tmp_path):
         p = pd.read_csv(rc.run_dir(packed, run) / "epochs.csv")
         assert list(p.columns) == list(e.columns)
         tol = 100 / min(n_noisy, 100 - n_noisy) + 1e-9
-        assert (p[list(tr.SPLIT_COLUMNS)] - e[list(tr.SPLIT_COLUMNS)]).abs().max().max() <= tol
+        assert (p[list(metric_columns())] - e[list(metric_columns())]).abs().max().max() <= tol
     np.testing.assert_array_equal(masks[0], masks[1])   # every seed splits by the same examples
 
 
@@ -149,16 +155,17 @@ def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, 
     run = _run(cfg)
     train_until_killed(cfg, run, 2, monkeypatch)
     # as a checkpoint of an engine from before the split: its rows lack the columns
-    path = rc.run_dir(cfg, run) / tr.CHECKPOINT
+    path = rc.run_dir(cfg, run) / rn.CHECKPOINT
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    ck["epochs"] = [{k: v for k, v in row.items() if k not in tr.SPLIT_COLUMNS} for row in ck["epochs"]]
+    ck["progress"]["epochs_rows"] = [{k: v for k, v in row.items() if k not in metric_columns()}
+                                     for row in ck["progress"]["epochs_rows"]]
     torch.save(ck, path)
     lines = []
     tr.train(cfg, run, log=lines.append)
     assert any("resuming after epoch 2" in line for line in lines)
     e = pd.read_csv(rc.run_dir(cfg, run) / "epochs.csv")
     assert list(e["epoch"]) == [1, 2, 3]
-    assert e.loc[:1, list(tr.SPLIT_COLUMNS)].isna().all().all() and e.loc[2, list(tr.SPLIT_COLUMNS)].notna().all()
+    assert e.loc[:1, list(metric_columns())].isna().all().all() and e.loc[2, list(metric_columns())].notna().all()
 
 
 # ---------------------------------------------------------------------------- the streaming engine
@@ -176,21 +183,21 @@ def test_the_streaming_engine_splits_the_images_it_evaluates(tmp_path):
     out = ts.train(cfg, run, **QUIET)
     e = pd.read_csv(out / "epochs.csv")
     s = json.loads((out / "summary.json").read_text())
-    assert list(e.columns[-3:]) == list(tr.SPLIT_COLUMNS)
+    assert list(e.columns[-3:]) == list(metric_columns())
     d = stream.load_streamed(cfg, run.corruption)
     idx = ts.train_eval_indices(len(d["y_train"]), 10, run.seed)
     mask = corrupted_mask(d)[idx]
     assert s["n_train_eval"] == 10 and s["n_corrupted"] == mask.sum() and 0 < mask.sum() < 10
     # the same numbers from the checkpoint's model on those ten images
     model = ts.build_stream_model("alexnet", 32, len(d["classes"]), 0.0)
-    model.load_state_dict(torch.load(out / ts.CHECKPOINT, map_location="cpu", weights_only=True)["model"])
+    model.load_state_dict(torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)["model"])
     images = stream.StreamImages(d["root"], d["train_files"], d["y_train"], 32, augment=False)
     batch = next(iter(stream.make_loader(images, [[(int(i), 0) for i in idx]], workers=0)))
     x, _ = stream.to_input(batch, images, torch.device("cpu"))
     with torch.no_grad():
-        pred = ts.split_outputs(model.eval()(x))[0].argmax(1).numpy()
+        pred = model.eval()(x).argmax(1).numpy()
     want = _numpy_split(pred, d["y_train"][idx], d["y_train_true"][idx])
-    got = e.iloc[-1][list(tr.SPLIT_COLUMNS)].to_dict()
+    got = e.iloc[-1][list(metric_columns())].to_dict()
     assert got["clean_acc"] == pytest.approx(want["clean_acc"])
     assert got["noisy_memorized"] == pytest.approx(want["noisy_memorized"])
     assert got["noisy_true"] == pytest.approx(want["noisy_true"])

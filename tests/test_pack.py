@@ -16,6 +16,7 @@ from rethinking.data.sources import prepare
 from rethinking.models import build_model
 from rethinking.engine.pack import Stacked
 from rethinking.plan.packs import plan_packs
+from rethinking.engine import run as rn
 
 
 def _cfg(tmp_path, name, **training):
@@ -69,7 +70,7 @@ def test_packed_runs_write_what_single_runs_write(tmp_path):
     assert statuses == {"fitted", "max_epochs"}, "the pack should lose members while it trains"
     for run in runs:
         _assert_same_run(_outputs(single, run), _outputs(packed, run))
-        assert (rc.run_dir(packed, run) / tr.CHECKPOINT).is_file()
+        assert (rc.run_dir(packed, run) / rn.CHECKPOINT).is_file()
 
 
 def test_packed_batchnorm_and_augmented_runs_match_single_runs(tmp_path):
@@ -97,16 +98,16 @@ def test_a_killed_pack_resumes_packed_or_alone(tmp_path, monkeypatch):
     _runs(killed, ["random-labels", "gaussian"])
     tr.train_runs(full, runs, log=lambda *_: None)
 
-    real = tr._checkpoint
+    real = tr.save_checkpoint
 
-    def kill_at_epoch_2(member, *args, **kw):
-        real(member, *args, **kw)
-        if member.epoch == 2 and member.run == runs[1]:
+    def kill_at_epoch_2(out, fingerprint, model, opt, progress, *args, **kw):
+        real(out, fingerprint, model, opt, progress, *args, **kw)
+        if progress.epoch == 2 and out == rc.run_dir(killed, runs[1]):
             raise Killed()
-    monkeypatch.setattr(tr, "_checkpoint", kill_at_epoch_2)
+    monkeypatch.setattr(tr, "save_checkpoint", kill_at_epoch_2)
     with pytest.raises(Killed):
         tr.train_runs(killed, runs, log=lambda *_: None)
-    monkeypatch.setattr(tr, "_checkpoint", real)
+    monkeypatch.setattr(tr, "save_checkpoint", real)
     assert not any((rc.run_dir(killed, r) / "summary.json").exists() for r in runs)
     # one run goes on alone from the pack's checkpoint, the other in a pack of one more run
     lines = []
@@ -136,7 +137,8 @@ def test_stacked_update_is_torch_sgd(model, lrs, steps):
     x, y = torch.randn(3, 16, 1, 7, 7), torch.randint(0, 10, (3, 16))
     opts = [torch.optim.SGD(r.parameters(), lr=lr, momentum=0.9, weight_decay=0.01) for r, lr in zip(refs, lrs)]
     for _ in range(steps):
-        stacked.step(x, y, torch.tensor(lrs), contextlib.nullcontext)
+        stacked.set_lrs(lrs)
+        stacked.step(x, y, contextlib.nullcontext)
         for r, o, xb, yb in zip(refs, opts, x, y):
             o.zero_grad()
             torch.nn.functional.cross_entropy(r(xb), yb).backward()
@@ -252,9 +254,10 @@ def test_the_batched_pack_step_is_the_vmap_step(name, shape):
     assert fast._batched is not None
     ref._batched = None
     x, y = torch.randn(3, 16, *shape), torch.randint(0, 10, (3, 16))
-    lr = torch.tensor([0.01, 0.02, 0.05])
+    for s in (fast, ref):
+        s.set_lrs([0.01, 0.02, 0.05])
     for _ in range(3):
-        (la, ca), (lb, cb) = fast.step(x, y, lr, contextlib.nullcontext), ref.step(x, y, lr, contextlib.nullcontext)
+        (la, ca), (lb, cb) = fast.step(x, y, contextlib.nullcontext), ref.step(x, y, contextlib.nullcontext)
         assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6) and torch.equal(ca, cb)
     for n in fast.params:
         assert torch.allclose(fast.params[n], ref.params[n], rtol=1e-5, atol=1e-6), n

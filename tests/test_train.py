@@ -10,20 +10,21 @@ from rethinking import plan as rc
 from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
+from rethinking.engine import run as rn
 
 
 def test_learning_rate_per_epoch_and_per_images():
-    assert tr.learning_rate(0, 0.1, 0.95, None, 50_000) == pytest.approx(0.1)
-    assert tr.learning_rate(3, 0.1, 0.95, None, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    assert rn.learning_rate(0, 0.1, 0.95, None, 50_000) == pytest.approx(0.1)
+    assert rn.learning_rate(3, 0.1, 0.95, None, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
     # per 50,000 images: one CIFAR-10 epoch is one decay step, 1,437 digits are 1437/50000 of one
-    assert tr.learning_rate(3, 0.1, 0.95, 50_000, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
-    assert tr.learning_rate(10, 0.01, 0.95, 50_000, 1437) == pytest.approx(0.01 * 0.95 ** (10 * 1437 / 50_000))
+    assert rn.learning_rate(3, 0.1, 0.95, 50_000, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    assert rn.learning_rate(10, 0.01, 0.95, 50_000, 1437) == pytest.approx(0.01 * 0.95 ** (10 * 1437 / 50_000))
 
 
 def test_stop_rule_is_every_example():
-    assert tr.fitted(100, 100)
-    assert not tr.fitted(99, 100)
-    assert not tr.fitted(0, 0)
+    assert rn.fitted(100, 100)
+    assert not rn.fitted(99, 100)
+    assert not rn.fitted(0, 0)
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_run_outputs(tiny):
     assert {"train_loss", "train_acc", "test_loss", "test_acc", "wall_time"} <= set(epochs.columns)
     assert list(steps["step"]) == list(range(2, summary["steps"] + 1, 2))  # every log_every=2 steps
     assert summary["train_acc"] == pytest.approx(100 * epochs["train_acc"].iloc[-1])
-    assert (out / tr.CHECKPOINT).is_file()
+    assert (out / rn.CHECKPOINT).is_file()
 
 
 def test_fitting_stops_and_records_first_fit(tiny):
@@ -141,7 +142,7 @@ def test_a_checkpoint_write_cut_short_leaves_nothing_after_the_rerun(tiny):
     stale = out / ".checkpoint.pt.x1y2z3.pt.tmp"
     stale.write_bytes(b"half a checkpoint")
     tr.train(tiny, run, log=lambda *_: None)
-    assert not stale.exists() and (out / tr.CHECKPOINT).is_file()
+    assert not stale.exists() and (out / rn.CHECKPOINT).is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt", "summary.json", "epochs.csv",
                                                             "steps.csv", ".train.lock"])
 

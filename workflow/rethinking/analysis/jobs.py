@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

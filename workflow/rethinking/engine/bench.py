@@ -3,8 +3,8 @@
 Both train the same model on the same images with the same SGD settings, back
 to back in one process:
 
-- engine: the pipeline's own hot loop (train.run_epoch) and optimizer
-  (train.sgd, torch's SGD with the fused update): images resident on the device,
+- engine: the pipeline's own hot loop (loop.run_epoch, a run as a pack of
+  one) and optimizer (optim.SGD, torch's fused SGD kernel): images resident on the device,
   prepared once when there is no random augmentation (center crop
   and per-image standardization, timed as part of the engine) or per batch as
   batched tensor ops from uint8 (random crops), batches gathered by a
@@ -38,7 +38,10 @@ import torch.nn.functional as F
 
 from ..models import build_model, traits
 from ..data.preprocess import augmentations, per_image_standardization, prepare_all
-from .loop import autocast_for, pick_device, run_epoch, run_epoch_packed, sgd
+from .loop import run_epoch
+from .optim import SGD
+from .pack import Single, Stacked
+from .run import autocast_for, pick_device
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -88,95 +91,102 @@ def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, ep
     num_classes = int(y.max()) + 1
     result = {"model": model_name, "device": str(dev), "images": n, "epochs": epochs, "batch_size": batch_size,
               "threads": torch.get_num_threads()}
-
-    def fresh(engine: bool):
-        torch.manual_seed(seed)
-        m = build_model(model_name, in_shape, num_classes).to(dev)
-        if dev.type == "cuda" and traits(m)["conv"]:
-            m = m.to(memory_format=torch.channels_last)
-        # the engine's optimizer is train's (fused SGD); a typical script uses torch's default SGD
-        return m, (sgd(m.parameters(), lr, 0.9) if engine else torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9))
-
     autocast = autocast_for(dev)   # the engine's: bf16 where the GPU computes it natively
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    # --- engine
-    model, opt = fresh(engine=True)
-    result["flops_per_image"] = flops_per_image(model, in_shape, dev)
+    kw = dict(in_shape=in_shape, num_classes=num_classes, crop=crop, epochs=epochs, batch_size=batch_size,
+              random_crop=random_crop, lr=lr, seed=seed, autocast=autocast, device=dev)
     xd, yd = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    augment = augmentations({"crop"} if random_crop else set())
-    kw = dict(batch_size=batch_size, crop=crop, augment=augment, generator=gen, autocast=autocast,
-              channels_last=dev.type == "cuda" and traits(model)["conv"], log_every=10 ** 9)
-    loss_sum = torch.zeros((), device=dev)
-    run_epoch(model, opt, xd, yd, torch.arange(batch_size, device=dev), loss_sum=loss_sum, step=0, **kw)  # warm-up
-    _sync(dev)
-    t0 = time.perf_counter()
-    xfit = xd if random_crop else prepare_all(xd, crop)  # once per run, as train does
-    _sync(dev)
-    result["prepare_s"] = time.perf_counter() - t0
-    for _ in range(epochs):
-        run_epoch(model, opt, xfit, yd, torch.randperm(n, device=dev, generator=gen), loss_sum=loss_sum, step=0,
-                  **kw)
-    _sync(dev)
-    engine_s = time.perf_counter() - t0
-    result["images_per_s"] = epochs * n / engine_s
-    if dev.type == "cuda":
-        result["tflops"] = result["images_per_s"] * result["flops_per_image"] / 1e12
+    result.update(_bench_engine(model_name, xd, yd, **kw))
     log(f"images/s: {result['images_per_s']:.0f}")
-
     # --- bare: forward + backward + update of one resident batch, nothing else
+    xfit = xd if random_crop else prepare_all(xd, crop)
     result["bare_images_per_s"] = _bare(model_name, in_shape, num_classes, xfit, yd, batch_size=batch_size,
                                         steps=max(10, epochs * (n // batch_size)), lr=lr, seed=seed, dev=dev,
                                         autocast=autocast, crop=crop if random_crop else None)
     result["engine_share_of_bare"] = result["images_per_s"] / result["bare_images_per_s"]
     log(f"bare images/s: {result['bare_images_per_s']:.0f}")
     log(f"engine share of bare: {100 * result['engine_share_of_bare']:.0f}%")
-
     if pack > 1:
-        result.update(_bench_pack(model_name, in_shape, num_classes, xd, yd, pack, crop=crop, epochs=epochs,
-                                  batch_size=batch_size, random_crop=random_crop, lr=lr, seed=seed,
-                                  autocast=autocast, device=dev))
+        result.update(_bench_pack(model_name, xd, yd, pack, **kw))
         result["pack_speedup"] = result["pack_images_per_s"] / result["images_per_s"]
         log(f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f} aggregate, against "
             f"{result['images_per_s']:.0f} of the single engine")
         log(f"pack speedup: {result['pack_speedup']:.2f}")
-
-    # --- conventional loop
     if baseline:
-        model, opt = fresh(engine=False)
-        loader = torch.utils.data.DataLoader(ConventionalDataset(x, y, crop, random_crop), batch_size=batch_size,
-                                             shuffle=True, num_workers=workers,
-                                             generator=torch.Generator().manual_seed(seed))
-        first = True
-        t0 = None
-        for _ in range(epochs + 1):  # the first batch of the first pass is the warm-up
-            for xb, yb in loader:
-                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-                with autocast():
-                    loss = F.cross_entropy(model(xb).float(), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if first:
-                    _sync(dev)
-                    t0, first = time.perf_counter(), False
-                    seen = 0
-                    continue
-                seen += len(yb)
-                if seen >= epochs * n:
-                    break
-            if seen >= epochs * n:
-                break
-        loss.item()
-        base_s = time.perf_counter() - t0
-        result["baseline_images_per_s"] = seen / base_s
+        result["baseline_images_per_s"] = _bench_baseline(model_name, x, y, workers=workers, **kw)
         result["speedup"] = result["images_per_s"] / result["baseline_images_per_s"]
         log(f"baseline images/s: {result['baseline_images_per_s']:.0f}")
         log(f"speedup: {result['speedup']:.1f}")
     log(f"flops/image: {result['flops_per_image']:.4g}" + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else ""))
     return result
+
+
+def _members(x, y, k: int, seed: int, device):
+    """k members of a pack as run_epoch reads them: the shared inputs and labels, a generator each."""
+    from types import SimpleNamespace
+    return [SimpleNamespace(x_fit=x, y_train=y, gen=torch.Generator(device=device).manual_seed(seed + i))
+            for i in range(k)]
+
+
+def _bench_engine(model_name, xd, yd, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed,
+                  autocast, device) -> dict:
+    """The engine's images/s: one run as a pack of one (loop.run_epoch), its inputs prepared as train does."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, in_shape, num_classes).to(device)
+    out = {"flops_per_image": flops_per_image(model, in_shape, device)}
+    single = Single(model, 0.9, 0.0, lr, channels_last=device.type == "cuda" and traits(model)["conv"])
+    augment = augmentations({"crop"} if random_crop else set())
+    kw = dict(batch_size=batch_size, crop=crop, augment=augment, autocast=autocast)
+    n = len(yd)
+    run_epoch(single, _members(xd if random_crop else prepare_all(xd, crop), yd, 1, seed, device),
+              [torch.arange(batch_size, device=device)], **kw)   # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    xfit = xd if random_crop else prepare_all(xd, crop)  # once per run, as train does
+    _sync(device)
+    out["prepare_s"] = time.perf_counter() - t0
+    group = _members(xfit, yd, 1, seed, device)
+    for _ in range(epochs):
+        run_epoch(single, group, [torch.randperm(n, device=device, generator=group[0].gen)], **kw)
+    _sync(device)
+    out["images_per_s"] = epochs * n / (time.perf_counter() - t0)
+    if device.type == "cuda":
+        out["tflops"] = out["images_per_s"] * out["flops_per_image"] / 1e12
+    return out
+
+
+def _bench_baseline(model_name, x, y, *, workers, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr,
+                    seed, autocast, device) -> float:
+    """images/s of a conventional loop: a PIL dataset, per-image transforms, a DataLoader, torch's SGD."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, in_shape, num_classes).to(device)
+    if device.type == "cuda" and traits(model)["conv"]:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)   # a typical script's: torch's default SGD
+    loader = torch.utils.data.DataLoader(ConventionalDataset(x, y, crop, random_crop), batch_size=batch_size,
+                                         shuffle=True, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(seed))
+    n, seen, t0 = len(y), 0, None
+    for _ in range(epochs + 1):  # the first batch of the first pass is the warm-up
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            with autocast():
+                loss = F.cross_entropy(model(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if t0 is None:
+                _sync(device)
+                t0 = time.perf_counter()
+                continue
+            seen += len(yb)
+            if seen >= epochs * n:
+                break
+        if seen >= epochs * n:
+            break
+    loss.item()
+    return seen / (time.perf_counter() - t0)
 
 
 def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, seed, dev, autocast, crop) -> float:
@@ -187,7 +197,7 @@ def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, see
     channels_last = dev.type == "cuda" and traits(model)["conv"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = sgd(model.parameters(), lr, 0.9)
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9)
     xb, yb = x[:batch_size], y[:batch_size]
     if not xb.is_floating_point():
         xb = prepare_batch(xb, crop)
@@ -210,33 +220,25 @@ def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, see
     return steps * len(yb) / (time.perf_counter() - t0)
 
 
-def _bench_pack(model_name, in_shape, num_classes, xd, yd, k, *, crop, epochs, batch_size, random_crop, lr, seed,
+def _bench_pack(model_name, xd, yd, k, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed,
                 autocast, device) -> dict:
-    """Aggregate images/s of k runs trained as one pack (timed like the engine, after a warm-up step)."""
-    from types import SimpleNamespace
-
-    from .pack import Stacked
+    """Aggregate images/s of k runs trained as one pack (timed like the engine, after a warm-up)."""
     models = []
     for i in range(k):
         torch.manual_seed(seed + i)
         models.append(build_model(model_name, in_shape, num_classes).to(device))
     stacked = Stacked(models, momentum=0.9, weight_decay=0.0)
+    stacked.set_lrs([lr] * k)
     augment = augmentations({"crop"} if random_crop else set())
     n = len(yd)
-
-    def members(x):
-        return [SimpleNamespace(x_fit=x, y_train=yd, gen=torch.Generator(device=device).manual_seed(seed + i),
-                                loss_sum=torch.zeros((), device=device), step=0, epoch=0, steps_rows=[])
-                for i in range(k)]
-    kw = dict(batch_size=batch_size, crop=crop, augment=augment, autocast=autocast, log_every=10 ** 9)
+    kw = dict(batch_size=batch_size, crop=crop, augment=augment, autocast=autocast)
     # warm-up: vmap's first steps are several times slower than its steady state (measured on CPU)
     warm = [torch.arange(min(n, 20 * batch_size), device=device)] * k
-    run_epoch_packed(stacked, members(xd if random_crop else prepare_all(xd, crop)), warm, [lr] * k, **kw)
+    run_epoch(stacked, _members(xd if random_crop else prepare_all(xd, crop), yd, k, seed, device), warm, **kw)
     _sync(device)
     t0 = time.perf_counter()
-    group = members(xd if random_crop else prepare_all(xd, crop))
+    group = _members(xd if random_crop else prepare_all(xd, crop), yd, k, seed, device)
     for _ in range(epochs):
-        perms = [torch.randperm(n, device=device, generator=m.gen) for m in group]
-        run_epoch_packed(stacked, group, perms, [lr] * k, **kw)
+        run_epoch(stacked, group, [torch.randperm(n, device=device, generator=m.gen) for m in group], **kw)
     _sync(device)
     return {"pack": k, "pack_images_per_s": k * epochs * n / (time.perf_counter() - t0)}

@@ -107,10 +107,10 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
             logits = model(x)
             if isinstance(logits, tuple):   # a model with an auxiliary head gives (main, aux) in train mode only
                 logits = logits[0]
-            pred = logits.argmax(1)
+            top = logits.float().topk(min(topk, logits.shape[1]), dim=1).indices if topk > 1 else None
+            pred = logits.argmax(1) if top is None else top[:, 0]
             parts = [F.cross_entropy(logits.float(), y, reduction="sum").double(), (pred == y).sum().double()]
-            if topk > 1:
-                top = logits.float().topk(min(topk, logits.shape[1]), dim=1).indices
+            if top is not None:
                 parts.append((top == y[:, None]).any(1).sum().double())
             if metrics:
                 noisy = y != y_true

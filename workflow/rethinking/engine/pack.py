@@ -18,10 +18,16 @@ rounding, not bit for bit. Runs whose model has active dropout layers are never
 packed (a pack's random masks would differ from a single run's), so every packed
 run is a run the single engine could have produced up to rounding.
 
-Whether packing pays is a property of the device: on the 2-core CPU of this
-project a pack of 8 MLP 1x512 steps at 2x the single engine, but the default
-experiment is no faster (docs/PERFORMANCE.md), so `training.pack` defaults to 1.
-Which runs share a pack (`plan_packs`) is decided in rethinking.plan.
+A single run is a pack of one (`Single`): the same interface over a plain
+module and the engine's SGD, so the training loop (rethinking.engine.loop) has
+one path for both, and a single run's arithmetic is exactly the plain loop's
+(same ops in the same order: its results are unchanged by the adapter).
+
+Whether packing pays is a property of the device and the model: on the project's
+2-core CPU a pack of 10 MLP 1x512 runs makes the default experiment 1.1x faster
+(params.yaml packs them: `training.pack: {mlp_1x512: 10, default: 1}`), while
+AlexNet gains nothing (docs/PERFORMANCE.md); `training.pack` defaults to 1. Which
+runs share a pack (`plan_packs`) is decided in rethinking.plan.packs.
 """
 from __future__ import annotations
 
@@ -127,8 +133,13 @@ class Stacked:
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, lrs: torch.Tensor, autocast):
+    def set_lrs(self, lrs: list[float]) -> None:
+        """Each member's learning rate for the steps that follow (one epoch's)."""
+        self.lrs = torch.tensor(lrs, device=next(iter(self.params.values())).device)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, autocast):
         """One SGD step of every member on its own batch xb[k], yb[k]; returns (losses (K,), correct (K,))."""
+        lrs = self.lrs
         self.base.train()
         if self._batched is not None:
             with autocast():
@@ -167,8 +178,9 @@ class Stacked:
             opt.state[p] = {"momentum_buffer": self.momentum_buf[n][k].detach().clone()}
         return opt.state_dict()
 
-    def load_member(self, k: int, model_state: dict, optimizer_state: dict) -> None:
-        """Put a run's checkpoint (single or packed: the same format) into slot k."""
+    def load_member(self, k: int, model_state: dict, optimizer_state: dict, process: dict | None = None) -> None:
+        """Put a run's checkpoint (single or packed: the same format) into slot k. The process's random
+        state (`process`) is not the member's: packed runs have no dropout, nothing else draws from it."""
         module = self.template
         module.load_state_dict(model_state)
         opt = SGD(module.parameters(), lr=0.0, momentum=self.momentum)
@@ -186,3 +198,54 @@ class Stacked:
         self.params = {k: v.detach()[idx].clone().requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v[idx].clone() for k, v in self.buffers.items()}
         self.momentum_buf = {k: v[idx].clone() for k, v in self.momentum_buf.items()}
+
+
+class Single:
+    """One run as a pack of one: a plain module and the engine's SGD behind Stacked's interface.
+
+    The step is the plain loop's, op for op (forward under autocast, cross-entropy in fp32, zero_grad,
+    backward, the fused SGD step), so a single run's numbers do not depend on the adapter. The process's
+    random state belongs to the run (dropout draws from it): a resume restores it."""
+
+    def __init__(self, model: nn.Module, momentum: float, weight_decay: float, lr: float, channels_last: bool = False):
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.opt = SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def __len__(self) -> int:
+        return 1
+
+    def set_lrs(self, lrs: list[float]) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lrs[0]
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, autocast):
+        """One SGD step on the member's batch xb[0], yb[0]; returns (losses (1,), correct (1,))."""
+        x, y = xb[0], yb[0]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.model.training:
+            self.model.train()
+        with autocast():
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach().reshape(1), (logits.detach().argmax(1) == y).sum().reshape(1)
+
+    def member(self, k: int) -> nn.Module:
+        return self.model
+
+    def optimizer_state(self, k: int, module: nn.Module, lr: float) -> dict:
+        return self.opt.state_dict()
+
+    def load_member(self, k: int, model_state: dict, optimizer_state: dict, process: dict | None = None) -> None:
+        from .run import set_rng_state
+        self.model.load_state_dict(model_state)
+        self.opt.load_state_dict(optimizer_state)
+        if process is not None:
+            set_rng_state(process, next(self.model.parameters()).device)
+
+    def keep(self, members: list[int]) -> None:
+        """A pack of one never shrinks: its loop ends with its run."""

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RunBusyError
+from ..errors import ConfigError, RunBusyError
 
 DEFAULT_DIR = Path(os.environ.get("RETHINKING_SLOT_DIR", Path(tempfile.gettempdir()) / f"rethinking-gpu-slots-{os.getuid()}"))
 
@@ -115,6 +115,28 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
             raise TimeoutError(f"no free GPU slot among GPUs {', '.join(ids[i] for i in indices)} x {jobs_per_gpu} "
                                f"in {lock_dir}")
         time.sleep(poll)
+
+
+def rank_devices(count: int, rank: int, world: int) -> list[int]:
+    """The GPUs (indices as the process sees them, 0..count-1) on which process `rank` of a run of `world`
+    processes may claim a slot: those whose index is rank modulo world. The processes of one run see the
+    same GPUs (torchrun gives them one CUDA_VISIBLE_DEVICES), so they never share one, however many slots a
+    GPU has (jobs_per_gpu): NCCL stops a run with two processes on one GPU ("Duplicate GPU detected"). A
+    one-process run may take any GPU."""
+    if world > count:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
+        raise ConfigError(f"training.gpus_per_run: a run of {world} processes needs {world} GPUs, one per process, "
+                          f"but this process sees {count}{seen}")
+    return [i for i in range(count) if i % world == rank]
+
+
+def claim_gpu(count: int, jobs_per_gpu: int, rank: int = 0, world: int = 1, lock_dir: Path | None = None,
+              timeout: float | None = None, poll: float = 0.5) -> Slot:
+    """Process `rank`'s GPU slot: slots.claim among rank_devices(count, rank, world) only."""
+    devices = None if world == 1 else rank_devices(len(visible_devices(count)), rank, world)
+    return claim(count, jobs_per_gpu, lock_dir=lock_dir, timeout=timeout, poll=poll, devices=devices)
+
 
 
 # ---------------------------------------------------------------------------- one trainer per run

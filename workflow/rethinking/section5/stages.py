@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..plan import base_artifact
 from ..files import load_npz, read_meta, write_csv, write_json
 from ..analysis.paper import is_cifar10, reference
+from ..engine.run import claimed_device
 from ..analysis.plotting import save_figure as _save
-from ..engine.slots import claim
 
 KERNEL_TABLES = ("kernels.csv", "kernel_noise.csv", "implicit_bias.csv")
 KERNEL_FIGURES = ("kernel_noise", "implicit_bias")
@@ -60,32 +59,16 @@ def kernel_gpus(cfg: dict) -> int:
 
 
 def kernel_device(cfg: dict, log=print):
-    """(torch.device, GPU slot or None) of the kernels stage, from section5.kernels.device.
+    """The kernels stage's torch.device, from section5.kernels.device, inside a `with` block.
 
     auto is cuda when CUDA is available, else cpu; cuda without CUDA is an error. On CUDA the stage claims a
-    GPU slot exactly as a training job does (rethinking.engine.slots.claim over torch.cuda.device_count() GPUs with
-    training.jobs_per_gpu slots each, waiting while all are taken) and uses cuda:<slot.device>: beside
-    `snakemake --resources gpu=N` training jobs it never shares a GPU slot with one. The caller releases the
-    slot (Slot.release, or `with`); the kernel drops it anyway when the process ends, however it ends.
+    GPU slot exactly as a training job does (rethinking.engine.run.claimed_device: slots.claim over
+    torch.cuda.device_count() GPUs with training.jobs_per_gpu slots each, waiting while all are taken) and
+    uses cuda:<slot.device>: beside `snakemake --resources gpu=N` training jobs it never shares a GPU slot
+    with one. The slot is released when the block ends; the kernel drops it anyway when the process ends.
     """
-    import torch
-
-    name = cfg["section5"]["kernels"]["device"]
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("section5.kernels.device: 'cuda' was asked for but no CUDA device is available")
-    if name != "cuda":
-        return torch.device(name), None
-    slot = claim(torch.cuda.device_count(), cfg["training"]["jobs_per_gpu"])
-    try:
-        device = torch.device("cuda", slot.device)
-        torch.cuda.set_device(device)
-    except BaseException:
-        slot.release()
-        raise
-    log(f"kernels: GPU slot {slot.slot} of GPU {slot.physical}")
-    return device, slot
+    return claimed_device(cfg["section5"]["kernels"]["device"], jobs_per_gpu=cfg["training"]["jobs_per_gpu"],
+                          key="section5.kernels.device", log=log, what="kernels")
 
 
 def paper_value(meta: dict, features: str, ridge: float) -> float:
@@ -102,12 +85,8 @@ def kernels_stage(cfg: dict) -> Path:
     k, imp = cfg["section5"]["kernels"], cfg["section5"]["implicit"]
     tables, figures = _dirs(cfg)
     data, meta = _data(cfg), read_meta(base_artifact(cfg))
-    device, slot = kernel_device(cfg)   # a GPU slot on CUDA, held until the stage ends (or dies)
-    try:
+    with kernel_device(cfg) as device:   # a GPU slot on CUDA, held until the stage ends (or dies)
         return _kernels(cfg, k, imp, tables, figures, data, meta, device)
-    finally:
-        if slot is not None:
-            slot.release()
 
 
 def _kernels(cfg, k, imp, tables, figures, data, meta, device) -> Path:
