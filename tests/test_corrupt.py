@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from rethinking import plan as rc
-from rethinking.data.corrupt import corrupt, corrupt_labels, load_corrupted, random_pixels, shuffle_pixels
+from rethinking.data.corrupt import corrupt, load_corrupted
+from rethinking.plan.draws import corrupt_labels, random_pixels, shuffle_pixels
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz, sha256
 
@@ -73,7 +74,7 @@ def test_gaussian_matches_per_channel_moments(digits_cfg):
 
 
 def test_gaussian_moments_without_clipping():
-    from rethinking.data.corrupt import gaussian_like
+    from rethinking.plan.draws import gaussian_like
     rng = np.random.default_rng(0)
     ref = np.stack([rng.normal(m, 20, size=(500, 8, 8)) for m in (60, 128, 190)], axis=1).clip(0, 255).astype(np.uint8)
     g = gaussian_like(ref, (2000, 3, 8, 8), np.random.default_rng(1)).astype(float)

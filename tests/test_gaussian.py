@@ -4,7 +4,8 @@ import pytest
 
 from conftest import REPO
 from rethinking import plan as rc
-from rethinking.data.corrupt import corrupt, gaussian_like, gaussian_params, stored_moments
+from rethinking.data.corrupt import corrupt
+from rethinking.plan.draws import gaussian_like, gaussian_params, stored_moments
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz
 

@@ -19,7 +19,7 @@ rule prepare:
 rule corrupt:
     input:
         base=rc.base_artifact(CFG),
-        code=f"{PKG}/data/corrupt.py",
+        code=[f"{PKG}/{f}" for f in rc.CORRUPT_SOURCES],
     output:
         f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
     params:

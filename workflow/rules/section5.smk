@@ -14,10 +14,10 @@ from rethinking.plan.packs import SECTION5_PRIORITY
 rule kernels:
     input:
         base=rc.base_artifact(CFG),
-        # corrupt.py draws the noisy labels of kernel_noise.csv (the corrupted artifacts' own draw), preprocess.py
-        # its inputs (the networks' crop + standardization)
+        # the corrupt stage's code (CORRUPT_SOURCES) draws the noisy labels of kernel_noise.csv (the corrupted
+        # artifacts' own draw), preprocess.py its inputs (the networks' crop + standardization)
         code=[f"{PKG}/section5/stages.py", f"{PKG}/analysis/plotting.py", f"{PKG}/section5/kernels.py",
-              f"{PKG}/section5/implicit.py", f"{PKG}/data/corrupt.py", f"{PKG}/data/preprocess.py"],
+              f"{PKG}/section5/implicit.py", *(f"{PKG}/{f}" for f in rc.CORRUPT_SOURCES), f"{PKG}/data/preprocess.py"],
     output:
         [f"{RESULTS}/tables/{t}" for t in KERNEL_TABLES + (KERNEL_METRICS,)],
         [

@@ -43,6 +43,8 @@ import pandas as pd
 
 from .aggregate import t_interval, tables_dir
 from ..plan import is_streamed
+from ..plan import Corruption
+from ..plan.corruptions import kinds as corruption_kinds
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
 from .plotting import save_figure
@@ -52,9 +54,11 @@ STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
 INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv", "memorization.csv",
           "early_stopping.csv")  # from tables/
 CODE = ("analysis/figures.py", "analysis/plotting.py")   # the stage's code (the rule's and the DVC stage's dependencies)
-CORRUPTION_ORDER = ["true-labels", "random-labels", "shuffled-pixels", "random-pixels", "gaussian"]
-CORRUPTION_LABEL = {"true-labels": "true labels", "random-labels": "random labels",
-                    "shuffled-pixels": "shuffled pixels", "random-pixels": "random pixels", "gaussian": "Gaussian"}
+# Fig. 1a's curves: every registered corruption kind (at level 1 where it takes levels: random labels), in the
+# registry's order, by corruption id, and its legend (plan.corruptions)
+CORRUPTION_ORDER = [Corruption.make(k.name, 1.0).id for k in corruption_kinds()]
+CORRUPTION_LABEL = {Corruption.make(k.name, 1.0).id: k.legend or k.name.replace("_", " ")
+                    for k in corruption_kinds()}
 MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
                "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3"}
 

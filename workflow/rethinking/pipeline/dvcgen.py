@@ -22,7 +22,8 @@ import yaml
 
 from ..analysis.aggregate import SPLIT_COLUMNS, tables_dir, tables_for
 from ..errors import ConfigError
-from ..plan import base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed, load, run_dir, runs_root
+from ..plan import (CORRUPT_SOURCES, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed, load,
+                    run_dir, runs_root)
 from ..analysis.figures import CODE as FIGURES_CODE
 from ..analysis.figures import INPUTS, figures_dir, figures_for
 from ..files import write_text
@@ -68,8 +69,9 @@ def _section5_stages(cfg: dict, prm: str) -> dict:
             + [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures for ext in ("png", "pdf")],
             "metrics": [_metrics(tables_dir(cfg) / metrics)],
         }
-    # kernels: corrupt.py draws kernel_noise.csv's noisy labels, preprocess.py (and preprocess.crop) its inputs
-    return {"kernels": stage("kernels", ["section5/kernels.py", "section5/implicit.py", "data/corrupt.py", "data/preprocess.py"], KERNEL_TABLES,
+    # kernels: the corrupt stage's code draws kernel_noise.csv's noisy labels, preprocess.py (and preprocess.crop)
+    # its inputs
+    return {"kernels": stage("kernels", ["section5/kernels.py", "section5/implicit.py", *CORRUPT_SOURCES, "data/preprocess.py"], KERNEL_TABLES,
                              KERNEL_FIGURES, KERNEL_METRICS, params=("section5", "dataset", "preprocess")),
             "theorem": stage("theorem", ["section5/theorem.py"], THEOREM_TABLES, THEOREM_FIGURES, THEOREM_METRICS)}
 
@@ -143,7 +145,7 @@ def generate(params_path: str) -> str:
             "foreach": {c.id: {"out": str(corrupted_artifact(cfg, c))} for c in corruptions_of(runs)},
             "do": {
                 "cmd": f"python -m rethinking corrupt --params {prm} --corruption ${{key}}",
-                "deps": [str(base_artifact(cfg)), f"{PKG}/data/corrupt.py"],
+                "deps": [str(base_artifact(cfg))] + [f"{PKG}/{f}" for f in CORRUPT_SOURCES],
                 "outs": [{"${item.out}": {"cache": False}}],
             },
         },

@@ -2,6 +2,7 @@
 
 - params.py    load and validate a params file, fill in defaults
 - datasets.py  what is known of a data source without reading it; its id; whether its paths exist
+- corruptions.py  the corruption kinds' registry: names, seeds, draws (draws.py), job costs, legends
 - grid.py      corruptions, runs and run ids, each run's training settings
 - paths.py     where every artifact and output lives
 - settings.py  what decides a run's result (its checkpoint's fingerprint)
@@ -13,14 +14,15 @@ to build a user's model when its packing or its output shape must be checked.
 """
 from .datasets import (SOURCE_SHAPES, STREAMED_SOURCES, TORCHVISION_FILES, TORCHVISION_ROOTS, check_data, data_shape,
                        dataset_id, is_streamed, torchvision_expected, torchvision_missing)
-from .grid import (CORRUPTIONS, LABEL_CORRUPTIONS, REGULARIZERS, Corruption, Run, corruptions_of, expand_runs, find_run,
-                   lr_for, regularizer_id, training_for)
+from .corruptions import CORRUPT_SOURCES, CorruptionKind
+from .grid import (REGULARIZERS, Corruption, Run, corruptions_of, expand_runs, find_run, lr_for, regularizer_id,
+                   training_for)
 from .params import DEFAULTS, SECTION5_DEFAULTS, load, validate
 from .paths import base_artifact, corrupted_artifact, run_dir, runs_root
 from ..errors import ConfigError
 
 __all__ = ["SOURCE_SHAPES", "STREAMED_SOURCES", "TORCHVISION_FILES", "TORCHVISION_ROOTS", "check_data", "data_shape",
-           "dataset_id", "is_streamed", "torchvision_expected", "torchvision_missing", "CORRUPTIONS",
-           "LABEL_CORRUPTIONS", "REGULARIZERS", "Corruption", "Run", "corruptions_of", "expand_runs", "find_run",
+           "dataset_id", "is_streamed", "torchvision_expected", "torchvision_missing", "CORRUPT_SOURCES",
+           "CorruptionKind", "REGULARIZERS", "Corruption", "Run", "corruptions_of", "expand_runs", "find_run",
            "lr_for", "regularizer_id", "training_for", "DEFAULTS", "SECTION5_DEFAULTS", "load", "validate",
            "base_artifact", "corrupted_artifact", "run_dir", "runs_root", "ConfigError"]

@@ -11,13 +11,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..models import run_name
+from .corruptions import kind_of, kinds, lookup, on_label_axis, takes_levels
 from .datasets import dataset_id
-
-CORRUPTIONS = ("true_labels", "labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
-
-
-LABEL_CORRUPTIONS = ("true_labels", "labels", "random_labels")
-
 
 # training.lr's defaults: per model entry; `default` for every model not named (rethinking.models lists the kinds)
 DEFAULT_LR = {"mlp_1x512": 0.01, "mlp_3x512": 0.01, "alexnet": 0.01, "inception": 0.1, "inception_nobn": 0.1,
@@ -27,51 +22,67 @@ REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
 
 @dataclass(frozen=True, order=True)
 class Corruption:
-    kind: str          # true_labels, labels, shuffled_pixels, random_pixels, gaussian
-    level: float = 0.0  # label-corruption probability; 1.0 for pixel corruptions
+    kind: str          # a registered kind's name (plan.corruptions), never an alias
+    level: float = 0.0  # the kind's level: the label-corruption probability for `labels`, else the kind's own
 
     @staticmethod
     def make(kind: str, level: float | None = None) -> "Corruption":
-        if kind == "labels":
-            p = float(level)
-            if not 0.0 <= p <= 1.0 or math.isnan(p):
-                raise ConfigError(f"corruption level: {level!r} is outside [0, 1]")
-            if p == 0.0:
-                return Corruption("true_labels", 0.0)
-            return Corruption("labels", p)
-        if kind == "random_labels":
-            return Corruption("labels", 1.0)
-        if kind == "true_labels":
-            return Corruption("true_labels", 0.0)
-        if kind in ("shuffled_pixels", "random_pixels", "gaussian"):
-            return Corruption(kind, 1.0)
-        raise ConfigError(f"corruption: {kind!r} is unknown (allowed: {', '.join(CORRUPTIONS)})")
+        """A params name (or alias) at a level; the level is used only by a kind that takes levels."""
+        entry, fixed = lookup(kind)
+        if not entry.levels:
+            return Corruption(entry.name, entry.level)
+        if fixed is not None:
+            level = fixed
+        if level is None:
+            raise ConfigError(f"corruption: {kind!r} needs a level (a probability in [0, 1])")
+        p = float(level)
+        if not 0.0 <= p <= 1.0 or math.isnan(p):
+            raise ConfigError(f"corruption level: {level!r} is outside [0, 1]")
+        if p == 0.0 and entry.at_zero is not None:
+            return Corruption.make(entry.at_zero)
+        return Corruption(entry.name, p)
 
     @property
     def id(self) -> str:
-        if self.kind == "true_labels":
-            return "true-labels"
-        if self.kind == "labels":
-            return "random-labels" if self.level == 1.0 else f"labels-{self.level:g}"
-        return self.kind.replace("_", "-")
+        """Its name in folders and files: the kind's name with '-' for '_' (an alias's at the alias's level),
+        and `-<level>` for a kind that takes levels, e.g. true-labels, labels-0.4, random-labels, gaussian."""
+        entry = kind_of(self.kind)
+        for alias, level in entry.aliases.items():
+            if self.level == level:
+                return alias.replace("_", "-")
+        name = entry.name.replace("_", "-")
+        return f"{name}-{self.level:g}" if entry.levels else name
 
     @staticmethod
     def parse(cid: str) -> "Corruption":
-        if cid == "random-labels":
-            return Corruption("labels", 1.0)
-        if cid.startswith("labels-"):
-            return Corruption.make("labels", float(cid[len("labels-"):]))
-        kind = cid.replace("-", "_")
-        return Corruption.make(kind)
+        """The corruption of an id (Corruption.id); '_' is read as '-'."""
+        cid = cid.replace("_", "-")
+        for entry in kinds():
+            for alias in entry.aliases:
+                if cid == alias.replace("_", "-"):
+                    return Corruption.make(alias)
+            if not entry.levels and cid == entry.name.replace("_", "-"):
+                return Corruption.make(entry.name)
+        for entry in kinds():
+            prefix = entry.name.replace("_", "-") + "-"
+            if entry.levels and cid.startswith(prefix):
+                try:
+                    level = float(cid[len(prefix):])
+                except ValueError:
+                    break
+                return Corruption.make(entry.name, level)
+        allowed = [n.replace("_", "-") + ("-<p>" if n == k.name and k.levels else "")
+                   for k in kinds() for n in (k.name, *k.aliases)]
+        raise ConfigError(f"corruption: {cid!r} is not a corruption id (allowed: {', '.join(allowed)})")
 
     @property
     def label_level(self) -> float | None:
-        """Label-corruption level for Fig. 1b/1c, None for pixel corruptions."""
-        return {"true_labels": 0.0, "labels": self.level}.get(self.kind)
+        """Label-corruption level for Fig. 1b/1c, None for other corruptions (pixels)."""
+        return on_label_axis(self.kind, self.level)
 
     @property
     def touches_pixels(self) -> bool:
-        return self.kind in ("shuffled_pixels", "random_pixels", "gaussian")
+        return kind_of(self.kind).touches == "pixels"
 
 
 def regularizer_id(spec: str) -> str:
@@ -113,7 +124,7 @@ def expand_runs(cfg: dict) -> list[Run]:
     for group in cfg["grid"]:
         corruptions = []
         for kind in group["corruptions"]:
-            levels = group.get("levels", [None]) if kind == "labels" else [None]
+            levels = group.get("levels", [None]) if takes_levels(kind) else [None]
             corruptions += [Corruption.make(kind, lvl) for lvl in levels]
         for model in group["models"]:
             for c in corruptions:

@@ -9,6 +9,7 @@ import math
 
 from ..errors import ConfigError, ModelError
 from ..models import MLP, check_model, import_only, is_user_code, parse
+from .corruptions import kind_of
 from .datasets import data_shape
 from .grid import Run, training_for
 from .settings import run_settings
@@ -119,11 +120,10 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
                                   f"packed runs differ only in {', '.join(PER_RUN)}")
 
 
-# How many times more epochs a corruption or a regularizer takes to fit than true labels (the paper's
-# "constant factor"), roughly, from the default experiment on digits (CPU, 2026-12-01): MLP 1x512 fits true
-# labels in 38 epochs, random labels in 180, shuffled pixels in 66, random pixels and Gaussian noise in 26;
-# AlexNet true labels 11, random labels 105, with the random crop 32.
-EPOCH_FACTOR = {"true_labels": 1.0, "shuffled_pixels": 2.0, "random_pixels": 0.7, "gaussian": 0.7}
+# How many times more epochs a corruption (its registry entry's epoch_factor, plan.corruptions) or a
+# regularizer takes to fit than true labels (the paper's "constant factor"), roughly, from the default
+# experiment on digits (CPU, 2026-12-01): AlexNet true labels 11 epochs, random labels 105, with the random
+# crop 32.
 
 
 HEAVY_MODEL = 1e9   # conv models, torchvision's and users' (not built at planning): above every MLP here
@@ -142,8 +142,7 @@ def expected_cost(cfg: dict, run: Run) -> float:
         cost = c * h * w * width + (depth - 1) * width * width + width * k
     else:
         cost = HEAVY_MODEL
-    kind = run.corruption.kind
-    epochs = 1.0 + 3.0 * run.corruption.level if kind == "labels" else EPOCH_FACTOR.get(kind, 1.0)
+    epochs = kind_of(run.corruption.kind).epochs(run.corruption.level)
     if run.regs & {"crop", "augment"}:
         epochs *= 3.0
     return cost * epochs

@@ -15,7 +15,9 @@ import yaml
 from ..errors import ConfigError, ModelError
 from ..models import MIN_IMAGE_SIZE, model_file, parse, run_name
 from .datasets import STREAMED_SOURCES, is_streamed
-from .grid import DEFAULT_LR, LABEL_CORRUPTIONS
+from .corruptions import label_names, takes_levels
+from .corruptions import names as corruption_names
+from .grid import DEFAULT_LR
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
 
@@ -87,8 +89,11 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _schema() -> dict:
+    """The params schema, its list of corruption kinds filled in from the registry (plan.corruptions)."""
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    schema["properties"]["grid"]["items"]["properties"]["corruptions"]["items"]["enum"] = list(corruption_names())
+    return schema
 
 
 def _where(path) -> str:
@@ -183,11 +188,14 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if group["name"] in names:
             raise ConfigError(f"{source}: {where}.name: {group['name']!r} is used twice; group names must be unique")
         names.add(group["name"])
-        if "labels" in group["corruptions"] and "levels" not in group:
-            raise ConfigError(f"{source}: {where}.levels: required when corruptions contains 'labels' "
+        with_levels = [k for k in group["corruptions"] if takes_levels(k)]
+        if with_levels and "levels" not in group:
+            raise ConfigError(f"{source}: {where}.levels: required when corruptions contains {with_levels[0]!r} "
                               "(a list of probabilities in [0, 1])")
-        if "levels" in group and "labels" not in group["corruptions"]:
-            raise ConfigError(f"{source}: {where}.levels: only meaningful with the corruption 'labels'")
+        if "levels" in group and not with_levels:
+            kinds = [repr(k) for k in corruption_names() if takes_levels(k)]
+            raise ConfigError(f"{source}: {where}.levels: only meaningful with the corruption{'s' * (len(kinds) > 1)} "
+                              f"{' or '.join(kinds)}")
         for r in group.get("regularizers", ["none"]):
             parts = r.replace("+", "-").split("-")
             if len(set(parts)) != len(parts):
@@ -226,10 +234,10 @@ def _check_streamed(cfg: dict, source: str) -> None:
                           f"{ds!r}: a streamed run trains alone (set pack: 1)")
     for i, group in enumerate(cfg["grid"]):
         for j, kind in enumerate(group["corruptions"]):
-            if kind not in LABEL_CORRUPTIONS:
+            if kind not in label_names():
                 raise ConfigError(f"{source}: grid[{i}].corruptions[{j}]: {kind!r} corrupts pixels, which needs the "
                                   f"images in memory; dataset.source {ds!r} is streamed from disk and takes label "
-                                  f"corruptions only (allowed: {', '.join(LABEL_CORRUPTIONS)})")
+                                  f"corruptions only (allowed: {', '.join(label_names())})")
         for r in group.get("regularizers", ["none"]):
             if "augment" in r.replace("+", "-").split("-"):
                 raise ConfigError(f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "

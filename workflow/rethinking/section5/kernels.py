@@ -26,7 +26,7 @@ Choices where the paper is silent (also in the docstrings below):
 - Label noise (kernel_label_noise): the training labels at level p are
   corrupt.training_labels(y_train, p, classes, seed), i.e. exactly the labels
   of the corrupted artifact the networks train on at that level (seeded
-  [seed, 2, kind, p] by corrupt.py), drawn on the full training split and then
+  [seed, 2, seed key, p] by plan.corruptions), drawn on the full training split and then
   restricted to the kernel's n_train subset; levels the grid has no artifact
   for are drawn the same way. Test labels stay true.
   "random-conv" is a Coates & Ng style random network: Gaussian filters of
