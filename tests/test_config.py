@@ -160,3 +160,18 @@ def test_nan_and_infinity_are_refused_by_key(text, key):
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     with pytest.raises(rc.ConfigError, match=rf"^p\.yaml: {key}: -?(nan|inf) is not a finite number$"):
         rc.validate(raw, "p.yaml")
+
+
+@pytest.mark.parametrize("results_dir", ["taken", "taken/sub"])
+def test_a_results_dir_that_is_a_file_is_refused_by_key(tmp_path, monkeypatch, capsys, results_dir):
+    """An existing file where the results folder (or one of its parents) would be: one line naming the key,
+    before any stage writes (it was a NotADirectoryError traceback from `prepare`)."""
+    from rethinking import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("not a folder\n")
+    (tmp_path / "p.yaml").write_text(f"results_dir: {results_dir}\n" + GRID)
+    for command in ("prepare", "runs"):
+        assert cli.main([command, "--params", "p.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: p.yaml: results_dir:") and "file" in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "taken").read_text() == "not a folder\n"

@@ -180,7 +180,20 @@ def _check_models(cfg: dict, source: str) -> None:
                     raise ConfigError(f"{source}: {where}.{key}: not a model entry nor 'default' ({exc})") from None
 
 
+def _check_results_dir(cfg: dict, source: str) -> None:
+    """results_dir is a folder, or a path that can become one: no part of it is an existing file."""
+    path = Path(cfg["results_dir"])
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is a file" if part == path else f"lies inside {str(part)!r}, which is a file"
+                raise ConfigError(f"{source}: results_dir: {cfg['results_dir']!r} {what} (expected a folder to "
+                                  "write the results into, or a path that does not exist yet)")
+            return
+
+
 def _check_semantics(cfg: dict, source: str) -> None:
+    _check_results_dir(cfg, source)
     _check_models(cfg, source)
     names = set()
     for i, group in enumerate(cfg["grid"]):
