@@ -17,9 +17,12 @@ PACKAGE = Path(__file__).resolve().parent.parent   # the files of `sources` are 
 MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((PACKAGE / "models").glob("*.py")))
 
 
+# what both engines share (rethinking.engine.run: the stop rule, the schedule, checkpoints, summaries;
+# .metrics: the evaluation and every per-epoch metric), the optimizer, fp32 evaluation and the models
+SHARED_ENGINE_SOURCES = ("engine/run.py", "engine/metrics.py", "engine/optim.py", "engine/precision.py",
+                         *MODEL_SOURCES)
 # a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
-ENGINE_SOURCES = ("engine/loop.py", "engine/optim.py", "engine/pack.py", *MODEL_SOURCES, "data/preprocess.py",
-                  "engine/precision.py")
+ENGINE_SOURCES = ("engine/loop.py", "engine/pack.py", "data/preprocess.py", *SHARED_ENGINE_SOURCES)
 
 
 def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | None = None) -> str:
@@ -63,10 +66,9 @@ def run_settings(cfg: dict, run: Run) -> dict:
     return s
 
 
-# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code;
-# train.py: the stop rule, the learning-rate schedule and the memorization split come from it)
-STREAM_ENGINE_SOURCES = ("engine/streamed.py", "engine/loop.py", "engine/optim.py", "data/stream.py", *MODEL_SOURCES,
-                         "engine/precision.py")
+# a change to any of these invalidates the checkpoints of streamed runs (the Snakemake rule's and DVC stage's code);
+# an edit of the in-memory loop (engine/loop.py, pack.py) leaves them alone
+STREAM_ENGINE_SOURCES = ("engine/streamed.py", "data/stream.py", *SHARED_ENGINE_SOURCES)
 
 
 def stream_settings(cfg: dict, run: Run) -> dict:
