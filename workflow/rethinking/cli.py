@@ -224,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
         _params_arg(p)
         p.set_defaults(func=func)
 
+    _add_tools(sub)
+
+    p = sub.add_parser("dvc", help="write dvc.yaml for a params file (or --check that it is current)")
+    _params_arg(p)
+    p.add_argument("--output", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail with instructions if the file is stale")
+    p.set_defaults(func=cmd_dvc)
+    return ap
+
+
+def _add_tools(sub) -> None:
+    """The commands that work outside the pipeline: models, bench, and kernels/theorem on their own."""
     p = sub.add_parser("models", help="parameter count of each model for an input shape")
     p.add_argument("model", nargs="*", help="model entries (default: the paper's five): mlp_<depth>x<width>, "
                                             "resnet18, torchvision.<name>, path/to/file.py:function, ...")
@@ -270,13 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="random", choices=["true", "random"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_theorem)
-
-    p = sub.add_parser("dvc", help="write dvc.yaml for a params file (or --check that it is current)")
-    _params_arg(p)
-    p.add_argument("--output", default="dvc.yaml")
-    p.add_argument("--check", action="store_true", help="fail with instructions if the file is stale")
-    p.set_defaults(func=cmd_dvc)
-    return ap
 
 
 def main(argv=None) -> int:

@@ -393,59 +393,10 @@ def solve_interpolant(ftr: torch.Tensor, y: torch.Tensor, gamma: float, ridge: f
     if solver == "auto":
         solver = "cholesky64" if n <= AUTO_FLOAT64_MAX_N else "blocked32"
     t0 = time.perf_counter()
-    info = {"solver": solver}
     if solver == "cholesky64":
-        f = ftr.double().cpu()
-        k = gaussian_kernel(f, f, gamma, block).numpy()
-        k[np.diag_indices(n)] += ridge
-        schedule = [float(jitter)] if jitter is not None else [0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4]
-        for attempt, jit in enumerate(schedule, 1):
-            kj = k.copy()
-            kj[np.diag_indices(n)] += jit
-            try:
-                c = scipy.linalg.cho_factor(kj, lower=True, overwrite_a=True, check_finite=False)
-                break
-            except np.linalg.LinAlgError:
-                if attempt == len(schedule):
-                    raise NotPositiveDefinite(-1, jit) from None
-        del k
-        a = scipy.linalg.cho_solve(c, y.double().cpu().numpy(), check_finite=False)
-        info.update(a=torch.from_numpy(a), jitter=jit, attempts=attempt, refine=0)
+        info = _solve_cholesky64(ftr, y, gamma, ridge, block, jitter)
     elif solver == "blocked32":
-        f = ftr.float()
-        jit = 1e-6 if jitter is None else float(jitter)  # relative to mean diag = 1 (Gaussian kernel)
-        refine = 1 if refine is None else int(refine)
-        # uninitialized: only the lower triangle is ever written, so about half the pages are touched
-        buf = torch.empty(n, n, dtype=torch.float32, device=f.device)
-        attempt, t_build, t_chol = 0, 0.0, 0.0
-        while True:
-            attempt += 1
-            t1 = time.perf_counter()
-            gaussian_kernel(f, f, gamma, block, out=buf, lower=True)
-            if ridge:
-                buf.diagonal().add_(ridge)
-            t2 = time.perf_counter()
-            t_build += t2 - t1
-            try:
-                blocked_cholesky_(buf, block, jit)
-                t_chol += time.perf_counter() - t2
-                break
-            except NotPositiveDefinite:
-                t_chol += time.perf_counter() - t2
-                if jitter is not None or jit >= 1e-2:
-                    raise
-                jit *= 10.0
-        t1 = time.perf_counter()
-        yd = y.to(device=buf.device, dtype=torch.float64)
-        x = cholesky_solve_blocked(buf, yd, block)[0].double()
-        t_solve = time.perf_counter() - t1
-        for _ in range(refine):  # iterative refinement against K + ridge I (removes most of the jitter's bias)
-            r = yd - kernel_matmul(f, f, gamma, x, block) - ridge * x  # float64 kernel
-            x += cholesky_solve_blocked(buf, r, block)[0].double()
-        del buf
-        info.update(a=x.cpu(), jitter=jit, attempts=attempt, refine=refine,
-                    timings={"build": t_build, "cholesky": t_chol, "solve": t_solve,
-                             "refine": time.perf_counter() - t1 - t_solve})
+        info = _solve_blocked32(ftr, y, gamma, ridge, block, jitter, refine)
     else:  # cg
         f = ftr.float()
         buf = gaussian_kernel(f, f, gamma, block)
@@ -454,9 +405,72 @@ def solve_interpolant(ftr: torch.Tensor, y: torch.Tensor, gamma: float, ridge: f
             buf.diagonal().add_(ridge + jit)
         x, iters, res = conjugate_gradients(lambda p: buf @ p, y.float().to(buf.device), cg_tol, cg_max_iter)
         del buf
-        info.update(a=x.double().cpu(), jitter=jit, attempts=1, refine=0, cg_iterations=iters, cg_residual=res)
+        info = dict(a=x.double().cpu(), jitter=jit, attempts=1, refine=0, cg_iterations=iters, cg_residual=res)
+    info["solver"] = solver
     info["factor_seconds"] = time.perf_counter() - t0
     return info
+
+
+def _solve_cholesky64(ftr, y, gamma: float, ridge: float, block: int, jitter: float | None) -> dict:
+    """LAPACK's Cholesky in float64 on the CPU, with the jitter schedule (or one fixed jitter)."""
+    n = len(ftr)
+    f = ftr.double().cpu()
+    k = gaussian_kernel(f, f, gamma, block).numpy()
+    k[np.diag_indices(n)] += ridge
+    schedule = [float(jitter)] if jitter is not None else [0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4]
+    for attempt, jit in enumerate(schedule, 1):
+        kj = k.copy()
+        kj[np.diag_indices(n)] += jit
+        try:
+            c = scipy.linalg.cho_factor(kj, lower=True, overwrite_a=True, check_finite=False)
+            break
+        except np.linalg.LinAlgError:
+            if attempt == len(schedule):
+                raise NotPositiveDefinite(-1, jit) from None
+    del k
+    a = scipy.linalg.cho_solve(c, y.double().cpu().numpy(), check_finite=False)
+    return dict(a=torch.from_numpy(a), jitter=jit, attempts=attempt, refine=0)
+
+
+def _solve_blocked32(ftr, y, gamma: float, ridge: float, block: int, jitter: float | None,
+                     refine: int | None) -> dict:
+    """The blocked float32 Cholesky in place on the features' device, with jitter retries and iterative
+    refinement against the float64 kernel."""
+    n = len(ftr)
+    f = ftr.float()
+    jit = 1e-6 if jitter is None else float(jitter)  # relative to mean diag = 1 (Gaussian kernel)
+    refine = 1 if refine is None else int(refine)
+    # uninitialized: only the lower triangle is ever written, so about half the pages are touched
+    buf = torch.empty(n, n, dtype=torch.float32, device=f.device)
+    attempt, t_build, t_chol = 0, 0.0, 0.0
+    while True:
+        attempt += 1
+        t1 = time.perf_counter()
+        gaussian_kernel(f, f, gamma, block, out=buf, lower=True)
+        if ridge:
+            buf.diagonal().add_(ridge)
+        t2 = time.perf_counter()
+        t_build += t2 - t1
+        try:
+            blocked_cholesky_(buf, block, jit)
+            t_chol += time.perf_counter() - t2
+            break
+        except NotPositiveDefinite:
+            t_chol += time.perf_counter() - t2
+            if jitter is not None or jit >= 1e-2:
+                raise
+            jit *= 10.0
+    t1 = time.perf_counter()
+    yd = y.to(device=buf.device, dtype=torch.float64)
+    x = cholesky_solve_blocked(buf, yd, block)[0].double()
+    t_solve = time.perf_counter() - t1
+    for _ in range(refine):  # iterative refinement against K + ridge I (removes most of the jitter's bias)
+        r = yd - kernel_matmul(f, f, gamma, x, block) - ridge * x  # float64 kernel
+        x += cholesky_solve_blocked(buf, r, block)[0].double()
+    del buf
+    return dict(a=x.cpu(), jitter=jit, attempts=attempt, refine=refine,
+                timings={"build": t_build, "cholesky": t_chol, "solve": t_solve,
+                         "refine": time.perf_counter() - t1 - t_solve})
 
 
 def blocked_memory_model(n: int, d: int, n_test: int = 0, block: int = 2048) -> dict:
