@@ -24,12 +24,53 @@ except ImportError:   # hypothesis is in the [test] extra
 
 
 def run_cli(*args, cwd, check=False, timeout=600):
-    """python -m rethinking ... as a user runs it; returns the CompletedProcess."""
+    """python -m rethinking ... as a user runs it, in a process of its own; returns the CompletedProcess.
+    For what is about processes (locks, kills, torchrun, imports); `call_cli` runs the same in this process."""
     proc = subprocess.run([sys.executable, "-m", "rethinking", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"rethinking {args} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def call_cli(*args, cwd, check=False):
+    """`python -m rethinking ...` in this process (rethinking.cli.main, from `cwd`): the same exit status,
+    stdout and stderr as run_cli, without a second of process start and imports per call."""
+    import contextlib
+    import io
+    from rethinking.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    proc = subprocess.CompletedProcess(["rethinking", *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"rethinking {args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_params(user_model: bool = False) -> dict:
+    """config/tiny.yaml as parsed YAML, to edit and write elsewhere; without its group of a user's model
+    (whose file is found relative to config/) unless `user_model`."""
+    import yaml
+    raw = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    if not user_model:
+        raw["grid"] = [g for g in raw["grid"] if not any(":" in m for m in g["models"])]
+    return raw
+
+
+def copy_tiny(dst: Path, text: str | None = None) -> Path:
+    """config/tiny.yaml (or `text`) written to dst/tiny.yaml with the model file it names (models/), as a
+    params file of its own folder; returns its path."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "config" / "models", dst / "models", dirs_exist_ok=True)
+    path = dst / "tiny.yaml"
+    path.write_text((REPO / "config" / "tiny.yaml").read_text() if text is None else text)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import call_cli
 from rethinking import plan as rc
 from rethinking.engine import loop as tr
 from rethinking.engine import streamed as ts
@@ -113,7 +113,7 @@ def test_a_truncated_checkpoint_is_moved_aside_and_the_run_retrains_to_the_same_
     good = (reference[1] / rn.CHECKPOINT).read_bytes()
     cut = good[: len(good) // 2]
     params, results = _fresh(tmp_path, reference, {RUN: cut})
-    proc = run_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
+    proc = call_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
     out = results / "runs" / RUN
     _moved_aside(out, proc.stdout, cut, "RuntimeError", "PytorchStreamReader failed reading zip archive")
     assert f"{RUN}: epoch 1 step 4 " in proc.stdout   # from the first epoch
@@ -129,7 +129,7 @@ def test_an_unsafe_checkpoint_is_refused_and_its_code_never_runs(tmp_path, refer
     marker.unlink()
 
     params, results = _fresh(tmp_path, reference, {RUN: evil.read_bytes()})
-    proc = run_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
+    proc = call_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
     assert not marker.exists(), "loading the checkpoint ran the code it carried"
     out = results / "runs" / RUN
     _moved_aside(out, proc.stdout, evil.read_bytes(), "UnpicklingError", "weights_only refused it", "posix.system")
@@ -146,7 +146,7 @@ def test_packed_runs_each_heal_their_own_damaged_checkpoint(tmp_path, reference)
         damage[run_id] = (tmp_path / "x.pt").read_bytes()
     params, results = _fresh(tmp_path, reference, damage)
     args = [a for r in ids for a in ("--run", r)]
-    proc = run_cli("train", "--params", params, *args, cwd=tmp_path, check=True)
+    proc = call_cli("train", "--params", params, *args, cwd=tmp_path, check=True)
     reasons = {ids[0]: "UnpicklingError", ids[1]: "Error", ids[2]: "it holds a list",
                ids[3]: "it has no fingerprint"}
     for run_id in ids:
@@ -272,7 +272,7 @@ def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(tmp_p
     out = tmp_path / "results" / "runs" / STREAM_RUN
     out.mkdir(parents=True)
     (out / rn.CHECKPOINT).write_bytes(damaged)
-    proc = run_cli("train", "--params", params, "--run", STREAM_RUN, cwd=tmp_path, check=True)
+    proc = call_cli("train", "--params", params, "--run", STREAM_RUN, cwd=tmp_path, check=True)
     assert not marker.exists()
     _moved_aside(out, proc.stdout, damaged, *needles)
     assert f"{STREAM_RUN}: step 1 (1/6 of epoch 1)" in proc.stdout

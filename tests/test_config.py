@@ -4,10 +4,10 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, run_cli, tree_files
+from conftest import REPO, call_cli, tiny_params, tree_files
 from rethinking import plan as rc
 
-BASE = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+BASE = tiny_params()
 
 
 def cfg_with(**changes):
@@ -99,7 +99,7 @@ BAD_DATA = [
 
 def _bad_run(tmp_path, command, text):
     (tmp_path / "bad.yaml").write_text(text)
-    return run_cli(command, "--params", "bad.yaml", cwd=tmp_path)
+    return call_cli(command, "--params", "bad.yaml", cwd=tmp_path)
 
 
 @pytest.mark.parametrize("text, needle", BAD_STRUCTURE + BAD_DATA)
@@ -122,12 +122,12 @@ def test_listing_runs_needs_no_data(tmp_path, text, needle):
 
 
 def test_cli_missing_params_file(tmp_path):
-    proc = run_cli("runs", "--params", "nope.yaml", cwd=tmp_path)
+    proc = call_cli("runs", "--params", "nope.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and "nope.yaml: no such params file" in proc.stderr
 
 
 def test_train_rejects_a_run_outside_the_grid(tmp_path):
-    proc = run_cli("train", "--params", REPO / "config" / "tiny.yaml",
+    proc = call_cli("train", "--params", REPO / "config" / "tiny.yaml",
                    "--run", "digits/true-labels/resnet/none/seed0", cwd=tmp_path)
     assert proc.returncode == 2 and "not in this config's grid" in proc.stderr
     assert tree_files(tmp_path / "results") == []

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import call_cli
+
 from rethinking.models import build_model
 from rethinking.engine.loop import run_epoch
 from rethinking.engine.optim import SGD as sgd
@@ -191,7 +192,7 @@ def test_a_training_process_does_not_import_torch_dynamo(tmp_path):
 
 
 def test_bench_command_reports_throughput_and_speedup(tmp_path):
-    proc = run_cli("bench", "--model", "mlp_1x512", "--dataset", "digits", "--train-size", "300",
+    proc = call_cli("bench", "--model", "mlp_1x512", "--dataset", "digits", "--train-size", "300",
                    "--batch-size", "32", "--pack", "2", "--json", tmp_path / "b.json", cwd=tmp_path, check=True)
     assert "images/s:" in proc.stdout and "baseline images/s:" in proc.stdout and "speedup:" in proc.stdout
     assert "packed images/s (2 runs):" in proc.stdout

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, run_cli, tree_files
+from conftest import REPO, call_cli, run_cli, tiny_params, tree_files
 from rethinking import cli
 from rethinking import plan as rc
 from rethinking.files import load_npz, save_npz
@@ -36,8 +36,8 @@ RUN = "digits-train300-test50/random-labels/alexnet/none/seed0"
 def _prepare(tmp_path, name):
     params = tmp_path / f"{name}.yaml"
     params.write_text(KILL_PARAMS.format(results=tmp_path / name))
-    run_cli("prepare", "--params", params, cwd=tmp_path, check=True)
-    run_cli("corrupt", "--params", params, "--corruption", "random-labels", cwd=tmp_path, check=True)
+    call_cli("prepare", "--params", params, cwd=tmp_path, check=True)
+    call_cli("corrupt", "--params", params, "--corruption", "random-labels", cwd=tmp_path, check=True)
     return params
 
 
@@ -91,7 +91,7 @@ def test_a_kill_while_writing_an_artifact_leaves_no_partial_file(tmp_path, monke
 
 # ---------------------------------------------------------------------------- fuzzed params
 
-VALID = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+VALID = tiny_params()
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                  st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4),
                                                                                                  st.integers(), max_size=2))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import tiny_params
 from rethinking import plan as rc
 from rethinking.cli import main
 from rethinking.analysis.jobs import COLUMNS, DETAIL_COLUMNS, benchmarks_dir, expected_jobs, job_rows, stage_table
@@ -20,8 +20,9 @@ HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
 def cfg(tmp_path, monkeypatch):
     """config/tiny.yaml (section5 on: kernels and theorem) with its results under tmp_path."""
     monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    raw = tiny_params()
     raw["results_dir"] = "results"
+    raw["training"]["pack"] = 1   # one training job per run (packed jobs: the tiny pipeline, test_pipeline.py)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     return rc.load(tmp_path / "params.yaml")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, clone_project
+from conftest import clone_project, tiny_params
 from test_slurm import dry_run_resources
 
 from rethinking.section5 import kernels, stages as section5
@@ -125,7 +125,7 @@ def test_kernel_gpus_follows_the_training_convention():
 def dry_project(tmp_path_factory):
     """A clone with config/tiny.yaml's grid, section5.kernels.device auto (as params.yaml) and cpu."""
     root = clone_project(tmp_path_factory.mktemp("kgpu") / "project")
-    cfg = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    cfg = tiny_params()
     for device in ("auto", "cpu"):
         cfg["section5"]["kernels"]["device"] = device
         (root / f"kernels-{device}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
