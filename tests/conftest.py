@@ -23,6 +23,113 @@ except ImportError:   # hypothesis is in the [test] extra
     pass
 
 
+# ---------------------------------------------------------------------------- pipelines run once per session
+#
+# The expensive end-to-end runs (config/tiny.yaml through Snakemake and through DVC, the SLURM profile)
+# run once per session, each in a clone of the checkout, and start in the background as soon as the
+# session knows a selected test needs them (pytest_collection_modifyitems), so they overlap the unit
+# tests and each other: many tests then read one run's outputs. A test module registers the starter of
+# a run of its own with `background(name, starter)`; the fixture of the same name waits for it.
+
+BACKGROUND_STARTERS: dict = {}   # fixture name -> starter(workdir) -> object with .wait()
+_STARTED: dict = {}
+
+
+def background(name: str, starter) -> None:
+    """Register `starter(workdir)`: called once at the session's start when a selected test uses the fixture
+    `name`; returns an object whose .wait() gives the run's result (a Pipeline, or a Thread-like one)."""
+    BACKGROUND_STARTERS[name] = starter
+
+
+class Pipeline:
+    """Shell commands run one after the other in a clone of the checkout, in the background."""
+
+    def __init__(self, root: Path, commands: list[str], timeout: float = 900):
+        self.root, self.timeout = root, timeout
+        self.log = root.parent / f"{root.name}.log"
+        script = " && ".join(f"echo '$ {c}' && {c}" for c in commands)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(script, cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait(self) -> Path:
+        try:
+            code = self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.root.name}: still running after {self.timeout} s:\n{self.log.read_text()[-4000:]}")
+        if code != 0:
+            pytest.fail(f"{self.root.name} failed ({code}):\n{self.log.read_text()[-6000:]}")
+        return self.root
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            import signal
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _tiny_snakemake(workdir: Path) -> Pipeline:
+    root = clone_project(workdir / "snakemake")
+    return Pipeline(root, ["snakemake --cores 2 --configfile config/tiny.yaml"])
+
+
+def _tiny_dvc(workdir: Path) -> Pipeline:
+    root = clone_project(workdir / "dvc")
+    return Pipeline(root, ["python -m rethinking dvc --params config/tiny.yaml", "dvc repro"])
+
+
+background("tiny_snakemake", _tiny_snakemake)
+background("tiny_dvc", _tiny_dvc)
+
+
+def pytest_collection_modifyitems(config, items):
+    needed = {name for item in items for name in getattr(item, "fixturenames", ()) if name in BACKGROUND_STARTERS}
+    if not needed:
+        return
+    import tempfile
+    workdir = Path(tempfile.mkdtemp(prefix="rethinking-session-"))
+    config._rethinking_workdir = workdir
+    for name in sorted(needed, key=lambda n: n != "slurm_run"):   # the longest-waiting one first
+        _STARTED[name] = BACKGROUND_STARTERS[name](workdir / name)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for run in _STARTED.values():
+        kill = getattr(run, "kill", None)
+        if kill is not None:
+            kill()
+    workdir = getattr(session.config, "_rethinking_workdir", None)
+    if workdir is not None and exitstatus == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def started(name: str):
+    """The result of a background run (waiting for it); started now if the session did not (a test run alone)."""
+    if name not in _STARTED:
+        import tempfile
+        _STARTED[name] = BACKGROUND_STARTERS[name](Path(tempfile.mkdtemp(prefix="rethinking-")) / name)
+    return _STARTED[name].wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_snakemake() -> Path:
+    """A clone where `snakemake --cores 2 --configfile config/tiny.yaml` ran to the end (read, never write)."""
+    return started("tiny_snakemake")
+
+
+@pytest.fixture(scope="session")
+def tiny_dvc() -> Path:
+    """A clone where `python -m rethinking dvc --params config/tiny.yaml` and `dvc repro` ran (read only)."""
+    return started("tiny_dvc")
+
+
+def copy_of(root: Path, dst: Path) -> Path:
+    """A copy of a finished pipeline's clone (its results, .snakemake/ and .dvc/ too, times kept), to change."""
+    shutil.copytree(root, dst, symlinks=True)
+    return dst
+
+
 def run_cli(*args, cwd, check=False, timeout=600):
     """python -m rethinking ... as a user runs it, in a process of its own; returns the CompletedProcess.
     For what is about processes (locks, kills, torchrun, imports); `call_cli` runs the same in this process."""

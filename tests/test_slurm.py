@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, clone_project, tree_files
+from conftest import REPO, background, clone_project, started, tree_files
 
 PROFILE = "workflow/profiles/slurm"
 RESULTS = "results/slurm"
@@ -37,7 +38,7 @@ CPU_LIMITS = {"prepare": ("01:00:00", "4000M"), "corrupt": ("01:00:00", "4000M")
               "kernels": ("04:00:00", "16000M")}
 # the AlexNet run, which never fits (lr 1e-6) and so trains all its epochs: long enough to be requeued mid-run
 # columns that differ between any two runs (runs.csv: time, memory, device; jobs.csv and jobs_detail.csv: the jobs')
-MEASURED = re.compile(r"time|seconds|peak_rss|max_rss|^(wall|cpu)_s$|^io_(in|out)_mb$|^mean_load$|^device$")
+MEASURED = re.compile(r"time|seconds|peak_rss|max_rss|images_per_s|^(wall|cpu)_s$|^io_(in|out)_mb$|^mean_load$|^device$")
 SLOW_RUN = "digits-train100-test50/true-labels/alexnet/crop-wd/seed0"
 
 
@@ -104,9 +105,11 @@ time.sleep(4)
 """
 
 
-def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, tmp_path):
+@pytest.mark.slow
+def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, slurm_run, tmp_path):
     """Three one-GPU jobs on two GPUs: two run at once on different GPUs, each claiming the slot of the GPU
-    SLURM gave it without waiting; the third waits for a GPU. `--gpus=1` is what the plugin submits."""
+    SLURM gave it without waiting; the third waits for a GPU. `--gpus=1` is what the plugin submits. After the
+    pipeline's run (slurm_run), whose training jobs would hold the GPUs."""
     (tmp_path / "job.py").write_text(SLOT_JOB)
     locks = tmp_path / "locks"   # one lock folder for all jobs, as on a node's /tmp
     ids = []
@@ -192,42 +195,78 @@ def requeue_mid_run(proc, root: Path, log: Path, deadline: float) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def slurm_run(slurm, tmp_path_factory):
+class SlurmRun:
     """The cut tiny grid through workflow/profiles/slurm, as shipped, with one training job requeued mid-run;
-    beside it, the same params run locally (at the same time: the SLURM run mostly waits)."""
-    base = tmp_path_factory.mktemp("slurm")
-    root, local = copy_project(base / "project"), copy_project(base / "local")
-    assert SLOW_RUN in sh(f"{sys.executable} -m rethinking runs --params slurm-test.yaml", root).stdout.split()
-    log = root / "snakemake.log"
-    t0 = time.monotonic()
-    with open(log, "w") as out, open(local / "snakemake.log", "w") as local_out:
-        here = subprocess.Popen("snakemake --cores 1 --configfile slurm-test.yaml", cwd=local, shell=True,
-                                stdout=local_out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-        # job states from sacct (the plugin's default where sacct exists, named to be sure); status checks
-        # every few seconds instead of the plugin's 40 s, as the jobs here last seconds
-        proc = subprocess.Popen(
-            f"snakemake --workflow-profile {PROFILE} --configfile slurm-test.yaml --slurm-status-command sacct "
-            "--slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2",
-            cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    beside it, the same params run locally. Started in the background when the session starts (conftest:
+    it mostly waits for SLURM, so the other tests run meanwhile); `wait` gives what the tests read."""
+
+    def __init__(self, base: Path):
+        self.procs, self.result, self.error = [], None, None
+        self.thread = threading.Thread(target=self._run, args=(base,), daemon=True)
+        self.thread.start()
+
+    def _run(self, base: Path):
         try:
-            requeued = requeue_mid_run(proc, root, log, deadline=t0 + 900)
-            for p in (proc, here):
-                p.wait(timeout=max(1.0, t0 + 900 - time.monotonic()))
-        finally:
-            for p in (proc, here):
-                if p.poll() is None:
-                    os.killpg(p.pid, 9)
-                    p.wait()
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    assert here.returncode == 0, (local / "snakemake.log").read_text()[-6000:]
-    run_id = re.search(r"SLURM run ID: (\S+)", text)[1]
-    print(f"slurm and local runs: {time.monotonic() - t0:.0f} s, requeued job {requeued}")
-    return {"root": root, "local": local, "expected": job_counts(text), "records": sacct(f"--name {run_id}"),
-            "requeued": requeued, "log": text}
+            self.result = self._pipeline(base)
+        except BaseException as exc:   # handed to the test that waits
+            self.error = exc
+
+    def _pipeline(self, base: Path) -> dict:
+        root, local = copy_project(base / "project"), copy_project(base / "local")
+        assert SLOW_RUN in sh(f"{sys.executable} -m rethinking runs --params slurm-test.yaml", root).stdout.split()
+        log = root / "snakemake.log"
+        t0 = time.monotonic()
+        with open(log, "w") as out, open(local / "snakemake.log", "w") as local_out:
+            here = subprocess.Popen("snakemake --cores 1 --configfile slurm-test.yaml", cwd=local, shell=True,
+                                    stdout=local_out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+            # job states from sacct (the plugin's default where sacct exists, named to be sure); status checks
+            # every few seconds instead of the plugin's 40 s, as the jobs here last seconds
+            proc = subprocess.Popen(
+                f"snakemake --workflow-profile {PROFILE} --configfile slurm-test.yaml --slurm-status-command sacct "
+                "--slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2",
+                cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+            self.procs = [proc, here]
+            try:
+                requeued = requeue_mid_run(proc, root, log, deadline=t0 + 900)
+                for p in (proc, here):
+                    p.wait(timeout=max(1.0, t0 + 900 - time.monotonic()))
+            finally:
+                self.kill()
+        text = log.read_text()
+        assert proc.returncode == 0, text[-6000:]
+        assert here.returncode == 0, (local / "snakemake.log").read_text()[-6000:]
+        run_id = re.search(r"SLURM run ID: (\S+)", text)[1]
+        print(f"slurm and local runs: {time.monotonic() - t0:.0f} s, requeued job {requeued}")
+        return {"root": root, "local": local, "expected": job_counts(text), "records": sacct(f"--name {run_id}"),
+                "requeued": requeued, "log": text}
+
+    def wait(self) -> dict:
+        self.thread.join(timeout=1000)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
 
 
+def _start_slurm_run(workdir: Path):
+    """The session's starter (conftest.background): nothing where SLURM is not there (the tests skip or fail)."""
+    return None if slurm_missing() else SlurmRun(workdir)
+
+
+background("slurm_run", _start_slurm_run)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm):
+    return started("slurm_run")
+
+
+@pytest.mark.slow
 def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run):
     records = slurm_run["records"]
     last = {r["JobIDRaw"]: r for r in records}   # a job's final record
@@ -246,6 +285,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run):
             assert (r["Timelimit"], r["ReqMem"]) == CPU_LIMITS[rule], r
 
 
+@pytest.mark.slow
 def test_a_requeued_training_job_resumes_from_its_checkpoint(slurm_run):
     job = slurm_run["requeued"]
     assert job is not None, "the slow run finished before it could be requeued"
@@ -255,6 +295,7 @@ def test_a_requeued_training_job_resumes_from_its_checkpoint(slurm_run):
     assert re.search(rf"{re.escape(SLOW_RUN)}: resuming after epoch [1-9]", train_log), train_log[-2000:]
 
 
+@pytest.mark.slow
 def test_slurm_outputs_equal_a_local_run(slurm_run):
     a_root, b_root = slurm_run["root"] / RESULTS, slurm_run["local"] / RESULTS
     kept = ("tables/", "figures/", "runs/", "data/")
@@ -271,9 +312,7 @@ def test_slurm_outputs_equal_a_local_run(slurm_run):
             drop = [c for c in x.columns if MEASURED.search(c)]
             pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=f)
         elif f.endswith("summary.json"):
-            x, y = json.loads(a.read_text()), json.loads(b.read_text())
-            for d in (x, y):
-                d.pop("wall_time"), d.pop("device"), d.pop("cpu_time"), d.pop("max_rss_mb"), d.pop("process_wall_time")
+            x, y = ({k: v for k, v in json.loads(p.read_text()).items() if not MEASURED.search(k)} for p in (a, b))
             assert x == y, f
         elif f.startswith("data/"):
             assert a.read_bytes() == b.read_bytes(), f
