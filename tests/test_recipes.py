@@ -102,3 +102,21 @@ def test_a_misnamed_input_or_parameter_is_a_clear_error(finished):
 def test_a_file_belongs_to_one_entry():
     with pytest.raises(ConfigError, match="'table1.csv': registered already by rethinking.analysis.aggregate"):
         table("table1.csv")(lambda runs: runs)
+
+
+def test_a_registered_metric_reaches_the_memorization_table_and_dvc_plots(finished):
+    """engine.metrics.register: its columns in memorization.csv (blank for run folders written without them) and
+    in each label-corrupted run's DVC plot, with no other edit."""
+    from rethinking.analysis import aggregate as ag
+    from rethinking.engine.metrics import Metric, register, unregister as drop
+    params, cfg = finished
+    register(Metric("toy", ("toy_share",), sums=None, values=None))
+    try:
+        assert ag.SPLIT_COLUMNS[-1] == "toy_share" and "toy_share" in ag.MEMORIZATION_COLUMNS
+        mem = pd.read_csv(aggregate(cfg) / "memorization.csv")
+        assert list(mem.columns) == ag.MEMORIZATION_COLUMNS and mem["toy_share"].isna().all() and len(mem)
+        plots = yaml.safe_load(generate(str(params)))["plots"]
+        ys = [y for plot in plots for spec in plot.values() for y in spec["y"].values()]
+        assert ys and all(y[-1] == "toy_share" for y in ys)
+    finally:
+        drop("toy")
