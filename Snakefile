@@ -5,8 +5,9 @@
 #   snakemake --workflow-profile workflow/profiles/slurm ...
 #
 # Thin on purpose: load and validate the params file, then include one rule
-# file per stage. Every rule calls one command of the package (python -m
-# rethinking <stage>), the same command the DVC stage of the same name calls.
+# file per stage. Every rule reads its stage's declaration (rethinking.pipeline.stages):
+# one command of the package (python -m rethinking <stage>), the same command the DVC
+# stage of the same name calls, with the same code, params, inputs and outputs.
 import re
 
 from snakemake.exceptions import WorkflowError
@@ -47,7 +48,8 @@ include: "workflow/rules/data.smk"
 # a streamed dataset (ImageNet) trains through torchrun, one run per job; in-memory ones through the engine
 include: "workflow/rules/train_stream.smk" if rc.is_streamed(CFG) else "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
-include: "workflow/rules/section5.smk"
+if CFG.get("section5"):   # Section 5 and Theorem 1 (kernels, theorem) only where the params ask for them
+    include: "workflow/rules/section5.smk"
 
 
 onstart:

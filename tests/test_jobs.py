@@ -9,8 +9,9 @@ import yaml
 from conftest import tiny_params
 from rethinking import plan as rc
 from rethinking.cli import main
-from rethinking.analysis.jobs import COLUMNS, DETAIL_COLUMNS, benchmarks_dir, expected_jobs, job_rows, stage_table
+from rethinking.analysis.jobs import COLUMNS, DETAIL_COLUMNS, benchmarks_dir, job_rows, stage_table
 from rethinking.engine.run import process_usage
+from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import pack_name
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -67,7 +68,7 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
         bench(j.file, (10.0 + k, 700.0 + k, 5.0))
     bench(next(j for j in jobs if j.stage == "aggregate").file, (3.0, 140.0, "-"))   # `-`: not measured
     bench(next(j for j in jobs if j.stage == "figures").file, (6.0, 200.0, 4.0), (8.0, 220.0, 6.0))   # repeat: 2
-    detail = job_rows(cfg)
+    detail = job_rows(cfg, expected_jobs(cfg))
     assert list(detail.columns) == DETAIL_COLUMNS and len(detail) == len(jobs)
     table = stage_table(detail).set_index("stage")
     assert list(table.reset_index().columns) == COLUMNS
@@ -91,7 +92,7 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     assert total["max_rss_mb"] == pytest.approx(700.0 + n - 1)
     # a benchmark file of a run no longer in the grid is not read
     bench(benchmarks_dir(cfg) / "train/digits-train100-test50/gone/mlp_1x512/none/seed0.tsv", (99.0, 1.0, 1.0))
-    assert stage_table(job_rows(cfg)).set_index("stage").loc["train", "jobs"] == n
+    assert stage_table(job_rows(cfg, expected_jobs(cfg))).set_index("stage").loc["train", "jobs"] == n
 
 
 def test_without_benchmarks_the_train_row_comes_from_the_summaries(cfg):

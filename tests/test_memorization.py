@@ -18,7 +18,7 @@ from rethinking.analysis import figures as F
 from rethinking.engine import loop as tr
 from rethinking.data.corrupt import _rng, corrupt, corrupted_mask, load_corrupted
 from rethinking.data.sources import prepare
-from rethinking.files import load_npz
+from rethinking.files import load_npz, write_csv
 from rethinking.data.preprocess import prepare_all
 from rethinking.engine import run as rn
 from rethinking.engine.metrics import evaluate, metric_columns
@@ -314,7 +314,7 @@ def test_without_label_corrupted_runs_the_tables_are_their_header(tmp_path):
                            (ag.early_stopping(cfg, runs), ag.EARLY_STOPPING_COLUMNS)):
         assert table.empty and list(table.columns) == columns
     path = tmp_path / "empty.csv"
-    ag.write_csv(path, ag.memorization(cfg, runs))
+    write_csv(path, ag.memorization(cfg, runs))
     F.memorization(pd.read_csv(path, dtype={"variant": str}))
-    ag.write_csv(path, ag.early_stopping(cfg, runs))
+    write_csv(path, ag.early_stopping(cfg, runs))
     F.early_stopping(pd.read_csv(path, dtype={"variant": str}))

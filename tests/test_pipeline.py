@@ -12,7 +12,8 @@ from conftest import REPO, clone_project, run_cli, tree_files
 from rethinking import plan as rc
 from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
 from rethinking.pipeline.dvcgen import generate, stage_key
-from rethinking.analysis.jobs import benchmarks_dir, expected_jobs
+from rethinking.analysis.jobs import benchmarks_dir
+from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import SECTION5_PRIORITY, job_priority
 
 TINY_RESULTS = "results/tiny"
@@ -37,47 +38,139 @@ def test_committed_dvc_yaml_is_current():
         "dvc.yaml is stale: run `python -m rethinking dvc --params params.yaml`"
 
 
-def test_the_rules_import_neither_torch_nor_seaborn():
-    """Every Snakemake start (a dry run, each cluster job) parses the rules: the modules they import
-    (and dvcgen, which writes dvc.yaml) must not load torch or seaborn, ~7 s together on the project's CPU."""
+RULE_FILES = [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
+HEAVY = ("torch", "pandas", "seaborn", "scipy")
+
+
+def test_the_rules_import_neither_torch_nor_pandas():
+    """Every Snakemake start (a dry run, each cluster job) parses the rules: the modules they import and dvcgen
+    (which writes dvc.yaml), and what the rules call of them for a whole grid, must not load torch, pandas,
+    seaborn or scipy (seconds of every start on the project's CPU). torch only where planning builds a model:
+    packs (plan.packs.module_traits) and torchvision or users' models (check_models), as the params ask."""
     modules = {"rethinking.pipeline.dvcgen"}
-    for src in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]:
-        modules |= set(re.findall(r"^from (rethinking[\w.]*) import", src.read_text(), flags=re.MULTILINE))
-    assert {"rethinking.plan.packs", "rethinking.analysis.figures", "rethinking.analysis.aggregate"} <= modules, modules
-    code = (f"import sys; import {', '.join(sorted(modules))}; "
-            "print(sorted(m for m in ('torch', 'seaborn', 'scipy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"the rules' imports load {out.strip()}"
+    for src in RULE_FILES:
+        modules |= set(re.findall(r"^\s*from (rethinking[\w.]*) import", src.read_text(), flags=re.MULTILINE))
+        modules |= set(re.findall(r"^\s*import (rethinking[\w.]*)", src.read_text(), flags=re.MULTILINE))
+    assert {"rethinking.pipeline.stages", "rethinking.plan.packs", "rethinking.section5.stages"} <= modules, modules
+    code = (f"import json, sys; import {', '.join(sorted(modules))}\n"
+            "from rethinking.pipeline import dvcgen, stages\n"
+            "from rethinking import plan as rc\n"
+            "loaded = lambda names: sorted(m for m in names if m in sys.modules)\n"
+            "for path in sys.argv[1:]:\n"
+            "    cfg = rc.load(path); runs = rc.expand_runs(cfg)\n"
+            "    p = stages.plan(cfg, path, runs, packs=[[r] for r in runs] + [runs[:2]])\n"
+            "    for s in stages.stages_for(cfg):\n"
+            "        for v in s.jobs(p):\n"
+            "            s.inputs(p, v), s.outputs(p, v), s.cmd(cfg, path, v), s.code_paths(cfg)\n"
+            "            s.job_file(p, v, 'logs', '.log'), s.settings and [s.settings(cfg, p.run_by_id[r]) for r in v]\n"
+            "torch = loaded(['torch'])\n"
+            "for path in sys.argv[1:]:\n"
+            "    dvcgen.generate(path); stages.expected_jobs(rc.load(path))\n"
+            f"print(json.dumps(torch + loaded({HEAVY[1:]!r})))")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, CONFIGS)], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert json.loads(out) == [], f"the rules' imports load {out.strip()}"
+
+
+def dry_run_jobs(dry_run: str) -> list[dict]:
+    """The jobs of `snakemake -n -p`: rule, outputs, wildcards, benchmark, priority and shell command of each."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule )", dry_run):
+        if not (m := re.match(r"(?:local)?rule (\w+):", block)):
+            continue
+        field = lambda key: (f.group(1) if (f := re.search(rf"^\s*{key}: (.*)$", block, flags=re.M)) else None)  # noqa: E731
+        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        jobs.append({"rule": m.group(1), "output": set((field("output") or "").split(", ")) - {""},
+                     "wildcards": dict(w.split("=", 1) for w in (field("wildcards") or "").split(", ") if w),
+                     "benchmark": field("benchmark"), "priority": float(field("priority") or 0),
+                     "shell": shell.group(1).split(" > ")[0] if shell else None})
+    return jobs
+
+
+def dvc_stages(doc: dict) -> dict:
+    """dvc.yaml's stages with foreach expanded (`<name>@<key>`, ${key} and ${item.*} filled in), as DVC
+    lists them: {name: {"cmd", "deps", "outputs" (outs, metrics and plots)}}."""
+    def fill(x, key, item):
+        if isinstance(x, str):
+            return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), x.replace("${key}", key))
+        if isinstance(x, list):
+            return [fill(i, key, item) for i in x]
+        return {fill(k, key, item): fill(v, key, item) for k, v in x.items()} if isinstance(x, dict) else x
+    expanded = {}
+    for name, st in doc["stages"].items():
+        if "foreach" in st:
+            expanded.update({f"{name}@{k}": fill(st["do"], k, item) for k, item in st["foreach"].items()})
+        else:
+            expanded[name] = st
+    return {n: {"cmd": st["cmd"], "deps": set(st.get("deps", [])),
+                "outputs": {p for kind in ("outs", "metrics", "plots") for o in st.get(kind, []) for p in o}}
+            for n, st in expanded.items()}
+
+
+def dvc_name(job: dict, stages: dict) -> str | None:
+    """The DVC stage of a Snakemake job: train <-> train@<run> or train_user_model@<run>, corrupt <->
+    corrupt@<corruption>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
+    if job["rule"] in ("all", "jobs"):
+        return None
+    if job["rule"] == "train":
+        key = stage_key(job["wildcards"]["run"])
+        return next((n for n in (f"train@{key}", f"train_user_model@{key}") if n in stages), f"train@{key}")
+    if job["rule"] == "corrupt":
+        return f"corrupt@{job['wildcards']['corruption']}"
+    return job["rule"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_snakemake_dry_run_lists_exactly_the_runs(path):
+def test_snakemake_and_dvc_run_the_same_stages(path):
+    """One `snakemake -n` and one dvc.yaml per config: every run trained exactly once by each, the same stages
+    with the same commands, code and outputs (jobs is Snakemake's only, check DVC's), every job with the
+    benchmark file `jobs` reads for it, the longest jobs first, and a dvc.yaml DVC's schema takes."""
+    from dvc.schema import COMPILED_MULTI_STAGE_SCHEMA
     rel = path.relative_to(REPO)
-    proc = sh(f"snakemake -n -F --nolock --configfile {rel}", REPO)
-    train_runs = trained_runs(proc.stdout)
-    assert sorted(train_runs) == sorted(expected_runs(rel))
-    assert len(train_runs) == len(set(train_runs))
-    # every job has the benchmark file `jobs` reads for it (and the jobs rule its own, which its table leaves out)
-    benchmarks = re.findall(r"^\s*benchmark: (\S+)$", proc.stdout, flags=re.M)
     cfg = rc.load(path)
+    runs = [r.id for r in rc.expand_runs(cfg)]
+    jobs = dry_run_jobs(sh(f"snakemake -n -p -F --nolock --configfile {rel}", REPO).stdout)
+    doc = yaml.safe_load(generate(str(rel)))
+    COMPILED_MULTI_STAGE_SCHEMA(doc)
+    stages = dvc_stages(doc)
+    # every run trained once, by Snakemake (a run or a pack) and by DVC (train@, train_user_model@, packs)
+    trained = [r for j in jobs if re.match(r"train(_pack_\d+)?$", j["rule"]) for o in j["output"]
+               if (r := re.match(rf"{re.escape(cfg['results_dir'])}/runs/(.+)/summary\.json$", o))]
+    assert sorted(m.group(1) for m in trained) == sorted(runs)
+    dvc_trained = [o.split("/runs/")[1].rsplit("/", 1)[0] for n, st in stages.items() if n.startswith("train")
+                   for o in st["outputs"] if o.endswith("/summary.json")]
+    assert sorted(dvc_trained) == sorted(runs)
+    # the same stages, commands, code and outputs
+    mapped = {dvc_name(j, stages): j for j in jobs}
+    mapped.pop(None)
+    assert set(mapped) == set(stages) - {"check"}, set(mapped) ^ set(stages)
+    absolute = str(REPO / rel)
+    for name, job in mapped.items():
+        st = stages[name]
+        assert job["output"] == st["outputs"], name
+        assert job["shell"].replace(absolute, str(rel)) == st["cmd"], name
+    assert {j["rule"] for j in jobs} >= {"prepare", "aggregate", "figures", "jobs"} and "check" in stages
+    _check_benchmarks_and_priorities(cfg, jobs)
+
+
+def _check_benchmarks_and_priorities(cfg, jobs):
+    # every job has the benchmark file `jobs` reads for it (and the jobs rule its own, which its table leaves out)
     expected = [str(j.file) for j in expected_jobs(cfg)] + [str(benchmarks_dir(cfg) / "jobs.tsv")]
-    assert sorted(benchmarks) == sorted(expected)
+    assert sorted(j["benchmark"] for j in jobs if j["benchmark"]) == sorted(expected)
     # the longest jobs first (plan.job_priority); each corrupt job as the highest of the runs it feeds
     by_id = {r.id: r for r in rc.expand_runs(cfg)}
-    corrupt_priority, corrupt_jobs = {}, []
-    for job in re.split(r"\n(?=(?:local)?rule )", proc.stdout):
-        priority = float(m.group(1)) if (m := re.search(r"^\s*priority: (\S+)$", job, flags=re.M)) else 0.0
-        if re.match(r"rule train(?:_pack_\d+)?:", job):
-            runs = [by_id[r] for r in re.findall(r"/runs/([^,\s]+)/summary\.json", job)]
-            assert priority == job_priority(cfg, runs), job
+    corrupt_priority = {}
+    for job in jobs:
+        if re.match(r"train(_pack_\d+)?$", job["rule"]):
+            runs = [by_id[r] for o in job["output"] for r in re.findall(r"/runs/(.+)/summary\.json$", o)]
+            assert job["priority"] == job_priority(cfg, runs), job
             for r in runs:
-                corrupt_priority[r.corruption.id] = max(corrupt_priority.get(r.corruption.id, priority), priority)
-        elif re.match(r"rule corrupt:", job):
-            corrupt_jobs.append((re.search(r"corruption=(\S+)", job).group(1), priority))
-        elif re.match(r"rule kernels:", job):
-            assert priority == SECTION5_PRIORITY
-    for corruption, priority in corrupt_jobs:
-        assert priority == corrupt_priority[corruption], corruption
+                corrupt_priority[r.corruption.id] = max(corrupt_priority.get(r.corruption.id, job["priority"]),
+                                                        job["priority"])
+        elif job["rule"] == "kernels":
+            assert job["priority"] == SECTION5_PRIORITY
+    for job in (j for j in jobs if j["rule"] == "corrupt"):
+        assert job["priority"] == corrupt_priority[job["wildcards"]["corruption"]], job
 
 
 def test_job_priorities_put_the_longest_runs_first():
@@ -106,21 +199,14 @@ def trained_runs(dry_run: str) -> list[str]:
     return runs
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_dvc_stage_list_shows_exactly_the_runs(path, tmp_path):
-    """In a clone-like repository (its .gitignore, .dvc/ and .dvcignore): the generated dvc.yaml lists every
-    run once, and `dvc status` reads it (a git-ignored dvc.lock once made every DVC command fail there)."""
-    rel = path.relative_to(REPO)
+def test_dvc_lists_the_generated_stages_in_a_clone(tmp_path):
+    """In a clone-like repository (its .gitignore, .dvc/ and .dvcignore): `dvc stage list` lists the stages
+    dvc.yaml is read as here (test_snakemake_and_dvc_run_the_same_stages), and `dvc status` reads it (a
+    git-ignored dvc.lock once made every DVC command fail there)."""
     root = clone_project(tmp_path / "project")
-    sh(f"python -m rethinking dvc --params {rel}", root)
-    proc = sh("dvc stage list", root)
-    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
-    train = [n.split("@", 1)[1] for n in names if n.startswith(("train@", "train_user_model@"))]
-    packed = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    for name in (n for n in names if n.startswith("train_pack_")):
-        train += [stage_key(o.split("/runs/")[1].rsplit("/", 1)[0]) for out in packed[name]["outs"] for o in out]
-    assert sorted(train) == sorted(stage_key(r) for r in expected_runs(rel))
-    assert {"check", "prepare", "aggregate", "figures"} <= set(names)
+    sh("python -m rethinking dvc --params params.yaml", root)
+    names = [line.split()[0] for line in sh("dvc stage list", root).stdout.splitlines() if line.strip()]
+    assert sorted(names) == sorted(dvc_stages(yaml.safe_load((root / "dvc.yaml").read_text())))
     assert "changed" in sh("dvc status", root).stdout   # nothing has run yet: every stage is to run
 
 

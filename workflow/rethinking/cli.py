@@ -72,7 +72,9 @@ def cmd_figures(args):
 
 def cmd_jobs(args):
     from .analysis.jobs import jobs
-    print(jobs(load(args.params)))
+    from .pipeline.stages import expected_jobs
+    cfg = load(args.params)
+    print(jobs(cfg, expected_jobs(cfg)))
 
 
 def cmd_runs(args):

@@ -1,53 +1,40 @@
-from rethinking.analysis.aggregate import tables_for
-from rethinking.analysis.figures import CODE as FIGURES_CODE
-from rethinking.analysis.figures import INPUTS, figures_for
+# aggregate and figures: their outputs are the registry's tables and figures (rethinking.analysis.outputs), with
+# the captions the report shows; figures reads the tables its entries name.
 
 
 rule aggregate:
     input:
-        runs=[f"{RESULTS}/runs/{r.id}/{f}" for r in RUNS for f in RUN_FILES],
-        base=rc.base_artifact(CFG),
-        code=[f"{PKG}/analysis/aggregate.py", f"{PKG}/analysis/paper.py"],
+        **stage_inputs("aggregate"),
     output:
-        [
-            report(f"{RESULTS}/tables/{t}", caption=f"../report/{t.split('.')[0]}.rst", category="Tables")
-            if t in ("table1.csv", "table2.csv", "paper_comparison.csv")
-            else f"{RESULTS}/tables/{t}"
-            for t in tables_for(CFG)
-        ],
+        stage_outputs("aggregate"),
     params:
         file=PARAMS,
+        settings=settings_json("aggregate"),
     benchmark:
-        f"{RESULTS}/benchmarks/aggregate.tsv"
+        job_file("aggregate", "benchmarks")
     log:
-        f"{RESULTS}/logs/aggregate.log",
+        job_file("aggregate", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking aggregate --params {params.file} > {log} 2>&1"
+        stage_shell("aggregate")
 
 
 rule figures:
     input:
-        tables=[f"{RESULTS}/tables/{t}" for t in INPUTS],
-        kernel_curve=[f"{RESULTS}/tables/kernel_noise.csv"] if CFG.get("section5") else [],
-        code=[f"{PKG}/{c}" for c in FIGURES_CODE],
+        **stage_inputs("figures"),
     output:
-        [
-            report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
-            for f in figures_for(CFG)
-        ],
-        [f"{RESULTS}/figures/{f}.pdf" for f in figures_for(CFG)],
+        stage_outputs("figures"),
     params:
         file=PARAMS,
     benchmark:
-        f"{RESULTS}/benchmarks/figures.tsv"
+        job_file("figures", "benchmarks")
     log:
-        f"{RESULTS}/logs/figures.log",
+        job_file("figures", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking figures --params {params.file} > {log} 2>&1"
+        stage_shell("figures")
 
 
 # The last job: time and memory per stage from every job's benchmark file (rethinking.analysis.jobs). Its inputs are the
@@ -59,28 +46,18 @@ localrules:
     jobs,
 
 
-def final_outputs(wildcards):
-    """Asked when the DAG is built: section5.smk, included after this file, defines kernels and theorem."""
-    done = [*rules.aggregate.output, *rules.figures.output]
-    if CFG.get("section5"):
-        done += [*rules.kernels.output, *rules.theorem.output]
-    return done
-
-
 rule jobs:
     input:
-        done=final_outputs,
-        code=f"{PKG}/analysis/jobs.py",
+        **stage_inputs("jobs"),
     output:
-        f"{RESULTS}/tables/jobs.csv",
-        f"{RESULTS}/tables/jobs_detail.csv",
+        stage_outputs("jobs"),
     params:
         file=PARAMS,
     benchmark:   # its own, written after its table (which does not hold it)
-        f"{RESULTS}/benchmarks/jobs.tsv"
+        job_file("jobs", "benchmarks")
     log:
-        f"{RESULTS}/logs/jobs.log",
+        job_file("jobs", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking jobs --params {params.file} > {log} 2>&1"
+        stage_shell("jobs")

@@ -1,38 +1,71 @@
-# Shared helpers of the Snakemake files; paths and settings come from the package.
+# Shared helpers of the Snakemake files. Every rule reads its stage's declaration (rethinking.pipeline.stages,
+# which dvc.yaml is generated from too): its command, code, params keys, inputs, outputs (with their report
+# captions), benchmark and log files. What the rules add is Snakemake's own: wildcards, threads, resources,
+# priorities.
 import json
 
-from rethinking.analysis.aggregate import RUN_FILES
-from rethinking.models import model_file
-from rethinking.plan.packs import corruption_priorities, job_priority, pack_name, plan_packs
-from rethinking.plan.settings import ENGINE_SOURCES, run_settings
+from rethinking.pipeline.stages import caption_file, plan, stage
+from rethinking.plan.packs import corruption_priorities, job_priority
 
 
-RUN_BY_ID = {r.id: r for r in RUNS}
-PACKS = plan_packs(CFG, RUNS)  # with training.pack 1 (the default), one run per pack
+PLAN = plan(CFG, PARAMS, RUNS)   # with training.pack 1 (the default), one run per pack
+RUN_BY_ID = PLAN.run_by_id
+PACKS = PLAN.packs
 CORRUPT_PRIORITY = corruption_priorities(CFG, PACKS)  # the longest runs' data first
-PKG = "workflow/rethinking"
-ENGINE_CODE = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
+CAPTIONS = ".snakemake/report-captions"   # the registry's captions as files, which report() takes
 
 
-def model_code(runs):
-    """A user's model file is an input of exactly the runs of that model (none for other models)."""
-    return sorted({str(f) for r in runs if (f := model_file(r.model, CFG["_params_dir"])) is not None})
+def _values(name, values, wildcard_as="{%s}"):
+    """A job's values; for a rule of one job per wildcard value (values None), the wildcard itself."""
+    s = stage(name, CFG)
+    if values is None:
+        return (wildcard_as % s.wildcard,) if s.wildcard else ()
+    return tuple(values)
 
 
-def settings_json(*keys):
-    """Params that change a stage's result, so Snakemake reruns it when they change."""
-    return json.dumps({k: CFG[k] for k in keys}, sort_keys=True)
+def stage_inputs(name, values=()):
+    """A job's inputs by name, and the stage's code."""
+    s = stage(name, CFG)
+    return {**s.inputs(PLAN, tuple(values)), "code": s.code_paths(CFG)}
 
 
-def gpus_per_run():
-    return 0 if CFG["training"]["device"] == "cpu" else 1
+def wildcard_inputs(name):
+    """For a rule of one job per wildcard value: its inputs from the job's wildcards (`unpack` them)."""
+    wildcard = stage(name, CFG).wildcard
+    return lambda wildcards: stage_inputs(name, (getattr(wildcards, wildcard),))
+
+
+def stage_outputs(name, values=None):
+    """A job's outputs (patterns of the wildcard when values is None); those with a caption in the report."""
+    return [report(o.path, caption=caption_file(o, CAPTIONS), category=o.category) if o.caption else o.path
+            for o in stage(name, CFG).outputs(PLAN, _values(name, values))]
+
+
+def stage_shell(name, values=None, **placeholders):
+    """A job's command, its output to its log."""
+    return stage(name, CFG).cmd(CFG, "{params.file}", _values(name, values, "{wildcards.%s}"), **placeholders) \
+        + " > {log} 2>&1"
+
+
+def job_file(name, folder, values=None):
+    """A job's benchmark file (folder "benchmarks") or log ("logs")."""
+    return stage(name, CFG).job_file(PLAN, _values(name, values), folder, ".tsv" if folder == "benchmarks" else ".log")
+
+
+def settings_json(name):
+    """The values of the params keys the stage reads, so Snakemake reruns it when they change."""
+    return json.dumps({k: CFG[k] for k in stage(name, CFG).params}, sort_keys=True)
 
 
 def run_settings_json(wildcards):
     """A run's own settings: an edit reruns only the runs it changes."""
-    return json.dumps(run_settings(CFG, RUN_BY_ID[wildcards.run]), sort_keys=True)
+    return json.dumps(stage("train", CFG).settings(CFG, RUN_BY_ID[wildcards.run]), sort_keys=True)
 
 
 def pack_settings_json(pack):
     """The settings of a pack's runs: an edit reruns the packs it changes."""
-    return json.dumps([run_settings(CFG, r) for r in pack], sort_keys=True)
+    return json.dumps([stage("train", CFG).settings(CFG, r) for r in pack], sort_keys=True)
+
+
+def gpus_per_run():
+    return 0 if CFG["training"]["device"] == "cpu" else 1

@@ -1,35 +1,34 @@
 rule prepare:
     output:
-        rc.base_artifact(CFG),
+        stage_outputs("prepare"),
     params:
         file=PARAMS,
-        settings=settings_json("dataset", "preprocess"),
+        settings=settings_json("prepare"),
     input:
-        code=[f"{PKG}/data/sources.py", f"{PKG}/data/stream.py"] if rc.is_streamed(CFG) else f"{PKG}/data/sources.py",
+        **stage_inputs("prepare"),
     benchmark:
-        f"{RESULTS}/benchmarks/prepare.tsv"
+        job_file("prepare", "benchmarks")
     log:
-        f"{RESULTS}/logs/prepare.log",
+        job_file("prepare", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking prepare --params {params.file} > {log} 2>&1"
+        stage_shell("prepare")
 
 
 rule corrupt:
     input:
-        base=rc.base_artifact(CFG),
-        code=[f"{PKG}/{f}" for f in rc.CORRUPT_SOURCES],
+        unpack(wildcard_inputs("corrupt")),
     output:
-        f"{RESULTS}/data/{rc.dataset_id(CFG)}/{{corruption}}.npz",
+        stage_outputs("corrupt"),
     params:
         file=PARAMS,
     priority: lambda wc: CORRUPT_PRIORITY.get(wc.corruption, 0)
     benchmark:
-        f"{RESULTS}/benchmarks/corrupt/{{corruption}}.tsv"
+        job_file("corrupt", "benchmarks")
     log:
-        f"{RESULTS}/logs/corrupt/{{corruption}}.log",
+        job_file("corrupt", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking corrupt --params {params.file} --corruption {wildcards.corruption} > {log} 2>&1"
+        stage_shell("corrupt")

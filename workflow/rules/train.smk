@@ -4,13 +4,9 @@
 
 rule train:
     input:
-        data=lambda wc: rc.corrupted_artifact(CFG, RUN_BY_ID[wc.run].corruption),
-        code=ENGINE_CODE,
-        model=lambda wc: model_code([RUN_BY_ID[wc.run]]),
+        unpack(wildcard_inputs("train")),
     output:
-        summary=f"{RESULTS}/runs/{{run}}/summary.json",
-        epochs=f"{RESULTS}/runs/{{run}}/epochs.csv",
-        steps=f"{RESULTS}/runs/{{run}}/steps.csv",
+        stage_outputs("train"),
     wildcard_constraints:
         run="|".join(re.escape(p[0].id) for p in PACKS if len(p) == 1) or "no-single-runs",
     params:
@@ -21,13 +17,13 @@ rule train:
     resources:
         gpu=gpus_per_run(),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+        job_file("train", "benchmarks")
     log:
-        f"{RESULTS}/logs/train/{{run}}.log",
+        job_file("train", "logs"),
     conda:
         "../envs/rethinking.yaml"
     shell:
-        "python -m rethinking train --params {params.file} --run {wildcards.run} > {log} 2>&1"
+        stage_shell("train")
 
 
 for number, pack in enumerate([p for p in PACKS if len(p) > 1], start=1):
@@ -36,24 +32,22 @@ for number, pack in enumerate([p for p in PACKS if len(p) > 1], start=1):
         name:
             f"train_pack_{number}"
         input:
-            data=sorted({str(rc.corrupted_artifact(CFG, r.corruption)) for r in pack}),
-            code=ENGINE_CODE,
-            model=model_code(pack),
+            **stage_inputs("train", [r.id for r in pack]),
         output:
-            [f"{RESULTS}/runs/{r.id}/{f}" for r in pack for f in RUN_FILES],
+            stage_outputs("train", [r.id for r in pack]),
         params:
             file=PARAMS,
             settings=pack_settings_json(pack),
-            runs=" ".join(f"--run {r.id}" for r in pack),
+            runs=stage("train", CFG).job_args([r.id for r in pack]),
         threads: CFG["training"]["threads"]
         priority: job_priority(CFG, pack)
         resources:
             gpu=gpus_per_run(),
         benchmark:
-            f"{RESULTS}/benchmarks/train_pack/{pack_name(pack)}.tsv"
+            job_file("train", "benchmarks", [r.id for r in pack])
         log:
-            f"{RESULTS}/logs/train/{pack_name(pack)}.log",
+            job_file("train", "logs", [r.id for r in pack]),
         conda:
             "../envs/rethinking.yaml"
         shell:
-            "python -m rethinking train --params {params.file} {params.runs} > {log} 2>&1"
+            stage_shell("train", (), args="{params.runs}")

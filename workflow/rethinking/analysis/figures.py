@@ -33,27 +33,28 @@ each with a legend entry. Fig. 1b/1c draw lines only for models with intermediat
 (0 < p < 1); the others (Table 1's levels 0 and 1 only) are markers. Curves (Fig. 1a, 2b) are means over
 the seeds up to the step the first seed stops, each seed on its own thin line after that, the end of every
 seed marked by its state.
+
+Each figure is one entry of the registry (rethinking.analysis.outputs: `@figure(...)` on the function that draws
+it, with the tables it reads and its caption); `figures` draws the entries of its stage. pandas is imported on
+first use (lazy): the Snakemake rules and the DVC generator import this module for the entries.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .aggregate import t_interval, tables_dir
+from ..lazy import lazy_module
 from ..plan import is_streamed
 from ..plan import Corruption
 from ..plan.corruptions import kinds as corruption_kinds
+from .aggregate import t_interval
+from .outputs import entries, figure, has_section5, optional, produce
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
-from .plotting import save_figure
 
-FIGURES = ("fig1a", "fig1b", "fig1c", "fig2b", "table4", "memorization", "early_stopping")
-STREAMED_FIGURES = ("fig2a",)   # drawn for streamed datasets (ImageNet) only
-INPUTS = ("convergence.csv", "loss_curves.csv", "accuracy_curves.csv", "runs.csv", "memorization.csv",
-          "early_stopping.csv")  # from tables/
-CODE = ("analysis/figures.py", "analysis/plotting.py")   # the stage's code (the rule's and the DVC stage's dependencies)
+pd = lazy_module("pandas")
+
 # Fig. 1a's curves: every registered corruption kind (at level 1 where it takes levels: random labels), in the
 # registry's order, by corruption id, and its legend (plan.corruptions)
 CORRUPTION_ORDER = [Corruption.make(k.name, 1.0).id for k in corruption_kinds()]
@@ -64,8 +65,8 @@ MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchN
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:
-    """The figures `figures` draws for a config."""
-    return FIGURES + (STREAMED_FIGURES if is_streamed(cfg) else ())
+    """The figures `figures` draws for a config (its registry entries' names)."""
+    return tuple(e.name for e in entries("figures", cfg, "figure"))
 
 
 def figures_dir(cfg: dict) -> Path:
@@ -142,6 +143,17 @@ def _seed_curves(ax, d: pd.DataFrame, x: str, y: str, color, label: str, linesty
             ax.scatter(e[x], e[y], s=22, zorder=3, gid=f"end:{state}", **kw)
 
 
+@figure("fig1a", inputs=("loss_curves.csv",), caption="""\
+Figure 1a: average training loss against thousand steps for true labels, random
+labels, shuffled pixels, random pixels and Gaussian noise. The paper (Inception,
+CIFAR-10) shows every curve reaching zero loss, random labels last; a public
+reproduction reached loss 0.01 after about 5.7k (true), 6.7k (shuffled), 9.9k
+(Gaussian), 13.0k (random pixels) and 17.7k (random labels) steps.
+Each curve is the mean over the seeds up to the step where the first seed
+stops (95% t-interval band), then each seed on a thin line; the end of every
+seed is marked: filled circle fitted, open circle stopped at the epoch limit,
+cross diverged (diverged seeds are never in the mean).
+""")
 def fig1a(curves: pd.DataFrame):
     plt, sns = _plot_libs()
     kinds = [c for c in CORRUPTION_ORDER if c in set(curves["corruption"])]
@@ -210,6 +222,20 @@ def _by_state(ax, d: pd.DataFrame, y: str, colors: dict, lines: set):
                        clip_on=False, gid=f"diverged:{model}", label=None if len(fit) or len(stop) else model)
 
 
+@figure("fig1b", inputs=("convergence.csv",), caption="""\
+Figure 1b: time to overfit (steps until 100% training accuracy) relative to the
+true-label run of the same model, against the label-corruption level. The paper
+reports a slowdown of a small constant factor that grows with the corruption.
+Time to overfit is the mean over seeds of per-seed ratios (a run's step of first
+fit over its same-seed true-label run's), with the 95% t-interval of that mean
+as a band, over the seeds where both runs fitted. Open circles: runs stopped at
+the epoch limit, at steps trained / true-label steps (a lower bound), in the
+model's colour; filled down-triangles: fitted runs whose true-label run stopped
+(an upper bound); crosses on the bottom: diverged runs; runs with no true-label
+reference (it diverged, stopped too, or is not in the grid) are counted below the axes.
+Lines only for models with intermediate corruption levels (0 < p < 1); models
+with only levels 0 and 1 (Table 1's runs) are markers.
+""")
 def fig1b(conv: pd.DataFrame):
     """Time to overfit relative to the same-seed true-label run (convergence.csv's relative_steps), the line
     the mean over seeds of those per-seed ratios where both runs fitted (relative_bound exact); a stopped run
@@ -250,11 +276,22 @@ def fig1b(conv: pd.DataFrame):
     return fig
 
 
-def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
+@figure("fig1c", inputs=("convergence.csv", optional("kernel_noise.csv", when=has_section5)), caption="""\
+Figure 1c: test error at convergence against the label-corruption level. The
+paper's curves rise from the clean test error (Inception 14%, AlexNet 24%,
+MLP 1x512 50% on CIFAR-10) to chance (90%) at full corruption.
+The line is the mean over the fitted seeds (test error at convergence); open
+circles: runs stopped at the epoch limit, at their test error when they stopped;
+crosses on the bottom: diverged runs (no test error). Lines only for models with
+intermediate corruption levels; the others are markers.
+""")
+def fig1c(conv: pd.DataFrame, kernel_noise: pd.DataFrame | None = None):
     """Test error at the end of training: the line the mean over the fitted seeds ("at convergence"); a
-    stopped run an open marker at its test error when it stopped; a diverged run a cross."""
+    stopped run an open marker at its test error when it stopped; a diverged run a cross. With Section 5
+    (`kernel_noise`: kernel_noise.csv), the min-norm kernel interpolant's curve beside the networks'."""
     plt, sns = _plot_libs()
     d = _label_runs(conv)
+    kernel = kernel_curve(kernel_noise)
     if kernel is not None and len(d):
         d = pd.concat([d, kernel], ignore_index=True)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
@@ -273,6 +310,16 @@ def fig1c(conv: pd.DataFrame, kernel: pd.DataFrame | None = None):
     return fig
 
 
+@figure("fig2b", inputs=("accuracy_curves.csv",), caption="""\
+Figure 2b: training (solid) and test (dashed) accuracy against thousand steps
+for Inception with and without BatchNorm on true labels (other models'
+true-label runs when the grid has no Inception). The paper: both fit the
+training set; BatchNorm's runs reach about 3 points more test accuracy
+(Table 1: 85.75% vs 82.00% without regularizers).
+Means over the seeds up to the step where the first seed stops, then each
+seed on a thin line; filled circle fitted, open circle stopped at the epoch
+limit, cross diverged (never in the mean).
+""")
 def fig2b(acc: pd.DataFrame):
     plt, sns = _plot_libs()
     d = acc[(acc["corruption"] == "true-labels") & (acc["regularizers"] == "none") & (acc["variant"].fillna("") == "")]
@@ -307,6 +354,13 @@ def _regularizer_label(regs: str) -> str:
     return " + ".join(REGULARIZER_LABEL.get(r, r) for r in regs.split("-"))
 
 
+@figure("fig2a", inputs=("accuracy_curves.csv",), when=is_streamed, caption="""\
+Figure 2a: top-1 training (solid) and test (dashed) accuracy against thousand
+steps of Inception V3 on ImageNet with true labels, with and without data
+augmentation, weight decay and dropout; the shaded band reaches up to the best
+test accuracy so far (what early stopping could gain). The paper: without
+regularizers the test accuracy peaks early (63.16% best, 59.80% at the end).
+""")
 def fig2a(acc: pd.DataFrame):
     """Top-1 train (solid) and test (dashed) accuracy of the true-label runs per regularizer setting, with the
     cumulative best test accuracy shaded."""
@@ -335,6 +389,15 @@ def fig2a(acc: pd.DataFrame):
     return fig
 
 
+@figure("table4", inputs=("runs.csv",), caption="""\
+Table 4 (appendix): training accuracy on random labels with explicit
+regularizers, learning-rate decay raised to 0.999. The paper: Inception 100%
+(weight decay), 99.93% (random crop), 99.28% (augment); MLP 3x512 100%,
+MLP 1x512 99.21% (weight decay); AlexNet with weight decay failed to converge.
+Every seed is a marker: filled fitted, open stopped at the epoch limit (at its
+training accuracy then), cross on the bottom diverged; the x labels count the
+seeds fitted/stopped/diverged.
+""")
 def table4(runs: pd.DataFrame):
     """Training accuracy on random labels per model x regularizers, every seed a marker: filled when it fitted,
     open at its accuracy when it stopped at the epoch limit, a cross on the bottom when it diverged; the
@@ -395,6 +458,23 @@ def _cell_title(model: str, regs: str, variant: str) -> str:
     return f"{MODEL_LABEL.get(model, model)}, {_regularizer_label(regs)}" + (f" ({variant})" if variant else "")
 
 
+@figure("memorization", inputs=("memorization.csv",), caption="""\
+Memorization under label noise (not in the paper; Arpit et al., ICML 2017):
+for every label-corrupted run, a row of panels per model and regularizers and
+a panel per corruption level, against thousand steps, from the evaluation of
+the whole training set after each epoch: the accuracy on the examples whose
+label is intact (a label the random draw gave back unchanged counts as intact),
+the share of the corrupted examples predicted as their assigned (wrong) label
+(memorized) and as their original label, and the test accuracy, all percent.
+A network first fits the intact labels and predicts the original label of many
+corrupted examples; it memorizes the wrong labels later, and the test accuracy
+peaks before that. Rows with regularizers (weight decay, dropout) beside the
+runs without show whether they slow memorization.
+Means over the seeds with the 95% t-interval up to the step where the first
+seed stops, then each seed on a thin line; filled circle fitted, open circle
+stopped at the epoch limit, cross diverged (never in the mean). A panel of a
+run folder written before the engines recorded the split says so.
+""")
 def memorization(mem: pd.DataFrame):
     """Per model x regularizers (rows) and label-corruption level (panels), against thousand steps (one scale per
     model): the accuracy on the training examples whose label is intact, the share of the corrupted examples
@@ -446,6 +526,19 @@ def memorization(mem: pd.DataFrame):
     return fig
 
 
+@figure("early_stopping", inputs=("early_stopping.csv",), caption="""\
+Early stopping under label noise, beside Figure 1c: per model and
+regularizers, the best test accuracy over the epochs of each run (solid, "best
+during training") and the test accuracy when training ended (fitted, or at the
+epoch limit), against the label-corruption level. The gap is what stopping at
+the best epoch would have kept (tables/early_stopping.csv: gap = best - final,
+in points). The best epoch is chosen on the test set, so this is an upper bound
+on what early stopping on held-out data would keep; the paper's Table 2 notes
+the same gap on ImageNet (63.16% best, 59.80% at the end).
+The line is the mean over the fitted seeds; open circles: runs stopped at the
+epoch limit, at their numbers then; crosses on the bottom: diverged runs (no
+value). Lines only where a model has levels strictly between 0 and 1.
+""")
 def early_stopping(es: pd.DataFrame):
     """Per model x regularizers: the best test accuracy over the epochs (solid) and the one at the end of training
     against label corruption, each as Fig. 1c marks a run's state (_by_state): the line the mean over the fitted
@@ -478,30 +571,19 @@ def early_stopping(es: pd.DataFrame):
     return fig
 
 
-def kernel_curve(cfg: dict) -> pd.DataFrame | None:
-    """The min-norm interpolant's test error against label corruption, for Fig. 1c (None without it)."""
-    path = tables_dir(cfg) / "kernel_noise.csv"
-    if not cfg.get("section5") or not path.is_file():
+def kernel_curve(noise: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The min-norm interpolant's test error against label corruption (kernel_noise.csv), as Fig. 1c's rows
+    (None without it)."""
+    if noise is None:
         return None
-    f = pd.read_csv(path)
-    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": f["level"],
-                         "test_error": f["test_error"], "status": "fitted",
+    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": noise["level"],
+                         "test_error": noise["test_error"], "status": "fitted",
                          "relative_steps": np.nan, "seed": 0})
 
 
 def figures(cfg: dict) -> Path:
+    """Every figure entry of the stage, from the tables."""
     sns = _plot_libs()[1]
     sns.set_theme(context="paper", style="whitegrid")
-    tables, out = tables_dir(cfg), figures_dir(cfg)
-    read = (lambda name: pd.read_csv(tables / name, keep_default_na=True, dtype={"variant": str}))
-    curves, conv = read("loss_curves.csv"), read("convergence.csv")
-    save_figure(fig1a(curves), out / "fig1a")
-    save_figure(fig1b(conv), out / "fig1b")
-    save_figure(fig1c(conv, kernel_curve(cfg)), out / "fig1c")
-    save_figure(fig2b(read("accuracy_curves.csv")), out / "fig2b")
-    save_figure(table4(read("runs.csv")), out / "table4")
-    save_figure(memorization(read("memorization.csv")), out / "memorization")
-    save_figure(early_stopping(read("early_stopping.csv")), out / "early_stopping")
-    if is_streamed(cfg):
-        save_figure(fig2a(read("accuracy_curves.csv")), out / "fig2a")
-    return out
+    produce("figures", cfg)
+    return figures_dir(cfg)

@@ -7,8 +7,8 @@ records its own in each run's summary.json: beside `wall_time` (the training loo
 `max_rss_mb` and `process_wall_time` of its process since it started (process_usage; for a pack the
 one process's, up to that member's end).
 
-For every job of the grid (expected_jobs: the benchmark files the rules of workflow/rules/*.smk name)
-this reads its benchmark file; a training job without one (a DVC run, whose results have no
+For every job of the grid (rethinking.pipeline.stages.expected_jobs: the benchmark files the stage
+declarations give the rules of workflow/rules/*.smk; the caller passes them) this reads its benchmark file; a training job without one (a DVC run, whose results have no
 benchmarks/) is read from its runs' summaries instead; any other job without one is counted as
 missing. Snakemake keeps a job's benchmark file until the job runs again, so after an invocation
 that ran only some jobs (the others up to date) the table still holds every job's last measurement;
@@ -31,9 +31,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..plan import corruptions_of, expand_runs, is_streamed, run_dir
-
-STAGES = ("prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem")
 DETAIL_COLUMNS = ["stage", "job", "runs", "source", "wall_s", "cpu_s", "max_rss_mb", "io_in_mb", "io_out_mb",
                   "mean_load", "file"]
 COLUMNS = ["stage", "jobs", "missing", "runs", "wall_s", "cpu_s", "max_rss_mb", "source"]
@@ -52,28 +49,6 @@ class Job:
     name: str
     file: Path                    # its benchmark file, as the rule names it
     runs: tuple[Path, ...] = ()   # the run folders a training job writes
-
-
-def expected_jobs(cfg: dict, packs=None) -> list[Job]:
-    """Every job of the grid, with the benchmark file its rule writes (workflow/rules/*.smk). `packs`:
-    the training jobs' runs (default: plan.plan_packs, as common.smk plans them; one run a job when
-    streamed)."""
-    from ..plan.packs import pack_name, plan_packs
-    b = benchmarks_dir(cfg)
-    runs = expand_runs(cfg)
-    if packs is None:
-        packs = [[r] for r in runs] if is_streamed(cfg) else plan_packs(cfg, runs)
-    jobs = [Job("prepare", "prepare", b / "prepare.tsv")]
-    jobs += [Job("corrupt", c.id, b / "corrupt" / f"{c.id}.tsv") for c in corruptions_of(runs)]
-    for pack in packs:
-        dirs = tuple(run_dir(cfg, r) for r in pack)
-        if len(pack) == 1:
-            jobs.append(Job("train", pack[0].id, b / "train" / f"{pack[0].id}.tsv", dirs))
-        else:
-            jobs.append(Job("train", pack_name(pack), b / "train_pack" / f"{pack_name(pack)}.tsv", dirs))
-    stages = ("aggregate", "figures") + (("kernels", "theorem") if cfg.get("section5") else ())
-    jobs += [Job(s, s, b / f"{s}.tsv") for s in stages]
-    return jobs
 
 
 def read_benchmark(path: Path) -> dict | None:
@@ -117,11 +92,11 @@ def read_summaries(dirs) -> dict | None:
             "max_rss_mb": largest("max_rss_mb")}
 
 
-def job_rows(cfg: dict, jobs=None):
-    """jobs_detail.csv as a DataFrame: one row per expected job."""
+def job_rows(cfg: dict, jobs: list[Job]):
+    """jobs_detail.csv as a DataFrame: one row per expected job (pipeline.stages.expected_jobs)."""
     import pandas as pd
     rows = []
-    for job in expected_jobs(cfg) if jobs is None else jobs:
+    for job in jobs:
         numbers, source, file = read_benchmark(job.file), "benchmark", job.file
         if numbers is None and job.runs:
             numbers, source, file = read_summaries(job.runs), "summary.json", None
@@ -135,7 +110,8 @@ def job_rows(cfg: dict, jobs=None):
 
 
 def stage_table(detail):
-    """jobs.csv from jobs_detail.csv: one row per stage present in the grid, in pipeline order, and `total`."""
+    """jobs.csv from jobs_detail.csv: one row per stage present in the grid, in pipeline order (the jobs'), and
+    `total`."""
     import pandas as pd
     rows = []
 
@@ -147,7 +123,7 @@ def stage_table(detail):
                 "wall_s": round(found["wall_s"].sum(min_count=1), 2),
                 "cpu_s": round(found["cpu_s"].sum(min_count=1), 2),
                 "max_rss_mb": found["max_rss_mb"].max(), "source": "+".join(sources) or None}
-    for stage in STAGES:
+    for stage in dict.fromkeys(detail["stage"]):
         part = detail[detail["stage"] == stage]
         if len(part):
             rows.append(row(stage, part))
@@ -157,11 +133,11 @@ def stage_table(detail):
     return frame
 
 
-def jobs(cfg: dict) -> Path:
-    """Write tables/jobs.csv and tables/jobs_detail.csv; returns jobs.csv's path."""
+def jobs(cfg: dict, expected: list[Job]) -> Path:
+    """Write tables/jobs.csv and tables/jobs_detail.csv for the `expected` jobs; returns jobs.csv's path."""
     from .aggregate import tables_dir
     from ..files import write_csv
-    detail = job_rows(cfg)
+    detail = job_rows(cfg, expected)
     table = stage_table(detail)
     out = tables_dir(cfg)
     write_csv(out / "jobs_detail.csv", detail)

@@ -36,7 +36,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from ..lazy import lazy_module
+
+pd = lazy_module("pandas")
 
 REFERENCE = Path(__file__).with_name("paper_reference.csv")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,6 +10,11 @@ params file, the package and the schema (DVC does not let a stage depend on dvc.
 complete `dvc repro` leaves `dvc status` clean. Its output, the grid's run ids, changes only with
 the grid, so a params edit that keeps the grid reruns the check and nothing else on its account.
 
+Every stage comes from its declaration (rethinking.pipeline.stages), as Snakemake's rules do: the same command,
+code, params keys, inputs and outputs. What is DVC's own is here: foreach over a stage's jobs (a user's model
+file gives its runs a stage of their own, `train_user_model`, since a foreach's dependencies are one list),
+`check` and its stamp, metrics kept in DVC's cache, plots.
+
 `aggregate` depends on the folder of all runs (DVC links it to every train stage whose outputs lie
 in it; .dvcignore keeps checkpoints and lock files out of its hash) and on the grid's run ids,
 rather than on three files of every run: one column in `dvc exp show` instead of 3 per run.
@@ -20,18 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from ..analysis.aggregate import SPLIT_COLUMNS, tables_dir, tables_for
+from ..engine.metrics import metric_columns
 from ..errors import ConfigError
-from ..plan import (CORRUPT_SOURCES, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed, load,
-                    run_dir, runs_root)
-from ..analysis.figures import CODE as FIGURES_CODE
-from ..analysis.figures import INPUTS, figures_dir, figures_for
 from ..files import write_text
-from ..models import model_file
-from ..plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, train_command
-from ..plan.packs import check_models, plan_packs
+from ..plan import expand_runs, load, run_dir, runs_root
+from ..plan.packs import check_models
+from .stages import DVC, Plan, Stage, grid_stamp, plan, stages_for
 
-PKG = "workflow/rethinking"
+__all__ = ["generate", "write", "check", "stage_key", "grid_stamp"]
+
+GROUPS = {"model": "user_model"}   # a per-run input only some runs have -> a foreach stage of their own
 
 
 def stage_key(run_id: str) -> str:
@@ -39,87 +42,70 @@ def stage_key(run_id: str) -> str:
     return run_id.replace("/", "__")
 
 
-def grid_stamp(cfg: dict) -> Path:
-    return Path(cfg["results_dir"]) / "dvc-grid.txt"
+def _outputs(outs) -> dict:
+    """A stage's outputs as DVC lists them: outs (not cached: results/ is git-ignored and reproducible), metrics
+    (cached: `dvc exp show` reads an experiment's metrics from the cache its dvc.lock points to; uncached,
+    every experiment shows '!'), plots."""
+    out = {"outs": [{o.path: {"cache": False}} for o in outs if not o.metrics and o.plot is None]}
+    if any(o.metrics for o in outs):
+        out["metrics"] = [{o.path: {"cache": True}} for o in outs if o.metrics]
+    if any(o.plot for o in outs):
+        out["plots"] = [{o.path: {**o.plot, "cache": False}} for o in outs if o.plot]
+    return out
 
 
-def _out(path) -> dict:
-    return {str(path): {"cache": False}}
+def _deps(p: Plan, s: Stage, inputs: dict) -> list[str]:
+    """Inputs, then code. `runs` (every run's files) is the folder of all runs and the grid's ids (check's
+    stamp); a stage with no input from another stage depends on the stamp, so `check` runs first."""
+    stamp = str(grid_stamp(p.cfg))
+    deps = [] if inputs or s.name == "check" else [stamp]
+    for name, paths in inputs.items():
+        deps += [stamp, str(runs_root(p.cfg))] if name == "runs" else list(paths)
+    return deps + s.code_paths(p.cfg)
 
 
-def _metrics(path) -> dict:
-    """A metrics file, kept in DVC's cache: results/ is git-ignored, and `dvc exp show` reads an
-    experiment's metrics from the cache its dvc.lock points to (uncached, every experiment shows '!')."""
-    return {str(path): {"cache": True}}
+def _single(p: Plan, s: Stage, values: tuple = ()) -> dict:
+    """A stage of one job (or one pack of runs)."""
+    out = {"cmd": s.cmd(p.cfg, p.params, values), "deps": _deps(p, s, s.inputs(p, values))}
+    if s.params:
+        out["params"] = [{p.params: list(s.params)}]
+    return {**out, **_outputs(s.outputs(p, values))}
 
 
-def _section5_stages(cfg: dict, prm: str) -> dict:
-    """kernels and theorem, when the params ask for Section 5."""
-    if not cfg.get("section5"):
-        return {}
-    from ..section5.stages import KERNEL_FIGURES, KERNEL_METRICS, KERNEL_TABLES, THEOREM_FIGURES, THEOREM_METRICS, THEOREM_TABLES
-
-    def stage(name, code, tables, figures, metrics, params=("section5", "dataset")):
-        return {
-            "cmd": f"python -m rethinking {name} --params {prm}",
-            "deps": [str(base_artifact(cfg)), f"{PKG}/section5/stages.py", f"{PKG}/analysis/plotting.py"]
-            + [f"{PKG}/{c}" for c in code],
-            "params": [{prm: list(params)}],
-            "outs": [_out(tables_dir(cfg) / t) for t in tables]
-            + [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures for ext in ("png", "pdf")],
-            "metrics": [_metrics(tables_dir(cfg) / metrics)],
-        }
-    # kernels: the corrupt stage's code draws kernel_noise.csv's noisy labels, preprocess.py (and preprocess.crop)
-    # its inputs
-    return {"kernels": stage("kernels", ["section5/kernels.py", "section5/implicit.py", *CORRUPT_SOURCES, "data/preprocess.py"], KERNEL_TABLES,
-                             KERNEL_FIGURES, KERNEL_METRICS, params=("section5", "dataset", "preprocess")),
-            "theorem": stage("theorem", ["section5/theorem.py"], THEOREM_TABLES, THEOREM_FIGURES, THEOREM_METRICS)}
-
-
-def _train_stages(cfg: dict, runs, prm: str) -> dict:
-    """train@<run> for the runs trained alone; train_pack_<n> for each pack of training.pack."""
-    packs = plan_packs(cfg, runs)
-    code = [f"{PKG}/{f}" for f in ENGINE_SOURCES]
-    cmd = f"python -m rethinking train --params {prm} --run ${{item.run}}"
-    if is_streamed(cfg):   # one run per stage, through torchrun when it takes several GPUs
-        code = [f"{PKG}/{f}" for f in STREAM_ENGINE_SOURCES]
-        cmd = train_command(cfg, prm, "${item.run}")
-    plots = lambda d: [{f"{d}/steps.csv": {"x": "step", "y": "train_loss", "cache": False}},  # noqa: E731
-                       {f"{d}/epochs.csv": {"x": "step", "y": "test_acc", "cache": False}}]
-    base = cfg.get("_params_dir")
-    alone = [r for [r] in (p for p in packs if len(p) == 1)]
+def _foreach(p: Plan, s: Stage, jobs: list) -> dict:
+    """Stages of one job per value of the wildcard: foreach over the values, the inputs that differ between them
+    as item fields; values with an input the others lack (a user's model file) in a stage of their own."""
+    inputs = {v: s.inputs(p, (v,)) for (v,) in jobs}
+    varying = {k for v in inputs for k, paths in inputs[v].items() if paths != inputs[jobs[0][0]].get(k)}
+    groups: dict = {}
+    for (v,) in jobs:
+        extra = tuple(k for k in GROUPS if inputs[v].get(k))
+        item = {s.wildcard: v, **{k: paths[0] for k, paths in inputs[v].items() if k in varying and paths}}
+        groups.setdefault(extra, {})[stage_key(v)] = item
     stages = {}
-    # runs of a user's model file depend on that file too (train_user_model): editing it reruns exactly them
-    for name, group, extra in (("train", [r for r in alone if model_file(r.model, base) is None], []),
-                               ("train_user_model", [r for r in alone if model_file(r.model, base) is not None],
-                                ["${item.model}"])):
-        if not group:
+    for extra, items in groups.items():
+        first = inputs[next(iter(items.values()))[s.wildcard]]
+        shown = {k: ([f"${{item.{k}}}"] if k in varying else paths) for k, paths in first.items() if paths}
+        do = {"cmd": s.cmd(p.cfg, p.params, (f"${{item.{s.wildcard}}}",)), "deps": _deps(p, s, shown)}
+        if s.params:
+            do["params"] = [{p.params: list(s.params)}]
+        do.update(_outputs(s.outputs(p, (f"${{item.{s.wildcard}}}",))))
+        stages["_".join([s.name, *(GROUPS[k] for k in extra)])] = {"foreach": items, "do": do}
+    return stages
+
+
+def _stages(p: Plan) -> dict:
+    stages = {}
+    for s in stages_for(p.cfg, DVC):
+        if not s.wildcard:
+            stages[s.name] = _single(p, s)
             continue
-        items = {}
-        for r in group:
-            items[stage_key(r.id)] = {"run": r.id, "data": str(corrupted_artifact(cfg, r.corruption)),
-                                      "dir": str(run_dir(cfg, r))}
-            if extra:
-                items[stage_key(r.id)]["model"] = str(model_file(r.model, base))
-        stages[name] = {
-            "foreach": items,
-            "do": {
-                "cmd": cmd,
-                "deps": ["${item.data}", *extra, *code],
-                "params": [{prm: ["training", "preprocess"]}],
-                "outs": [{"${item.dir}/summary.json": {"cache": False}}],
-                "plots": plots("${item.dir}"),
-            },
-        }
-    for number, pack in enumerate((p for p in packs if len(p) > 1), start=1):
-        stages[f"train_pack_{number}"] = {
-            "cmd": f"python -m rethinking train --params {prm} " + " ".join(f"--run {r.id}" for r in pack),
-            "deps": sorted({str(corrupted_artifact(cfg, r.corruption)) for r in pack})
-            + sorted({str(f) for r in pack if (f := model_file(r.model, base)) is not None}) + code,
-            "params": [{prm: ["training", "preprocess"]}],
-            "outs": [_out(run_dir(cfg, r) / "summary.json") for r in pack],
-            "plots": [p for r in pack for p in plots(run_dir(cfg, r))],
-        }
+        jobs = s.jobs(p)
+        single = [v for v in jobs if len(v) == 1]
+        if single:
+            stages.update(_foreach(p, s, single))
+        for number, values in enumerate((v for v in jobs if len(v) > 1), start=1):
+            stages[f"{s.name}_pack_{number}"] = _single(p, s, values)
     return stages
 
 
@@ -128,55 +114,19 @@ def generate(params_path: str) -> str:
     runs = expand_runs(cfg)
     check_models(cfg, runs, str(params_path))   # torchvision and user models, before dvc.yaml is written
     prm = str(params_path)
-    stamp = grid_stamp(cfg)
-    stages = {
-        "check": {
-            "cmd": f"python -m rethinking dvc --params {prm} --check",
-            "deps": [prm, PKG, "workflow/schemas"],
-            "outs": [_out(stamp)],
-        },
-        "prepare": {
-            "cmd": f"python -m rethinking prepare --params {prm}",
-            "deps": [str(stamp), f"{PKG}/data/sources.py"] + ([f"{PKG}/data/stream.py"] if is_streamed(cfg) else []),
-            "params": [{prm: ["dataset", "preprocess"]}],
-            "outs": [_out(base_artifact(cfg))],
-        },
-        "corrupt": {
-            "foreach": {c.id: {"out": str(corrupted_artifact(cfg, c))} for c in corruptions_of(runs)},
-            "do": {
-                "cmd": f"python -m rethinking corrupt --params {prm} --corruption ${{key}}",
-                "deps": [str(base_artifact(cfg))] + [f"{PKG}/{f}" for f in CORRUPT_SOURCES],
-                "outs": [{"${item.out}": {"cache": False}}],
-            },
-        },
-        **_train_stages(cfg, runs, prm),
-        "aggregate": {
-            "cmd": f"python -m rethinking aggregate --params {prm}",
-            "deps": [str(stamp), str(runs_root(cfg)), str(base_artifact(cfg)), f"{PKG}/analysis/aggregate.py",
-                     f"{PKG}/analysis/paper.py"],
-            "outs": [_out(tables_dir(cfg) / t) for t in tables_for(cfg) if t != "metrics.json"],
-            "metrics": [_metrics(tables_dir(cfg) / "metrics.json")],
-        },
-        **_section5_stages(cfg, prm),
-        "figures": {
-            "cmd": f"python -m rethinking figures --params {prm}",
-            "deps": [str(tables_dir(cfg) / t) for t in INPUTS] + [f"{PKG}/{c}" for c in FIGURES_CODE]
-            + ([str(tables_dir(cfg) / "kernel_noise.csv")] if cfg.get("section5") else []),
-            "outs": [_out(figures_dir(cfg) / f"{f}.{ext}") for f in figures_for(cfg) for ext in ("png", "pdf")],
-        },
-    }
     header = (f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"
               f"# edit {prm} and rerun that command (the stage `check` stops `dvc repro` when this is stale).\n")
     plots = _memorization_plots(cfg, runs)
-    return header + yaml.safe_dump({"stages": stages, **({"plots": plots} if plots else {})}, sort_keys=False,
-                                   width=120)
+    return header + yaml.safe_dump({"stages": _stages(plan(cfg, prm, runs)), **({"plots": plots} if plots else {})},
+                                   sort_keys=False, width=120)
 
 
 def _memorization_plots(cfg: dict, runs) -> list:
     """Top-level `dvc plots`: per label-corrupted run (labels at p > 0, random labels), its memorization curves,
-    epochs.csv's split of the training set (aggregate.SPLIT_COLUMNS, percent) against steps."""
+    epochs.csv's columns of every registered per-epoch metric (rethinking.engine.metrics.metric_columns,
+    percent) against steps."""
     return [{f"memorization_{stage_key(r.id)}": {
-        "x": "step", "y": {str(run_dir(cfg, r) / "epochs.csv"): list(SPLIT_COLUMNS)},
+        "x": "step", "y": {str(run_dir(cfg, r) / "epochs.csv"): list(metric_columns())},
         "title": f"memorization: {r.id}", "x_label": "step", "y_label": "% of training examples"}}
         for r in runs if (r.corruption.label_level or 0) > 0]
 
