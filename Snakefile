@@ -9,6 +9,7 @@
 # one command of the package (python -m rethinking <stage>), the same command the DVC
 # stage of the same name calls, with the same code, params, inputs and outputs.
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
@@ -27,6 +28,10 @@ if workflow.config_settings.config:
     raise WorkflowError("--config overrides are not used: put the values in a copy of params.yaml "
                         "and pass it with --configfile")
 PARAMS = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
+# relative to the working directory where it lies below it (Snakemake gives an absolute path): a rule's params
+# hold it, so a project folder moved or copied elsewhere would otherwise rerun every job
+if Path(PARAMS).resolve().is_relative_to(Path.cwd().resolve()):
+    PARAMS = str(Path(PARAMS).resolve().relative_to(Path.cwd().resolve()))
 try:
     CFG = rc.load(PARAMS)
 except rc.ConfigError as exc:

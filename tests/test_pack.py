@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from conftest import REPO, call_cli, copy_tiny, run_cli, tiny_params
+from conftest import REPO, call_cli, copy_tiny, tiny_params
 from rethinking import plan as rc
 from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
@@ -197,32 +196,6 @@ def test_train_command_refuses_runs_that_cannot_share_a_pack(tmp_path):
     assert not (tmp_path / "r" / "runs").exists()
     proc = call_cli("train", "--params", params, "--run", a, "--run", a, cwd=tmp_path)
     assert proc.returncode == 2 and "twice" in proc.stderr
-
-
-def test_the_pipeline_trains_packs_into_one_folder_per_run(project):
-    from test_pipeline import sh, trained_runs
-    text = (REPO / "config" / "tiny.yaml").read_text().replace("pack: {mlp_1x512: 3, default: 1}", "pack: 4")
-    (project / "config/packed.yaml").write_text(text)
-    runs = run_cli("runs", "--params", "config/packed.yaml", cwd=project, check=True).stdout.split()
-    packs = [line.split() for line in run_cli("packs", "--params", "config/packed.yaml", cwd=project,
-                                                check=True).stdout.splitlines()]
-    assert sorted(sum(packs, [])) == sorted(runs) and max(map(len, packs)) == 4
-
-    dry = sh("snakemake -n --configfile config/packed.yaml", project).stdout
-    assert sorted(trained_runs(dry)) == sorted(runs) and "train_pack_1" in dry
-    # the training jobs and the tables (the figures and Section 5 are the tiny grid's own tests' part)
-    sh("snakemake --cores 2 results/tiny/tables/runs.csv --configfile config/packed.yaml", project)
-    results = project / "results" / "tiny"
-    for run in runs:
-        assert all((results / "runs" / run / f).is_file() for f in ("summary.json", "epochs.csv", "steps.csv"))
-    assert len(pd.read_csv(results / "tables" / "runs.csv")) == len(runs)
-    assert (results / "logs" / "train" / f"{packs[0][0].replace('/', '__')}__x4.log").is_file()
-    assert "Nothing to be done" in sh("snakemake -n results/tiny/tables/runs.csv --configfile config/packed.yaml",
-                                      project).stdout
-
-    sh("python -m rethinking dvc --params packed.yaml --output dvc.yaml", project)
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    assert "train_pack_1" in stages and "--run" in stages["train_pack_1"]["cmd"]
 
 
 def test_switching_packing_on_retrains_nothing(tmp_path):

@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, clone_project, run_cli, tree_files
+from conftest import REPO, clone_project, copy_of, run_cli, tree_files
 from rethinking import plan as rc
 from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
 from rethinking.pipeline.dvcgen import generate, stage_key
 from rethinking.analysis.jobs import benchmarks_dir
 from rethinking.pipeline.stages import expected_jobs
-from rethinking.plan.packs import SECTION5_PRIORITY, job_priority
+from rethinking.analysis.aggregate import RUN_FILES
+from rethinking.plan.packs import SECTION5_PRIORITY, job_priority, pack_name, plan_packs
 
 TINY_RESULTS = "results/tiny"
 SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")   # rule jobs: no DVC stage
@@ -210,61 +211,98 @@ def test_dvc_lists_the_generated_stages_in_a_clone(tmp_path):
     assert "changed" in sh("dvc status", root).stdout   # nothing has run yet: every stage is to run
 
 
-@pytest.fixture(scope="module")
-def snakemake_tiny(tmp_path_factory):
-    dst = clone_project(tmp_path_factory.mktemp("smk"))
-    sh("snakemake --cores 2 --configfile config/tiny.yaml", dst)
-    return dst
-
-
 def _outputs(root):
     files = tree_files(root / TINY_RESULTS)
     return [f for f in files if f.startswith(("tables/", "figures/", "runs/", "data/"))]
 
 
-def test_snakemake_runs_the_tiny_grid_end_to_end(snakemake_tiny):
-    files = _outputs(snakemake_tiny)
+USER_MODEL = "models/small_cnn.py:small_cnn"   # config/tiny.yaml's model of a user's own (config/models/)
+
+
+@pytest.mark.slow
+def test_snakemake_runs_the_tiny_grid_end_to_end(tiny_snakemake):
+    """config/tiny.yaml through Snakemake (conftest's session run): every table and figure, the packs' runs
+    each in their folder, a user's model file trained like a built-in model, every job measured."""
+    files = _outputs(tiny_snakemake)
     for name in ["tables/table1.csv", "tables/table1.md", "tables/convergence.csv", "tables/runs.csv",
                  "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf",
                  "tables/memorization.csv", "tables/early_stopping.csv", "figures/memorization.png",
                  "figures/memorization.pdf", "figures/early_stopping.png", "figures/early_stopping.pdf"]:
         assert name in files
-    runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
-    assert len(runs) == len(expected_runs("config/tiny.yaml"))
-    t1 = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/table1.csv")
+    ids = expected_runs("config/tiny.yaml")
+    runs = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/runs.csv")
+    assert sorted(runs["run"]) == sorted(ids)
+    for run in ids:   # packed or not, every run has its own folder and files
+        assert all((tiny_snakemake / TINY_RESULTS / "runs" / run / f).is_file() for f in RUN_FILES), run
+    # the user's model: its file found relative to the params file, its own learning rate, its run id
+    mine = runs.set_index("model").loc[USER_MODEL]
+    assert mine["lr"] == 0.02 and mine["run"].split("/")[2].startswith("small_cnn-")
+    t1 = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/table1.csv")
     assert {"model", "labels", "train_acc", "test_acc"} <= set(t1.columns)
     assert set(t1["labels"]) == {"true", "random"}
     # memorization under label noise: every epoch of the label-corrupted runs, split by corrupted labels
-    mem = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/memorization.csv")
+    mem = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/memorization.csv")
     assert list(mem.columns) == MEMORIZATION_COLUMNS
     assert set(mem["corruption"]) == {"labels-0.5", "random-labels"} and mem[list(SPLIT_COLUMNS)].notna().all().all()
-    es = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/early_stopping.csv")
+    es = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/early_stopping.csv")
     assert list(es.columns) == EARLY_STOPPING_COLUMNS
-    assert sorted(es["corruption"]) == ["labels-0.5", "random-labels", "true-labels"]
+    assert sorted(es["corruption"]) == ["labels-0.5", "random-labels", "random-labels", "true-labels"]
     assert es["gap"].to_numpy() == pytest.approx((es["best_test_acc"] - es["final_test_acc"]).to_numpy())
-    # per-job benchmarks: Snakemake's file for every job of every rule (one per run of train; tiny.yaml has no
-    # packs), and the last rule's tables/jobs.csv, which saw them all: every stage measured, with its wall time
-    cfg = rc.load(snakemake_tiny / "config/tiny.yaml")
+    _check_jobs(tiny_snakemake, runs)
+
+
+def _check_jobs(root, runs):
+    """Per-job benchmarks: Snakemake's file for every job of every rule (one per run trained alone, one per
+    pack), and the last rule's tables/jobs.csv, which saw them all: every stage measured, with its wall time."""
+    cfg = rc.load(root / "config/tiny.yaml")
     expected = expected_jobs(cfg)
+    packs = plan_packs(cfg, rc.expand_runs(cfg))
+    assert sorted(map(len, packs)) == [1, 1, 3, 3]   # the six MLP 1x512 runs in two packs
     assert {j.stage for j in expected} == {"prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem"}
     for path in [j.file for j in expected] + [benchmarks_dir(cfg) / "jobs.tsv"]:
-        header, *rows = (snakemake_tiny / path).read_text().splitlines()
+        header, *rows = (root / path).read_text().splitlines()
         assert header.split("\t") == ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
                                       "mean_load", "cpu_time"] and len(rows) == 1, path
-    jobs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
+    for pack in packs:
+        if len(pack) > 1:   # a pack's job has one log, named after it
+            assert (root / TINY_RESULTS / "logs" / "train" / f"{pack_name(pack)}.log").is_file()
+    jobs = pd.read_csv(root / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
     assert list(jobs.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem", "total"]
     assert (jobs["wall_s"] > 0).all() and (jobs["missing"] == 0).all() and (jobs["source"] == "benchmark").all()
-    assert jobs.loc["train", "jobs"] == jobs.loc["train", "runs"] == len(runs)
+    assert jobs.loc["train", "jobs"] == len(packs) and jobs.loc["train", "runs"] == len(runs)
     assert jobs.loc["total", "jobs"] == len(expected)
     assert jobs.loc["total", "wall_s"] == pytest.approx(jobs["wall_s"].drop("total").sum(), abs=0.05)
     assert jobs.loc["total", "max_rss_mb"] == jobs["max_rss_mb"].drop("total").max() > 0
-    assert len(pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/jobs_detail.csv")) == len(expected)
+    assert len(pd.read_csv(root / TINY_RESULTS / "tables/jobs_detail.csv")) == len(expected)
     # the train command's own measurements (summary.json, for DVC), in runs.csv
     assert (runs["cpu_time"] > 0).all() and (runs["max_rss_mb"] > 0).all()
     assert (runs["process_wall_time"] >= runs["wall_time"]).all()
-    # nothing left to do, and a params change reruns only what it touches
-    again = sh("snakemake --cores 2 --configfile config/tiny.yaml -n", snakemake_tiny)
+
+
+@pytest.mark.slow
+def test_snakemake_reruns_only_what_an_edit_touches(tiny_snakemake, tmp_path):
+    """Nothing is left to do after the run, also in a copy of the finished project in another folder (the
+    params file's path in the rules is relative: an absolute one reran every job of a moved project); an edit
+    of the user's model file reruns exactly its run (and the tables and figures after it)."""
+    root = copy_of(tiny_snakemake, tmp_path / "copy")
+    again = sh("snakemake --cores 2 --configfile config/tiny.yaml -n", root)
     assert "Nothing to be done" in again.stdout + again.stderr
+    mine = [r for r in expected_runs("config/tiny.yaml") if "/small_cnn-" in r]
+    model = root / "config/models/small_cnn.py"
+    model.write_text(model.read_text() + "# edited\n")
+    dry = sh("snakemake -n --configfile config/tiny.yaml", root).stdout
+    assert trained_runs(dry) == mine and len(mine) == 1
+
+
+@pytest.mark.slow
+def test_snakemake_writes_its_report(tiny_snakemake, tmp_path):
+    """`snakemake --report` on the finished run: every registered table and figure with its caption."""
+    root = copy_of(tiny_snakemake, tmp_path / "copy")
+    sh("snakemake --configfile config/tiny.yaml --report report.zip", root)
+    import zipfile
+    names = zipfile.ZipFile(root / "report.zip").namelist()
+    for f in ("fig1a.png", "fig1c.png", "table1.csv", "kernel_noise.png", "theorem.png"):
+        assert any(n.endswith(f) for n in names), (f, names)
 
 
 def metric_numbers(shown: dict) -> dict:
@@ -278,54 +316,70 @@ def metric_numbers(shown: dict) -> dict:
     return {f: dict(flat(d.get("data", {}))) for f, d in shown.items()}   # a file DVC could not read: {}
 
 
-def test_dvc_repro_gives_the_same_outputs_as_snakemake(snakemake_tiny, project):
-    """The README's `dvc repro` in a clone-like repository: the outputs Snakemake gives, a clean `dvc status`
-    after it, headline metrics, and `dvc exp run -S` / `dvc exp show` as a DVC user compares experiments."""
-    sh("python -m rethinking dvc --params config/tiny.yaml", project)
-    sh("dvc repro", project)
+@pytest.mark.slow
+def test_dvc_repro_gives_the_same_outputs_as_snakemake(tiny_snakemake, tiny_dvc):
+    """The README's `dvc repro` in a clone (conftest's session run): the outputs Snakemake gives, byte for byte
+    where they are data, a clean `dvc status` after it, nothing to rerun, headline metrics and plots."""
     # all of Snakemake's outputs but the tables of its last rule, `jobs`, which DVC has no stage for (CHOICES.md)
-    assert _outputs(project) == [f for f in _outputs(snakemake_tiny) if f not in SNAKEMAKE_ONLY]
+    assert _outputs(tiny_dvc) == [f for f in _outputs(tiny_snakemake) if f not in SNAKEMAKE_ONLY]
     for table in ("table1.csv", "convergence.csv", "memorization.csv", "early_stopping.csv"):
-        a = pd.read_csv(project / TINY_RESULTS / "tables" / table)
-        b = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables" / table)
+        a = pd.read_csv(tiny_dvc / TINY_RESULTS / "tables" / table)
+        b = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables" / table)
         pd.testing.assert_frame_equal(a, b)
-    # the same corrupted artifacts, byte for byte
-    for f in _outputs(project):
-        if f.startswith("data/"):
-            assert (project / TINY_RESULTS / f).read_bytes() == (snakemake_tiny / TINY_RESULTS / f).read_bytes(), f
+    for f in _outputs(tiny_dvc):   # the same artifacts, and the same epochs of every run
+        if f.startswith("data/") or f.endswith(("epochs.csv", "steps.csv")):
+            if f.startswith("data/"):
+                assert (tiny_dvc / TINY_RESULTS / f).read_bytes() == (tiny_snakemake / TINY_RESULTS / f).read_bytes(), f
+            else:
+                x, y = (pd.read_csv(r / TINY_RESULTS / f).drop(columns="wall_time", errors="ignore")
+                        for r in (tiny_dvc, tiny_snakemake))
+                pd.testing.assert_frame_equal(x, y, obj=f)
+    # the packs are stages of their own, one command training their runs together
+    stages = yaml.safe_load((tiny_dvc / "dvc.yaml").read_text())["stages"]
+    packed = [s for name, s in stages.items() if name.startswith("train_pack_")]
+    assert sorted(s["cmd"].count("--run ") for s in packed) == [3, 3]
     # a complete repro leaves nothing to do: no stage is "always changed"
-    status = sh("dvc status", project).stdout
+    status = sh("dvc status", tiny_dvc).stdout
     assert "Data and pipelines are up to date" in status, status
-    again = sh("dvc repro", project).stdout
-    assert "Running stage" not in again, again
     # DVC shows the headline numbers (a few, readable) and the learning curves
-    shown = metric_numbers(next(iter(json.loads(sh("dvc metrics show --json", project).stdout).values()))["data"])
+    shown = metric_numbers(next(iter(json.loads(sh("dvc metrics show --json", tiny_dvc).stdout).values()))["data"])
     metrics = shown[f"{TINY_RESULTS}/tables/metrics.json"]
-    runs = pd.read_csv(snakemake_tiny / TINY_RESULTS / "tables/runs.csv")
+    runs = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/runs.csv")
     true = runs[(runs["model"] == "mlp_1x512") & (runs["corruption"] == "true-labels")].iloc[0]
     assert metrics["mlp_1x512.true_test_acc"] == pytest.approx(true["test_acc"], abs=1e-3)
     assert metrics["runs.fitted"] + metrics["runs.max_epochs"] + metrics["runs.diverged"] == len(runs)
     assert {f"{TINY_RESULTS}/tables/{f}" for f in ("kernel_metrics.json", "theorem_metrics.json")} <= set(shown)
     numbers = [v for m in shown.values() for v in m.values()]
     assert 5 <= len(numbers) <= 40, shown
-    sh("dvc plots show -o plots-html", project)
-    html = (project / "plots-html" / "index.html").read_text()
-    assert "train_loss" in html and "noisy_memorized" in html   # and each label-corrupted run's memorization
-    # an experiment as DVC users run one; `dvc exp show` lists it with its metrics
-    sh("dvc exp run -n two-epochs -S config/tiny.yaml:training.max_epochs=2", project)
-    exps = json.loads(sh("dvc exp show --json", project).stdout)
-    found = [e for base in exps for e in (base.get("experiments") or []) if e.get("name") == "two-epochs"]
+
+
+@pytest.mark.slow
+def test_dvc_plots_experiments_and_jobs(tiny_snakemake, tiny_dvc, tmp_path):
+    """As a DVC user works with the finished pipeline, in a copy of it: `dvc repro` has nothing to do, the
+    plots (and each label-corrupted run's memorization), an experiment with `dvc exp run -S` listed by `dvc exp
+    show` with its metrics, the jobs table from the runs' summaries, and the user's model as a dependency of
+    its runs' stages alone."""
+    root = copy_of(tiny_dvc, tmp_path / "copy")
+    again = sh("dvc repro", root).stdout
+    assert "Running stage" not in again, again
+    sh("dvc plots show -o plots-html", root)
+    html = (root / "plots-html" / "index.html").read_text()
+    assert "train_loss" in html and "noisy_memorized" in html
+    # an experiment as DVC users run one (Section 5's theorem at other sizes: two short stages rerun)
+    sh("dvc exp run -n theorem-sizes -S config/tiny.yaml:section5.theorem.ns=[10,40]", root)
+    exps = json.loads(sh("dvc exp show --json", root).stdout)
+    found = [e for base in exps for e in (base.get("experiments") or []) if e.get("name") == "theorem-sizes"]
     assert found, exps
     data = found[0]["revs"][0]["data"]
-    assert data["params"]["config/tiny.yaml"]["data"]["training"]["max_epochs"] == 2
-    exp_metrics = metric_numbers(data["metrics"])[f"{TINY_RESULTS}/tables/metrics.json"]
-    assert set(exp_metrics) == set(metrics)
-    table = sh("dvc exp show --no-pager --csv", project).stdout
-    assert "two-epochs" in table and "mlp_1x512.true_test_acc" in table
+    assert data["params"]["config/tiny.yaml"]["data"]["section5"]["theorem"]["ns"] == [10, 40]
+    assert f"{TINY_RESULTS}/tables/metrics.json" in metric_numbers(data["metrics"])
+    table = sh("dvc exp show --no-pager --csv", root).stdout
+    assert "theorem-sizes" in table and "mlp_1x512.true_test_acc" in table
     # DVC measures no jobs: `python -m rethinking jobs` reads the training jobs from the runs' summaries
-    sh("python -m rethinking jobs --params config/tiny.yaml", project)
-    jobs = pd.read_csv(project / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
-    assert jobs.loc["train", "source"] == "summary.json" and jobs.loc["train", "jobs"] == len(runs)
+    sh("python -m rethinking jobs --params config/tiny.yaml", root)
+    jobs = pd.read_csv(root / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
+    runs = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/runs.csv")
+    assert jobs.loc["train", "source"] == "summary.json" and jobs.loc["train", "runs"] == len(runs)
     assert jobs.loc["train", ["wall_s", "cpu_s", "max_rss_mb"]].gt(0).all() and jobs.loc["prepare", "jobs"] == 0
 
 

@@ -1,11 +1,12 @@
 """Training: the schedule, the stop rule, run outputs, and resume after a kill."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, train_until_killed
+from conftest import REPO, copy_tiny, train_until_killed
 from rethinking import plan as rc
 from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
@@ -175,9 +176,8 @@ def test_a_training_process_imports_neither_pandas_nor_dynamo(tiny):
     import sys
     import yaml
     run = _run(tiny)
-    params = tiny["results_dir"] + "/../p.yaml"
-    with open(params, "w") as f:
-        yaml.safe_dump({k: v for k, v in tiny.items() if not k.startswith("_")}, f)
+    params = copy_tiny(Path(tiny["results_dir"]).parent / "params",
+                       yaml.safe_dump({k: v for k, v in tiny.items() if not k.startswith("_")}))
     code = ("import sys; from rethinking import cli; code = cli.main(sys.argv[1:]); "
             "print(code, sorted(m for m in ('pandas', 'torch._dynamo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, "train", "--params", params, "--run", run.id],

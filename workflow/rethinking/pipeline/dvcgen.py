@@ -64,11 +64,18 @@ def _deps(p: Plan, s: Stage, inputs: dict) -> list[str]:
     return deps + s.code_paths(p.cfg)
 
 
+def _params_keys(p: Plan, s: Stage) -> list[str]:
+    """The params keys a stage reads that the params file sets (DVC refuses a key the file lacks; one left to
+    its default can only change by being written into the file, which makes dvc.yaml stale: `check`)."""
+    written = yaml.safe_load(Path(p.params).read_text()) or {}
+    return [k for k in s.params if k in written]
+
+
 def _single(p: Plan, s: Stage, values: tuple = ()) -> dict:
     """A stage of one job (or one pack of runs)."""
     out = {"cmd": s.cmd(p.cfg, p.params, values), "deps": _deps(p, s, s.inputs(p, values))}
-    if s.params:
-        out["params"] = [{p.params: list(s.params)}]
+    if keys := _params_keys(p, s):
+        out["params"] = [{p.params: keys}]
     return {**out, **_outputs(s.outputs(p, values))}
 
 
@@ -87,8 +94,8 @@ def _foreach(p: Plan, s: Stage, jobs: list) -> dict:
         first = inputs[next(iter(items.values()))[s.wildcard]]
         shown = {k: ([f"${{item.{k}}}"] if k in varying else paths) for k, paths in first.items() if paths}
         do = {"cmd": s.cmd(p.cfg, p.params, (f"${{item.{s.wildcard}}}",)), "deps": _deps(p, s, shown)}
-        if s.params:
-            do["params"] = [{p.params: list(s.params)}]
+        if keys := _params_keys(p, s):
+            do["params"] = [{p.params: keys}]
         do.update(_outputs(s.outputs(p, (f"${{item.{s.wildcard}}}",))))
         stages["_".join([s.name, *(GROUPS[k] for k in extra)])] = {"foreach": items, "do": do}
     return stages
