@@ -22,11 +22,13 @@ min_version("9.0")
 
 report: "workflow/report/workflow.rst"
 
+
 # One source of truth: the params file named by --configfile (the last one
 # given), else params.yaml. The package validates it and expands the grid.
 if workflow.config_settings.config:
-    raise WorkflowError("--config overrides are not used: put the values in a copy of params.yaml "
-                        "and pass it with --configfile")
+    raise WorkflowError(
+        "--config overrides are not used: put the values in a copy of params.yaml " "and pass it with --configfile"
+    )
 PARAMS = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
 # relative to the working directory where it lies below it (Snakemake gives an absolute path): a rule's params
 # hold it, so a project folder moved or copied elsewhere would otherwise rerun every job
@@ -38,7 +40,7 @@ except rc.ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
 RUNS = rc.expand_runs(CFG)
 RESULTS = CFG["results_dir"]
-try:   # torchvision and user models are built once now, so a bad one stops the workflow before any job
+try:  # torchvision and user models are built once now, so a bad one stops the workflow before any job
     check_models(CFG, RUNS, PARAMS)
 except rc.ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
@@ -53,7 +55,10 @@ include: "workflow/rules/data.smk"
 # a streamed dataset (ImageNet) trains through torchrun, one run per job; in-memory ones through the engine
 include: "workflow/rules/train_stream.smk" if rc.is_streamed(CFG) else "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
-if CFG.get("section5"):   # Section 5 and Theorem 1 (kernels, theorem) only where the params ask for them
+
+
+if CFG.get("section5"):  # Section 5 and Theorem 1 (kernels, theorem) only where the params ask for them
+
     include: "workflow/rules/section5.smk"
 
 
@@ -71,4 +76,4 @@ rule all:
         tables=rules.aggregate.output,
         figures=rules.figures.output,
         section5=[rules.kernels.output, rules.theorem.output] if CFG.get("section5") else [],
-        jobs=rules.jobs.output,   # last: time and memory of every job (Snakemake-only; docs/CHOICES.md)
+        jobs=rules.jobs.output,  # last: time and memory of every job (Snakemake-only; docs/CHOICES.md)

@@ -10,6 +10,7 @@ repetition) so that load from other processes on a shared machine hits both alik
 and median ms per step and the ratio of the bests and of the medians. --profile adds torch.profiler's
 top ops of each (self CPU time, share of the step).
 """
+
 import argparse
 import time
 
@@ -17,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rethinking.engine.optim import SGD as sgd
 from rethinking.models import build_model
 from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame, _same_pool_pads
-from rethinking.engine.optim import SGD as sgd
 
 
 class PaddedMaxPool(nn.Module):
@@ -74,6 +75,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         for _ in range(5):
             step()
         steps[name] = step
@@ -88,10 +90,13 @@ def main():
     for name, (best, median) in summary.items():
         print(f"{name:10s} best {best:7.2f}  median {median:7.2f} ms/step")
     (rb, rm), (nb, nm) = summary["reference"], summary["alexnet"]
-    print(f"alexnet / reference: {nb / rb:.3f} (best), {nm / rm:.3f} (median); "
-          f"{args.batch_size}x{args.shape}, {args.threads} thread(s)")
+    print(
+        f"alexnet / reference: {nb / rb:.3f} (best), {nm / rm:.3f} (median); "
+        f"{args.batch_size}x{args.shape}, {args.threads} thread(s)"
+    )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
+
         for name, step in steps.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(20):
@@ -100,7 +105,8 @@ def main():
             total = sum(e.self_cpu_time_total for e in prof.key_averages())
             print(f"\n{name}: {total / 20 / 1000:.2f} ms/step profiled; top ops by self CPU time")
             for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
-                print(f"  {e.key:42s} {e.self_cpu_time_total / 20 / 1000:6.2f} ms  {100 * e.self_cpu_time_total / total:5.1f}%")
+                ms, share = e.self_cpu_time_total / 20 / 1000, 100 * e.self_cpu_time_total / total
+                print(f"  {e.key:42s} {ms:6.2f} ms  {share:5.1f}%")
 
 
 if __name__ == "__main__":

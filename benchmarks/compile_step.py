@@ -13,6 +13,7 @@ steady ms per step after it. "break-even steps" is how many steps a run must tak
 step has paid its compile time back: (first-step time - eager first-step time) / (eager - compiled ms).
 A digits run of the default experiment takes 500-8,000 steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,12 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
     t_start = time.perf_counter()
     import torch
     import torch.nn.functional as F
+
     torch.set_num_threads(1)
     t_import = time.perf_counter()
-    from rethinking.models import build_model
-    from rethinking.engine.pack import Stacked
     from rethinking.engine.optim import SGD as sgd
+    from rethinking.engine.pack import Stacked
+    from rethinking.models import build_model
 
     torch.manual_seed(0)
     shape, k, b = (1, 7, 7), 10, 32
@@ -61,6 +63,7 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
     step()
     t_first = time.perf_counter()
     for _ in range(20):
@@ -74,8 +77,12 @@ def one(model_name: str, pack: int, compiled: bool, steps: int) -> dict:
 
 def run_case(model: str, pack: int, mode: str, steps: int, cache: str) -> dict:
     env = dict(os.environ, PYTHONPATH=WORKFLOW, TORCHINDUCTOR_CACHE_DIR=cache, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, __file__, "--child", model, str(pack), str(int(mode != "eager")),
-                          str(steps)], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", model, str(pack), str(int(mode != "eager")), str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,21 +101,22 @@ def main() -> None:
     cases = [(m, 1) for m in args.models] + ([("mlp_1x512", args.pack)] if args.pack > 1 else [])
     for model, pack in cases:
         with tempfile.TemporaryDirectory() as cache:
-            r = {mode: run_case(model, pack, mode, args.steps, cache) for mode in ("eager", "compile cold",
-                                                                                   "compile warm")}
+            r = {
+                mode: run_case(model, pack, mode, args.steps, cache)
+                for mode in ("eager", "compile cold", "compile warm")
+            }
         name = model if pack == 1 else f"{model} pack of {pack}"
         for mode, v in r.items():
             if "error" in v:
                 print(f"{name:24s} {mode:13s} failed: {v['error']}")
                 continue
-            line = (f"{name:24s} {mode:13s} first step {v['first_step_s']:6.2f} s  "
-                    f"{v['ms_per_step']:7.3f} ms/step")
+            line = f"{name:24s} {mode:13s} first step {v['first_step_s']:6.2f} s  {v['ms_per_step']:7.3f} ms/step"
             e = r["eager"]
             if mode != "eager" and "error" not in e:
                 gain = e["ms_per_step"] - v["ms_per_step"]
                 cost = v["first_step_s"] - e["first_step_s"]
                 line += f"  ratio to eager {v['ms_per_step'] / e['ms_per_step']:.2f}"
-                line += (f"  break-even steps {cost / gain * 1000:,.0f}" if gain > 0 else "  never pays")
+                line += f"  break-even steps {cost / gain * 1000:,.0f}" if gain > 0 else "  never pays"
             print(line, flush=True)
 
 

@@ -18,6 +18,7 @@ Each repeat times every decoder once over all images, in a rotated order; printe
 per decoder and set, and the median of the per-repeat ratios to torchvision (so drifts in machine load
 cancel). The decoders' outputs are compared once: the largest absolute pixel difference to torchvision's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ def cifar_jpegs(path: Path, n: int, seed: int = 0) -> list[bytes]:
 
 def large_jpegs(sources: list[bytes], n: int, size=(500, 375), noise_sd: float = 20.0, seed: int = 1) -> list[bytes]:
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):
@@ -65,6 +67,7 @@ def decoders(device: torch.device) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return tv_decode(tensors, mode=ImageReadMode.RGB, device=device)
+
         out["torchvision"] = torchvision_
     except ImportError:
         pass
@@ -73,6 +76,7 @@ def decoders(device: torch.device) -> dict:
 
         def torchcodec_(tensors, blobs):
             return tc_decode(tensors, mode="RGB", device=device)
+
         out["torchcodec"] = torchcodec_
     except ImportError:
         pass
@@ -83,6 +87,7 @@ def decoders(device: torch.device) -> dict:
             with Image.open(io.BytesIO(b)) as im:
                 res.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).to(device))
         return res
+
     out["pillow"] = pillow
     return out
 
@@ -97,7 +102,7 @@ def run(sets: dict, device: torch.device, batch: int, repeats: int) -> list[dict
     rows = []
     for set_name, blobs in sets.items():
         tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-        batches = [(tensors[i:i + batch], blobs[i:i + batch]) for i in range(0, len(blobs), batch)]
+        batches = [(tensors[i : i + batch], blobs[i : i + batch]) for i in range(0, len(blobs), batch)]
         # correctness once (and warm-up: library loading, nvJPEG handles)
         ref = None
         diffs = {}
@@ -109,7 +114,7 @@ def run(sets: dict, device: torch.device, batch: int, repeats: int) -> list[dict
             diffs[name] = max(int((a.int() - r.int()).abs().max()) for a, r in zip(got, ref))
         names = list(decs)
         for rep in range(repeats):
-            order = names[rep % len(names):] + names[:rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 f = decs[name]
                 t0 = time.perf_counter()
@@ -117,9 +122,17 @@ def run(sets: dict, device: torch.device, batch: int, repeats: int) -> list[dict
                     f(t, b)
                 _sync(device)
                 dt = time.perf_counter() - t0
-                rows.append({"set": set_name, "decoder": name, "repeat": rep, "images": len(blobs),
-                             "seconds": round(dt, 4), "images_per_s": round(len(blobs) / dt, 1),
-                             "max_abs_diff_to_" + names[0]: diffs[name]})
+                rows.append(
+                    {
+                        "set": set_name,
+                        "decoder": name,
+                        "repeat": rep,
+                        "images": len(blobs),
+                        "seconds": round(dt, 4),
+                        "images_per_s": round(len(blobs) / dt, 1),
+                        "max_abs_diff_to_" + names[0]: diffs[name],
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -154,14 +167,22 @@ def main():
     rows = run(sets, torch.device(a.device), a.batch, a.repeats)
 
     import pandas as pd
+
     df = pd.DataFrame(rows)
     ref = df["decoder"].iloc[0]
     base = df[df["decoder"] == ref].set_index(["set", "repeat"])["images_per_s"]
     df["ratio_to_" + ref] = df["images_per_s"].values / base.loc[list(zip(df["set"], df["repeat"]))].values
     g = df.groupby(["set", "decoder"], sort=False)
-    print(pd.DataFrame({"images_per_s_median": g["images_per_s"].median(), "images_per_s_best": g["images_per_s"].max(),
-                        f"ratio_to_{ref}_median": g["ratio_to_" + ref].median().round(3),
-                        "max_abs_diff": g["max_abs_diff_to_" + ref].first()}).to_string())
+    print(
+        pd.DataFrame(
+            {
+                "images_per_s_median": g["images_per_s"].median(),
+                "images_per_s_best": g["images_per_s"].max(),
+                f"ratio_to_{ref}_median": g["ratio_to_" + ref].median().round(3),
+                "max_abs_diff": g["max_abs_diff_to_" + ref].first(),
+            }
+        ).to_string()
+    )
     if a.json:
         a.json.write_text(json.dumps({"versions": versions, "rows": rows}, indent=2) + "\n")
 

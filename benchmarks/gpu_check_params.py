@@ -1,21 +1,22 @@
 """Helpers of benchmarks/gpu_check.sh (run from the repository root; not part of the package).
 
-    python benchmarks/gpu_check_params.py make OUT_PARAMS      the check's params file, from
-        benchmarks/gpu-check.yaml and the script's settings (environment variables: RESULTS, DATASET,
-        ROOT, TRAIN_SIZE, TEST_SIZE, EPOCHS, BATCH, CROP, TRAIN_MODELS, DEVICE, THREADS); validated, with
-        jobs_per_gpu >= the number of runs so that every run holds a GPU slot at once. Also writes
-        runs.txt and corruptions.txt beside it.
-    python benchmarks/gpu_check_params.py finished PARAMS OUT_PARAMS
-        PARAMS itself when every run has its summary.json; else a params file whose grid holds only
-        the finished runs (so `aggregate` tabulates what a time limit left instead of failing), and
-        the missing runs on stdout. Exits 1 when no run finished.
-    python benchmarks/gpu_check_params.py merge-bench DIR OUT_JSON
-        every DIR/*.json that `bench --json` wrote, as one JSON object {file stem: results}.
-    python benchmarks/gpu_check_params.py carry [PATH ...]
-        the bytes the device tool would carry: the working tree git lists (tracked and untracked, not
-        ignored) plus each PATH (the ignored paths to name in `carry`); exits 3 when a PATH is missing
-        or the total is over the tool's 64 MiB.
+python benchmarks/gpu_check_params.py make OUT_PARAMS      the check's params file, from
+    benchmarks/gpu-check.yaml and the script's settings (environment variables: RESULTS, DATASET,
+    ROOT, TRAIN_SIZE, TEST_SIZE, EPOCHS, BATCH, CROP, TRAIN_MODELS, DEVICE, THREADS); validated, with
+    jobs_per_gpu >= the number of runs so that every run holds a GPU slot at once. Also writes
+    runs.txt and corruptions.txt beside it.
+python benchmarks/gpu_check_params.py finished PARAMS OUT_PARAMS
+    PARAMS itself when every run has its summary.json; else a params file whose grid holds only
+    the finished runs (so `aggregate` tabulates what a time limit left instead of failing), and
+    the missing runs on stdout. Exits 1 when no run finished.
+python benchmarks/gpu_check_params.py merge-bench DIR OUT_JSON
+    every DIR/*.json that `bench --json` wrote, as one JSON object {file stem: results}.
+python benchmarks/gpu_check_params.py carry [PATH ...]
+    the bytes the device tool would carry: the working tree git lists (tracked and untracked, not
+    ignored) plus each PATH (the ignored paths to name in `carry`); exits 3 when a PATH is missing
+    or the total is over the tool's 64 MiB.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-CARRY_LIMIT = 64 * 2 ** 20
-MiB = 2 ** 20
+CARRY_LIMIT = 64 * 2**20
+MiB = 2**20
 
 
 def _words(name: str) -> list[str]:
@@ -36,13 +37,14 @@ def make(out: str) -> None:
     import yaml
 
     from rethinking.plan import corruptions_of, expand_runs, load
+
     env = os.environ
     p = yaml.safe_load(Path("benchmarks/gpu-check.yaml").read_text())
     p["results_dir"] = env.get("RESULTS", p["results_dir"])
     ds = p["dataset"]
     source = env.get("DATASET") or ds["source"]
     if source != ds["source"] or (env.get("ROOT") and env["ROOT"] != ds.get("root")):
-        ds["name"] = None   # another dataset than the yaml's: let the name derive from it
+        ds["name"] = None  # another dataset than the yaml's: let the name derive from it
     ds["source"] = source
     if source in ("imagefolder", "cifar10"):
         ds["root"] = env.get("ROOT") or ds.get("root")
@@ -56,7 +58,7 @@ def make(out: str) -> None:
     if env.get("CROP"):
         p["preprocess"]["crop"] = None if env["CROP"] in ("none", "null") else int(env["CROP"])
     elif source == "digits":
-        p["preprocess"]["crop"] = 7   # 8x8 images (the yaml's 28 is for CIFAR's 32x32)
+        p["preprocess"]["crop"] = 7  # 8x8 images (the yaml's 28 is for CIFAR's 32x32)
     t = p["training"]
     if env.get("EPOCHS"):
         t["max_epochs"] = int(env["EPOCHS"])
@@ -73,22 +75,27 @@ def make(out: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write():
-        out.write_text("# written by benchmarks/gpu_check.sh from benchmarks/gpu-check.yaml\n"
-                       + yaml.safe_dump(p, sort_keys=False))
-        return load(out)   # validates (schema and checks), as every command will
+        out.write_text(
+            "# written by benchmarks/gpu_check.sh from benchmarks/gpu-check.yaml\n" + yaml.safe_dump(p, sort_keys=False)
+        )
+        return load(out)  # validates (schema and checks), as every command will
+
     runs = expand_runs(write())
-    t["jobs_per_gpu"] = max(t.get("jobs_per_gpu", 1), len(runs))   # every run holds a GPU slot at once
+    t["jobs_per_gpu"] = max(t.get("jobs_per_gpu", 1), len(runs))  # every run holds a GPU slot at once
     cfg = write()
     (out.parent / "runs.txt").write_text("".join(r.id + "\n" for r in runs))
     (out.parent / "corruptions.txt").write_text("".join(c.id + "\n" for c in corruptions_of(runs)))
-    print(f"{out}: {len(runs)} runs, {cfg['training']['max_epochs']} epochs, device {cfg['training']['device']}, "
-          f"jobs_per_gpu {cfg['training']['jobs_per_gpu']}, dataset {ds['source']} {ds.get('root') or ''}")
+    print(
+        f"{out}: {len(runs)} runs, {cfg['training']['max_epochs']} epochs, device {cfg['training']['device']}, "
+        f"jobs_per_gpu {cfg['training']['jobs_per_gpu']}, dataset {ds['source']} {ds.get('root') or ''}"
+    )
 
 
 def finished(params: str, out: str) -> None:
     import yaml
 
     from rethinking.plan import expand_runs, load, run_dir
+
     cfg = load(params)
     runs = expand_runs(cfg)
     done = {r for r in runs if (run_dir(cfg, r) / "summary.json").is_file()}
@@ -108,8 +115,11 @@ def finished(params: str, out: str) -> None:
         if {m.seed for m in members if m in done} != seeds:
             continue
         if c.kind == "labels":
-            corr = {"corruptions": ["random_labels"]} if c.level == 1.0 else {"corruptions": ["labels"],
-                                                                               "levels": [c.level]}
+            corr = (
+                {"corruptions": ["random_labels"]}
+                if c.level == 1.0
+                else {"corruptions": ["labels"], "levels": [c.level]}
+            )
         else:
             corr = {"corruptions": [c.kind]}
         groups.append({"name": f"finished{len(groups)}", "models": [model], **corr, "regularizers": [regs]})
@@ -127,7 +137,7 @@ def merge_bench(folder: str, out: str) -> None:
     for f in sorted(Path(folder).glob("*.json")):
         try:
             merged[f.stem] = json.loads(f.read_text())
-        except json.JSONDecodeError as exc:   # a bench cut off while writing
+        except json.JSONDecodeError as exc:  # a bench cut off while writing
             merged[f.stem] = {"error": f"unreadable: {exc}"}
     Path(out).write_text(json.dumps(merged, indent=2) + "\n")
     print(f"{out}: {', '.join(merged) or 'no bench results'}")
@@ -141,8 +151,13 @@ def _size(path: Path) -> int:
 
 def carry(paths: list[str]) -> int:
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                capture_output=True, check=True).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         tree = sum(Path(n).stat().st_size for n in listed if n and Path(n).is_file() and not Path(n).is_symlink())
         parts = [("working tree (git ls-files)", tree)]
     except (OSError, subprocess.CalledProcessError):
@@ -154,15 +169,17 @@ def carry(paths: list[str]) -> int:
             print(f"carry: {p}: missing")
             rc = 3
             continue
-        if path.is_symlink():   # the device tool carries a link as a link, not what it points to
+        if path.is_symlink():  # the device tool carries a link as a link, not what it points to
             print(f"carry: {p}: a symbolic link; it would travel as a link only: copy the file instead")
             rc = 3
         parts.append((p, _size(path)))
     total = sum(n for _, n in parts)
     for name, n in parts:
         print(f"carry: {n / MiB:8.2f} MiB  {name}")
-    print(f"carry: {total / MiB:8.2f} MiB  in all, of the {CARRY_LIMIT // MiB} MiB a device call carries"
-          + ("" if total <= CARRY_LIMIT else "  OVER THE LIMIT"))
+    print(
+        f"carry: {total / MiB:8.2f} MiB  in all, of the {CARRY_LIMIT // MiB} MiB a device call carries"
+        + ("" if total <= CARRY_LIMIT else "  OVER THE LIMIT")
+    )
     print("carry: " + json.dumps(paths))
     return 3 if total > CARRY_LIMIT else rc
 

@@ -13,6 +13,7 @@ The solver is "auto": the float64 Cholesky up to n = 10,000, the in-place blocke
 rethinking.section5.kernels). The printed line
 also holds the loading time, the memory model of the blocked solver for this n and the machine's threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ import torch
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="data/cifar10-jpeg.zip",
-                   help="image folder or .zip (train/<class>/*, test/<class>/*)")
+    p.add_argument(
+        "--root", default="data/cifar10-jpeg.zip", help="image folder or .zip (train/<class>/*, test/<class>/*)"
+    )
     p.add_argument("--n-train", type=int, default=None, help="seeded class-balanced training subset (default: all)")
     p.add_argument("--n-test", type=int, default=None, help="seeded class-balanced test subset (default: all)")
     p.add_argument("--features", default="pixels", choices=["pixels", "random-conv"])
@@ -49,13 +51,30 @@ def main(argv=None) -> int:
     xtr, ytr, xte, yte, classes, prov = load_imagefolder(args.root)
     load_s = time.perf_counter() - t0
     data = {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
-    res = run_kernel(data, features=args.features, gamma=args.gamma, ridge=args.ridge, n_train=args.n_train,
-                     n_test=args.n_test, seed=args.seed, n_filters=args.n_filters, pool=args.pool,
-                     device=args.device, block=args.block, solver=args.solver, jitter=args.jitter,
-                     refine=args.refine)
+    res = run_kernel(
+        data,
+        features=args.features,
+        gamma=args.gamma,
+        ridge=args.ridge,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        n_filters=args.n_filters,
+        pool=args.pool,
+        device=args.device,
+        block=args.block,
+        solver=args.solver,
+        jitter=args.jitter,
+        refine=args.refine,
+    )
     model = blocked_memory_model(res["n_train"], res["d"], res["n_test"], args.block)
-    res.update(root=str(args.root), shape=list(xtr.shape[1:]), load_seconds=round(load_s, 2),
-               blocked32_model_peak_gb=round(model["peak_gb"], 3), threads=torch.get_num_threads())
+    res.update(
+        root=str(args.root),
+        shape=list(xtr.shape[1:]),
+        load_seconds=round(load_s, 2),
+        blocked32_model_peak_gb=round(model["peak_gb"], 3),
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(res, sort_keys=True))
     return 0
 

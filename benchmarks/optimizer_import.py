@@ -7,6 +7,7 @@ Each process imports torch, builds MLP 1x512 and its optimizer and takes one ste
 process's wall time and whether torch._dynamo ended up imported. torch's Optimizer imports torch._dynamo
 the first time one is built and stepped; every training job of the pipeline is such a process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,22 @@ def main() -> None:
     for _ in range(args.repeats):
         for kind, (ctor, extra) in KINDS.items():
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", SCRIPT.format(ctor=ctor, extra=extra)], check=True,
-                                 capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": ""}).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", SCRIPT.format(ctor=ctor, extra=extra)],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={"PYTHONPATH": env_path, "PATH": ""},
+            ).stdout
             times[kind].append(time.perf_counter() - t)
             dynamo[kind] = out.strip()
     base = statistics.median(times["torch.optim.SGD(fused=True)"])
     for kind, ts in times.items():
         med = statistics.median(ts)
-        print(f"{kind:30s} process {med:5.2f} s (median of {len(ts)}; {min(ts):.2f}-{max(ts):.2f})  "
-              f"torch._dynamo imported: {dynamo[kind]}  ratio to torch's: {med / base:.2f}")
+        print(
+            f"{kind:30s} process {med:5.2f} s (median of {len(ts)}; {min(ts):.2f}-{max(ts):.2f})  "
+            f"torch._dynamo imported: {dynamo[kind]}  ratio to torch's: {med / base:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Random inputs of shape 3x28x28, alternating packed and single passes; prints ima
 over the K runs) for each pass. The optimizer step and data gathering are left out: this isolates
 what stacking changes. `python -m rethinking bench --pack K` measures the whole training loop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def main(argv=None) -> None:
 
     def loss(p_, b_, xx, yy):
         return F.cross_entropy(functional_call(base, (p_, b_), (xx,)), yy)
+
     batched = vmap(loss)
 
     def packed():
@@ -51,7 +53,7 @@ def main(argv=None) -> None:
             F.cross_entropy(m(x[i]), y[i]).backward()
 
     for fn in (packed, single) * args.repeats:
-        fn()   # warm-up
+        fn()  # warm-up
         t = time.perf_counter()
         for _ in range(args.steps):
             fn()

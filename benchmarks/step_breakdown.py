@@ -7,15 +7,16 @@ milliseconds per step for each part (50 timed repetitions after 3 warm-ups), the
 once-per-run preparation of all 50,000 images, and the GFLOP/s of matrix products
 alone (the layer-1 shape, and 2048x2048).
 """
+
 import argparse
 import time
 
 import torch
 import torch.nn.functional as F
 
-from rethinking.models import build_model
 from rethinking.data.preprocess import prepare_all, prepare_batch
 from rethinking.engine.optim import SGD as sgd
+from rethinking.models import build_model
 
 
 def timed(fn, n=50):
@@ -40,7 +41,7 @@ def main():
     model = build_model(args.model, (3, 28, 28))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=args.weight_decay)
     fused = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=args.weight_decay)
-    idx = torch.randperm(50_000)[:args.batch]
+    idx = torch.randperm(50_000)[: args.batch]
     xb, yb = x[idx], y[idx]
     xp = prepare_batch(xb, 28)
 
@@ -61,9 +62,11 @@ def main():
     print(f"prepare_all, 50,000 images   {time.perf_counter() - t0:7.2f} s (once per run)")
     print(f"forward+backward alone: {args.batch / parts['forward+backward'] * 1000:,.0f} images/s")
     # the machine's matrix-product rate: the ceiling of any loop on an MLP
-    for name, a, b in (("sgemm 128x2352 @ 2352x512", torch.randn(args.batch, 2352), torch.randn(2352, 512)),
-                       ("sgemm 2048x2048 @ 2048x2048", torch.randn(2048, 2048), torch.randn(2048, 2048))):
-        ms = timed(lambda: a @ b, n=20)
+    for name, a, b in (
+        ("sgemm 128x2352 @ 2352x512", torch.randn(args.batch, 2352), torch.randn(2352, 512)),
+        ("sgemm 2048x2048 @ 2048x2048", torch.randn(2048, 2048), torch.randn(2048, 2048)),
+    ):
+        ms = timed(lambda a=a, b=b: a @ b, n=20)
         print(f"{name:28s} {2 * a.shape[0] * a.shape[1] * b.shape[1] / ms / 1e6:7.1f} GFLOP/s")
 
 

@@ -23,6 +23,7 @@ Loaders compared, each over the same images with the same number of worker proce
 Wall-clock timing starts at the first batch (worker start-up excluded) and counts the images after it; CPU time
 (this process and its workers) covers the whole pass. Repeats are interleaved; the median and best are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,18 @@ import numpy as np
 import torch
 
 
-def make_tree(out: Path, images: int, cifar: Path | None, noise: bool, large_fraction: float = 0.0,
-              noise_sd: float = 20.0, val_fraction: float = 0.1, seed: int = 0):
+def make_tree(
+    out: Path,
+    images: int,
+    cifar: Path | None,
+    noise: bool,
+    large_fraction: float = 0.0,
+    noise_sd: float = 20.0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+):
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     sources = []
     if cifar is not None and not noise:
@@ -52,7 +62,7 @@ def make_tree(out: Path, images: int, cifar: Path | None, noise: bool, large_fra
         sources = [(f"class{k % 10}", None) for k in range(images)]
     sizes = []
     for k, (cls, arr) in enumerate(sources):
-        if rng.random() < large_fraction:   # a large photo: 1000-2000 x 750-1500 px
+        if rng.random() < large_fraction:  # a large photo: 1000-2000 x 750-1500 px
             w, h = int(rng.integers(1000, 2001)), int(rng.integers(750, 1501))
         else:
             w, h = int(rng.integers(300, 501)), int(rng.integers(250, 451))
@@ -67,13 +77,22 @@ def make_tree(out: Path, images: int, cifar: Path | None, noise: bool, large_fra
         path = d / f"{cls}_{k:06d}.JPEG"
         Image.fromarray(img).save(path, format="JPEG", quality=90)
         sizes.append(path.stat().st_size)
-    print(json.dumps({"out": str(out), "images": len(sizes), "mean_kb": round(np.mean(sizes) / 1024, 1),
-                      "source": "noise" if noise or cifar is None else f"{cifar} upscaled"}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "images": len(sizes),
+                "mean_kb": round(np.mean(sizes) / 1024, 1),
+                "source": "noise" if noise or cifar is None else f"{cifar} upscaled",
+            }
+        )
+    )
 
 
 def _cpu_seconds() -> float:
     """User + system CPU time of this process and of its finished children (the loader's workers)."""
     import resource
+
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -99,8 +118,13 @@ def _rate(loader, prepare=lambda b: b):
     dt = time.perf_counter() - t0
     del it
     cpu = _cpu_seconds() - cpu0
-    return {"images": n, "seconds": round(dt, 2), "images_per_s": round(n / dt, 1) if dt > 0 else None,
-            "cpu_ms_per_image": round(1000 * cpu / (n + n0), 2), "first_batch": n0}
+    return {
+        "images": n,
+        "seconds": round(dt, 2),
+        "images_per_s": round(n / dt, 1) if dt > 0 else None,
+        "cpu_ms_per_image": round(1000 * cpu / (n + n0), 2),
+        "first_batch": n0,
+    }
 
 
 def loaders(root: Path, workers: int, batch: int, size: int, repeats: int, device: str = "cpu"):
@@ -113,35 +137,52 @@ def loaders(root: Path, workers: int, batch: int, size: int, repeats: int, devic
     results = []
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     train_tf = {
-        "torchvision": T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                                  T.Normalize(mean, std)]),
+        "torchvision": T.Compose(
+            [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        ),
         "torchvision-uint8": T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()]),
     }
     eval_tf = {
-        "torchvision": T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
-                                  T.Normalize(mean, std)]),
+        "torchvision": T.Compose(
+            [T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)]
+        ),
         "torchvision-uint8": T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size), T.PILToTensor()]),
     }
     n = len(idx["y_train"])
     for rep in range(repeats):
         for mode, augment in (("train", True), ("eval", False)):
-            for name, tfs in (("torchvision", train_tf if augment else eval_tf),
-                              ("torchvision-uint8", train_tf if augment else eval_tf)):
+            for name, tfs in (
+                ("torchvision", train_tf if augment else eval_tf),
+                ("torchvision-uint8", train_tf if augment else eval_tf),
+            ):
                 ds = ImageFolder(str(root / "train"), transform=tfs[name])
-                dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                                 prefetch_factor=4 if workers else None)
+                dl = torch.utils.data.DataLoader(
+                    ds, batch_size=batch, shuffle=True, num_workers=workers, prefetch_factor=4 if workers else None
+                )
                 results.append({"loader": name, "mode": mode, "repeat": rep, **_rate(dl)})
                 print(json.dumps(results[-1]), flush=True)
             dev = torch.device(device)
-            for name, raw, prepare in (("stream", False, None), ("stream+normalize", False, True),
-                                       ("stream-device", True, True)):
+            for name, raw, prepare in (
+                ("stream", False, None),
+                ("stream+normalize", False, True),
+                ("stream-device", True, True),
+            ):
                 ds = stream.StreamImages(root, idx["train_files"], idx["y_train"], size, augment=augment, raw=raw)
                 perm = np.random.default_rng(rep).permutation(n)
-                keys = [[(int(i), rep) for i in perm[j:j + batch]] for j in range(0, n, batch)]
+                keys = [[(int(i), rep) for i in perm[j : j + batch]] for j in range(0, n, batch)]
                 dl = stream.make_loader(ds, keys, workers)
-                results.append({"loader": name, "mode": mode, "repeat": rep,
-                                **(_rate(dl, lambda b, ds=ds: _synced(stream.to_input(b, ds, dev))) if prepare
-                                   else _rate(dl))})
+                results.append(
+                    {
+                        "loader": name,
+                        "mode": mode,
+                        "repeat": rep,
+                        **(
+                            _rate(dl, lambda b, ds=ds, dev=dev: _synced(stream.to_input(b, ds, dev)))
+                            if prepare
+                            else _rate(dl)
+                        ),
+                    }
+                )
                 print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -150,6 +191,7 @@ def step(size: int, batch: int, threads: int, steps: int, classes: int):
     from torch.utils.flop_counter import FlopCounterMode
 
     from rethinking.models.inception_v3 import inception_v3, loss_of
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = inception_v3(classes, dropout=0.2).train()
@@ -172,18 +214,24 @@ def step(size: int, batch: int, threads: int, steps: int, classes: int):
         model(x)
     eval_flops = fc.get_total_flops() / batch
     model.train()
-    one()   # warm-up
+    one()  # warm-up
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         one()
         times.append(time.perf_counter() - t0)
-    out = {"size": size, "batch": batch, "threads": threads, "steps": steps,
-           "seconds_per_step_median": round(float(np.median(times)), 3),
-           "seconds_per_step_min": round(float(np.min(times)), 3),
-           "images_per_s": round(batch / float(np.median(times)), 2),
-           "train_gflop_per_image": round(train_flops / 1e9, 2), "eval_gflop_per_image": round(eval_flops / 1e9, 2),
-           "parameters": sum(p.numel() for p in model.parameters())}
+    out = {
+        "size": size,
+        "batch": batch,
+        "threads": threads,
+        "steps": steps,
+        "seconds_per_step_median": round(float(np.median(times)), 3),
+        "seconds_per_step_min": round(float(np.min(times)), 3),
+        "images_per_s": round(batch / float(np.median(times)), 2),
+        "train_gflop_per_image": round(train_flops / 1e9, 2),
+        "eval_gflop_per_image": round(eval_flops / 1e9, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     print(json.dumps(out))
     return out
 
@@ -216,13 +264,24 @@ def main():
     if a.cmd == "make-tree":
         make_tree(a.out, a.images, a.cifar if a.cifar and a.cifar.exists() else None, a.noise, a.large_fraction)
         return
-    res = loaders(a.root, a.workers, a.batch, a.size, a.repeats, a.device) if a.cmd == "loaders" else \
-        step(a.size, a.batch, a.threads, a.steps, a.classes)
-    if a.cmd == "loaders":   # the median of the repeats per loader and mode
+    res = (
+        loaders(a.root, a.workers, a.batch, a.size, a.repeats, a.device)
+        if a.cmd == "loaders"
+        else step(a.size, a.batch, a.threads, a.steps, a.classes)
+    )
+    if a.cmd == "loaders":  # the median of the repeats per loader and mode
         import pandas as pd
+
         g = pd.DataFrame(res).groupby(["mode", "loader"], sort=False)
-        print(pd.DataFrame({"images_per_s_median": g["images_per_s"].median(), "images_per_s_best": g["images_per_s"].max(),
-                            "cpu_ms_per_image_median": g["cpu_ms_per_image"].median()}).to_string())
+        print(
+            pd.DataFrame(
+                {
+                    "images_per_s_median": g["images_per_s"].median(),
+                    "images_per_s_best": g["images_per_s"].max(),
+                    "cpu_ms_per_image_median": g["cpu_ms_per_image"].median(),
+                }
+            ).to_string()
+        )
     if a.json:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
 

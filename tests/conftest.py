@@ -16,10 +16,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"),
 # draw hunts for new bugs: HYPOTHESIS_PROFILE=explore python -m pytest tests/test_faults.py
 try:
     from hypothesis import settings as _hypothesis
+
     _hypothesis.register_profile("repeatable", derandomize=True, database=None)
     _hypothesis.register_profile("explore", derandomize=False)
     _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
-except ImportError:   # hypothesis is in the [test] extra
+except ImportError:  # hypothesis is in the [test] extra
     pass
 
 
@@ -31,7 +32,7 @@ except ImportError:   # hypothesis is in the [test] extra
 # tests and each other: many tests then read one run's outputs. A test module registers the starter of
 # a run of its own with `background(name, starter)`; the fixture of the same name waits for it.
 
-BACKGROUND_STARTERS: dict = {}   # fixture name -> starter(workdir) -> object with .wait()
+BACKGROUND_STARTERS: dict = {}  # fixture name -> starter(workdir) -> object with .wait()
 _STARTED: dict = {}
 
 
@@ -49,8 +50,9 @@ class Pipeline:
         self.log = root.parent / f"{root.name}.log"
         script = " && ".join(f"echo '$ {c}' && {c}" for c in commands)
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(script, cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                script, cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait(self) -> Path:
         try:
@@ -65,6 +67,7 @@ class Pipeline:
     def kill(self) -> None:
         if self.proc.poll() is None:
             import signal
+
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
@@ -88,9 +91,10 @@ def pytest_collection_modifyitems(config, items):
     if not needed:
         return
     import tempfile
+
     workdir = Path(tempfile.mkdtemp(prefix="rethinking-session-"))
     config._rethinking_workdir = workdir
-    for name in sorted(needed, key=lambda n: n != "slurm_run"):   # the longest-waiting one first
+    for name in sorted(needed, key=lambda n: n != "slurm_run"):  # the longest-waiting one first
         _STARTED[name] = BACKGROUND_STARTERS[name](workdir / name)
 
 
@@ -108,6 +112,7 @@ def started(name: str):
     """The result of a background run (waiting for it); started now if the session did not (a test run alone)."""
     if name not in _STARTED:
         import tempfile
+
         _STARTED[name] = BACKGROUND_STARTERS[name](Path(tempfile.mkdtemp(prefix="rethinking-")) / name)
     return _STARTED[name].wait()
 
@@ -133,8 +138,9 @@ def copy_of(root: Path, dst: Path) -> Path:
 def run_cli(*args, cwd, check=False, timeout=600):
     """python -m rethinking ... as a user runs it, in a process of its own; returns the CompletedProcess.
     For what is about processes (locks, kills, torchrun, imports); `call_cli` runs the same in this process."""
-    proc = subprocess.run([sys.executable, "-m", "rethinking", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rethinking", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"rethinking {args} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -145,7 +151,9 @@ def call_cli(*args, cwd, check=False):
     stdout and stderr as run_cli, without a second of process start and imports per call."""
     import contextlib
     import io
+
     from rethinking.cli import main
+
     out, err = io.StringIO(), io.StringIO()
     here = os.getcwd()
     try:
@@ -164,6 +172,7 @@ def tiny_params(user_model: bool = False) -> dict:
     """config/tiny.yaml as parsed YAML, to edit and write elsewhere; without its group of a user's model
     (whose file is found relative to config/) unless `user_model`."""
     import yaml
+
     raw = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     if not user_model:
         raw["grid"] = [g for g in raw["grid"] if not any(":" in m for m in g["models"])]
@@ -184,6 +193,7 @@ def copy_tiny(dst: Path, text: str | None = None) -> Path:
 def digits():
     """The bundled digits as arrays (1,437 train / 360 test), as the standalone commands load them."""
     from rethinking.data.sources import load_source
+
     return load_source("digits")
 
 
@@ -194,17 +204,37 @@ def clone_project(dst: Path) -> Path:
     tree, plus untracked files git does not ignore: the commit the developer is about to make, as a
     `git clone` of it would have it. Ignored files (results/, caches, build output) are not there.
     """
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     dst.mkdir(parents=True, exist_ok=True)
     for name in filter(None, listed):
         src = REPO / name
-        if not src.is_file():   # deleted in the working tree, not yet committed
+        if not src.is_file():  # deleted in the working tree, not yet committed
             continue
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst / name)
-    git = ["git", "-c", "user.name=rethinking tests", "-c", "user.email=tests@localhost", "-c", "init.defaultBranch=main"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-verify", "-m", "what a clone of the checkout holds"]):
+    git = [
+        "git",
+        "-c",
+        "user.name=rethinking tests",
+        "-c",
+        "user.email=tests@localhost",
+        "-c",
+        "init.defaultBranch=main",
+    ]
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["commit", "-q", "--no-verify", "-m", "what a clone of the checkout holds"],
+    ):
         subprocess.run(git + args, cwd=dst, check=True, capture_output=True)
     return dst
 
@@ -220,6 +250,7 @@ def digits_cfg(tmp_path):
     """params.yaml (the bundled digits) with its base artifact prepared in a temporary results folder."""
     from rethinking import plan as rc
     from rethinking.data.sources import prepare
+
     cfg = rc.load(REPO / "params.yaml")
     cfg["results_dir"] = str(tmp_path / "results")
     prepare(cfg)
@@ -231,8 +262,9 @@ def write_params(path: Path, text: str) -> Path:
     return path
 
 
-def make_image_folder(root: Path, size=(8, 8), mode="RGB", classes=("cat", "dog", "frog"), n_train=6, n_test=3,
-                      fmt="png", seed=0):
+def make_image_folder(
+    root: Path, size=(8, 8), mode="RGB", classes=("cat", "dog", "frog"), n_train=6, n_test=3, fmt="png", seed=0
+):
     """A small train/<class>/*, test/<class>/* tree of random images."""
     from PIL import Image
 
@@ -260,12 +292,14 @@ def train_until_killed(cfg, run, epoch, monkeypatch):
     """Train `run` in the in-memory engine and stop it as a kill would, right after its checkpoint of
     `epoch`: what is left is the run folder a killed job leaves."""
     from rethinking.engine import loop as tr
+
     real = tr.save_checkpoint
 
     def kill_after(out, fingerprint, model, optimizer, progress, *args, **kw):
         real(out, fingerprint, model, optimizer, progress, *args, **kw)
         if progress.epoch == epoch:
             raise Killed()
+
     monkeypatch.setattr(tr, "save_checkpoint", kill_after)
     try:
         with pytest.raises(Killed):

@@ -9,6 +9,7 @@ single-run trajectory; another CPU may sum in another order).
 
     python tests/golden.py results/tiny > tests/data/golden/tiny.json   # record (done at 7d86318)
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,16 @@ import sys
 from pathlib import Path
 
 # what says where and when a run trained, not what it learned
-VOLATILE = {"wall_time", "cpu_time", "max_rss_mb", "process_wall_time", "device", "versions",
-            "train_images_per_s", "deterministic"}
+VOLATILE = {
+    "wall_time",
+    "cpu_time",
+    "max_rss_mb",
+    "process_wall_time",
+    "device",
+    "versions",
+    "train_images_per_s",
+    "deterministic",
+}
 
 
 def _cell(value: str):
@@ -43,15 +52,20 @@ def _rows(path: Path) -> list[dict]:
 
 def snapshot(results: str | Path) -> dict:
     results = Path(results)
-    artifacts = {p.relative_to(results / "data").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                 for p in sorted((results / "data").rglob("*.npz"))}
+    artifacts = {
+        p.relative_to(results / "data").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((results / "data").rglob("*.npz"))
+    }
     runs = {}
     for summary in sorted((results / "runs").rglob("summary.json")):
         folder = summary.parent
         rid = folder.relative_to(results / "runs").as_posix()
         s = json.loads(summary.read_text())
-        runs[rid] = {"summary": {k: v for k, v in s.items() if k not in VOLATILE},
-                     "epochs": _rows(folder / "epochs.csv"), "steps": _rows(folder / "steps.csv")}
+        runs[rid] = {
+            "summary": {k: v for k, v in s.items() if k not in VOLATILE},
+            "epochs": _rows(folder / "epochs.csv"),
+            "steps": _rows(folder / "steps.csv"),
+        }
     return {"artifacts": artifacts, "runs": runs}
 
 

@@ -4,6 +4,7 @@ Both engines resume through io.load_checkpoint. Damage is planted in a real chec
 digits, 3 epochs; an 8-step streamed run), and the damaged run, trained again through the CLI, must give
 what an untouched run gave (CPU runs are deterministic).
 """
+
 import json
 import os
 import random
@@ -16,14 +17,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import call_cli
 from rethinking import plan as rc
-from rethinking.engine import loop as tr
-from rethinking.engine import streamed as ts
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
-from rethinking.files import load_checkpoint
+from rethinking.engine import loop as tr
 from rethinking.engine import run as rn
+from rethinking.engine import streamed as ts
+from rethinking.files import load_checkpoint
+
+from conftest import call_cli
 from test_imagenet import make_jpeg_tree, prepared
 from test_imagenet import params as stream_params
 
@@ -79,10 +81,11 @@ def _moved_aside(out, log, damaged: bytes, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert "resuming" not in log
-    torch.load(ckpt, map_location="cpu", weights_only=True)   # the new checkpoint: tensors and plain data only
+    torch.load(ckpt, map_location="cpu", weights_only=True)  # the new checkpoint: tensors and plain data only
 
 
 # ---------------------------------------------------------------------------- the in-memory engine
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
@@ -116,7 +119,7 @@ def test_a_truncated_checkpoint_is_moved_aside_and_the_run_retrains_to_the_same_
     proc = call_cli("train", "--params", params, "--run", RUN, cwd=tmp_path, check=True)
     out = results / "runs" / RUN
     _moved_aside(out, proc.stdout, cut, "RuntimeError", "PytorchStreamReader failed reading zip archive")
-    assert f"{RUN}: epoch 1 step 4 " in proc.stdout   # from the first epoch
+    assert f"{RUN}: epoch 1 step 4 " in proc.stdout  # from the first epoch
     _same_result(reference[1], out)
 
 
@@ -124,7 +127,7 @@ def test_an_unsafe_checkpoint_is_refused_and_its_code_never_runs(tmp_path, refer
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     _unsafe_copy(reference[1] / rn.CHECKPOINT, evil, marker)
-    torch.load(evil, weights_only=False)   # the payload is live: an unsafe load runs it
+    torch.load(evil, weights_only=False)  # the payload is live: an unsafe load runs it
     assert marker.is_file()
     marker.unlink()
 
@@ -147,8 +150,7 @@ def test_packed_runs_each_heal_their_own_damaged_checkpoint(tmp_path, reference)
     params, results = _fresh(tmp_path, reference, damage)
     args = [a for r in ids for a in ("--run", r)]
     proc = call_cli("train", "--params", params, *args, cwd=tmp_path, check=True)
-    reasons = {ids[0]: "UnpicklingError", ids[1]: "Error", ids[2]: "it holds a list",
-               ids[3]: "it has no fingerprint"}
+    reasons = {ids[0]: "UnpicklingError", ids[1]: "Error", ids[2]: "it holds a list", ids[3]: "it has no fingerprint"}
     for run_id in ids:
         out = results / "runs" / run_id
         log = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(f"{run_id}: "))
@@ -177,6 +179,7 @@ def test_a_checkpoint_of_other_settings_is_not_moved_aside(tmp_path, reference):
 
 # ---------------------------------------------------------------------------- load_checkpoint itself
 
+
 def _random_bytes(n: int) -> bytes:
     """Noise that is surely no pickle: 0xff is no pickle opcode, so the first byte is refused (UnpicklingError).
     os.urandom alone made the reason depend on the draw: about 1 draw in 12 starts with a valid opcode and fails
@@ -193,19 +196,29 @@ def _damaged(kind, good: bytes, tmp_path) -> bytes:
         return _random_bytes(2048)
     if kind == "text":
         return b"epoch: 3\n"
-    obj = {"list": [1, 2], "no fingerprint": {"model": {}}, "lacks keys": {"fingerprint": "fp", "model": {}},
-           "unsafe": {"fingerprint": "fp", "model": {}, "x": Payload(f"touch {shlex.quote(str(tmp_path / 'pwned'))}")}
-           }[kind]
+    obj = {
+        "list": [1, 2],
+        "no fingerprint": {"model": {}},
+        "lacks keys": {"fingerprint": "fp", "model": {}},
+        "unsafe": {"fingerprint": "fp", "model": {}, "x": Payload(f"touch {shlex.quote(str(tmp_path / 'pwned'))}")},
+    }[kind]
     torch.save(obj, tmp_path / "obj.pt")
     return (tmp_path / "obj.pt").read_bytes()
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("truncated", "RuntimeError: PytorchStreamReader"), ("empty", "EOFError: the file ends early"),
-    ("random bytes", "UnpicklingError"), ("text", "Error"), ("list", "it holds a list"),
-    ("no fingerprint", "it has no fingerprint"), ("lacks keys", "it lacks 'optimizer'"),
-    ("unsafe", "weights_only refused it: Trying to load unsupported GLOBAL posix.system"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("truncated", "RuntimeError: PytorchStreamReader"),
+        ("empty", "EOFError: the file ends early"),
+        ("random bytes", "UnpicklingError"),
+        ("text", "Error"),
+        ("list", "it holds a list"),
+        ("no fingerprint", "it has no fingerprint"),
+        ("lacks keys", "it lacks 'optimizer'"),
+        ("unsafe", "weights_only refused it: Trying to load unsupported GLOBAL posix.system"),
+    ],
+)
 def test_load_checkpoint_moves_a_damaged_file_aside_with_its_reason(tmp_path, reference, kind, reason):
     path = tmp_path / "checkpoint.pt"
     (tmp_path / "checkpoint.pt.corrupt").write_bytes(b"an older damaged file")
@@ -213,7 +226,7 @@ def test_load_checkpoint_moves_a_damaged_file_aside_with_its_reason(tmp_path, re
     path.write_bytes(data)
     lines = []
     assert load_checkpoint(path, "fp", ["model", "optimizer"], lines.append, name="r") is None
-    assert not path.exists() and (tmp_path / "checkpoint.pt.corrupt").read_bytes() == data   # the older one replaced
+    assert not path.exists() and (tmp_path / "checkpoint.pt.corrupt").read_bytes() == data  # the older one replaced
     assert len(lines) == 1 and lines[0].startswith(f"r: checkpoint {path} cannot be used (") and reason in lines[0]
     assert len(lines[0]) < 400 and "\n" not in lines[0]
     assert not (tmp_path / "pwned").exists()
@@ -225,17 +238,20 @@ def test_load_checkpoint_of_other_processes_only_reads(tmp_path):
     lines = []
     assert load_checkpoint(path, "fp", [], lines.append, move_aside=False) is None
     assert path.read_bytes() == b"garbage" and lines == []
-    assert load_checkpoint(tmp_path / "none.pt", "fp", [], lines.append) is None and lines == []   # no file: no line
+    assert load_checkpoint(tmp_path / "none.pt", "fp", [], lines.append) is None and lines == []  # no file: no line
 
 
 def test_both_engines_write_checkpoints_that_load_with_weights_only(reference, stream_reference):
-    for ck_path, keys in ((reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS),
-                          (stream_reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS)):
+    for ck_path, keys in (
+        (reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS),
+        (stream_reference[1] / rn.CHECKPOINT, rn.CHECKPOINT_KEYS),
+    ):
         ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         assert isinstance(ck, dict) and set(keys) <= set(ck) and isinstance(ck["fingerprint"], str)
 
 
 # ---------------------------------------------------------------------------- the streaming engine
+
 
 def streamed_params(tmp_path, tree, results):
     """A streamed config of alexnet at 32x32 on the JPEG tree: 6 steps of 4 images, a checkpoint every 2."""
@@ -258,12 +274,13 @@ def stream_reference(tmp_path_factory, stream_tree):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "unsafe"])
-def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(tmp_path, stream_tree, stream_reference,
-                                                                         kind):
+def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(
+    tmp_path, stream_tree, stream_reference, kind
+):
     marker = tmp_path / "pwned"
     good = stream_reference[1] / rn.CHECKPOINT
     if kind == "truncated":
-        damaged, needles = good.read_bytes()[:5000], ("Error: ",)   # torch says OSError or RuntimeError
+        damaged, needles = good.read_bytes()[:5000], ("Error: ",)  # torch says OSError or RuntimeError
     else:
         _unsafe_copy(good, tmp_path / "evil.pt", marker)
         damaged, needles = (tmp_path / "evil.pt").read_bytes(), ("weights_only refused it", "posix.system")
@@ -291,10 +308,25 @@ def test_two_processes_agree_to_start_over_from_a_damaged_checkpoint(tmp_path, s
     out.mkdir(parents=True)
     damaged = (stream_reference[1] / rn.CHECKPOINT).read_bytes()[:-64]
     (out / rn.CHECKPOINT).write_bytes(damaged)
-    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "rethinking", "train",
-                           "--params", str(p), "--run-id", STREAM_RUN], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "rethinking",
+            "train",
+            "--params",
+            str(p),
+            "--run-id",
+            STREAM_RUN,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _moved_aside(out, proc.stdout, damaged, "RuntimeError")
     s = json.loads((out / "summary.json").read_text())
-    assert s["processes"] == 2 and s["epochs"] == 1 and s["steps"] == 6   # 24 images, 4 per step (2 + 2)
+    assert s["processes"] == 2 and s["epochs"] == 1 and s["steps"] == 6  # 24 images, 4 per step (2 + 2)

@@ -1,11 +1,13 @@
 """Params: validation with clear errors, the grid expansion and run identities."""
+
 import copy
 
 import pytest
 import yaml
 
-from conftest import REPO, call_cli, tiny_params, tree_files
 from rethinking import plan as rc
+
+from conftest import REPO, call_cli, tiny_params, tree_files
 
 BASE = tiny_params()
 
@@ -58,17 +60,20 @@ def test_regularizer_names_are_canonical():
     assert rc.regularizer_id("none") == "none"
 
 
-@pytest.mark.parametrize("changes, key, allowed", [
-    ({"grid__0__models": ["resnet"]}, "grid[0].models[0]", "mlp_1x512"),
-    ({"grid__0__corruptions": ["blur"]}, "grid[0].corruptions[0]", "random_labels"),
-    ({"dataset__source": "emnist"}, "dataset.source", "imagefolder"),
-    ({"grid__1__levels": [0.2, 1.5]}, "grid[1].levels[1]", "maximum"),
-    ({"grid__1__levels": [-0.1]}, "grid[1].levels[0]", "minimum"),
-    ({"training__batch_size": "big"}, "training.batch_size", "integer"),
-    ({"training__bacth_size": 3}, "training", "batch_size"),
-    ({"seeds": []}, "seeds", "non-empty"),
-    ({"grid__0__regularizers": ["crop+crop"]}, "grid[0].regularizers", "twice"),
-])
+@pytest.mark.parametrize(
+    "changes, key, allowed",
+    [
+        ({"grid__0__models": ["resnet"]}, "grid[0].models[0]", "mlp_1x512"),
+        ({"grid__0__corruptions": ["blur"]}, "grid[0].corruptions[0]", "random_labels"),
+        ({"dataset__source": "emnist"}, "dataset.source", "imagefolder"),
+        ({"grid__1__levels": [0.2, 1.5]}, "grid[1].levels[1]", "maximum"),
+        ({"grid__1__levels": [-0.1]}, "grid[1].levels[0]", "minimum"),
+        ({"training__batch_size": "big"}, "training.batch_size", "integer"),
+        ({"training__bacth_size": 3}, "training", "batch_size"),
+        ({"seeds": []}, "seeds", "non-empty"),
+        ({"grid__0__regularizers": ["crop+crop"]}, "grid[0].regularizers", "twice"),
+    ],
+)
 def test_bad_params_name_key_value_and_allowed(changes, key, allowed):
     with pytest.raises(rc.ConfigError) as err:
         rc.validate(cfg_with(**changes), "p.yaml")
@@ -127,14 +132,21 @@ def test_cli_missing_params_file(tmp_path):
 
 
 def test_train_rejects_a_run_outside_the_grid(tmp_path):
-    proc = call_cli("train", "--params", REPO / "config" / "tiny.yaml",
-                   "--run", "digits/true-labels/resnet/none/seed0", cwd=tmp_path)
+    proc = call_cli(
+        "train",
+        "--params",
+        REPO / "config" / "tiny.yaml",
+        "--run",
+        "digits/true-labels/resnet/none/seed0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "not in this config's grid" in proc.stderr
     assert tree_files(tmp_path / "results") == []
 
 
-@pytest.mark.parametrize("where, value", [(("seeds",), [0.0]), (("training", "batch_size"), 25.0),
-                                          (("seeds",), [True])])
+@pytest.mark.parametrize(
+    "where, value", [(("seeds",), [0.0]), (("training", "batch_size"), 25.0), (("seeds",), [True])]
+)
 def test_integer_keys_take_ints_only(where, value):
     """JSON Schema counts 0.0 as an integer; here it is refused (it made run ids like seed0.0, found by
     the fuzz test in test_faults)."""
@@ -147,11 +159,17 @@ def test_integer_keys_take_ints_only(where, value):
         rc.validate(raw, "p.yaml")
 
 
-@pytest.mark.parametrize("text, key", [
-    ("grid:\n- {name: g, models: [mlp_1x512], corruptions: [labels], levels: [.nan, 0.5]}\n", r"grid\[0\]\.levels\[0\]"),
-    ("training: {weight_decay: .inf}\n", "training.weight_decay"),
-    ("section5: {kernels: {noise_levels: [0.0, .nan]}}\n", r"section5\.kernels\.noise_levels\[1\]"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (
+            "grid:\n- {name: g, models: [mlp_1x512], corruptions: [labels], levels: [.nan, 0.5]}\n",
+            r"grid\[0\]\.levels\[0\]",
+        ),
+        ("training: {weight_decay: .inf}\n", "training.weight_decay"),
+        ("section5: {kernels: {noise_levels: [0.0, .nan]}}\n", r"section5\.kernels\.noise_levels\[1\]"),
+    ],
+)
 def test_nan_and_infinity_are_refused_by_key(text, key):
     """JSON Schema's minimum and maximum let NaN through (every comparison with it is false): a level of
     .nan passed validation and failed later in expand_runs (found by the fuzz test in test_faults)."""
@@ -167,6 +185,7 @@ def test_a_results_dir_that_is_a_file_is_refused_by_key(tmp_path, monkeypatch, c
     """An existing file where the results folder (or one of its parents) would be: one line naming the key,
     before any stage writes (it was a NotADirectoryError traceback from `prepare`)."""
     from rethinking import cli
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("not a folder\n")
     (tmp_path / "p.yaml").write_text(f"results_dir: {results_dir}\n" + GRID)

@@ -1,12 +1,13 @@
 """Corruptions as Section 2 of the paper defines them, seeded and byte-identical."""
+
 import numpy as np
 import pytest
 
 from rethinking import plan as rc
 from rethinking.data.corrupt import corrupt, load_corrupted
-from rethinking.plan.draws import corrupt_labels, random_pixels, shuffle_pixels
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz, sha256
+from rethinking.plan.draws import corrupt_labels, random_pixels, shuffle_pixels
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8, 1.0])
@@ -75,6 +76,7 @@ def test_gaussian_matches_per_channel_moments(digits_cfg):
 
 def test_gaussian_moments_without_clipping():
     from rethinking.plan.draws import gaussian_like
+
     rng = np.random.default_rng(0)
     ref = np.stack([rng.normal(m, 20, size=(500, 8, 8)) for m in (60, 128, 190)], axis=1).clip(0, 255).astype(np.uint8)
     g = gaussian_like(ref, (2000, 3, 8, 8), np.random.default_rng(1)).astype(float)
@@ -83,8 +85,9 @@ def test_gaussian_moments_without_clipping():
         assert abs(g[:, ch].std() - ref[:, ch].std()) < 1.0
 
 
-@pytest.mark.parametrize("kind, level", [("labels", 0.4), ("random_pixels", None), ("gaussian", None),
-                                         ("shuffled_pixels", None)])
+@pytest.mark.parametrize(
+    "kind, level", [("labels", 0.4), ("random_pixels", None), ("gaussian", None), ("shuffled_pixels", None)]
+)
 def test_same_params_give_byte_identical_artifacts(digits_cfg, kind, level):
     c = rc.Corruption.make(kind, level)
     first = sha256(corrupt(digits_cfg, c))

@@ -1,17 +1,19 @@
 """The registry of corruption kinds: stable seeds, the artifacts' bytes as recorded, and a kind added from outside."""
+
 import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from rethinking import plan as rc
 from rethinking.data.corrupt import corrupt, corrupted_mask, load_corrupted
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz
 from rethinking.plan import corruptions
 from rethinking.plan.packs import expected_cost
+
+from conftest import REPO
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "golden" / "tiny.json").read_text())["artifacts"]
 # today's kinds and their seed keys: part of every artifact's seed, never to change
@@ -53,15 +55,22 @@ def test_artifacts_are_byte_identical_to_the_recorded_ones(tiny_here):
     assert got == GOLDEN
 
 
-@pytest.mark.parametrize("kind, message", [
-    (corruptions.CorruptionKind("gaussian", 50, "pixels", lambda *a: {}), "'gaussian' is registered already"),
-    (corruptions.CorruptionKind("flip", 50, "labels", lambda *a: {}, levels=True, aliases={"random_labels": 1.0}),
-     "'random_labels' is registered already"),
-    (corruptions.CorruptionKind("flip", 3, "labels", lambda *a: {}), "seed_key 3 is 'random_pixels''s already"),
-    (corruptions.CorruptionKind("flip", True, "labels", lambda *a: {}), "not a non-negative integer"),
-    (corruptions.CorruptionKind("flip-it", 50, "labels", lambda *a: {}), "'flip-it' is not a name"),
-    (corruptions.CorruptionKind("flip", 50, "images", lambda *a: {}), "not 'labels' or 'pixels'"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (corruptions.CorruptionKind("gaussian", 50, "pixels", lambda *a: {}), "'gaussian' is registered already"),
+        (
+            corruptions.CorruptionKind(
+                "flip", 50, "labels", lambda *a: {}, levels=True, aliases={"random_labels": 1.0}
+            ),
+            "'random_labels' is registered already",
+        ),
+        (corruptions.CorruptionKind("flip", 3, "labels", lambda *a: {}), "seed_key 3 is 'random_pixels''s already"),
+        (corruptions.CorruptionKind("flip", True, "labels", lambda *a: {}), "not a non-negative integer"),
+        (corruptions.CorruptionKind("flip-it", 50, "labels", lambda *a: {}), "'flip-it' is not a name"),
+        (corruptions.CorruptionKind("flip", 50, "images", lambda *a: {}), "not 'labels' or 'pixels'"),
+    ],
+)
 def test_a_name_or_seed_key_twice_is_refused(kind, message):
     before = corruptions.kinds()
     with pytest.raises(rc.ConfigError, match=message):
@@ -81,9 +90,12 @@ def _inverted(rng, base, level, num_classes):
 def toy_kinds():
     """Two kinds registered from outside the package, unregistered afterwards."""
     key = max(k.seed_key for k in corruptions.kinds()) + 1
-    added = [corruptions.register(corruptions.CorruptionKind("next_label", key, "labels", _next_label,
-                                                             epoch_factor=5.0, legend="next label")),
-             corruptions.register(corruptions.CorruptionKind("inverted_pixels", key + 1, "pixels", _inverted))]
+    added = [
+        corruptions.register(
+            corruptions.CorruptionKind("next_label", key, "labels", _next_label, epoch_factor=5.0, legend="next label")
+        ),
+        corruptions.register(corruptions.CorruptionKind("inverted_pixels", key + 1, "pixels", _inverted)),
+    ]
     try:
         yield added
     finally:
@@ -92,12 +104,29 @@ def toy_kinds():
 
 
 def test_a_kind_added_from_outside_runs_through_the_stage(tiny_here, toy_kinds):
-    raw = {"results_dir": "results/tiny", "dataset": {"source": "digits", "train_size": 100, "test_size": 50},
-           "preprocess": {"crop": 7},
-           "grid": [{"name": "toy", "models": ["mlp_1x512"],
-                     "corruptions": ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian",
-                                     "next_label", "inverted_pixels", "labels"], "levels": [0.5]}]}
-    cfg = rc.validate(raw)   # the schema takes the new names
+    raw = {
+        "results_dir": "results/tiny",
+        "dataset": {"source": "digits", "train_size": 100, "test_size": 50},
+        "preprocess": {"crop": 7},
+        "grid": [
+            {
+                "name": "toy",
+                "models": ["mlp_1x512"],
+                "corruptions": [
+                    "true_labels",
+                    "random_labels",
+                    "shuffled_pixels",
+                    "random_pixels",
+                    "gaussian",
+                    "next_label",
+                    "inverted_pixels",
+                    "labels",
+                ],
+                "levels": [0.5],
+            }
+        ],
+    }
+    cfg = rc.validate(raw)  # the schema takes the new names
     runs = rc.expand_runs(cfg)
     ids = [c.id for c in rc.corruptions_of(runs)]
     assert "next-label" in ids and "inverted-pixels" in ids
@@ -117,7 +146,9 @@ def test_a_kind_added_from_outside_runs_through_the_stage(tiny_here, toy_kinds):
     np.testing.assert_array_equal(loaded["x_train"], base["x_train"])
     assert corrupted_mask(loaded).all()
     run = next(r for r in runs if r.corruption == c)
-    assert expected_cost(cfg, run) == 5.0 * expected_cost(cfg, next(r for r in runs if r.corruption.id == "true-labels"))
+    assert expected_cost(cfg, run) == 5.0 * expected_cost(
+        cfg, next(r for r in runs if r.corruption.id == "true-labels")
+    )
 
     p = rc.Corruption.make("inverted_pixels")
     assert p.touches_pixels and p.label_level is None
@@ -128,8 +159,10 @@ def test_a_kind_added_from_outside_runs_through_the_stage(tiny_here, toy_kinds):
 
 
 def test_streamed_datasets_take_the_new_label_kind_only(toy_kinds):
-    raw = {"dataset": {"source": "imagenet", "root": "x"},
-           "grid": [{"name": "g", "models": ["alexnet"], "corruptions": ["next_label", "inverted_pixels"]}]}
+    raw = {
+        "dataset": {"source": "imagenet", "root": "x"},
+        "grid": [{"name": "g", "models": ["alexnet"], "corruptions": ["next_label", "inverted_pixels"]}],
+    }
     with pytest.raises(rc.ConfigError, match=r"corruptions\[1\]: 'inverted_pixels' corrupts pixels.*next_label"):
         rc.validate(raw)
 
@@ -137,17 +170,25 @@ def test_streamed_datasets_take_the_new_label_kind_only(toy_kinds):
 def test_a_removed_kind_is_unknown_again(toy_kinds):
     corruptions.unregister("next_label")
     raw = {"grid": [{"name": "g", "models": ["mlp_1x512"], "corruptions": ["next_label"]}]}
-    with pytest.raises(rc.ConfigError, match=r"grid\[0\]\.corruptions\[0\].*allowed: true_labels, labels, "
-                                             r"random_labels, shuffled_pixels, random_pixels, gaussian, inverted"):
+    with pytest.raises(
+        rc.ConfigError,
+        match=r"grid\[0\]\.corruptions\[0\].*allowed: true_labels, labels, "
+        r"random_labels, shuffled_pixels, random_pixels, gaussian, inverted",
+    ):
         rc.validate(raw)
     with pytest.raises(rc.ConfigError, match="not a corruption id"):
         rc.Corruption.parse("next-label")
 
 
 def test_a_draw_that_breaks_the_contract_is_refused(tiny_here):
-    bad = corruptions.register(corruptions.CorruptionKind(
-        "bad_pixels", max(k.seed_key for k in corruptions.kinds()) + 1, "pixels",
-        lambda rng, base, level, k: {"x_train": base["x_train"][:, :, :2], "x_test": base["x_test"]}))
+    bad = corruptions.register(
+        corruptions.CorruptionKind(
+            "bad_pixels",
+            max(k.seed_key for k in corruptions.kinds()) + 1,
+            "pixels",
+            lambda rng, base, level, k: {"x_train": base["x_train"][:, :, :2], "x_test": base["x_test"]},
+        )
+    )
     try:
         with pytest.raises(rc.ConfigError, match="bad_pixels.*x_train"):
             corrupt(tiny_here, rc.Corruption.make(bad.name))

@@ -10,6 +10,7 @@
 - Every process of a multi-process run has its own training randomness (dropout) after the same
   initialization; a one-process run draws what it always drew.
 """
+
 import contextlib
 import copy
 import inspect
@@ -22,24 +23,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
 from rethinking import plan as rc
-from rethinking.engine import slots
-from rethinking.engine import loop as tr
-from rethinking.engine import streamed as ts
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
-from rethinking.models import build_model, traits
+from rethinking.engine import loop as tr
+from rethinking.engine import run as rn
+from rethinking.engine import slots
+from rethinking.engine import streamed as ts
 from rethinking.engine.optim import SGD
 from rethinking.engine.pack import Stacked
+from rethinking.models import build_model, traits
 from rethinking.plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
-from rethinking.engine import run as rn
+
+from conftest import REPO
 
 SHAPE = (3, 28, 28)
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 
 
 # ---------------------------------------------------------------------------- 1. momentum buffers' layout
+
 
 def _batch(seed=0, k=None):
     g = torch.Generator().manual_seed(seed)
@@ -71,10 +74,10 @@ def _max_diff(a, b):
 
 def _resume(model_state, opt_state, channels_last: bool, loader):
     """A fresh model (layout `channels_last`) and fused SGD, resumed from the states (SGD's by `loader`)."""
-    model = _alexnet(channels_last, seed=123)   # another initialization: everything must come from the states
+    model = _alexnet(channels_last, seed=123)  # another initialization: everything must come from the states
     model.load_state_dict(model_state)
     opt = SGD(model.parameters(), LR, MOMENTUM, WD)
-    loader(opt, copy.deepcopy(opt_state))   # load_state_dict keeps (aliases) the saved tensors: a copy per resume
+    loader(opt, copy.deepcopy(opt_state))  # load_state_dict keeps (aliases) the saved tensors: a copy per resume
     return model, opt
 
 
@@ -170,11 +173,12 @@ def test_loading_sgd_state_leaves_matching_buffers_alone():
 
 # ---------------------------------------------------------------------------- 2. the device type in the fingerprint
 
+
 def test_the_fingerprint_covers_the_device_type_and_only_where_given():
     s = {"run": "r", "lr": 0.1}
     plain, cpu, cuda = (fingerprint(s, ENGINE_SOURCES, d) for d in (None, "cpu", "cuda"))
     assert len({plain, cpu, cuda}) == 3
-    assert fingerprint(s, ENGINE_SOURCES, "cpu") == cpu   # deterministic
+    assert fingerprint(s, ENGINE_SOURCES, "cpu") == cpu  # deterministic
     with pytest.raises(ValueError, match="resolved"):
         fingerprint(s, ENGINE_SOURCES, "auto")
     with pytest.raises(ValueError, match="resolved"):
@@ -219,6 +223,7 @@ def test_a_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tiny, tmp_path, mon
     def kill_after_epoch_1(*args, **kw):
         real(*args, **kw)
         raise Killed()
+
     monkeypatch.setattr(tr, "save_checkpoint", kill_after_epoch_1)
     with pytest.raises(Killed):
         tr.train(tiny, run, log=lambda *_: None)
@@ -228,9 +233,9 @@ def test_a_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tiny, tmp_path, mon
     s = run_settings(tiny, run)
     assert ck["fingerprint"] == fingerprint(s, ENGINE_SOURCES, "cpu") != fingerprint(s, ENGINE_SOURCES)
     ck["fingerprint"] = fingerprint(s, ENGINE_SOURCES, "cuda")
-    ck["generator"] = torch.zeros(16, dtype=torch.uint8)   # what a CUDA generator's get_state() holds
+    ck["generator"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator's get_state() holds
     with pytest.raises(RuntimeError):
-        torch.Generator().set_state(ck["generator"])        # the crash a resume would have been
+        torch.Generator().set_state(ck["generator"])  # the crash a resume would have been
     torch.save(ck, out / rn.CHECKPOINT)
 
     lines = []
@@ -251,6 +256,7 @@ def test_a_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tiny, tmp_path, mon
 @pytest.fixture(scope="module")
 def jpeg_tree(tmp_path_factory):
     from test_imagenet import make_jpeg_tree
+
     return make_jpeg_tree(tmp_path_factory.mktemp("imagenet") / "tree")
 
 
@@ -260,9 +266,11 @@ STREAM_RUN = "imagenet/random-labels/alexnet/none/seed0"
 def _stream_cfg(tmp_path, tree, results="results", **training):
     from test_checkpoints import streamed_params
     from test_imagenet import prepared
+
     p = streamed_params(tmp_path, tree, results)
     if training:
         import yaml
+
         raw = yaml.safe_load(p.read_text())
         raw["training"].update(training)
         p.write_text(yaml.safe_dump(raw))
@@ -278,6 +286,7 @@ def test_a_streamed_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tmp_path, 
     def kill_at_step_2(*args, **kw):
         real(*args, **kw)
         raise Killed()
+
     monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_2)
     with pytest.raises(Killed):
         ts.train(cfg, run, log=lambda *_: None)
@@ -299,6 +308,7 @@ def test_a_streamed_checkpoint_made_on_cuda_is_not_resumed_on_the_cpu(tmp_path, 
 
 # ---------------------------------------------------------------------------- 3. evaluation in fp32
 
+
 class AutocastRecorder:
     """An autocast factory that counts being entered, inside and outside the engine's `evaluate`."""
 
@@ -314,6 +324,7 @@ class AutocastRecorder:
             else:
                 self.in_training += 1
             yield
+
         return entered()
 
     def wrap(self, evaluate):
@@ -323,6 +334,7 @@ class AutocastRecorder:
                 return evaluate(*args, **kw)
             finally:
                 self.evaluating = False
+
         return evaluating
 
 
@@ -338,7 +350,7 @@ def test_evaluation_never_enters_the_training_autocast(tiny, monkeypatch, pack):
     outs = tr.train_runs(tiny, runs, log=lambda *_: None)
     steps = max(json.loads((out / "summary.json").read_text())["steps"] for out in outs)
     assert rec.in_evaluation == 0
-    assert rec.in_training == steps > 0   # a pack: one stacked step for all members
+    assert rec.in_training == steps > 0  # a pack: one stacked step for all members
     assert "autocast" not in inspect.signature(tr.evaluate).parameters
 
 
@@ -359,8 +371,10 @@ def test_bf16_autocast_only_where_the_gpu_computes_bf16_natively(monkeypatch):
     def supported(native):
         def is_bf16_supported(including_emulation=True):
             asked.append(including_emulation)
-            return native or including_emulation   # an emulating GPU says yes unless asked for native bf16
+            return native or including_emulation  # an emulating GPU says yes unless asked for native bf16
+
         return is_bf16_supported
+
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported(False))
     assert tr.autocast_for(torch.device("cuda", 0)) is contextlib.nullcontext
@@ -369,13 +383,14 @@ def test_bf16_autocast_only_where_the_gpu_computes_bf16_natively(monkeypatch):
         ctx = tr.autocast_for(torch.device("cuda", 0))()
     assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
     assert asked == [False, False]
-    assert ts.autocast_for is tr.autocast_for   # one helper for both engines
+    assert ts.autocast_for is tr.autocast_for  # one helper for both engines
 
 
 def test_evaluation_runs_without_tf32(monkeypatch):
     """Both engines evaluate through metrics.evaluate, inside precision.exact_float32 (its flags:
     tests/test_kernels_gpu.py)."""
     from rethinking.engine import metrics, precision
+
     assert tr.evaluate is metrics.evaluate and ts.evaluate is metrics.evaluate
     entered = []
 
@@ -383,6 +398,7 @@ def test_evaluation_runs_without_tf32(monkeypatch):
     def recording():
         entered.append(True)
         yield
+
     monkeypatch.setattr(precision, "exact_float32", recording)
     model = torch.nn.Linear(4, 3)
     metrics.evaluate(model, [(torch.zeros(5, 4), torch.zeros(5, dtype=torch.int64), None)])
@@ -390,6 +406,7 @@ def test_evaluation_runs_without_tf32(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- 4. one GPU per process of a run
+
 
 @pytest.mark.parametrize("visible", ["0,1", "4,6,7", "0,1,2,3", "3,2,1,0"])
 @pytest.mark.parametrize("per_gpu", [1, 2, 3])
@@ -413,7 +430,7 @@ def test_the_processes_of_a_run_claim_different_gpus(tmp_path, monkeypatch, visi
         while True:
             run = {}
             try:
-                for rank in (range(world) if runs % 2 == 0 else reversed(range(world))):
+                for rank in range(world) if runs % 2 == 0 else reversed(range(world)):
                     run[rank] = slots.claim_gpu(count, per_gpu, rank, world, lock_dir=lock_dir, timeout=0)
             except TimeoutError:
                 for slot in run.values():
@@ -425,7 +442,7 @@ def test_the_processes_of_a_run_claim_different_gpus(tmp_path, monkeypatch, visi
             for s in run.values():
                 assert s.physical == ids[s.device] and s.path.name == f"gpu{s.physical}.slot{s.slot}.lock"
         assert len({(s.physical, s.slot) for s in held}) == len(held)
-        if others == 0:   # as many runs as the fewest GPUs of a process (rank_devices) have slots
+        if others == 0:  # as many runs as the fewest GPUs of a process (rank_devices) have slots
             assert runs == count // world * per_gpu
         for s in held:
             s.release()
@@ -435,15 +452,18 @@ def test_rank_devices_partition_the_gpus():
     for count in range(1, 9):
         for world in range(1, count + 1):
             parts = [slots.rank_devices(count, r, world) for r in range(world)]
-            assert sorted(itertools.chain(*parts)) == list(range(count))   # every GPU, each for one rank
+            assert sorted(itertools.chain(*parts)) == list(range(count))  # every GPU, each for one rank
             assert all(parts)
     assert slots.rank_devices(4, 0, 1) == [0, 1, 2, 3]
 
 
 def test_a_run_of_more_processes_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
-    with pytest.raises(rc.ConfigError, match=r"gpus_per_run: a run of 2 processes needs 2 GPUs.*sees 1 "
-                                             r"\(CUDA_VISIBLE_DEVICES=2\)"):
+    with pytest.raises(
+        rc.ConfigError,
+        match=r"gpus_per_run: a run of 2 processes needs 2 GPUs.*sees 1 "
+        r"\(CUDA_VISIBLE_DEVICES=2\)",
+    ):
         slots.claim_gpu(1, 4, 1, 2, timeout=0)
 
 
@@ -464,7 +484,7 @@ def test_the_default_lock_folder_is_slots_claims(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with slots.claim_gpu(2, 1, 1, 2, timeout=0) as s:
         assert s.path == tmp_path / "gpu1.slot0.lock"
-        with slots.claim(2, 1, timeout=0) as other:   # a one-process job sees process 1's slot taken
+        with slots.claim(2, 1, timeout=0) as other:  # a one-process job sees process 1's slot taken
             assert other.path == tmp_path / "gpu0.slot0.lock"
             with pytest.raises(TimeoutError):
                 slots.claim(2, 1, timeout=0)
@@ -475,10 +495,11 @@ def test_the_default_lock_folder_is_slots_claims(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- 7. a random stream per process
 
+
 def test_rank_seeds_are_distinct_and_deterministic():
     seeds = {(seed, rank): ts.rank_seed(seed, rank) for seed in range(4) for rank in range(1, 9)}
     assert len(set(seeds.values())) == len(seeds)
-    assert all(0 <= v < 2 ** 63 for v in seeds.values())
+    assert all(0 <= v < 2**63 for v in seeds.values())
     assert ts.rank_seed(3, 2) == seeds[(3, 2)]
     assert all(v not in range(4) for v in seeds.values())
     with pytest.raises(ValueError):
@@ -488,6 +509,7 @@ def test_rank_seeds_are_distinct_and_deterministic():
 def test_after_the_same_initialization_each_process_draws_its_own_dropout():
     """The engine's setup in processes 0..3: the same model everywhere, then process 0 goes on with the run's
     stream (the one-process run's draws, unchanged) and the others draw masks of their own."""
+
     def setup(rank):
         torch.manual_seed(5)
         model = build_model("mlp_1x512", (1, 7, 7), num_classes=10, dropout=0.5)
@@ -506,26 +528,45 @@ def test_after_the_same_initialization_each_process_draws_its_own_dropout():
     masks = [r[2] for r in results]
     assert all(not torch.equal(states[i], states[j]) for i, j in itertools.combinations(range(4), 2))
     assert all(not torch.equal(masks[i], masks[j]) for i, j in itertools.combinations(range(4), 2))
-    assert torch.equal(setup(2)[2], masks[2])   # deterministic
+    assert torch.equal(setup(2)[2], masks[2])  # deterministic
 
 
 def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
     """torchrun, 2 gloo processes, a run with dropout: the checkpoint's per-process random states differ (they
     were equal when every process trained from the run's seed alone), and the run completes."""
     import subprocess
+
     import yaml
+
     from test_checkpoints import streamed_params
+
     p = streamed_params(tmp_path, jpeg_tree, "results")
     raw = yaml.safe_load(p.read_text())
     raw["training"]["gpus_per_run"] = 2
     raw["grid"][0]["regularizers"] = ["dropout"]
     p.write_text(yaml.safe_dump(raw))
     from test_imagenet import prepared
+
     prepared(p, "random-labels")
     run_id = STREAM_RUN.replace("/none/", "/dropout/")
-    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "rethinking", "train",
-                           "--params", str(p), "--run-id", run_id], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "rethinking",
+            "train",
+            "--params",
+            str(p),
+            "--run-id",
+            run_id,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "runs" / run_id
     ck = torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)
@@ -536,6 +577,7 @@ def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
 
 
 # ---------------------------------------------------------------------------- 8a. evaluation counts without a sync
+
 
 def test_streamed_evaluation_counts_images_on_the_host(tmp_path, jpeg_tree):
     """Evaluation shares its sums between processes once per evaluation (one vector, the image count in it),
@@ -551,9 +593,10 @@ def test_streamed_evaluation_counts_images_on_the_host(tmp_path, jpeg_tree):
     for batch_size in (3, len(test_set)):
         reduced = []
 
-        def reduce(v):
+        def reduce(v, reduced=reduced):
             reduced.append(v.clone())
             return procs.sum(v)
+
         ev = ts.evaluate(model, ts._eval_batches(test_set, idx, procs, batch_size, 0, False), topk=5, reduce=reduce)
         assert len(reduced) == 1 and reduced[0][-1] == len(test_set)
         results[batch_size] = (ev["loss"], ev["acc"], ev["top5"], ev["correct"])

@@ -1,4 +1,5 @@
 """Datasets: digits split, image folders (folder or zip, RGB or grayscale), subsets, clear data errors."""
+
 import shutil
 import zipfile
 from pathlib import Path
@@ -6,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image_folder
 from rethinking import plan as rc
-from rethinking.errors import DataError
 from rethinking.data.sources import balanced_subset, load_cifar10, load_digits, load_imagefolder, prepare
-from rethinking.errors import ArtifactError
+from rethinking.errors import ArtifactError, DataError
 from rethinking.files import load_npz
+
+from conftest import REPO, make_image_folder
 
 SHARED_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
@@ -54,19 +55,23 @@ def test_imagefolder_grayscale_stays_one_channel(tmp_path):
 
 def test_imagefolder_pixels_survive(tmp_path):
     from PIL import Image
+
     root = make_image_folder(tmp_path / "t", size=(4, 4), classes=("a",), n_train=1, n_test=1)
     arr = np.asarray(Image.open(root / "train" / "a" / "0000.png"))
     xtr, *_ = load_imagefolder(root)
     np.testing.assert_array_equal(xtr[0], arr.transpose(2, 0, 1))
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("missing_split", "no test/<class>/ folders"),
-    ("empty_class", "test/dog/ is empty"),
-    ("not_image", "notes.txt: not an image file"),
-    ("broken_image", "0001.png: not a readable image"),
-    ("mixed_sizes", "different sizes"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("missing_split", "no test/<class>/ folders"),
+        ("empty_class", "test/dog/ is empty"),
+        ("not_image", "notes.txt: not an image file"),
+        ("broken_image", "0001.png: not a readable image"),
+        ("mixed_sizes", "different sizes"),
+    ],
+)
 def test_imagefolder_damage_gives_clear_errors(tmp_path, damage, needle):
     root = make_image_folder(tmp_path / "t")
     if damage == "missing_split":
@@ -113,10 +118,21 @@ def test_prepare_subset_and_truncated_artifact_error(tmp_path):
 
 @pytest.mark.skipif(not SHARED_ZIP.is_file(), reason="the shared JPEG CIFAR-10 is not on this machine")
 def test_shared_jpeg_cifar10_zip_layout():
-    from rethinking.data.sources import _Tree, _decode
+    from rethinking.data.sources import _decode, _Tree
+
     tree = _Tree(SHARED_ZIP)
-    assert sorted(tree.files["train"]) == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                           "horse", "ship", "truck"]
+    assert sorted(tree.files["train"]) == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert sum(len(v) for v in tree.files["train"].values()) == 50_000
     assert sum(len(v) for v in tree.files["test"].values()) == 10_000
     assert _decode(tree, tree.files["test"]["cat"][0]).shape == (3, 32, 32)

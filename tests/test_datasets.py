@@ -6,6 +6,7 @@ here cannot match: the tests that read them replace the `check_integrity` those 
 presence only (`md5_ignored`; in the `prepare` subprocess, RUNNER does the same). MNIST and its kin check presence
 only, so their command runs as a user runs it.
 """
+
 import os
 import pickle
 import struct
@@ -16,11 +17,12 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 
-from conftest import run_cli, tree_files
 from rethinking import plan as rc
-from rethinking.errors import DataError
 from rethinking.data.sources import load_source
+from rethinking.errors import DataError
 from rethinking.files import load_npz
+
+from conftest import run_cli, tree_files
 
 N_TRAIN, N_TEST = 20, 10
 MNIST_FAMILY = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -58,10 +60,14 @@ def write_cifar100(root: Path) -> dict:
     out = {}
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
-        fine = _labels(split, rng, n) + np.where(np.arange(n) >= 10, 90, 0)   # train: 0..9 and 90..99
-        entry = {"batch_label": f"{split} batch", "filenames": [f"{i}.png" for i in range(n)],
-                 "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
-                 "data": x.reshape(n, 3 * 32 * 32)}   # each row: the R, then G, then B plane, row-major
+        fine = _labels(split, rng, n) + np.where(np.arange(n) >= 10, 90, 0)  # train: 0..9 and 90..99
+        entry = {
+            "batch_label": f"{split} batch",
+            "filenames": [f"{i}.png" for i in range(n)],
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": x.reshape(n, 3 * 32 * 32),
+        }  # each row: the R, then G, then B plane, row-major
         with open(d / split, "wb") as f:
             pickle.dump(entry, f, protocol=2)
         out[split] = (x, fine)
@@ -100,6 +106,7 @@ def _present(fpath, md5=None):
 def md5_ignored(monkeypatch):
     import torchvision.datasets.cifar as cifar
     import torchvision.datasets.svhn as svhn
+
     monkeypatch.setattr(cifar, "check_integrity", _present)
     monkeypatch.setattr(svhn, "check_integrity", _present)
 
@@ -113,13 +120,16 @@ def written(tmp_path_factory):
 
 def test_expected_files_are_the_ones_torchvision_checks():
     import torchvision.datasets as tvd
+
     for source, name in MNIST_FAMILY.items():
         folder, names = rc.TORCHVISION_FILES[source]
         assert folder == f"{name}/raw"
         assert list(names) == [os.path.splitext(f)[0] for f, _ in getattr(tvd, name).resources]
     c = tvd.CIFAR100
-    assert rc.TORCHVISION_FILES["cifar100"] == (c.base_folder, tuple(f for f, _ in c.train_list + c.test_list)
-                                               + (c.meta["filename"],))
+    assert rc.TORCHVISION_FILES["cifar100"] == (
+        c.base_folder,
+        tuple(f for f, _ in c.train_list + c.test_list) + (c.meta["filename"],),
+    )
     assert rc.TORCHVISION_FILES["svhn"] == ("", tuple(tvd.SVHN.split_list[s][1] for s in ("train", "test")))
 
 
@@ -135,17 +145,17 @@ def test_source_round_trips_pixels_and_labels(written, md5_ignored, source):
         assert y.shape == (n,) and y.dtype == np.int64
         np.testing.assert_array_equal(x, arrays[split][0])
         np.testing.assert_array_equal(y, arrays[split][1])
-    assert d["provenance"] == {"source": source, "origin": f"torchvision.datasets.{_class(source)}",
-                               "root": str(root)}
-    if source == "cifar100":   # the fine labels (90..99 are there) and the fine names, all 100
+    assert d["provenance"] == {"source": source, "origin": f"torchvision.datasets.{_class(source)}", "root": str(root)}
+    if source == "cifar100":  # the fine labels (90..99 are there) and the fine names, all 100
         assert d["classes"] == FINE and d["y_train"].max() == 99
-    elif source == "svhn":   # 10 on disk is the digit 0, label 0
+    elif source == "svhn":  # 10 on disk is the digit 0, label 0
         assert d["classes"] == [str(i) for i in range(10)] and set(d["y_train"]) == set(range(10))
         assert (d["y_train"] == 0).sum() == 2 and 10 not in d["y_test"]
-    elif source == "mnist":   # as digits and svhn (torchvision says "0 - zero", ...)
+    elif source == "mnist":  # as digits and svhn (torchvision says "0 - zero", ...)
         assert d["classes"] == [str(i) for i in range(10)]
-    else:   # torchvision's names
+    else:  # torchvision's names
         import torchvision.datasets as tvd
+
         assert d["classes"] == getattr(tvd, _class(source)).classes and len(d["classes"]) == 10
 
 
@@ -185,17 +195,21 @@ print("exit codes", codes)
 
 def _params(tmp_path, source, root, extra=""):
     p = tmp_path / f"{source}.yaml"
-    p.write_text(f"results_dir: {tmp_path / 'results'}\n"
-                 f"dataset: {{source: {source}, root: {root}, train_size: 10, test_size: 10{extra}}}\n" + GRID)
+    p.write_text(
+        f"results_dir: {tmp_path / 'results'}\n"
+        f"dataset: {{source: {source}, root: {root}, train_size: 10, test_size: 10{extra}}}\n" + GRID
+    )
     return p
 
 
 def test_prepare_command_writes_the_base_artifact(written, tmp_path):
     import subprocess
+
     params = [_params(tmp_path, s, written[s][0]) for s in SOURCES]
     (tmp_path / "runner.py").write_text(RUNNER)
-    proc = subprocess.run([sys.executable, "runner.py", *map(str, params)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "runner.py", *map(str, params)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and f"exit codes {[0] * len(SOURCES)}" in proc.stdout, proc.stdout + proc.stderr
     for source, p in zip(SOURCES, params):
         cfg = rc.load(p)
@@ -226,12 +240,18 @@ def test_prepare_absent_files_offline_one_line_and_nothing_written(tmp_path, sou
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_check_data(tmp_path, monkeypatch, written, source):
-    monkeypatch.chdir(tmp_path)   # no data/<source> here
+    monkeypatch.chdir(tmp_path)  # no data/<source> here
+
     def cfg(root, download=False):
-        return rc.validate({"dataset": {"source": source, "root": str(root), "download": download},
-                            "grid": [{"name": "a", "models": ["mlp_1x512"], "corruptions": ["true_labels"]}]})
-    rc.check_data(cfg(written[source][0]))   # all files there
-    rc.check_data(cfg(tmp_path / "nowhere", download=True))   # fetched by prepare
+        return rc.validate(
+            {
+                "dataset": {"source": source, "root": str(root), "download": download},
+                "grid": [{"name": "a", "models": ["mlp_1x512"], "corruptions": ["true_labels"]}],
+            }
+        )
+
+    rc.check_data(cfg(written[source][0]))  # all files there
+    rc.check_data(cfg(tmp_path / "nowhere", download=True))  # fetched by prepare
     with pytest.raises(rc.ConfigError, match=f"dataset.root: .*nowhere.* holds no {source} files"):
         rc.check_data(cfg(tmp_path / "nowhere"))
     partial = tmp_path / "partial"
@@ -244,7 +264,7 @@ def test_check_data(tmp_path, monkeypatch, written, source):
     assert rc.TORCHVISION_ROOTS[source] == f"data/{source}"
     with pytest.raises(rc.ConfigError, match=f"data/{source}"):
         rc.check_data(default)
-    if source == "mnist":   # torchvision's legacy processed/{training,test}.pt are read too
+    if source == "mnist":  # torchvision's legacy processed/{training,test}.pt are read too
         legacy = tmp_path / "legacy" / "MNIST" / "processed"
         legacy.mkdir(parents=True)
         (legacy / "training.pt").write_bytes(b"")
@@ -273,6 +293,7 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch, source):
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     monkeypatch.setattr(svhn, "download_url", offline)

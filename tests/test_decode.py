@@ -1,9 +1,11 @@
-"""`decode: device` decodes with TorchCodec (pinned), gives the pixels torchvision.io and Pillow give, and warns of nothing.
+"""`decode: device` decodes with TorchCodec (pinned), gives the pixels torchvision.io and Pillow give, and warns
+of nothing.
 
 torchvision 0.29 deprecates torchvision.io's image decoders in favour of TorchCodec (a DeprecationWarning at
 every call); rethinking.data.stream's `decode: device` path uses torchcodec.decoders.decode_jpeg instead (see the
 comment above stream._decode_jpegs, and benchmarks/decode_bench.py for the measurement behind it).
 """
+
 import io
 import re
 import warnings
@@ -13,14 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from rethinking.data import stream
 from rethinking.errors import DataError
+
+from conftest import REPO
 
 
 def _image(rng, w, h):
     """Class-coloured blobs on noise (as tests/test_imagenet.py writes), so the files carry detail."""
     from PIL import Image
+
     base = np.kron(rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3)), np.ones((8, 8, 1)))[:h, :w]
     return Image.fromarray(np.clip(base + rng.normal(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8))
 
@@ -55,6 +59,7 @@ def _tensor(data: bytes) -> torch.Tensor:
 
 def _pillow(data: bytes) -> torch.Tensor:
     from PIL import Image
+
     with Image.open(io.BytesIO(data)) as im:
         return torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
@@ -68,7 +73,7 @@ def test_torchcodec_is_pinned_to_the_installed_version():
 def test_decoding_a_tree_on_the_cpu_gives_pillows_and_torchvisions_pixels(tree):
     datas = [p.read_bytes() for p in _files(tree)]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # nothing is deprecated, nothing else warns
+        warnings.simplefilter("error")  # nothing is deprecated, nothing else warns
         got = stream._decode_jpegs([_tensor(d) for d in datas], torch.device("cpu"))
     assert len(got) == len(datas) == 14
     for d, img in zip(datas, got):
@@ -82,10 +87,11 @@ def test_decoding_a_tree_on_the_cpu_gives_pillows_and_torchvisions_pixels(tree):
     if not hasattr(tv, "decode_jpeg"):
         pytest.skip("torchvision.io.decode_jpeg is gone (removed after its deprecation in torchvision 0.29)")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+        )
         before = [tv.decode_jpeg(_tensor(d), mode=tv.ImageReadMode.RGB) for d in datas]
-    assert all(torch.equal(a, b) for a, b in zip(got, before))   # what decode: device gave with torchvision
+    assert all(torch.equal(a, b) for a, b in zip(got, before))  # what decode: device gave with torchvision
 
 
 def test_decode_device_path_does_not_use_torchvision_io_and_warns_of_nothing(tree, monkeypatch):
@@ -93,6 +99,7 @@ def test_decode_device_path_does_not_use_torchvision_io_and_warns_of_nothing(tre
 
     def refuse(*args, **kwargs):
         raise AssertionError("decode: device called torchvision.io")
+
     for name in ("decode_jpeg", "decode_image", "decode_png"):
         if hasattr(torchvision.io, name):
             monkeypatch.setattr(torchvision.io, name, refuse)
@@ -107,7 +114,7 @@ def test_decode_device_path_does_not_use_torchvision_io_and_warns_of_nothing(tre
     assert [str(w.message) for w in caught] == []
     x_pil, y_pil = stream.to_input(next(iter(stream.make_loader(pil, keys, 0))), pil, cpu)
     assert x_dev.shape == x_pil.shape == (10, 3, 75, 75) and torch.equal(y_dev, y_pil)
-    assert float((x_pil - x_dev).abs().mean()) < 0.05   # the same crops; resampling differs a little
+    assert float((x_pil - x_dev).abs().mean()) < 0.05  # the same crops; resampling differs a little
 
 
 def test_a_png_among_the_jpegs_is_decoded_by_pillow_and_garbage_is_refused(tree):
@@ -132,4 +139,4 @@ def test_nvjpeg_on_cuda_gives_the_cpu_pixels_within_jpeg_tolerance(tree):
     cpu = stream._decode_jpegs(datas, torch.device("cpu"))
     for g, c in zip(gpu, cpu):
         assert g.device.type == "cuda" and g.shape == c.shape
-        assert float((g.cpu().float() - c.float()).abs().mean()) < 1.0   # nvJPEG's IDCT and upsampling differ a little
+        assert float((g.cpu().float() - c.float()).abs().mean()) < 1.0  # nvJPEG's IDCT and upsampling differ a little

@@ -1,23 +1,24 @@
 """The engine's hot loop equals a plain PyTorch loop, and the bench command runs."""
+
 import contextlib
-from types import SimpleNamespace
 import copy
 import io
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import call_cli
-
-from rethinking.models import build_model
 from rethinking.engine.loop import run_epoch
 from rethinking.engine.optim import SGD as sgd
 from rethinking.engine.pack import Single
+from rethinking.models import build_model
+
+from conftest import call_cli
 
 
 def plain_standardize(x: np.ndarray) -> np.ndarray:
@@ -36,10 +37,11 @@ def test_engine_matches_a_plain_loop_given_the_same_batch_order():
 
     torch.manual_seed(0)
     model = build_model("mlp_1x512", (3, 8, 8), num_classes=4)
-    single = Single(model, momentum=0.9, weight_decay=0.0, lr=0.05)   # a run as a pack of one, the engine's SGD
+    single = Single(model, momentum=0.9, weight_decay=0.0, lr=0.05)  # a run as a pack of one, the engine's SGD
     member = SimpleNamespace(x_fit=torch.from_numpy(x), y_train=torch.from_numpy(y), gen=None)
-    correct, seen, step_losses = run_epoch(single, [member], [perm], batch_size=16, crop=8, augment=frozenset(),
-                                           autocast=contextlib.nullcontext)
+    correct, seen, step_losses = run_epoch(
+        single, [member], [perm], batch_size=16, crop=8, augment=frozenset(), autocast=contextlib.nullcontext
+    )
     losses = step_losses[:, 0].tolist()
     step = len(losses)
 
@@ -49,7 +51,7 @@ def test_engine_matches_a_plain_loop_given_the_same_batch_order():
     ref_losses = []
     crops = x[:, :, 1:9, 1:9].astype(np.float32) / 255.0
     for i in range(0, 70, 16):
-        idx = perm[i:i + 16].numpy()
+        idx = perm[i : i + 16].numpy()
         xb = torch.from_numpy(plain_standardize(crops[idx]))
         loss = F.cross_entropy(ref(xb), torch.from_numpy(y[idx]))
         ref_opt.zero_grad()
@@ -76,6 +78,7 @@ def test_fused_sgd_equals_torch_default_sgd_and_resumes_from_an_unfused_state():
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
+
     for _ in range(5):
         step(a, opt_a)
         step(b, opt_b)
@@ -84,7 +87,7 @@ def test_fused_sgd_equals_torch_default_sgd_and_resumes_from_an_unfused_state():
     # a single run resumes from a default SGD's state (what a pack writes) and stays fused
     opt_c = sgd(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     saved = io.BytesIO()
-    torch.save(opt_b.state_dict(), saved)   # as a checkpoint holds it (loading a live state_dict shares its buffers)
+    torch.save(opt_b.state_dict(), saved)  # as a checkpoint holds it (loading a live state_dict shares its buffers)
     saved.seek(0)
     opt_c.load_state_dict(torch.load(saved))
     assert all(g["fused"] for g in opt_c.param_groups)
@@ -101,6 +104,7 @@ def _stepper(model, x, y):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
+
     return step
 
 
@@ -128,8 +132,7 @@ def test_engine_sgd_writes_and_reads_torch_fused_sgds_state_dict(momentum, wd):
     assert sa["param_groups"] == sb["param_groups"]
     assert sa["state"].keys() == sb["state"].keys() and (len(sa["state"]) == 0) == (momentum == 0)
     for i in sa["state"]:
-        torch.testing.assert_close(sa["state"][i]["momentum_buffer"], sb["state"][i]["momentum_buffer"], rtol=0,
-                                   atol=0)
+        torch.testing.assert_close(sa["state"][i]["momentum_buffer"], sb["state"][i]["momentum_buffer"], rtol=0, atol=0)
     # cross-resume: torch's optimizer from our state, ours from torch's
     a2, b2 = build_model("mlp_2x16", (1, 4, 4), 3), build_model("mlp_2x16", (1, 4, 4), 3)
     a2.load_state_dict(a.state_dict())
@@ -176,24 +179,41 @@ def test_engine_sgd_refuses_a_state_of_another_model():
 def test_a_training_process_does_not_import_torch_dynamo(tmp_path):
     """torch.optim's Optimizer imports torch._dynamo (about 1.8 s of a fresh process here,
     benchmarks/optimizer_import.py); a training step, a checkpoint's state_dict and a resume must not."""
-    code = ("import sys, torch\n"
-            "from rethinking.engine.optim import SGD as sgd\n"
-            "from rethinking.engine.pack import Stacked\n"
-            "from rethinking.models import build_model\n"
-            "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"
-            "opt = sgd(m.parameters(), 0.1, 0.9, 5e-4)\n"
-            "m(torch.zeros(2, 1, 4, 4)).sum().backward(); opt.step()\n"
-            "sgd(m.parameters(), 0.1, 0.9).load_state_dict(opt.state_dict())\n"
-            "st = Stacked([m, build_model('mlp_1x16', (1, 4, 4), 3)], 0.9, 0.0)\n"
-            "st.load_member(1, m.state_dict(), st.optimizer_state(0, st.member(0), 0.1))\n"
-            "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))\n")
+    code = (
+        "import sys, torch\n"
+        "from rethinking.engine.optim import SGD as sgd\n"
+        "from rethinking.engine.pack import Stacked\n"
+        "from rethinking.models import build_model\n"
+        "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"
+        "opt = sgd(m.parameters(), 0.1, 0.9, 5e-4)\n"
+        "m(torch.zeros(2, 1, 4, 4)).sum().backward(); opt.step()\n"
+        "sgd(m.parameters(), 0.1, 0.9).load_state_dict(opt.state_dict())\n"
+        "st = Stacked([m, build_model('mlp_1x16', (1, 4, 4), 3)], 0.9, 0.0)\n"
+        "st.load_member(1, m.state_dict(), st.optimizer_state(0, st.member(0), 0.1))\n"
+        "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
 
 def test_bench_command_reports_throughput_and_speedup(tmp_path):
-    proc = call_cli("bench", "--model", "mlp_1x512", "--dataset", "digits", "--train-size", "300",
-                   "--batch-size", "32", "--pack", "2", "--json", tmp_path / "b.json", cwd=tmp_path, check=True)
+    proc = call_cli(
+        "bench",
+        "--model",
+        "mlp_1x512",
+        "--dataset",
+        "digits",
+        "--train-size",
+        "300",
+        "--batch-size",
+        "32",
+        "--pack",
+        "2",
+        "--json",
+        tmp_path / "b.json",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "images/s:" in proc.stdout and "baseline images/s:" in proc.stdout and "speedup:" in proc.stdout
     assert "packed images/s (2 runs):" in proc.stdout
     result = json.loads((tmp_path / "b.json").read_text())

@@ -1,4 +1,5 @@
 """Faults: kill -9 mid-run, a kill while an artifact is written, fuzzed params."""
+
 import contextlib
 import copy
 import io
@@ -17,10 +18,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, call_cli, run_cli, tiny_params, tree_files
 from rethinking import cli
 from rethinking import plan as rc
 from rethinking.files import load_npz, save_npz
+
+from conftest import REPO, call_cli, run_cli, tiny_params, tree_files
 
 KILL_PARAMS = """
 results_dir: {results}
@@ -47,8 +49,12 @@ def test_kill_9_mid_run_resumes_to_the_same_result(tmp_path):
 
     killed = _prepare(tmp_path, "killed")
     run_dir = tmp_path / "killed" / "runs" / RUN
-    proc = subprocess.Popen([sys.executable, "-m", "rethinking", "train", "--params", str(killed), "--run", RUN],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rethinking", "train", "--params", str(killed), "--run", RUN],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -64,10 +70,12 @@ def test_kill_9_mid_run_resumes_to_the_same_result(tmp_path):
     for key in ("status", "epochs", "steps", "train_acc", "test_acc", "train_loss", "test_loss"):
         assert a[key] == b[key], key
     cols = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "runs" / RUN / "epochs.csv")[cols],
-                                  pd.read_csv(run_dir / "epochs.csv")[cols])
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "runs" / RUN / "steps.csv"),
-                                  pd.read_csv(run_dir / "steps.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "full" / "runs" / RUN / "epochs.csv")[cols], pd.read_csv(run_dir / "epochs.csv")[cols]
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "full" / "runs" / RUN / "steps.csv"), pd.read_csv(run_dir / "steps.csv")
+    )
 
 
 def test_a_kill_while_writing_an_artifact_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -79,6 +87,7 @@ def test_a_kill_while_writing_an_artifact_leaves_no_partial_file(tmp_path, monke
     def dying(f, arr, **kw):
         f.write(b"\x93NUMPY partial")
         raise KeyboardInterrupt  # what SIGINT does mid-write
+
     monkeypatch.setattr(np.lib.format, "write_array", dying)
     with pytest.raises(KeyboardInterrupt):
         save_npz(path, {"v": 2}, x=np.arange(1000))
@@ -92,9 +101,15 @@ def test_a_kill_while_writing_an_artifact_leaves_no_partial_file(tmp_path, monke
 # ---------------------------------------------------------------------------- fuzzed params
 
 VALID = tiny_params()
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                 st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4),
-                                                                                                 st.integers(), max_size=2))
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 def _paths(node, prefix=()):
@@ -146,8 +161,9 @@ def test_fuzzed_params_give_a_valid_grid_or_a_clear_error(raw):
     assert runs and all(rc.find_run(cfg, r.id) == r for r in runs)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(mutated())
 def test_fuzzed_params_through_the_cli_write_nothing_on_error(tmp_path, raw):
     results = tmp_path / "results"
@@ -178,10 +194,16 @@ def test_a_closed_pipe_ends_a_listing_quietly(command):
     ends as Unix tools do (status 141, as SIGPIPE gives) with no traceback."""
     import subprocess
     import sys
+
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "rethinking", command, "--params", "params.yaml"], cwd=REPO,
-                            stdout=w, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rethinking", command, "--params", "params.yaml"],
+        cwd=REPO,
+        stdout=w,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(w)
-    os.close(r)   # no reader left: the child's first write (or its flush) meets a closed pipe
+    os.close(r)  # no reader left: the child's first write (or its flush) meets a closed pipe
     _, err = proc.communicate(timeout=120)
     assert err == "" and proc.returncode == 141, (proc.returncode, err)

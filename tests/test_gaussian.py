@@ -1,17 +1,19 @@
 """Gaussian corruption: the stored (rounded, clipped, uint8) noise has the data's mean and sd per channel."""
+
 import numpy as np
 import pytest
 
-from conftest import REPO
 from rethinking import plan as rc
 from rethinking.data.corrupt import corrupt
-from rethinking.plan.draws import gaussian_like, gaussian_params, stored_moments
 from rethinking.data.sources import prepare
 from rethinking.files import load_npz
+from rethinking.plan.draws import gaussian_like, gaussian_params, stored_moments
+
+from conftest import REPO
 
 
 def _close(got, want):
-    return abs(got - want) <= max(1.0, 0.01 * abs(want))   # 1 intensity level or 1% relative
+    return abs(got - want) <= max(1.0, 0.01 * abs(want))  # 1 intensity level or 1% relative
 
 
 def test_digits_gaussian_artifact_matches_stored_moments(tmp_path):
@@ -28,7 +30,7 @@ def test_digits_gaussian_artifact_matches_stored_moments(tmp_path):
         assert g[split].dtype == np.uint8 and g[split].shape == base[split].shape
         assert _close(x.mean(), ref.mean()) and _close(x.std(), ref.std()), (split, x.mean(), x.std())
     first = path.read_bytes()
-    assert corrupt(cfg, c).read_bytes() == first   # same seed, same bytes
+    assert corrupt(cfg, c).read_bytes() == first  # same seed, same bytes
 
 
 def test_generated_images_match_per_channel():

@@ -2,6 +2,7 @@
 epochs.csv, steps.csv and summary.json values recorded at 7d86318, before it (tests/data/golden/tiny.json,
 written by tests/golden.py). Floats are compared within 1e-6 (another CPU may sum in another order); on the
 machine that recorded them they are equal to the bit."""
+
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from golden import compare, snapshot
 
 GOLDEN = REPO / "tests" / "data" / "golden" / "tiny.json"
 # summary keys the redesign added (both engines now write the same keys): not in the golden values
-ADDED = {"best_test_acc", "n_train_eval", "processes"}   # (and train_images_per_s, measured: golden.VOLATILE)
+ADDED = {"best_test_acc", "n_train_eval", "processes"}  # (and train_images_per_s, measured: golden.VOLATILE)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ the script must finish inside its budget, pass only arguments the CLI accepts, a
 archive (tables, no checkpoints) even when it is killed. Tiny sizes: the digits, one epoch, packs of 2.
 About 45 s on the project's 2 cores.
 """
+
 import json
 import os
 import re
@@ -18,15 +19,43 @@ from pathlib import Path
 from conftest import REPO, clone_project
 
 SCRIPT = "benchmarks/gpu_check.sh"
-TINY = ["--device", "cpu", "--dataset", "digits", "--train-size", "100", "--test-size", "50", "--epochs", "1",
-        "--batch-size", "25", "--train-models", "mlp_1x512", "--bench-models", "mlp_1x512", "--bench-size", "100",
-        "--bench-epochs", "1", "--packs", "2", "--pack-models", "mlp_1x512", "--pack-size", "100",
-        "--workers", "0", "--threads", "1"]
-RETURNED = 16 * 2 ** 20       # the device tool returns files of up to 16 MiB ...
-RETURNED_FILES = 8            # ... at most 8 of them, named in letters, digits, '.', '_' and '-'
+TINY = [
+    "--device",
+    "cpu",
+    "--dataset",
+    "digits",
+    "--train-size",
+    "100",
+    "--test-size",
+    "50",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "25",
+    "--train-models",
+    "mlp_1x512",
+    "--bench-models",
+    "mlp_1x512",
+    "--bench-size",
+    "100",
+    "--bench-epochs",
+    "1",
+    "--packs",
+    "2",
+    "--pack-models",
+    "mlp_1x512",
+    "--pack-size",
+    "100",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+]
+RETURNED = 16 * 2**20  # the device tool returns files of up to 16 MiB ...
+RETURNED_FILES = 8  # ... at most 8 of them, named in letters, digits, '.', '_' and '-'
 CIFAR_ZIP = Path("/work/shared/data/cifar10-jpeg.zip")
 CIFAR_ZIP_BYTES = 65_314_233  # its size, where the file itself is not on the machine (CI)
-WHEELS_BYTES = 507_094        # jsonschema, jsonschema-specifications, referencing, rpds-py (cp312)
+WHEELS_BYTES = 507_094  # jsonschema, jsonschema-specifications, referencing, rpds-py (cp312)
 
 
 def _env():
@@ -43,10 +72,19 @@ def _members(archive: Path) -> list[str]:
 def _archivable(results: Path) -> list[str]:
     """The files the archive should hold: what exists under the results folder, less checkpoints and data."""
     names = []
-    for top in ("logs", "tables", "figures", "bench", "runs", "params.yaml", "params-tables.yaml", "runs.txt",
-                "corruptions.txt"):
+    for top in (
+        "logs",
+        "tables",
+        "figures",
+        "bench",
+        "runs",
+        "params.yaml",
+        "params-tables.yaml",
+        "runs.txt",
+        "corruptions.txt",
+    ):
         p = results / top
-        for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []):
+        for f in [p] if p.is_file() else p.rglob("*") if p.is_dir() else []:
             if f.is_file() and f.suffix not in (".pt", ".npz", ".lock") and ".tmp" not in f.name:
                 names.append(f.relative_to(results).as_posix())
     return sorted(names)
@@ -68,7 +106,7 @@ def _our_processes(root: Path) -> list[str]:
 def test_budget_is_within_the_device_limit():
     out = subprocess.run(["bash", SCRIPT, "--budget"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"^total (\d+)s of TOTAL 480s$", out, re.M).group(1))
-    assert total <= 480, out   # 8 minutes, inside the tool's 10 with room for the lead's timeout_s
+    assert total <= 480, out  # 8 minutes, inside the tool's 10 with room for the lead's timeout_s
     limits = [int(v) for v in re.findall(r"limit +(\d+)s", out)]
     assert len(limits) >= 13 and min(limits) >= 1, out
 
@@ -76,6 +114,7 @@ def test_budget_is_within_the_device_limit():
 def test_gpu_check_yaml_gives_every_run_a_slot():
     """jobs_per_gpu >= runs: with 1, the runs queue for one GPU slot and the time limit kills the waiting ones."""
     from rethinking.plan import expand_runs, load
+
     cfg = load(REPO / "benchmarks/gpu-check.yaml")
     assert cfg["training"]["jobs_per_gpu"] >= len(expand_runs(cfg)) == 6
 
@@ -84,8 +123,9 @@ def test_gpu_check_on_cpu(tmp_path):
     root = clone_project(tmp_path / "project")
     out = tmp_path / "out"
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", SCRIPT, *TINY, "--out", str(out)], cwd=root, env=_env(), capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        ["bash", SCRIPT, *TINY, "--out", str(out)], cwd=root, env=_env(), capture_output=True, text=True, timeout=240
+    )
     elapsed = time.monotonic() - t0
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
@@ -94,14 +134,16 @@ def test_gpu_check_on_cpu(tmp_path):
 
     results = root / "results-gpu"
     step_logs = {p.name: p.read_text() for p in (results / "logs").glob("*.log")}
-    for name, text in [("stdout+stderr", log), *step_logs.items()]:   # every argument it passed was accepted
+    for name, text in [("stdout+stderr", log), *step_logs.items()]:  # every argument it passed was accepted
         assert "usage:" not in text and "error:" not in text and "Traceback" not in text, f"{name}:\n{text}"
-    assert {"bench_models.log", "bench_pack2.log", "prepare.log", "corrupt.log", "aggregate.log",
-            "figures.log"} <= set(step_logs)
+    assert {"bench_models.log", "bench_pack2.log", "prepare.log", "corrupt.log", "aggregate.log", "figures.log"} <= set(
+        step_logs
+    )
     assert sum(n.startswith("train_") for n in step_logs) == 2
 
     params = results / "params.yaml"
     import yaml
+
     assert yaml.safe_load(params.read_text())["training"]["jobs_per_gpu"] >= 2
 
     # what comes back: a few files, the archive under 16 MiB with the tables and no checkpoint or data
@@ -111,8 +153,15 @@ def test_gpu_check_on_cpu(tmp_path):
     archive = out / "gpu-check.tgz"
     assert archive.stat().st_size < RETURNED
     names = _members(archive)
-    assert {"tables/table1.csv", "tables/table1.md", "tables/runs.csv", "bench/models.json", "bench/pack2.json",
-            "logs/gpu_check.log", "params.yaml"} <= set(names), names
+    assert {
+        "tables/table1.csv",
+        "tables/table1.md",
+        "tables/runs.csv",
+        "bench/models.json",
+        "bench/pack2.json",
+        "logs/gpu_check.log",
+        "params.yaml",
+    } <= set(names), names
     assert any(n.startswith("figures/") and n.endswith(".png") for n in names), names
     assert not [n for n in names if n.endswith((".pt", ".npz"))], names
     assert list(results.rglob("*.pt")), "the runs wrote checkpoints: the archive left them out"
@@ -126,13 +175,21 @@ def test_gpu_check_killed_mid_run_still_returns_an_archive(tmp_path):
     root = clone_project(tmp_path / "project")
     out = tmp_path / "out"
     log = out / "gpu_check.log"
-    proc = subprocess.Popen(["bash", SCRIPT, *TINY, "--out", str(out)], cwd=root, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", SCRIPT, *TINY, "--out", str(out)],
+        cwd=root,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     main_log = root / "results-gpu" / "logs" / "gpu_check.log"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "bench_models: start" not in (main_log.read_text() if main_log.exists() else ""):
+    while time.monotonic() < deadline and "bench_models: start" not in (
+        main_log.read_text() if main_log.exists() else ""
+    ):
         time.sleep(0.2)
-    time.sleep(1.0)   # inside the bench: torch is loading
+    time.sleep(1.0)  # inside the bench: torch is loading
     t_kill = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     rc = proc.wait(timeout=30)
@@ -143,7 +200,7 @@ def test_gpu_check_killed_mid_run_still_returns_an_archive(tmp_path):
     assert not _our_processes(root), "a step outlived the script"
 
     names = _members(out / "gpu-check.tgz")
-    assert names == _archivable(root / "results-gpu"), names   # what existed, no more, no less
+    assert names == _archivable(root / "results-gpu"), names  # what existed, no more, no less
     assert {"logs/gpu_check.log", "logs/params.log", "logs/bench_models.log", "params.yaml", "runs.txt"} <= set(names)
     assert "stopped by SIGTERM" in _read(out / "gpu-check.tgz", "logs/gpu_check.log")
 
@@ -161,19 +218,21 @@ def test_carry_size_fits_the_device_limit(tmp_path):
         f.write("/.whl/\n")
     (root / "data").mkdir()
     zip_bytes = CIFAR_ZIP.stat().st_size if CIFAR_ZIP.exists() else CIFAR_ZIP_BYTES
-    os.truncate(_touch(root / "data" / "cifar10-jpeg.zip"), zip_bytes)    # sparse: the size is what counts
+    os.truncate(_touch(root / "data" / "cifar10-jpeg.zip"), zip_bytes)  # sparse: the size is what counts
     os.truncate(_touch(root / ".whl" / "wheels.whl"), WHEELS_BYTES)
 
     def carry(*args):
-        return subprocess.run(["bash", SCRIPT, "--carry-size", *args], cwd=root, env=_env(), capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            ["bash", SCRIPT, "--carry-size", *args], cwd=root, env=_env(), capture_output=True, text=True, timeout=60
+        )
+
     ok = carry()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     total = float(re.search(r"carry: +([\d.]+) MiB +in all", ok.stdout).group(1))
     assert 62 < total < 64, ok.stdout
     assert '["data/cifar10-jpeg.zip", ".whl"]' in ok.stdout
 
-    os.truncate(root / "data" / "cifar10-jpeg.zip", 64 * 2 ** 20)
+    os.truncate(root / "data" / "cifar10-jpeg.zip", 64 * 2**20)
     over = carry()
     assert over.returncode == 3 and "OVER THE LIMIT" in over.stdout, over.stdout
 

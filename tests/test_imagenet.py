@@ -3,6 +3,7 @@
 Everything runs on a tree of a few dozen small JPEGs of varying sizes that the tests write (four classes, a
 grayscale and a CMYK file among them, as ImageNet has), with Inception V3 at its minimum input of 75x75.
 """
+
 import json
 import shutil
 import subprocess
@@ -13,13 +14,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, clone_project
 from rethinking import plan as rc
 from rethinking.data import stream
-from rethinking.engine import streamed as ts
-from rethinking.plan.settings import train_command
 from rethinking.data.corrupt import corrupt
+from rethinking.engine import streamed as ts
 from rethinking.files import load_npz
+from rethinking.plan.settings import train_command
+
+from conftest import REPO, clone_project
 
 CLASSES = ("n01", "n02", "n03", "n04")
 
@@ -27,6 +29,7 @@ CLASSES = ("n01", "n02", "n03", "n04")
 def make_jpeg_tree(root, n_train=6, n_val=2, seed=0):
     """train/<class>/*.JPEG and val/<class>/*.JPEG: blobs of a class colour on noise, sizes 64-120 px."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         for k, c in enumerate(CLASSES):
@@ -38,9 +41,9 @@ def make_jpeg_tree(root, n_train=6, n_val=2, seed=0):
                 arr = np.clip(colour + rng.normal(0, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
                 im = Image.fromarray(arr)
                 if split == "train" and i == 0 and k == 1:
-                    im = im.convert("L")      # grayscale JPEG
+                    im = im.convert("L")  # grayscale JPEG
                 if split == "train" and i == 0 and k == 2:
-                    im = im.convert("CMYK")   # CMYK JPEG
+                    im = im.convert("CMYK")  # CMYK JPEG
                 im.save(d / f"{c}_{i:04d}.JPEG", format="JPEG", quality=90)
     return root
 
@@ -51,11 +54,22 @@ def tree(tmp_path_factory):
 
 
 def params(tmp_path, tree, results="results", **training):
-    t = {"batch_size": 8, "max_epochs": 1, "log_every": 1, "eval_batch_size": 16, "device": "cpu",
-         "image_size": 75, "workers": 0, **training}
-    cfg = {"results_dir": str(tmp_path / results), "dataset": {"source": "imagenet", "root": str(tree)},
-           "training": t,
-           "grid": [{"name": "t2", "models": ["inception_v3"], "corruptions": ["true_labels", "random_labels"]}]}
+    t = {
+        "batch_size": 8,
+        "max_epochs": 1,
+        "log_every": 1,
+        "eval_batch_size": 16,
+        "device": "cpu",
+        "image_size": 75,
+        "workers": 0,
+        **training,
+    }
+    cfg = {
+        "results_dir": str(tmp_path / results),
+        "dataset": {"source": "imagenet", "root": str(tree)},
+        "training": t,
+        "grid": [{"name": "t2", "models": ["inception_v3"], "corruptions": ["true_labels", "random_labels"]}],
+    }
     path = tmp_path / f"{results}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -73,19 +87,38 @@ def prepared(path, *corruptions):
 # ----------------------------------------------------------------------------
 # config
 
-@pytest.mark.parametrize("change, needles", [
-    ({"grid": [{"name": "a", "models": ["inception_v3"], "corruptions": ["true_labels", "gaussian"]}]},
-     ["grid[0].corruptions[1]", "'gaussian'", "label corruptions only"]),
-    ({"grid": [{"name": "a", "models": ["inception_v3"], "corruptions": ["true_labels"], "regularizers": ["augment"]}]},
-     ["grid[0].regularizers", "use 'crop'"]),
-    ({"training": {"batch_size": 10, "gpus_per_run": 4}}, ["training.batch_size", "multiple"]),
-    ({"training": {"image_size": 64}}, ["training.image_size", "inception_v3", "75"]),
-    ({"training": {"pack": 2}}, ["training.pack"]),
-    ({"preprocess": {"crop": 28}}, ["preprocess.crop"]),
-])
+
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        (
+            {"grid": [{"name": "a", "models": ["inception_v3"], "corruptions": ["true_labels", "gaussian"]}]},
+            ["grid[0].corruptions[1]", "'gaussian'", "label corruptions only"],
+        ),
+        (
+            {
+                "grid": [
+                    {
+                        "name": "a",
+                        "models": ["inception_v3"],
+                        "corruptions": ["true_labels"],
+                        "regularizers": ["augment"],
+                    }
+                ]
+            },
+            ["grid[0].regularizers", "use 'crop'"],
+        ),
+        ({"training": {"batch_size": 10, "gpus_per_run": 4}}, ["training.batch_size", "multiple"]),
+        ({"training": {"image_size": 64}}, ["training.image_size", "inception_v3", "75"]),
+        ({"training": {"pack": 2}}, ["training.pack"]),
+        ({"preprocess": {"crop": 28}}, ["preprocess.crop"]),
+    ],
+)
 def test_streamed_configs_refuse_what_needs_images_in_memory(change, needles):
-    raw = {"dataset": {"source": "imagenet", "root": "x"},
-           "grid": [{"name": "a", "models": ["inception_v3"], "corruptions": ["true_labels"]}]}
+    raw = {
+        "dataset": {"source": "imagenet", "root": "x"},
+        "grid": [{"name": "a", "models": ["inception_v3"], "corruptions": ["true_labels"]}],
+    }
     raw.update(change)
     with pytest.raises(rc.ConfigError) as exc:
         rc.validate(raw, "p.yaml")
@@ -103,8 +136,16 @@ def test_the_paper_imagenet_grid_is_table_2():
     cfg = rc.load(REPO / "config" / "paper-imagenet.yaml")
     runs = rc.expand_runs(cfg)
     assert sorted((r.corruption.id, r.regularizers) for r in runs) == sorted(
-        [("true-labels", "crop-wd-dropout"), ("true-labels", "crop"), ("true-labels", "wd"), ("true-labels", "none"),
-         ("random-labels", "wd-dropout"), ("random-labels", "wd"), ("random-labels", "none")])
+        [
+            ("true-labels", "crop-wd-dropout"),
+            ("true-labels", "crop"),
+            ("true-labels", "wd"),
+            ("true-labels", "none"),
+            ("random-labels", "wd-dropout"),
+            ("random-labels", "wd"),
+            ("random-labels", "none"),
+        ]
+    )
     assert {r.model for r in runs} == {"inception_v3"}
     assert train_command(cfg, "p.yaml", runs[0].id).startswith("torchrun --standalone --nproc_per_node=8 -m ")
 
@@ -112,9 +153,12 @@ def test_the_paper_imagenet_grid_is_table_2():
 # ----------------------------------------------------------------------------
 # model
 
+
 def test_inception_v3_is_torchvisions_with_its_auxiliary_head():
     import torchvision
+
     from rethinking.models.inception_v3 import inception_v3, loss_of
+
     small = inception_v3(4, dropout=0.0)
     ref = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=4)
     assert [(k, v.shape) for k, v in small.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
@@ -128,6 +172,7 @@ def test_inception_v3_is_torchvisions_with_its_auxiliary_head():
 
 # ----------------------------------------------------------------------------
 # index, label files, loader
+
 
 def test_index_and_label_files_hold_no_pixels(tmp_path, tree):
     cfg = prepared(params(tmp_path, tree), "random-labels")
@@ -143,7 +188,7 @@ def test_index_and_label_files_hold_no_pixels(tmp_path, tree):
 
 
 def test_a_zip_of_the_tree_gives_the_same_index(tmp_path, tree):
-    shutil.make_archive(str(tmp_path / "tree"), "zip", tree.parent, tree.name)   # one folder around train/ val/
+    shutil.make_archive(str(tmp_path / "tree"), "zip", tree.parent, tree.name)  # one folder around train/ val/
     a, b = stream.build_index(tree), stream.build_index(tmp_path / "tree.zip")
     assert a["classes"] == b["classes"] and (a["y_train"] == b["y_train"]).all()
     ds = stream.StreamImages(tmp_path / "tree.zip", b["train_files"], b["y_train"], 75, augment=False)
@@ -159,9 +204,9 @@ def test_crops_depend_on_seed_epoch_and_index_not_on_workers(tree):
     two = [x for x, _ in stream.make_loader(ds, keys, workers=2)]
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     assert one[0].shape == (12, 75, 75, 3) and one[0].dtype == torch.uint8
-    assert not torch.equal(one[0], one[1])   # another epoch, other crops
+    assert not torch.equal(one[0], one[1])  # another epoch, other crops
     ev = stream.StreamImages(tree, d["train_files"], d["y_train"], 75, augment=False)
-    assert torch.equal(ev[(4, 0)][0], ev[(4, 7)][0])   # evaluation crops are fixed
+    assert torch.equal(ev[(4, 0)][0], ev[(4, 7)][0])  # evaluation crops are fixed
 
 
 def test_decoding_on_the_device_matches_the_workers(tree):
@@ -172,11 +217,12 @@ def test_decoding_on_the_device_matches_the_workers(tree):
     x_pil, y_pil = stream.to_input(next(iter(stream.make_loader(pil, keys, 0))), pil, torch.device("cpu"))
     x_dev, y_dev = stream.to_input(next(iter(stream.make_loader(raw, keys, 0))), raw, torch.device("cpu"))
     assert x_pil.shape == x_dev.shape == (24, 3, 75, 75) and torch.equal(y_pil, y_dev)
-    assert float((x_pil - x_dev).abs().mean()) < 0.05   # the same crops; resampling differs a little
+    assert float((x_pil - x_dev).abs().mean()) < 0.05  # the same crops; resampling differs a little
 
 
 # ----------------------------------------------------------------------------
 # training: resume, and the pipeline with two processes (torchrun, gloo)
+
 
 class Killed(Exception):
     pass
@@ -198,8 +244,9 @@ def test_resume_inside_an_epoch_gives_the_same_run(tmp_path, tree, monkeypatch):
 
     def kill_at_step_8(out, fingerprint, model, opt, progress, *args, **kw):
         real(out, fingerprint, model, opt, progress, *args, **kw)
-        if progress.step == 8:   # inside epoch 2 (6 steps per epoch)
+        if progress.step == 8:  # inside epoch 2 (6 steps per epoch)
             raise Killed()
+
     monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_8)
     with pytest.raises(Killed):
         ts.train(cfg, run, log=lambda *_: None)
@@ -225,8 +272,14 @@ def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree)
     """prepare (index) -> corrupt (label files) -> train (Inception V3, 2 gloo processes) -> table2, fig2a."""
     clone_project(tmp_path)
     p = params(tmp_path, tree, "imagenet-test", gpus_per_run=2, workers=1)
-    proc = subprocess.run(f"snakemake --cores 2 --configfile {p.name}", cwd=tmp_path, shell=True,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        f"snakemake --cores 2 --configfile {p.name}",
+        cwd=tmp_path,
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "imagenet-test"
     log = (out / "logs/train/imagenet/random-labels/inception_v3/none/seed0.log").read_text()
@@ -249,6 +302,7 @@ def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree)
     # the label files hold labels only; nothing is left to do
     meta, labels = load_npz(out / "data/imagenet/random-labels.npz")
     assert set(labels) == {"y_train", "y_test"}
-    again = subprocess.run(f"snakemake --cores 2 --configfile {p.name} -n", cwd=tmp_path, shell=True,
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        f"snakemake --cores 2 --configfile {p.name} -n", cwd=tmp_path, shell=True, capture_output=True, text=True
+    )
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,9 +1,16 @@
 """Section 5: SGD on underdetermined least squares finds the min-norm solution only from zero."""
+
 import numpy as np
 import pytest
 
 from rethinking.data.sources import load_digits
-from rethinking.section5.implicit import implicit_bias_experiment, min_norm_solution, null_projection, plot_implicit, sgd_least_squares
+from rethinking.section5.implicit import (
+    implicit_bias_experiment,
+    min_norm_solution,
+    null_projection,
+    plot_implicit,
+    sgd_least_squares,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """rethinking.analysis.jobs: per-stage time and memory from Snakemake's benchmark files, or from the runs' summaries."""
+
 import json
 import math
 
@@ -6,13 +7,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny_params
 from rethinking import plan as rc
-from rethinking.cli import main
 from rethinking.analysis.jobs import COLUMNS, DETAIL_COLUMNS, benchmarks_dir, job_rows, stage_table
+from rethinking.cli import main
 from rethinking.engine.run import process_usage
 from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import pack_name
+
+from conftest import tiny_params
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -23,7 +25,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = tiny_params()
     raw["results_dir"] = "results"
-    raw["training"]["pack"] = 1   # one training job per run (packed jobs: the tiny pipeline, test_pipeline.py)
+    raw["training"]["pack"] = 1  # one training job per run (packed jobs: the tiny pipeline, test_pipeline.py)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     return rc.load(tmp_path / "params.yaml")
 
@@ -31,8 +33,9 @@ def cfg(tmp_path, monkeypatch):
 def bench(path, *rows):
     """A benchmark file as Snakemake 9 writes it: one row per repeat of (s, max_rss, cpu_time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEADER + "".join(f"{s}\t0:00:01\t{rss}\t1.00\t1.00\t1.00\t0.50\t0.25\t40.00\t{cpu}\n"
-                                     for s, rss, cpu in rows))
+    path.write_text(
+        HEADER + "".join(f"{s}\t0:00:01\t{rss}\t1.00\t1.00\t1.00\t0.50\t0.25\t40.00\t{cpu}\n" for s, rss, cpu in rows)
+    )
 
 
 def summary(run_dir, **numbers):
@@ -48,7 +51,7 @@ def test_expected_jobs_name_the_rules_benchmark_files(cfg):
     assert sorted(j.name for j in by_stage["corrupt"]) == sorted(c.id for c in rc.corruptions_of(runs))
     assert {j.file.as_posix() for j in by_stage["train"]} == {f"results/benchmarks/train/{r.id}.tsv" for r in runs}
     assert all(len(j.runs) == 1 for j in by_stage["train"])
-    for stage in ("aggregate", "figures", "kernels", "theorem"):   # section5 is on in tiny.yaml
+    for stage in ("aggregate", "figures", "kernels", "theorem"):  # section5 is on in tiny.yaml
         assert [j.file.as_posix() for j in by_stage[stage]] == [f"results/benchmarks/{stage}.tsv"]
     # a pack of training.pack is one job, train_pack_<n>'s benchmark file named after the pack
     packed = expected_jobs(cfg, packs=[runs[:3], *([r] for r in runs[3:])])
@@ -62,18 +65,17 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     train = [j for j in jobs if j.stage == "train"]
     corrupt = [j for j in jobs if j.stage == "corrupt"]
     bench(next(j for j in jobs if j.stage == "prepare").file, (2.5, 100.0, 2.0))
-    for j in corrupt[1:]:   # the first corruption's job is missing: not run since benchmarks came in
+    for j in corrupt[1:]:  # the first corruption's job is missing: not run since benchmarks came in
         bench(j.file, (1.0, 50.0, 0.5))
     for k, j in enumerate(train):
         bench(j.file, (10.0 + k, 700.0 + k, 5.0))
-    bench(next(j for j in jobs if j.stage == "aggregate").file, (3.0, 140.0, "-"))   # `-`: not measured
-    bench(next(j for j in jobs if j.stage == "figures").file, (6.0, 200.0, 4.0), (8.0, 220.0, 6.0))   # repeat: 2
+    bench(next(j for j in jobs if j.stage == "aggregate").file, (3.0, 140.0, "-"))  # `-`: not measured
+    bench(next(j for j in jobs if j.stage == "figures").file, (6.0, 200.0, 4.0), (8.0, 220.0, 6.0))  # repeat: 2
     detail = job_rows(cfg, expected_jobs(cfg))
     assert list(detail.columns) == DETAIL_COLUMNS and len(detail) == len(jobs)
     table = stage_table(detail).set_index("stage")
     assert list(table.reset_index().columns) == COLUMNS
-    assert list(table.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem",
-                                 "total"]
+    assert list(table.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem", "total"]
     n = len(train)
     assert table.loc["train", ["jobs", "missing", "runs"]].tolist() == [n, 0, n]
     assert table.loc["train", "wall_s"] == pytest.approx(sum(10.0 + k for k in range(n)))
@@ -83,7 +85,7 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     assert table.loc["corrupt", "wall_s"] == pytest.approx(len(corrupt) - 1)
     assert math.isnan(table.loc["aggregate", "cpu_s"]) and table.loc["aggregate", "wall_s"] == 3.0
     assert table.loc["figures", ["wall_s", "cpu_s", "max_rss_mb"]].tolist() == [7.0, 5.0, 220.0]
-    for stage in ("kernels", "theorem"):   # no file at all: a row that says so, no numbers
+    for stage in ("kernels", "theorem"):  # no file at all: a row that says so, no numbers
         assert table.loc[stage, ["jobs", "missing"]].tolist() == [0, 1]
         assert math.isnan(table.loc[stage, "wall_s"]) and pd.isna(table.loc[stage, "source"])
     total = table.loc["total"]
@@ -101,7 +103,7 @@ def test_without_benchmarks_the_train_row_comes_from_the_summaries(cfg):
     jobs = expected_jobs(cfg, packs=[runs[:2], [runs[2]], [runs[3]], *([r] for r in runs[4:])])
     summary(rc.run_dir(cfg, runs[0]), wall_time=4.0, process_wall_time=9.0, cpu_time=7.0, max_rss_mb=800.0)
     summary(rc.run_dir(cfg, runs[1]), wall_time=5.0, process_wall_time=10.0, cpu_time=8.0, max_rss_mb=810.0)
-    summary(rc.run_dir(cfg, runs[2]), wall_time=3.0)   # written before cpu_time and max_rss_mb existed
+    summary(rc.run_dir(cfg, runs[2]), wall_time=3.0)  # written before cpu_time and max_rss_mb existed
     # runs[3] has no summary: not trained yet
     for r in runs[4:]:
         summary(rc.run_dir(cfg, r), wall_time=2.0, process_wall_time=6.0, cpu_time=5.0, max_rss_mb=700.0)

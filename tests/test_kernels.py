@@ -1,9 +1,21 @@
 """Section 5: min-norm kernel interpolation, the blocked float32 solver and random-conv features."""
+
 import numpy as np
 import pytest
 import torch
 
-from rethinking.section5.kernels import NotPositiveDefinite, blocked_cholesky_, cholesky_solve_blocked, gaussian_kernel, kernel_label_noise, kernel_matmul, make_features, plot_kernel_noise, random_conv_features, run_kernel
+from rethinking.section5.kernels import (
+    NotPositiveDefinite,
+    blocked_cholesky_,
+    cholesky_solve_blocked,
+    gaussian_kernel,
+    kernel_label_noise,
+    kernel_matmul,
+    make_features,
+    plot_kernel_noise,
+    random_conv_features,
+    run_kernel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +82,9 @@ def test_blocked_kernel_equals_direct_formula():
     np.testing.assert_allclose(np.tril(low), np.tril(square), rtol=0, atol=1e-13)
     assert low[0, -1] == 0.0  # blocks above the diagonal blocks are never written
     a = rng.standard_normal((31, 4))
-    np.testing.assert_allclose(kernel_matmul(xt.float(), zt.float(), gamma, torch.tensor(a), block=8).numpy(),
-                               direct @ a, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        kernel_matmul(xt.float(), zt.float(), gamma, torch.tensor(a), block=8).numpy(), direct @ a, rtol=0, atol=1e-6
+    )
 
 
 def test_ridge_reduces_the_norm(digits):

@@ -6,19 +6,22 @@ fails, the rule's `gpu` resource in dry runs, and the TF32 flags (readable and
 settable without a GPU) around the feature pass and the solve. What does not: a real CUDA run (whether
 cuDNN and cuBLAS then compute in IEEE float32 is for a GPU check: random-conv features against the CPU's).
 """
+
 import re
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import clone_project, tiny_params
 from test_slurm import dry_run_resources
 
-from rethinking.section5 import kernels, stages as section5
 from rethinking.engine import slots
+from rethinking.section5 import kernels
+from rethinking.section5 import stages as section5
 from rethinking.section5.kernels import exact_float32
 from rethinking.section5.stages import kernel_device, kernel_gpus
+
+from conftest import clone_project, tiny_params
 
 
 def _cfg(device="auto", jobs_per_gpu=1):
@@ -48,13 +51,14 @@ def _free(lock_dir, gpu, slot=0) -> bool:
 
 # --- 5: the device and its GPU slot --------------------------------------------------------------------
 
+
 def test_cpu_and_auto_without_cuda_claim_no_slot(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(slots, "DEFAULT_DIR", tmp_path / "slots")
     for name in ("cpu", "auto"):
         with kernel_device(_cfg(name), log=lambda m: None) as device:
             assert device == torch.device("cpu")
-    assert not (tmp_path / "slots").exists()   # not even the lock folder
+    assert not (tmp_path / "slots").exists()  # not even the lock folder
     with pytest.raises(RuntimeError, match="section5.kernels.device: 'cuda'"):
         with kernel_device(_cfg("cuda")):
             pass
@@ -64,7 +68,7 @@ def test_cuda_claims_the_next_free_slot_like_a_training_job(fake_cuda, tmp_path)
     """Two training jobs hold GPUs 0 and 1 (their slots claimed as train_runs claims them): auto and cuda both
     resolve to the third GPU's slot, cuda:2, and make it the current device; the slot is free once released."""
     lock_dir = tmp_path / "slots"
-    held = [slots.claim(3, 1), slots.claim(3, 1)]   # what two training processes hold
+    held = [slots.claim(3, 1), slots.claim(3, 1)]  # what two training processes hold
     assert [s.device for s in held] == [0, 1]
     logged = []
     for name in ("auto", "cuda"):
@@ -84,10 +88,10 @@ def test_cuda_claims_the_next_free_slot_like_a_training_job(fake_cuda, tmp_path)
 
 def test_jobs_per_gpu_and_visible_devices_are_honoured(fake_cuda, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,9")
-    held = [slots.claim(3, 2) for _ in range(3)]    # every GPU's first slot
+    held = [slots.claim(3, 2) for _ in range(3)]  # every GPU's first slot
     with kernel_device(_cfg("cuda", jobs_per_gpu=2), log=lambda m: None) as device:
         assert device == torch.device("cuda", 0)
-        assert not _free(tmp_path / "slots", 5, slot=1)   # GPU 5 (the first visible), its second slot
+        assert not _free(tmp_path / "slots", 5, slot=1)  # GPU 5 (the first visible), its second slot
     assert _free(tmp_path / "slots", 5, slot=1)
     for s in held:
         s.release()
@@ -106,14 +110,28 @@ def test_the_stage_holds_its_slot_while_it_runs_and_frees_it_when_it_fails(fake_
     monkeypatch.setattr(section5, "read_meta", lambda path: {})
     monkeypatch.setattr(section5, "base_artifact", lambda cfg: tmp_path / "base.npz")
     monkeypatch.setattr(kernels, "run_kernel", run_kernel)
-    cfg = {"results_dir": str(tmp_path / "results"), "dataset": {"seed": 0}, "training": {"jobs_per_gpu": 1},
-           "section5": {"kernels": {"device": "auto", "features": ["pixels"], "ridge": 0.0, "gamma": {},
-                                    "n_train": None, "n_test": None, "n_filters": 4, "pool": 2},
-                        "implicit": {}}}
+    cfg = {
+        "results_dir": str(tmp_path / "results"),
+        "dataset": {"seed": 0},
+        "training": {"jobs_per_gpu": 1},
+        "section5": {
+            "kernels": {
+                "device": "auto",
+                "features": ["pixels"],
+                "ridge": 0.0,
+                "gamma": {},
+                "n_train": None,
+                "n_test": None,
+                "n_filters": 4,
+                "pool": 2,
+            },
+            "implicit": {},
+        },
+    }
     with pytest.raises(RuntimeError, match="simulated"):
         section5.kernels_stage(cfg)
-    assert seen == [(torch.device("cuda", 0), False)]   # cuda:0, its slot held during the solve
-    assert _free(lock_dir, 0)                            # and free again after the crash
+    assert seen == [(torch.device("cuda", 0), False)]  # cuda:0, its slot held during the solve
+    assert _free(lock_dir, 0)  # and free again after the crash
 
 
 def test_kernel_gpus_follows_the_training_convention():
@@ -142,10 +160,17 @@ def test_the_kernels_rule_asks_a_gpu_unit_when_it_may_use_a_gpu(dry_project, dev
 
 # --- 6: float32 without TF32 -----------------------------------------------------------------------------
 
+
 def _flags():
-    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
-            torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision,
-            torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+    return (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.rnn.fp32_precision,
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.mkldnn.matmul.fp32_precision,
+    )
 
 
 @pytest.fixture
@@ -155,8 +180,10 @@ def restore_tf32():
     yield
     torch.backends.cudnn.allow_tf32 = saved[0]
     torch.set_float32_matmul_precision(saved[2])
-    for knob, value in zip((torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul,
-                            torch.backends.mkldnn.matmul), saved[3:]):
+    for knob, value in zip(
+        (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul),
+        saved[3:],
+    ):
         knob.fp32_precision = value
     assert _flags() == saved
 
@@ -164,15 +191,15 @@ def restore_tf32():
 @pytest.mark.parametrize("setup", ["default", "high", "medium", "cudnn_off"])
 def test_exact_float32_turns_tf32_off_and_restores_the_flags(restore_tf32, setup):
     if setup in ("high", "medium"):
-        torch.set_float32_matmul_precision(setup)   # TF32 matmuls on, as a caller may set it
+        torch.set_float32_matmul_precision(setup)  # TF32 matmuls on, as a caller may set it
     elif setup == "cudnn_off":
         torch.backends.cudnn.allow_tf32 = False
     before = _flags()
     if setup == "default":
-        assert before[:3] == (True, False, "highest")   # torch's defaults: cuDNN TF32 on, cuBLAS TF32 off
+        assert before[:3] == (True, False, "highest")  # torch's defaults: cuDNN TF32 on, cuBLAS TF32 off
     with exact_float32():
         inside = _flags()
-        with exact_float32():   # nested: the inner exit leaves the outer setting
+        with exact_float32():  # nested: the inner exit leaves the outer setting
             pass
         assert _flags() == inside
     assert inside == (False, False, "highest", "ieee", "ieee", "ieee", "ieee")
@@ -201,12 +228,12 @@ def _record_flags(monkeypatch, module, name):
 
 
 def test_the_random_conv_feature_pass_runs_without_tf32(monkeypatch, restore_tf32):
-    torch.set_float32_matmul_precision("high")   # a caller's TF32 matmuls: still off inside the pass
+    torch.set_float32_matmul_precision("high")  # a caller's TF32 matmuls: still off inside the pass
     seen = _record_flags(monkeypatch, torch.nn.functional, "conv2d")
     x = np.random.default_rng(0).integers(0, 256, size=(5, 3, 12, 12), dtype=np.uint8)
     f = kernels.random_conv_features(x, n_filters=8, pool=2, seed=0)
     assert f.shape == (5, 32) and seen and set(seen) == {(False, False)}
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)   # restored
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)  # restored
 
 
 @pytest.mark.parametrize("solver", ["blocked32", "cg"])

@@ -1,6 +1,7 @@
 """The package's shape (docs/CHOICES.md, "Layout"): one folder per stage of the data flow, imports pointing
 down the layers only, no cycle, no module named after the standard library's, no function over 80 lines,
 a crowded root refused. Read from the source (ast), nothing imported."""
+
 import ast
 import sys
 from pathlib import Path
@@ -12,14 +13,14 @@ from conftest import REPO
 PKG = REPO / "workflow" / "rethinking"
 # bottom to top: a module may import from its own layer and the layers below it, never from one above
 LAYERS = [
-    {"errors", "lazy", "files"},   # the error types; lazy imports; atomic files, artifacts, checkpoints
-    {"models"},                    # the model registry: knows no params
-    {"plan"},                      # torch-free planning: params, grid, corruption kinds, paths, settings, packs
-    {"data"},                      # sources, corruptions applied, preprocessing, the streamed loader
-    {"engine"},                    # training: run bookkeeping, the loop, packs, the streamed loop, metrics
-    {"analysis"},                  # tables and figures (their registry), the paper's numbers, jobs
-    {"section5"},                  # kernels, implicit bias, Theorem 1
-    {"pipeline"},                  # the stage declarations, dvc.yaml
+    {"errors", "lazy", "files"},  # the error types; lazy imports; atomic files, artifacts, checkpoints
+    {"models"},  # the model registry: knows no params
+    {"plan"},  # torch-free planning: params, grid, corruption kinds, paths, settings, packs
+    {"data"},  # sources, corruptions applied, preprocessing, the streamed loader
+    {"engine"},  # training: run bookkeeping, the loop, packs, the streamed loop, metrics
+    {"analysis"},  # tables and figures (their registry), the paper's numbers, jobs
+    {"section5"},  # kernels, implicit bias, Theorem 1
+    {"pipeline"},  # the stage declarations, dvc.yaml
     {"cli", "__main__", "__init__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -38,7 +39,7 @@ def modules() -> dict[str, Path]:
 def imports(name: str, path: Path) -> set[str]:
     """The package modules `name` imports (relative or absolute), as dotted names within the package."""
     tree = ast.parse(path.read_text())
-    package = name.split(".")[:-1]   # a package's __init__ is named pkg.__init__ here: its package is pkg
+    package = name.split(".")[:-1]  # a package's __init__ is named pkg.__init__ here: its package is pkg
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -46,14 +47,14 @@ def imports(name: str, path: Path) -> set[str]:
                 base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("rethinking"):
-                target = node.module[len("rethinking"):].lstrip(".")
+                target = node.module[len("rethinking") :].lstrip(".")
             else:
                 continue
             for alias in node.names:
                 found.add(f"{target}.{alias.name}".lstrip("."))
                 found.add(target)
         elif isinstance(node, ast.Import):
-            found |= {a.name[len("rethinking."):] for a in node.names if a.name.startswith("rethinking.")}
+            found |= {a.name[len("rethinking.") :] for a in node.names if a.name.startswith("rethinking.")}
     return {f for f in found if f}
 
 
@@ -75,8 +76,13 @@ def test_imports_point_down_the_layers_only():
 
 
 def test_a_model_file_imports_nothing_from_the_planner():
-    wrong = [f"{n} imports {t}" for n, p in modules().items() if top(n) == "models"
-             for t in imports(n, p) if top(t) not in ("models", "errors", "lazy", "files")]
+    wrong = [
+        f"{n} imports {t}"
+        for n, p in modules().items()
+        if top(n) == "models"
+        for t in imports(n, p)
+        if top(t) not in ("models", "errors", "lazy", "files")
+    ]
     assert not wrong, wrong
 
 
@@ -88,7 +94,7 @@ def test_no_import_cycle():
         for t in imports(name, path):
             while t and t not in mods:
                 t = t.rpartition(".")[0]
-            if t and t != name and not name.startswith(t + "."):   # a package's own __init__: re-exports
+            if t and t != name and not name.startswith(t + "."):  # a package's own __init__: re-exports
                 targets.add(t)
         graph[name] = targets
     seen, stack, cycles = {}, [], []
@@ -98,11 +104,12 @@ def test_no_import_cycle():
         stack.append(v)
         for w in graph[v]:
             if seen.get(w) == "open":
-                cycles.append(stack[stack.index(w):] + [w])
+                cycles.append(stack[stack.index(w) :] + [w])
             elif w not in seen:
                 visit(w)
         stack.pop()
         seen[v] = "done"
+
     for v in graph:
         if v not in seen:
             visit(v)

@@ -3,6 +3,7 @@ in-memory engine, packs and the streaming engine, and the memorization / early-s
 
 The end-to-end Snakemake and DVC runs of config/tiny.yaml (tests/test_pipeline.py) and of a streamed tree
 (tests/test_imagenet.py) check the new tables, figures and DVC plots too."""
+
 import json
 import math
 
@@ -11,17 +12,18 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, train_until_killed
-from rethinking.analysis import aggregate as ag
 from rethinking import plan as rc
+from rethinking.analysis import aggregate as ag
 from rethinking.analysis import figures as F
-from rethinking.engine import loop as tr
 from rethinking.data.corrupt import _rng, corrupt, corrupted_mask, load_corrupted
-from rethinking.data.sources import prepare
-from rethinking.files import load_npz, write_csv
 from rethinking.data.preprocess import prepare_all
+from rethinking.data.sources import prepare
+from rethinking.engine import loop as tr
 from rethinking.engine import run as rn
 from rethinking.engine.metrics import evaluate, metric_columns
+from rethinking.files import load_npz, write_csv
+
+from conftest import REPO, train_until_killed
 
 QUIET = dict(log=lambda *_: None)
 
@@ -43,6 +45,7 @@ def _run(cfg, corruption="labels-0.5", seed=0, model="mlp_1x512"):
 
 # ---------------------------------------------------------------------------- which labels are corrupted
 
+
 @pytest.mark.parametrize("cid", ["labels-0.5", "random-labels"])
 def test_the_mask_is_exactly_the_labels_that_differ(tmp_path, cid):
     cfg = _tiny(tmp_path)
@@ -51,7 +54,7 @@ def test_the_mask_is_exactly_the_labels_that_differ(tmp_path, cid):
     meta, arrays = load_corrupted(cfg, c)
     _, base = load_npz(rc.base_artifact(cfg))
     mask = corrupted_mask(arrays)
-    assert mask.dtype == bool and len(mask) == len(base["y_train"]) == 100   # the train_size subset
+    assert mask.dtype == bool and len(mask) == len(base["y_train"]) == 100  # the train_size subset
     np.testing.assert_array_equal(arrays["y_train_true"], base["y_train"])
     np.testing.assert_array_equal(mask, arrays["y_train"] != base["y_train"])
     assert mask.mean() == pytest.approx(meta["labels_changed"])
@@ -78,23 +81,28 @@ def test_the_aggregate_split_columns_are_the_engines():
 
 # ---------------------------------------------------------------------------- the split, in-memory engine and packs
 
+
 def _numpy_split(pred, y, y_true):
     noisy = y != y_true
-    return {"clean_acc": 100 * np.mean(pred[~noisy] == y[~noisy]),
-            "noisy_memorized": 100 * np.mean(pred[noisy] == y[noisy]),
-            "noisy_true": 100 * np.mean(pred[noisy] == y_true[noisy])}
+    return {
+        "clean_acc": 100 * np.mean(pred[~noisy] == y[~noisy]),
+        "noisy_memorized": 100 * np.mean(pred[noisy] == y[noisy]),
+        "noisy_true": 100 * np.mean(pred[noisy] == y_true[noisy]),
+    }
 
 
 def test_evaluate_splits_its_own_predictions():
     g = torch.Generator().manual_seed(0)
-    n, k = 53, 4   # batches of 10: the last one partial
+    n, k = 53, 4  # batches of 10: the last one partial
     x = torch.randn(n, 6, generator=g)
     y_true = torch.randint(0, k, (n,), generator=g)
     y = torch.where(torch.rand(n, generator=g) < 0.5, torch.randint(0, k, (n,), generator=g), y_true)
     torch.manual_seed(0)
     model = torch.nn.Linear(6, k)
+
     def batches(labels):
-        return [(x[i:i + 10], labels[i:i + 10], y_true[i:i + 10]) for i in range(0, n, 10)]
+        return [(x[i : i + 10], labels[i : i + 10], y_true[i : i + 10]) for i in range(0, n, 10)]
+
     ev = evaluate(model, batches(y), metrics=True)
     split = {c: ev[c] for c in metric_columns()}
     plain = evaluate(model, batches(y))
@@ -113,6 +121,7 @@ def test_evaluate_splits_its_own_predictions():
 def _split_of_checkpoint(cfg, run):
     """The split of the last epoch recomputed from the run's checkpoint: its model on the training set, numpy."""
     from rethinking.models import build_model
+
     _, arr = load_corrupted(cfg, run.corruption)
     x = prepare_all(torch.from_numpy(arr["x_train"]), cfg["preprocess"]["crop"])
     model = build_model(run.model, tuple(x.shape[1:]), num_classes=10, dropout=0.0)
@@ -139,15 +148,16 @@ def test_runs_and_packs_write_the_split_of_their_training_set(tmp_path):
         masks.append(mask)
         assert e[list(want)].iloc[-1].to_dict() == pytest.approx(want)
         assert s["n_corrupted"] == mask.sum() and 0 < mask.sum() < 100
-        n_noisy = mask.sum()   # train_acc is the two groups together
-        np.testing.assert_allclose(100 * e["train_acc"],
-                                   (e["clean_acc"] * (100 - n_noisy) + e["noisy_memorized"] * n_noisy) / 100)
+        n_noisy = mask.sum()  # train_acc is the two groups together
+        np.testing.assert_allclose(
+            100 * e["train_acc"], (e["clean_acc"] * (100 - n_noisy) + e["noisy_memorized"] * n_noisy) / 100
+        )
         # the pack writes the same columns, the same numbers up to an example on a rounding-sized margin
         p = pd.read_csv(rc.run_dir(packed, run) / "epochs.csv")
         assert list(p.columns) == list(e.columns)
         tol = 100 / min(n_noisy, 100 - n_noisy) + 1e-9
         assert (p[list(metric_columns())] - e[list(metric_columns())]).abs().max().max() <= tol
-    np.testing.assert_array_equal(masks[0], masks[1])   # every seed splits by the same examples
+    np.testing.assert_array_equal(masks[0], masks[1])  # every seed splits by the same examples
 
 
 def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, monkeypatch):
@@ -157,8 +167,9 @@ def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, 
     # as a checkpoint of an engine from before the split: its rows lack the columns
     path = rc.run_dir(cfg, run) / rn.CHECKPOINT
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    ck["progress"]["epochs_rows"] = [{k: v for k, v in row.items() if k not in metric_columns()}
-                                     for row in ck["progress"]["epochs_rows"]]
+    ck["progress"]["epochs_rows"] = [
+        {k: v for k, v in row.items() if k not in metric_columns()} for row in ck["progress"]["epochs_rows"]
+    ]
     torch.save(ck, path)
     lines = []
     tr.train(cfg, run, log=lines.append)
@@ -170,9 +181,11 @@ def test_a_resumed_checkpoint_without_the_split_leaves_its_rows_blank(tmp_path, 
 
 # ---------------------------------------------------------------------------- the streaming engine
 
+
 def test_the_streaming_engine_splits_the_images_it_evaluates(tmp_path):
     from rethinking.data import stream
     from rethinking.engine import streamed as ts
+
     from test_imagenet import make_jpeg_tree, params, prepared
 
     tree = make_jpeg_tree(tmp_path / "tree")
@@ -210,22 +223,30 @@ PLAN = {
     ("mlp_1x512", "true-labels"): [("fitted", 20, 100, 80), ("fitted", 20, 100, 84), ("fitted", 25, 100, 82)],
     ("mlp_1x512", "labels-0.5"): [("fitted", 40, 100, 40), ("fitted", 40, 100, 44), ("max_epochs", 50, 90, 30)],
     ("mlp_1x512", "random-labels"): [("fitted", 50, 100, 10), ("fitted", 50, 100, 12), ("diverged", 10, 0, 0)],
-    ("mlp_3x512", "true-labels"): [("fitted", 20, 100, 80)] * 3,   # no label-corrupted run: not in the tables
+    ("mlp_3x512", "true-labels"): [("fitted", 20, 100, 80)] * 3,  # no label-corrupted run: not in the tables
 }
-OLD = ("mlp_1x512", "random-labels", 1)   # a run folder from before the split: epochs.csv without its columns
-PEAK = 90.0                               # every new run's test accuracy peaks at its second epoch
+OLD = ("mlp_1x512", "random-labels", 1)  # a run folder from before the split: epochs.csv without its columns
+PEAK = 90.0  # every new run's test accuracy peaks at its second epoch
 
 
 @pytest.fixture(scope="module")
 def hand_made(tmp_path_factory):
     from test_states import SPE, write_run
+
     root = tmp_path_factory.mktemp("memorization")
-    cfg = rc.validate({
-        "results_dir": str(root / "results"), "seeds": [0, 1, 2],
-        "dataset": {"source": "digits", "train_size": 60, "test_size": 40, "seed": 0},
-        "preprocess": {"crop": 7}, "training": {"device": "cpu"},
-        "grid": [{"name": "a", "models": ["mlp_1x512"], "corruptions": ["labels"], "levels": [0.0, 0.5, 1.0]},
-                 {"name": "b", "models": ["mlp_3x512"], "corruptions": ["true_labels"]}]})
+    cfg = rc.validate(
+        {
+            "results_dir": str(root / "results"),
+            "seeds": [0, 1, 2],
+            "dataset": {"source": "digits", "train_size": 60, "test_size": 40, "seed": 0},
+            "preprocess": {"crop": 7},
+            "training": {"device": "cpu"},
+            "grid": [
+                {"name": "a", "models": ["mlp_1x512"], "corruptions": ["labels"], "levels": [0.0, 0.5, 1.0]},
+                {"name": "b", "models": ["mlp_3x512"], "corruptions": ["true_labels"]},
+            ],
+        }
+    )
     prepare(cfg)
     for run in rc.expand_runs(cfg):
         out, summary = write_run(cfg, run, *PLAN[(run.model, run.corruption.id)][run.seed])
@@ -235,12 +256,15 @@ def hand_made(tmp_path_factory):
             if len(e) > 2:
                 e.loc[1, "test_acc"] = PEAK / 100
             n = len(e)
-            e["clean_acc"], e["noisy_memorized"], e["noisy_true"] = (np.linspace(50, 100, n), np.linspace(5, 100, n),
-                                                                     np.linspace(20, 0, n))
+            e["clean_acc"], e["noisy_memorized"], e["noisy_true"] = (
+                np.linspace(50, 100, n),
+                np.linspace(5, 100, n),
+                np.linspace(20, 0, n),
+            )
             e.to_csv(out / "epochs.csv", index=False)
     assert SPE == 5
     tables = ag.aggregate(cfg)
-    read = lambda name: pd.read_csv(tables / name, dtype={"variant": str})   # noqa: E731
+    read = lambda name: pd.read_csv(tables / name, dtype={"variant": str})  # noqa: E731
     return cfg, read("memorization.csv"), read("early_stopping.csv")
 
 
@@ -249,15 +273,18 @@ def test_memorization_table_has_every_epoch_of_the_label_corrupted_runs(hand_mad
     assert list(mem.columns) == ag.MEMORIZATION_COLUMNS
     assert set(mem["corruption"]) == {"labels-0.5", "random-labels"} and set(mem["model"]) == {"mlp_1x512"}
     assert sorted(mem["level"].unique()) == [0.5, 1.0]
-    epochs = {(s, seed): -(-PLAN[("mlp_1x512", c)][seed][1] // 5) for c, s in (("labels-0.5", 0.5), ("random-labels", 1.0))
-              for seed in range(3)}
+    epochs = {
+        (s, seed): -(-PLAN[("mlp_1x512", c)][seed][1] // 5)
+        for c, s in (("labels-0.5", 0.5), ("random-labels", 1.0))
+        for seed in range(3)
+    }
     assert mem.groupby(["level", "seed"]).size().to_dict() == epochs
     statuses = mem.groupby(["corruption", "seed"])["status"].first()
     assert statuses[("labels-0.5", 2)] == "max_epochs" and statuses[("random-labels", 2)] == "diverged"
     old = mem[(mem["corruption"] == "random-labels") & (mem["seed"] == 1)]
     assert old[list(ag.SPLIT_COLUMNS)].isna().all().all() and old["train_acc"].notna().all()
     new = mem[(mem["corruption"] == "labels-0.5") & (mem["seed"] == 0)]
-    assert new["noisy_memorized"].iloc[-1] == 100 and new["train_acc"].iloc[-1] == pytest.approx(100)   # percent
+    assert new["noisy_memorized"].iloc[-1] == 100 and new["train_acc"].iloc[-1] == pytest.approx(100)  # percent
     assert new["test_acc"].max() == pytest.approx(PEAK)
 
 
@@ -265,8 +292,9 @@ def test_early_stopping_keeps_the_best_epoch_and_never_averages_across_states(ha
     cfg, _, es = hand_made
     assert list(es.columns) == ag.EARLY_STOPPING_COLUMNS
     # the label-corrupted runs and, at level 0, the true-label runs of the same model; not mlp_3x512's
-    assert set(zip(es["model"], es["corruption"])) == {("mlp_1x512", c) for c in ("true-labels", "labels-0.5",
-                                                                                 "random-labels")}
+    assert set(zip(es["model"], es["corruption"])) == {
+        ("mlp_1x512", c) for c in ("true-labels", "labels-0.5", "random-labels")
+    }
     row = es[(es["corruption"] == "labels-0.5") & (es["seed"] == 0)].iloc[0]
     assert (row["best_test_acc"], row["best_epoch"], row["best_step"]) == (PEAK, 2, 10)
     assert row["final_test_acc"] == pytest.approx(40) and row["gap"] == pytest.approx(PEAK - 40)
@@ -298,20 +326,36 @@ def test_the_figures_mark_each_state(hand_made):
     fig = F.early_stopping(es)
     (ax,) = [a for a in fig.axes if a.axison]
     gids = {a.get_gid() for a in ax.lines + ax.collections}
-    assert {"fitted:best during training", "fitted:at the end of training", "stopped:best during training",
-            "diverged:at the end of training"} <= gids
+    assert {
+        "fitted:best during training",
+        "fitted:at the end of training",
+        "stopped:best during training",
+        "diverged:at the end of training",
+    } <= gids
     best = [line for line in ax.lines if line.get_gid() == "fitted:best during training"][0]
-    assert best.get_xydata()[:, 0].tolist() == [0.0, 0.5, 1.0]   # the mean over the fitted seeds only
+    assert best.get_xydata()[:, 0].tolist() == [0.0, 0.5, 1.0]  # the mean over the fitted seeds only
     np.testing.assert_allclose(best.get_xydata()[1], [0.5, PEAK])
 
 
 def test_without_label_corrupted_runs_the_tables_are_their_header(tmp_path):
     cfg = _tiny(tmp_path)
-    runs = pd.DataFrame({"run": ["x"], "model": ["mlp_1x512"], "regularizers": ["none"], "variant": [""],
-                         "corruption": ["true-labels"], "label_level": [0.0], "seed": [0], "status": ["fitted"],
-                         "epochs": [3]})
-    for table, columns in ((ag.memorization(cfg, runs), ag.MEMORIZATION_COLUMNS),
-                           (ag.early_stopping(cfg, runs), ag.EARLY_STOPPING_COLUMNS)):
+    runs = pd.DataFrame(
+        {
+            "run": ["x"],
+            "model": ["mlp_1x512"],
+            "regularizers": ["none"],
+            "variant": [""],
+            "corruption": ["true-labels"],
+            "label_level": [0.0],
+            "seed": [0],
+            "status": ["fitted"],
+            "epochs": [3],
+        }
+    )
+    for table, columns in (
+        (ag.memorization(cfg, runs), ag.MEMORIZATION_COLUMNS),
+        (ag.early_stopping(cfg, runs), ag.EARLY_STOPPING_COLUMNS),
+    ):
         assert table.empty and list(table.columns) == columns
     path = tmp_path / "empty.csv"
     write_csv(path, ag.memorization(cfg, runs))

@@ -1,8 +1,14 @@
+import textwrap
+
 import pytest
 import torch
 from torch import nn
 
-from rethinking.models import MODELS, build_model, count_parameters, traits
+from rethinking import plan as rc
+from rethinking.errors import ModelError
+from rethinking.models import MODELS, build_model, check_model, count_parameters, model_file, parse, run_name, traits
+from rethinking.plan.packs import check_models, plan_packs
+from rethinking.plan.settings import run_settings
 
 EXPECTED_PARAMS = {
     "mlp_1x512": 1_209_866,
@@ -94,20 +100,12 @@ def test_num_classes():
 
 # ---------------------------------------------------------------------------- the registry (issue #16)
 
-import textwrap  # noqa: E402
-
-from rethinking import plan as rc  # noqa: E402
-from rethinking.errors import ModelError
-from rethinking.models import check_model, model_file, parse, run_name  # noqa: E402
-from rethinking.plan.packs import check_models, plan_packs
-from rethinking.plan.settings import run_settings  # noqa: E402
-
 
 def test_mlp_depth_x_width_is_any_depth_and_width():
     # 3*32*32 -> 64 -> 64 -> 10
     assert count_parameters(build_model("mlp_2x64", (3, 32, 32))) == 3072 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
     assert count_parameters(build_model("mlp_1x4096", (1, 8, 8))) == 64 * 4096 + 4096 + 4096 * 10 + 10
-    for name in ("mlp_1x512", "mlp_3x512"):   # the paper's two are two of these
+    for name in ("mlp_1x512", "mlp_3x512"):  # the paper's two are two of these
         assert parse(name).kind == "builtin" and run_name(name) == name
     for bad in ("mlp_0x64", "mlp_2x0", "mlp_2x", "mlp_x64"):
         with pytest.raises(ModelError, match="mlp_<depth>x<width>"):
@@ -128,16 +126,20 @@ def test_torchvision_entries_are_built_untrained_with_the_grids_dropout():
     assert run_name("torchvision.mobilenet_v3_small") == "tv-mobilenet_v3_small"
     plain = check_model("torchvision.mobilenet_v3_small", (3, 32, 32), 7)
     import torchvision
+
     ref = torchvision.models.mobilenet_v3_small(weights=None, num_classes=7)
     assert plain["parameters"] == count_parameters(ref)
-    assert not plain["dropout"]   # torchvision's own 0.2 is the dropout regularizer's: off without it
+    assert not plain["dropout"]  # torchvision's own 0.2 is the dropout regularizer's: off without it
     assert check_model("torchvision.mobilenet_v3_small", (3, 32, 32), 7, dropout=0.3)["dropout"]
 
 
-@pytest.mark.parametrize("entry, needle", [
-    ("torchvision.fasterrcnn_resnet50_fpn", "is not a classification model of torchvision.models"),
-    ("torchvision.not_a_model", "is not a classification model"),
-])
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        ("torchvision.fasterrcnn_resnet50_fpn", "is not a classification model of torchvision.models"),
+        ("torchvision.not_a_model", "is not a classification model"),
+    ],
+)
 def test_torchvision_names_that_are_not_classifiers(entry, needle):
     with pytest.raises(ModelError, match=needle):
         check_model(entry, (3, 32, 32), 10)
@@ -147,14 +149,14 @@ def test_an_input_smaller_than_a_torchvision_model_takes_names_the_smallest():
     with pytest.raises(ModelError, match=r"3x8x8 is smaller than the model takes: it needs at least (\d+)x\1") as e:
         check_model("torchvision.squeezenet1_1", (3, 8, 8), 10)
     side = int(str(e.value).split("at least ")[1].split("x")[0])
-    check_model("torchvision.squeezenet1_1", (3, side, side), 10)   # that size works, one less does not
+    check_model("torchvision.squeezenet1_1", (3, side, side), 10)  # that size works, one less does not
     with pytest.raises(ModelError):
         check_model("torchvision.squeezenet1_1", (3, side - 1, side - 1), 10)
     with pytest.raises(ModelError, match="takes 3-channel images but the data has 1"):
         check_model("torchvision.squeezenet1_1", (1, 64, 64), 10)
 
 
-FACTORY = textwrap.dedent('''
+FACTORY = textwrap.dedent("""
     from torch import nn
 
     def good(in_shape, num_classes, dropout=0.0):
@@ -165,7 +167,8 @@ FACTORY = textwrap.dedent('''
         return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
 
     def own_dropout(in_shape, num_classes):
-        return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
+        c, h, w = in_shape
+        return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(c * h * w, num_classes))
 
     def wrong_shape(in_shape, num_classes):
         return nn.Flatten()
@@ -177,7 +180,7 @@ FACTORY = textwrap.dedent('''
         return 42
 
     NOT_CALLABLE = 3
-''')
+""")
 
 
 @pytest.fixture
@@ -192,27 +195,37 @@ def factory_dir(tmp_path, monkeypatch):
 
 def test_a_factory_is_called_with_in_shape_num_classes_and_dropout(factory_dir):
     base = factory_dir / "cfg"
-    info = check_model("nets/mine.py:good", (1, 7, 7), 10, base=base)   # relative to the params folder
+    info = check_model("nets/mine.py:good", (1, 7, 7), 10, base=base)  # relative to the params folder
     assert info["parameters"] == 49 * 10 + 10 and not info["dropout"]
     assert check_model("nets/mine.py:good", (1, 7, 7), 10, dropout=0.5, base=base)["dropout"]
-    assert check_model("cfg/nets/mine.py:good", (1, 7, 7), 10)["parameters"] == 500   # or the working directory
-    assert check_model("pkg_mine:good", (3, 4, 4), 5)["parameters"] == 48 * 5 + 5      # package.module:function
-    assert model_file("nets/mine.py:good", base) == model_file("cfg/nets/mine.py:good") == \
-        type(model_file("cfg/nets/mine.py:good"))("cfg/nets/mine.py")
+    assert check_model("cfg/nets/mine.py:good", (1, 7, 7), 10)["parameters"] == 500  # or the working directory
+    assert check_model("pkg_mine:good", (3, 4, 4), 5)["parameters"] == 48 * 5 + 5  # package.module:function
+    assert (
+        model_file("nets/mine.py:good", base)
+        == model_file("cfg/nets/mine.py:good")
+        == type(model_file("cfg/nets/mine.py:good"))("cfg/nets/mine.py")
+    )
     name = run_name("nets/mine.py:good")
     assert name.startswith("good-") and len(name) == len("good-") + 8 and name != run_name("cfg/nets/mine.py:good")
 
 
-@pytest.mark.parametrize("entry, dropout, needle", [
-    ("nets/absent.py:good", 0.0, "the file nets/absent.py does not exist"),
-    ("nets/mine.py:missing", 0.0, "has no function 'missing'"),
-    ("nets/mine.py:NOT_CALLABLE", 0.0, "has no function 'NOT_CALLABLE'"),
-    ("nets/mine.py:raises", 0.0, r"raises\(in_shape=\(1, 7, 7\), num_classes=10\) raised RuntimeError: no GPU here"),
-    ("nets/mine.py:wrong_shape", 0.0, r"expected N x K logits \(2 x 10 for input 2 x 1 x 7 x 7\), got 2 x 49"),
-    ("nets/mine.py:not_a_module", 0.0, "returned int, not a torch.nn.Module"),
-    ("nets/mine.py:no_dropout", 0.5, "takes no dropout= keyword"),
-    ("no_such_module_here:good", 0.0, "no module 'no_such_module_here' importable"),
-])
+@pytest.mark.parametrize(
+    "entry, dropout, needle",
+    [
+        ("nets/absent.py:good", 0.0, "the file nets/absent.py does not exist"),
+        ("nets/mine.py:missing", 0.0, "has no function 'missing'"),
+        ("nets/mine.py:NOT_CALLABLE", 0.0, "has no function 'NOT_CALLABLE'"),
+        (
+            "nets/mine.py:raises",
+            0.0,
+            r"raises\(in_shape=\(1, 7, 7\), num_classes=10\) raised RuntimeError: no GPU here",
+        ),
+        ("nets/mine.py:wrong_shape", 0.0, r"expected N x K logits \(2 x 10 for input 2 x 1 x 7 x 7\), got 2 x 49"),
+        ("nets/mine.py:not_a_module", 0.0, "returned int, not a torch.nn.Module"),
+        ("nets/mine.py:no_dropout", 0.5, "takes no dropout= keyword"),
+        ("no_such_module_here:good", 0.0, "no module 'no_such_module_here' importable"),
+    ],
+)
 def test_bad_factories_fail_in_one_line(factory_dir, entry, dropout, needle):
     with pytest.raises(ModelError, match=needle) as e:
         check_model(entry, (1, 7, 7), 10, dropout=dropout, base=factory_dir / "cfg")
@@ -220,18 +233,32 @@ def test_bad_factories_fail_in_one_line(factory_dir, entry, dropout, needle):
 
 
 def _grid(models, **training):
-    raw = {"dataset": {"source": "digits"}, "preprocess": {"crop": 7}, "training": training,
-           "grid": [{"name": "g", "models": models, "corruptions": ["true_labels", "random_labels"]}]}
+    raw = {
+        "dataset": {"source": "digits"},
+        "preprocess": {"crop": 7},
+        "training": training,
+        "grid": [{"name": "g", "models": models, "corruptions": ["true_labels", "random_labels"]}],
+    }
     return rc.validate(raw, "p.yaml", params_dir="cfg")
 
 
 def test_lr_per_entry_and_default(factory_dir):
-    cfg = _grid(["mlp_2x64", "alexnet", "nets/mine.py:good", "resnet18"],
-                lr={"default": 0.003, "nets/mine.py:good": 0.2})
+    cfg = _grid(
+        ["mlp_2x64", "alexnet", "nets/mine.py:good", "resnet18"], lr={"default": 0.003, "nets/mine.py:good": 0.2}
+    )
     lr = {r.model: run_settings(cfg, r)["lr"] for r in rc.expand_runs(cfg)}
     assert lr == {"mlp_2x64": 0.003, "alexnet": 0.01, "nets/mine.py:good": 0.2, "resnet18": 0.1}
-    raw = {"grid": [{"name": "g", "models": ["mlp_2x64"], "corruptions": ["true_labels"], "variant": "fast",
-                     "training": {"lr": {"mlp_2x64": 0.5}}}]}
+    raw = {
+        "grid": [
+            {
+                "name": "g",
+                "models": ["mlp_2x64"],
+                "corruptions": ["true_labels"],
+                "variant": "fast",
+                "training": {"lr": {"mlp_2x64": 0.5}},
+            }
+        ]
+    }
     (run,) = rc.expand_runs(rc.validate(raw))
     assert run_settings(rc.validate(raw), run)["lr"] == 0.5 and run.id == "digits/true-labels/mlp_2x64/none_fast/seed0"
     with pytest.raises(rc.ConfigError, match=r"training\.lr\.mlp_1x521x: not a model entry nor 'default'"):
@@ -239,15 +266,18 @@ def test_lr_per_entry_and_default(factory_dir):
 
 
 def test_bad_entries_are_config_errors_naming_the_key(factory_dir):
-    with pytest.raises(rc.ConfigError, match=r"p\.yaml: grid\[0\]\.models\[1\]: 'resnet' is not a model .*"
-                                             r"mlp_<depth>x<width>, resnet18, .*torchvision\.<name>, path/to/file\.py"):
+    with pytest.raises(
+        rc.ConfigError,
+        match=r"p\.yaml: grid\[0\]\.models\[1\]: 'resnet' is not a model .*"
+        r"mlp_<depth>x<width>, resnet18, .*torchvision\.<name>, path/to/file\.py",
+    ):
         _grid(["mlp_2x64", "resnet"])
     with pytest.raises(rc.ConfigError, match=r"grid\[0\]\.models\[0\]: 'nets/nope\.py:good': the file nets/nope\.py"):
         _grid(["nets/nope.py:good"])
     cfg = _grid(["nets/mine.py:wrong_shape"])
     with pytest.raises(rc.ConfigError, match=r"p\.yaml: model 'nets/mine\.py:wrong_shape': expected N x K logits"):
         check_models(cfg, rc.expand_runs(cfg), "p.yaml")
-    cfg = _grid(["torchvision.resnet18"])   # 1 x 7 x 7 digits: refused before any work, with the reason
+    cfg = _grid(["torchvision.resnet18"])  # 1 x 7 x 7 digits: refused before any work, with the reason
     with pytest.raises(rc.ConfigError, match="takes 3-channel images but the data has 1"):
         check_models(cfg, rc.expand_runs(cfg), "p.yaml")
 
@@ -266,12 +296,16 @@ def test_a_user_models_settings_hold_its_files_hash(factory_dir):
 def test_packing_is_decided_from_the_built_module(factory_dir):
     cfg = _grid(["nets/mine.py:good", "nets/mine.py:own_dropout", "mlp_2x64"], pack=4)
     packs = {tuple(r.model for r in p) for p in plan_packs(cfg, rc.expand_runs(cfg))}
-    assert packs == {("nets/mine.py:good",) * 2, ("mlp_2x64",) * 2,
-                     ("nets/mine.py:own_dropout",)}   # a module with its own dropout layer trains alone
+    assert packs == {
+        ("nets/mine.py:good",) * 2,
+        ("mlp_2x64",) * 2,
+        ("nets/mine.py:own_dropout",),
+    }  # a module with its own dropout layer trains alone
 
 
 def test_models_command_prints_counts_of_any_entry(capsys):
     from rethinking.cli import main
+
     assert main(["models", "--shape", "3x32x32", "resnet18", "mlp_2x64"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "11,173,962" in out[1] and "201,482" in out[2]
@@ -281,6 +315,7 @@ def test_models_command_prints_counts_of_any_entry(capsys):
 
 
 # --- AlexNet's fast layers (issue #18) against the plain-torch network they replace
+
 
 def _plain_alexnet(model):
     """`model` (build_model's alexnet) rebuilt from torch's own layers: nn.Conv2d, an -inf padded
@@ -317,7 +352,9 @@ def _plain_alexnet(model):
 
 
 def _rel(a, b):
-    return float((a.detach().double() - b.detach().double()).abs().max() / b.detach().double().abs().max().clamp(min=1e-12))
+    return float(
+        (a.detach().double() - b.detach().double()).abs().max() / b.detach().double().abs().max().clamp(min=1e-12)
+    )
 
 
 @pytest.fixture
@@ -329,8 +366,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("shape, batch", [((1, 7, 7), 32), ((1, 8, 8), 5), ((3, 28, 28), 6), ((3, 32, 32), 2),
-                                          ((2, 9, 5), 3), ((1, 1, 1), 2), ((3, 3, 6), 1)])
+@pytest.mark.parametrize(
+    "shape, batch",
+    [
+        ((1, 7, 7), 32),
+        ((1, 8, 8), 5),
+        ((3, 28, 28), 6),
+        ((3, 32, 32), 2),
+        ((2, 9, 5), 3),
+        ((1, 1, 1), 2),
+        ((3, 3, 6), 1),
+    ],
+)
 def test_alexnet_equals_the_plain_torch_network(shape, batch, one_thread):
     """Forward and every parameter's gradient equal the plain network's to float rounding, in train mode
     with and without dropout (same masks from the same seed) and in eval mode; state dicts are alike."""
@@ -353,7 +400,7 @@ def test_alexnet_equals_the_plain_torch_network(shape, batch, one_thread):
             for a, b in zip(*grads):
                 assert _rel(a, b) < 1e-5
             with torch.no_grad():
-                assert _rel(model(x), plain(x)) < 1e-5 or train   # (train: dropout draws differ without a seed)
+                assert _rel(model(x), plain(x)) < 1e-5 or train  # (train: dropout draws differ without a seed)
 
 
 def test_alexnet_layers_equal_torchs_own(one_thread):
@@ -363,6 +410,7 @@ def test_alexnet_layers_equal_torchs_own(one_thread):
     import torch.nn.functional as F
 
     from rethinking.models.alexnet import LocalResponseNorm, MaxPool2dSame, _same_pool_pads
+
     torch.manual_seed(0)
     for size, c, beta in [(9, 64, 0.75), (4, 8, 0.75), (5, 3, 1.3), (2, 6, 0.5), (1, 4, 0.75)]:
         for channels_last in (False, True):
@@ -371,7 +419,9 @@ def test_alexnet_layers_equal_torchs_own(one_thread):
                 x = x.contiguous(memory_format=torch.channels_last)
             x.requires_grad_()
             g = torch.randn(3, c, 4, 5)
-            outs = [m(x) for m in (LocalResponseNorm(size, 0.01, beta, 2.0), nn.LocalResponseNorm(size, 0.01, beta, 2.0))]
+            outs = [
+                m(x) for m in (LocalResponseNorm(size, 0.01, beta, 2.0), nn.LocalResponseNorm(size, 0.01, beta, 2.0))
+            ]
             grads = [torch.autograd.grad(o, x, g)[0] for o in outs]
             assert _rel(*outs) < 1e-6 and _rel(*grads) < 1e-6, (size, c, beta, channels_last)
     for h in range(1, 10):
@@ -390,6 +440,7 @@ def test_alexnet_under_vmap_channels_last_and_autocast(one_thread):
     import copy
 
     from torch.func import functional_call, grad, stack_module_state, vmap
+
     torch.manual_seed(0)
     models = [build_model("alexnet", (1, 7, 7), 10) for _ in range(2)]
     params, _ = stack_module_state(models)
@@ -398,11 +449,12 @@ def test_alexnet_under_vmap_channels_last_and_autocast(one_thread):
 
     def loss(p, xb, yb):
         return nn.functional.cross_entropy(functional_call(base, p, (xb,)), yb)
+
     stacked = vmap(grad(loss))(params, x, y)
     for k, m in enumerate(models):
         plain = _plain_alexnet(m)
         nn.functional.cross_entropy(plain(x[k]), y[k]).backward()
-        for (name, p) in plain.named_parameters():
+        for name, p in plain.named_parameters():
             assert _rel(stacked[name][k], p.grad) < 1e-5, name
     model, plain = models[0], _plain_alexnet(models[0])
     xb = torch.randn(4, 1, 7, 7)

@@ -2,6 +2,7 @@
 session's Snakemake and DVC runs (conftest); its file is a dependency of exactly its runs, so an edit of it
 reruns them alone (Snakemake: tests/test_pipeline.py::test_snakemake_reruns_only_what_an_edit_touches; DVC
 here). Building and counting mlp_<d>x<w> and resnet18: tests/test_models.py."""
+
 import json
 
 import pandas as pd
@@ -11,7 +12,7 @@ import yaml
 from conftest import copy_of
 from test_pipeline import TINY_RESULTS, USER_MODEL, expected_runs, sh
 
-MODEL = "config/models/small_cnn.py"   # the README's example, found relative to the params file
+MODEL = "config/models/small_cnn.py"  # the README's example, found relative to the params file
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """Packing: runs trained together as one stacked model write what single runs write."""
+
 import contextlib
 import copy
 import json
@@ -7,15 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, call_cli, copy_tiny, tiny_params
+
 from rethinking import plan as rc
-from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
-from rethinking.models import build_model
-from rethinking.engine.pack import Stacked
-from rethinking.plan.packs import plan_packs
+from rethinking.engine import loop as tr
 from rethinking.engine import run as rn
+from rethinking.engine.pack import Stacked
+from rethinking.models import build_model
+from rethinking.plan.packs import plan_packs
+
+from conftest import REPO, call_cli, copy_tiny, tiny_params
 
 
 def _cfg(tmp_path, name, **training):
@@ -103,6 +106,7 @@ def test_a_killed_pack_resumes_packed_or_alone(tmp_path, monkeypatch):
         real(out, fingerprint, model, opt, progress, *args, **kw)
         if progress.epoch == 2 and out == rc.run_dir(killed, runs[1]):
             raise Killed()
+
     monkeypatch.setattr(tr, "save_checkpoint", kill_at_epoch_2)
     with pytest.raises(Killed):
         tr.train_runs(killed, runs, log=lambda *_: None)
@@ -124,8 +128,9 @@ def _rel(a, b):
 
 # Inception: smaller steps, fewer of them. Its batch norm over 16 tiny images has channels of almost zero
 # variance, which amplify rounding differences (~3e-6 in the first gradients) by orders of magnitude per step.
-@pytest.mark.parametrize("model, lrs, steps", [("mlp_3x512", [0.1, 0.05, 0.01], 3),
-                                              ("inception", [0.001, 0.0005, 0.0002], 2)])
+@pytest.mark.parametrize(
+    "model, lrs, steps", [("mlp_3x512", [0.1, 0.05, 0.01], 3), ("inception", [0.001, 0.0005, 0.0002], 2)]
+)
 def test_stacked_update_is_torch_sgd(model, lrs, steps):
     """Stacked steps equal torch.optim.SGD (momentum, weight decay) on each member, with per-member lr,
     and batch norm's running statistics are each member's own."""
@@ -149,19 +154,25 @@ def test_stacked_update_is_torch_sgd(model, lrs, steps):
         assert any("running_mean" in n for n in member.state_dict()) == (model == "inception")
         # and the momentum round-trips through a single run's optimizer state
         sd = stacked.optimizer_state(k, stacked.member(k), lrs[k])
-        for i, (a, b) in enumerate(zip(sd["state"].values(), opts[k].state_dict()["state"].values())):
+        for a, b in zip(sd["state"].values(), opts[k].state_dict()["state"].values()):
             assert _rel(a["momentum_buffer"], b["momentum_buffer"]) < 1e-4
 
 
 def test_plan_packs_groups_only_runs_that_can_share_a_model(tmp_path):
     cfg = rc.load(REPO / "config" / "tiny.yaml")
-    cfg["grid"].append({"name": "drop", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"],
-                        "regularizers": ["dropout"]})
+    cfg["grid"].append(
+        {
+            "name": "drop",
+            "models": ["mlp_1x512"],
+            "corruptions": ["true_labels", "random_labels"],
+            "regularizers": ["dropout"],
+        }
+    )
     runs = rc.expand_runs(cfg)
     assert plan_packs(cfg, runs, 1) == [[r] for r in runs]
     cfg["training"]["pack"] = 4
     packs = plan_packs(cfg, runs)
-    assert sorted(r.id for p in packs for r in p) == sorted(r.id for r in runs)   # every run once
+    assert sorted(r.id for p in packs for r in p) == sorted(r.id for r in runs)  # every run once
     assert max(len(p) for p in packs) == 4
     for p in packs:
         assert len({(r.model, r.regularizers, r.variant) for r in p}) == 1
@@ -178,9 +189,11 @@ def test_training_pack_may_be_set_per_model():
     for p in plan_packs(cfg, rc.expand_runs(cfg)):
         sizes.setdefault(p[0].model, []).append(len(p))
     assert max(sizes["mlp_1x512"]) == 3 and set(sizes["alexnet"]) == {1}
-    raw["training"]["pack"] = {"alexnet": 2}   # no default: 1
+    raw["training"]["pack"] = {"alexnet": 2}  # no default: 1
     cfg = rc.validate(raw)
-    sizes = {m: [len(p) for p in plan_packs(cfg, rc.expand_runs(cfg)) if p[0].model == m] for m in ("mlp_1x512", "alexnet")}
+    sizes = {
+        m: [len(p) for p in plan_packs(cfg, rc.expand_runs(cfg)) if p[0].model == m] for m in ("mlp_1x512", "alexnet")
+    }
     assert set(sizes["mlp_1x512"]) == {1} and max(sizes["alexnet"]) == 2
     raw["training"]["pack"] = {"mlp_1x5l2": 2}
     with pytest.raises(rc.ConfigError, match=r"training\.pack\.mlp_1x5l2: not a model entry"):
@@ -188,8 +201,13 @@ def test_training_pack_may_be_set_per_model():
 
 
 def test_train_command_refuses_runs_that_cannot_share_a_pack(tmp_path):
-    params = copy_tiny(tmp_path, (REPO / "config" / "tiny.yaml").read_text().replace("results/tiny", str(tmp_path / "r")))
-    a, b = "digits-train100-test50/true-labels/mlp_1x512/none/seed0", "digits-train100-test50/true-labels/alexnet/crop-wd/seed0"
+    params = copy_tiny(
+        tmp_path, (REPO / "config" / "tiny.yaml").read_text().replace("results/tiny", str(tmp_path / "r"))
+    )
+    a, b = (
+        "digits-train100-test50/true-labels/mlp_1x512/none/seed0",
+        "digits-train100-test50/true-labels/alexnet/crop-wd/seed0",
+    )
     proc = call_cli("train", "--params", params, "--run", a, "--run", b, cwd=tmp_path)
     assert proc.returncode == 2
     assert "alexnet/crop-wd/seed0 has model='alexnet'" in proc.stderr and "Traceback" not in proc.stderr
@@ -213,8 +231,10 @@ def test_switching_packing_on_retrains_nothing(tmp_path):
     assert [(rc.run_dir(cfg, r) / "epochs.csv").read_bytes() for r in runs] == before
 
 
-@pytest.mark.parametrize("name, shape", [("mlp_1x512", (1, 7, 7)), ("mlp_3x512", (3, 8, 8)), ("alexnet", (1, 7, 7)),
-                                         ("alexnet", (3, 12, 10))])
+@pytest.mark.parametrize(
+    "name, shape",
+    [("mlp_1x512", (1, 7, 7)), ("mlp_3x512", (3, 8, 8)), ("alexnet", (1, 7, 7)), ("alexnet", (3, 12, 10))],
+)
 def test_the_batched_pack_step_is_the_vmap_step(name, shape):
     """Plain stacks of layers (the MLPs, AlexNet) take one batched op per layer instead of vmap: the same
     losses, predictions and parameters after three steps, to float rounding; Inception keeps vmap."""

@@ -1,4 +1,5 @@
 """The paper's numbers beside ours (a tiny fake CIFAR-10 folder), variants, and Table 4's augmentation."""
+
 import json
 
 import numpy as np
@@ -6,24 +7,30 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_image_folder
 from rethinking import plan as rc
 from rethinking.analysis.aggregate import aggregate, ci95
-from rethinking.data.corrupt import corrupt
-from rethinking.data.sources import prepare
 from rethinking.analysis.figures import figures
 from rethinking.analysis.paper import CIFAR10_CLASSES, compare, reference
+from rethinking.data.corrupt import corrupt
 from rethinking.data.preprocess import augmentations, prepare_batch, random_rotate
-from rethinking.plan.settings import run_settings
+from rethinking.data.sources import prepare
 from rethinking.engine.loop import train
+from rethinking.plan.settings import run_settings
+
+from conftest import make_image_folder
 
 
 def test_reference_has_every_table1_cell():
     ref = reference()
     t1 = ref[(ref["table"] == "table1") & ref["metric"].isin(["train_acc", "test_acc"])]
     assert len(t1) == 38
-    row = t1[(t1["model"] == "inception") & (t1["labels"] == "true") & (t1["random_crop"] == "no")
-             & (t1["weight_decay"] == "no") & (t1["metric"] == "test_acc")]
+    row = t1[
+        (t1["model"] == "inception")
+        & (t1["labels"] == "true")
+        & (t1["random_crop"] == "no")
+        & (t1["weight_decay"] == "no")
+        & (t1["metric"] == "test_acc")
+    ]
     assert float(row["value"].iloc[0]) == 85.75
 
 
@@ -37,8 +44,14 @@ def fake_cifar_cfg(tmp_path):
         "training": {"batch_size": 10, "max_epochs": 1, "log_every": 1, "device": "cpu"},
         "grid": [
             {"name": "t1", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"]},
-            {"name": "t4", "models": ["mlp_1x512"], "corruptions": ["random_labels"], "regularizers": ["wd"],
-             "variant": "table4", "training": {"lr_decay": 0.999, "max_epochs": 2}},
+            {
+                "name": "t4",
+                "models": ["mlp_1x512"],
+                "corruptions": ["random_labels"],
+                "regularizers": ["wd"],
+                "variant": "table4",
+                "training": {"lr_decay": 0.999, "max_epochs": 2},
+            },
         ],
     }
     return rc.validate(raw)
@@ -56,8 +69,13 @@ def test_paper_comparison_on_a_fake_cifar10_folder(tmp_path):
     out = aggregate(cfg)
     figures(cfg)
     comp = pd.read_csv(out / "paper_comparison.csv")
-    mlp_true = comp[(comp["table"] == "table1") & (comp["model"] == "mlp_1x512") & (comp["labels"] == "true")
-                    & (comp["weight_decay"] == "no") & (comp["metric"] == "test_acc")].iloc[0]
+    mlp_true = comp[
+        (comp["table"] == "table1")
+        & (comp["model"] == "mlp_1x512")
+        & (comp["labels"] == "true")
+        & (comp["weight_decay"] == "no")
+        & (comp["metric"] == "test_acc")
+    ].iloc[0]
     # 20 training images are not the paper's 50,000: the cell says so instead of comparing
     assert mlp_true["paper"] == 50.51 and mlp_true["not_comparable"] == 2
     assert np.isnan(mlp_true["ours"]) and np.isnan(mlp_true["diff"])
@@ -66,7 +84,9 @@ def test_paper_comparison_on_a_fake_cifar10_folder(tmp_path):
     t4 = comp[(comp["table"] == "table4") & (comp["model"] == "mlp_1x512") & (comp["weight_decay"] == "yes")].iloc[0]
     assert t4["paper"] == 99.21 and t4["not_comparable"] == 2 and t4["within_tolerance"] == "not comparable"
     # the variant's overrides reached its runs, and only them
-    s = json.loads((tmp_path / "results/runs/fake-cifar/random-labels/mlp_1x512/wd_table4/seed0/summary.json").read_text())
+    s = json.loads(
+        (tmp_path / "results/runs/fake-cifar/random-labels/mlp_1x512/wd_table4/seed0/summary.json").read_text()
+    )
     assert s["lr_decay"] == 0.999 and s["epochs"] == 2 and s["weight_decay"] == 5e-4
     assert comp[comp["model"] == "inception"]["within_tolerance"].eq("not run").all()
     assert "Tables 1 and 4" in (out / "paper_comparison.md").read_text()
@@ -76,16 +96,43 @@ def test_paper_comparison_on_a_fake_cifar10_folder(tmp_path):
 
 
 def test_compare_marks_out_of_tolerance():
-    runs = pd.DataFrame([{"corruption": "true-labels", "model": "alexnet", "regularizers": "none", "variant": "",
-                          "train_acc": 100.0, "test_acc": 70.0, "seed": 0, "status": "fitted",
-                          "n_train": 50000, "n_test": 10000, "input_shape": [3, 28, 28], "lr": 0.01,
-                          "momentum": 0.9, "lr_decay": 0.95, "lr_decay_images": None}])
+    runs = pd.DataFrame(
+        [
+            {
+                "corruption": "true-labels",
+                "model": "alexnet",
+                "regularizers": "none",
+                "variant": "",
+                "train_acc": 100.0,
+                "test_acc": 70.0,
+                "seed": 0,
+                "status": "fitted",
+                "n_train": 50000,
+                "n_test": 10000,
+                "input_shape": [3, 28, 28],
+                "lr": 0.01,
+                "momentum": 0.9,
+                "lr_decay": 0.95,
+                "lr_decay_images": None,
+            }
+        ]
+    )
     comp = compare(runs, {"train_acc": 1.0, "test_acc": 3.0})
-    test = comp[(comp["model"] == "alexnet") & (comp["labels"] == "true") & (comp["random_crop"] == "no")
-                & (comp["weight_decay"] == "no") & (comp["metric"] == "test_acc")].iloc[0]
+    test = comp[
+        (comp["model"] == "alexnet")
+        & (comp["labels"] == "true")
+        & (comp["random_crop"] == "no")
+        & (comp["weight_decay"] == "no")
+        & (comp["metric"] == "test_acc")
+    ].iloc[0]
     assert test["paper"] == 76.07 and test["diff"] == pytest.approx(70.0 - 76.07) and test["within_tolerance"] == "no"
-    train_row = comp[(comp["model"] == "alexnet") & (comp["labels"] == "true") & (comp["random_crop"] == "no")
-                     & (comp["weight_decay"] == "no") & (comp["metric"] == "train_acc")].iloc[0]
+    train_row = comp[
+        (comp["model"] == "alexnet")
+        & (comp["labels"] == "true")
+        & (comp["random_crop"] == "no")
+        & (comp["weight_decay"] == "no")
+        & (comp["metric"] == "train_acc")
+    ].iloc[0]
     assert train_row["within_tolerance"] == "yes"
 
 
@@ -95,8 +142,18 @@ def test_ci95_is_the_t_interval():
 
 
 def test_variant_validation_and_identity():
-    base = {"grid": [{"name": "a", "models": ["alexnet"], "corruptions": ["random_labels"], "regularizers": ["wd"],
-                      "variant": "slow", "training": {"lr_decay": 0.999}}]}
+    base = {
+        "grid": [
+            {
+                "name": "a",
+                "models": ["alexnet"],
+                "corruptions": ["random_labels"],
+                "regularizers": ["wd"],
+                "variant": "slow",
+                "training": {"lr_decay": 0.999},
+            }
+        ]
+    }
     cfg = rc.validate(base)
     (run,) = rc.expand_runs(cfg)
     assert run.id == "digits/random-labels/alexnet/wd_slow/seed0" and rc.find_run(cfg, run.id) == run
@@ -108,8 +165,18 @@ def test_variant_validation_and_identity():
     with pytest.raises(rc.ConfigError, match="different"):
         rc.validate(two)
     with pytest.raises(rc.ConfigError, match="augment already includes"):
-        rc.validate({"grid": [{"name": "a", "models": ["alexnet"], "corruptions": ["true_labels"],
-                               "regularizers": ["crop+augment"]}]})
+        rc.validate(
+            {
+                "grid": [
+                    {
+                        "name": "a",
+                        "models": ["alexnet"],
+                        "corruptions": ["true_labels"],
+                        "regularizers": ["crop+augment"],
+                    }
+                ]
+            }
+        )
 
 
 def test_augment_is_crop_flip_and_rotation():

@@ -1,4 +1,5 @@
 """Snakemake and DVC: the same stages, the same runs, the same outputs; a stale dvc.yaml stops dvc repro."""
+
 import json
 import re
 import subprocess
@@ -8,17 +9,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, clone_project, copy_of, run_cli, tree_files
 from rethinking import plan as rc
-from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, SPLIT_COLUMNS
-from rethinking.pipeline.dvcgen import generate, stage_key
+from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, RUN_FILES, SPLIT_COLUMNS
 from rethinking.analysis.jobs import benchmarks_dir
+from rethinking.pipeline.dvcgen import generate, stage_key
 from rethinking.pipeline.stages import expected_jobs
-from rethinking.analysis.aggregate import RUN_FILES
 from rethinking.plan.packs import SECTION5_PRIORITY, job_priority, pack_name, plan_packs
 
+from conftest import REPO, clone_project, copy_of, run_cli, tree_files
+
 TINY_RESULTS = "results/tiny"
-SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")   # rule jobs: no DVC stage
+SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")  # rule jobs: no DVC stage
 CONFIGS = [REPO / "params.yaml", *sorted((REPO / "config").glob("*.yaml"))]
 
 
@@ -35,8 +36,9 @@ def expected_runs(path):
 
 
 def test_committed_dvc_yaml_is_current():
-    assert (REPO / "dvc.yaml").read_text() == generate("params.yaml"), \
+    assert (REPO / "dvc.yaml").read_text() == generate("params.yaml"), (
         "dvc.yaml is stale: run `python -m rethinking dvc --params params.yaml`"
+    )
 
 
 RULE_FILES = [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
@@ -53,23 +55,26 @@ def test_the_rules_import_neither_torch_nor_pandas():
         modules |= set(re.findall(r"^\s*from (rethinking[\w.]*) import", src.read_text(), flags=re.MULTILINE))
         modules |= set(re.findall(r"^\s*import (rethinking[\w.]*)", src.read_text(), flags=re.MULTILINE))
     assert {"rethinking.pipeline.stages", "rethinking.plan.packs", "rethinking.section5.stages"} <= modules, modules
-    code = (f"import json, sys; import {', '.join(sorted(modules))}\n"
-            "from rethinking.pipeline import dvcgen, stages\n"
-            "from rethinking import plan as rc\n"
-            "loaded = lambda names: sorted(m for m in names if m in sys.modules)\n"
-            "for path in sys.argv[1:]:\n"
-            "    cfg = rc.load(path); runs = rc.expand_runs(cfg)\n"
-            "    p = stages.plan(cfg, path, runs, packs=[[r] for r in runs] + [runs[:2]])\n"
-            "    for s in stages.stages_for(cfg):\n"
-            "        for v in s.jobs(p):\n"
-            "            s.inputs(p, v), s.outputs(p, v), s.cmd(cfg, path, v), s.code_paths(cfg)\n"
-            "            s.job_file(p, v, 'logs', '.log'), s.settings and [s.settings(cfg, p.run_by_id[r]) for r in v]\n"
-            "torch = loaded(['torch'])\n"
-            "for path in sys.argv[1:]:\n"
-            "    dvcgen.generate(path); stages.expected_jobs(rc.load(path))\n"
-            f"print(json.dumps(torch + loaded({HEAVY[1:]!r})))")
-    out = subprocess.run([sys.executable, "-c", code, *map(str, CONFIGS)], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+    code = (
+        f"import json, sys; import {', '.join(sorted(modules))}\n"
+        "from rethinking.pipeline import dvcgen, stages\n"
+        "from rethinking import plan as rc\n"
+        "loaded = lambda names: sorted(m for m in names if m in sys.modules)\n"
+        "for path in sys.argv[1:]:\n"
+        "    cfg = rc.load(path); runs = rc.expand_runs(cfg)\n"
+        "    p = stages.plan(cfg, path, runs, packs=[[r] for r in runs] + [runs[:2]])\n"
+        "    for s in stages.stages_for(cfg):\n"
+        "        for v in s.jobs(p):\n"
+        "            s.inputs(p, v), s.outputs(p, v), s.cmd(cfg, path, v), s.code_paths(cfg)\n"
+        "            s.job_file(p, v, 'logs', '.log'), s.settings and [s.settings(cfg, p.run_by_id[r]) for r in v]\n"
+        "torch = loaded(['torch'])\n"
+        "for path in sys.argv[1:]:\n"
+        "    dvcgen.generate(path); stages.expected_jobs(rc.load(path))\n"
+        f"print(json.dumps(torch + loaded({HEAVY[1:]!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, CONFIGS)], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     assert json.loads(out) == [], f"the rules' imports load {out.strip()}"
 
 
@@ -79,33 +84,50 @@ def dry_run_jobs(dry_run: str) -> list[dict]:
     for block in re.split(r"\n(?=(?:local)?rule )", dry_run):
         if not (m := re.match(r"(?:local)?rule (\w+):", block)):
             continue
-        field = lambda key: (f.group(1) if (f := re.search(rf"^\s*{key}: (.*)$", block, flags=re.M)) else None)  # noqa: E731
+
+        def field(key, block=block):
+            found = re.search(rf"^\s*{key}: (.*)$", block, flags=re.M)
+            return found.group(1) if found else None
+
         shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
-        jobs.append({"rule": m.group(1), "output": set((field("output") or "").split(", ")) - {""},
-                     "wildcards": dict(w.split("=", 1) for w in (field("wildcards") or "").split(", ") if w),
-                     "benchmark": field("benchmark"), "priority": float(field("priority") or 0),
-                     "shell": shell.group(1).split(" > ")[0] if shell else None})
+        jobs.append(
+            {
+                "rule": m.group(1),
+                "output": set((field("output") or "").split(", ")) - {""},
+                "wildcards": dict(w.split("=", 1) for w in (field("wildcards") or "").split(", ") if w),
+                "benchmark": field("benchmark"),
+                "priority": float(field("priority") or 0),
+                "shell": shell.group(1).split(" > ")[0] if shell else None,
+            }
+        )
     return jobs
 
 
 def dvc_stages(doc: dict) -> dict:
     """dvc.yaml's stages with foreach expanded (`<name>@<key>`, ${key} and ${item.*} filled in), as DVC
     lists them: {name: {"cmd", "deps", "outputs" (outs, metrics and plots)}}."""
+
     def fill(x, key, item):
         if isinstance(x, str):
             return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), x.replace("${key}", key))
         if isinstance(x, list):
             return [fill(i, key, item) for i in x]
         return {fill(k, key, item): fill(v, key, item) for k, v in x.items()} if isinstance(x, dict) else x
+
     expanded = {}
     for name, st in doc["stages"].items():
         if "foreach" in st:
             expanded.update({f"{name}@{k}": fill(st["do"], k, item) for k, item in st["foreach"].items()})
         else:
             expanded[name] = st
-    return {n: {"cmd": st["cmd"], "deps": set(st.get("deps", [])),
-                "outputs": {p for kind in ("outs", "metrics", "plots") for o in st.get(kind, []) for p in o}}
-            for n, st in expanded.items()}
+    return {
+        n: {
+            "cmd": st["cmd"],
+            "deps": set(st.get("deps", [])),
+            "outputs": {p for kind in ("outs", "metrics", "plots") for o in st.get(kind, []) for p in o},
+        }
+        for n, st in expanded.items()
+    }
 
 
 def dvc_name(job: dict, stages: dict) -> str | None:
@@ -127,6 +149,7 @@ def test_snakemake_and_dvc_run_the_same_stages(path):
     with the same commands, code and outputs (jobs is Snakemake's only, check DVC's), every job with the
     benchmark file `jobs` reads for it, the longest jobs first, and a dvc.yaml DVC's schema takes."""
     from dvc.schema import COMPILED_MULTI_STAGE_SCHEMA
+
     rel = path.relative_to(REPO)
     cfg = rc.load(path)
     runs = [r.id for r in rc.expand_runs(cfg)]
@@ -135,11 +158,21 @@ def test_snakemake_and_dvc_run_the_same_stages(path):
     COMPILED_MULTI_STAGE_SCHEMA(doc)
     stages = dvc_stages(doc)
     # every run trained once, by Snakemake (a run or a pack) and by DVC (train@, train_user_model@, packs)
-    trained = [r for j in jobs if re.match(r"train(_pack_\d+)?$", j["rule"]) for o in j["output"]
-               if (r := re.match(rf"{re.escape(cfg['results_dir'])}/runs/(.+)/summary\.json$", o))]
+    trained = [
+        r
+        for j in jobs
+        if re.match(r"train(_pack_\d+)?$", j["rule"])
+        for o in j["output"]
+        if (r := re.match(rf"{re.escape(cfg['results_dir'])}/runs/(.+)/summary\.json$", o))
+    ]
     assert sorted(m.group(1) for m in trained) == sorted(runs)
-    dvc_trained = [o.split("/runs/")[1].rsplit("/", 1)[0] for n, st in stages.items() if n.startswith("train")
-                   for o in st["outputs"] if o.endswith("/summary.json")]
+    dvc_trained = [
+        o.split("/runs/")[1].rsplit("/", 1)[0]
+        for n, st in stages.items()
+        if n.startswith("train")
+        for o in st["outputs"]
+        if o.endswith("/summary.json")
+    ]
     assert sorted(dvc_trained) == sorted(runs)
     # the same stages, commands, code and outputs
     mapped = {dvc_name(j, stages): j for j in jobs}
@@ -166,8 +199,9 @@ def _check_benchmarks_and_priorities(cfg, jobs):
             runs = [by_id[r] for o in job["output"] for r in re.findall(r"/runs/(.+)/summary\.json$", o)]
             assert job["priority"] == job_priority(cfg, runs), job
             for r in runs:
-                corrupt_priority[r.corruption.id] = max(corrupt_priority.get(r.corruption.id, job["priority"]),
-                                                        job["priority"])
+                corrupt_priority[r.corruption.id] = max(
+                    corrupt_priority.get(r.corruption.id, job["priority"]), job["priority"]
+                )
         elif job["rule"] == "kernels":
             assert job["priority"] == SECTION5_PRIORITY
     for job in (j for j in jobs if j["rule"] == "corrupt"):
@@ -182,6 +216,7 @@ def test_job_priorities_put_the_longest_runs_first():
 
     def p(run_id):
         return job_priority(cfg, [runs["digits/" + run_id + "/seed0"]])
+
     assert p("true-labels/alexnet/none") > p("random-labels/mlp_3x512/none") > p("random-labels/mlp_1x512/none")
     assert p("random-labels/alexnet/none") > p("labels-0.5/alexnet/none") > p("true-labels/alexnet/none")
     assert p("true-labels/alexnet/crop") > p("true-labels/alexnet/none") == p("true-labels/alexnet/wd")
@@ -208,7 +243,7 @@ def test_dvc_lists_the_generated_stages_in_a_clone(tmp_path):
     sh("python -m rethinking dvc --params params.yaml", root)
     names = [line.split()[0] for line in sh("dvc stage list", root).stdout.splitlines() if line.strip()]
     assert sorted(names) == sorted(dvc_stages(yaml.safe_load((root / "dvc.yaml").read_text())))
-    assert "changed" in sh("dvc status", root).stdout   # nothing has run yet: every stage is to run
+    assert "changed" in sh("dvc status", root).stdout  # nothing has run yet: every stage is to run
 
 
 def _outputs(root):
@@ -216,7 +251,7 @@ def _outputs(root):
     return [f for f in files if f.startswith(("tables/", "figures/", "runs/", "data/"))]
 
 
-USER_MODEL = "models/small_cnn.py:small_cnn"   # config/tiny.yaml's model of a user's own (config/models/)
+USER_MODEL = "models/small_cnn.py:small_cnn"  # config/tiny.yaml's model of a user's own (config/models/)
 
 
 @pytest.mark.slow
@@ -224,15 +259,27 @@ def test_snakemake_runs_the_tiny_grid_end_to_end(tiny_snakemake):
     """config/tiny.yaml through Snakemake (conftest's session run): every table and figure, the packs' runs
     each in their folder, a user's model file trained like a built-in model, every job measured."""
     files = _outputs(tiny_snakemake)
-    for name in ["tables/table1.csv", "tables/table1.md", "tables/convergence.csv", "tables/runs.csv",
-                 "figures/fig1a.png", "figures/fig1a.pdf", "figures/fig1b.png", "figures/fig1c.pdf",
-                 "tables/memorization.csv", "tables/early_stopping.csv", "figures/memorization.png",
-                 "figures/memorization.pdf", "figures/early_stopping.png", "figures/early_stopping.pdf"]:
+    for name in [
+        "tables/table1.csv",
+        "tables/table1.md",
+        "tables/convergence.csv",
+        "tables/runs.csv",
+        "figures/fig1a.png",
+        "figures/fig1a.pdf",
+        "figures/fig1b.png",
+        "figures/fig1c.pdf",
+        "tables/memorization.csv",
+        "tables/early_stopping.csv",
+        "figures/memorization.png",
+        "figures/memorization.pdf",
+        "figures/early_stopping.png",
+        "figures/early_stopping.pdf",
+    ]:
         assert name in files
     ids = expected_runs("config/tiny.yaml")
     runs = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/runs.csv")
     assert sorted(runs["run"]) == sorted(ids)
-    for run in ids:   # packed or not, every run has its own folder and files
+    for run in ids:  # packed or not, every run has its own folder and files
         assert all((tiny_snakemake / TINY_RESULTS / "runs" / run / f).is_file() for f in RUN_FILES), run
     # the user's model: its file found relative to the params file, its own learning rate, its run id
     mine = runs.set_index("model").loc[USER_MODEL]
@@ -257,14 +304,17 @@ def _check_jobs(root, runs):
     cfg = rc.load(root / "config/tiny.yaml")
     expected = expected_jobs(cfg)
     packs = plan_packs(cfg, rc.expand_runs(cfg))
-    assert sorted(map(len, packs)) == [1, 1, 3, 3]   # the six MLP 1x512 runs in two packs
+    assert sorted(map(len, packs)) == [1, 1, 3, 3]  # the six MLP 1x512 runs in two packs
     assert {j.stage for j in expected} == {"prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem"}
     for path in [j.file for j in expected] + [benchmarks_dir(cfg) / "jobs.tsv"]:
         header, *rows = (root / path).read_text().splitlines()
-        assert header.split("\t") == ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
-                                      "mean_load", "cpu_time"] and len(rows) == 1, path
+        assert (
+            header.split("\t")
+            == ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
+            and len(rows) == 1
+        ), path
     for pack in packs:
-        if len(pack) > 1:   # a pack's job has one log, named after it
+        if len(pack) > 1:  # a pack's job has one log, named after it
             assert (root / TINY_RESULTS / "logs" / "train" / f"{pack_name(pack)}.log").is_file()
     jobs = pd.read_csv(root / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
     assert list(jobs.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem", "total"]
@@ -300,6 +350,7 @@ def test_snakemake_writes_its_report(tiny_snakemake, tmp_path):
     root = copy_of(tiny_snakemake, tmp_path / "copy")
     sh("snakemake --configfile config/tiny.yaml --report report.zip", root)
     import zipfile
+
     names = zipfile.ZipFile(root / "report.zip").namelist()
     for f in ("fig1a.png", "fig1c.png", "table1.csv", "kernel_noise.png", "theorem.png"):
         assert any(n.endswith(f) for n in names), (f, names)
@@ -307,13 +358,15 @@ def test_snakemake_writes_its_report(tiny_snakemake, tmp_path):
 
 def metric_numbers(shown: dict) -> dict:
     """`dvc metrics show --json` (or one experiment of `dvc exp show --json`) as {file: {dotted.name: value}}."""
+
     def flat(d, prefix=""):
         for k, v in d.items():
             if isinstance(v, dict):
                 yield from flat(v, f"{prefix}{k}.")
             else:
                 yield f"{prefix}{k}", v
-    return {f: dict(flat(d.get("data", {}))) for f, d in shown.items()}   # a file DVC could not read: {}
+
+    return {f: dict(flat(d.get("data", {}))) for f, d in shown.items()}  # a file DVC could not read: {}
 
 
 @pytest.mark.slow
@@ -326,13 +379,15 @@ def test_dvc_repro_gives_the_same_outputs_as_snakemake(tiny_snakemake, tiny_dvc)
         a = pd.read_csv(tiny_dvc / TINY_RESULTS / "tables" / table)
         b = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables" / table)
         pd.testing.assert_frame_equal(a, b)
-    for f in _outputs(tiny_dvc):   # the same artifacts, and the same epochs of every run
+    for f in _outputs(tiny_dvc):  # the same artifacts, and the same epochs of every run
         if f.startswith("data/") or f.endswith(("epochs.csv", "steps.csv")):
             if f.startswith("data/"):
                 assert (tiny_dvc / TINY_RESULTS / f).read_bytes() == (tiny_snakemake / TINY_RESULTS / f).read_bytes(), f
             else:
-                x, y = (pd.read_csv(r / TINY_RESULTS / f).drop(columns="wall_time", errors="ignore")
-                        for r in (tiny_dvc, tiny_snakemake))
+                x, y = (
+                    pd.read_csv(r / TINY_RESULTS / f).drop(columns="wall_time", errors="ignore")
+                    for r in (tiny_dvc, tiny_snakemake)
+                )
                 pd.testing.assert_frame_equal(x, y, obj=f)
     # the packs are stages of their own, one command training their runs together
     stages = yaml.safe_load((tiny_dvc / "dvc.yaml").read_text())["stages"]
@@ -395,14 +450,20 @@ def test_stale_dvc_yaml_stops_dvc_repro(project):
     assert not (project / TINY_RESULTS / "runs").exists()
 
 
-@pytest.mark.parametrize("text, needles", [
-    ("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n", ["grid[0].models[0]", "resnet"]),
-    ("dataset: {source: imagefolder, root: /nonexistent/x.zip}\n"
-     "grid:\n  - {name: a, models: [mlp_1x512], corruptions: [true_labels]}\n", ["dataset.root", "/nonexistent/x.zip"]),
-])
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("grid:\n  - {name: a, models: [resnet], corruptions: [true_labels]}\n", ["grid[0].models[0]", "resnet"]),
+        (
+            "dataset: {source: imagefolder, root: /nonexistent/x.zip}\n"
+            "grid:\n  - {name: a, models: [mlp_1x512], corruptions: [true_labels]}\n",
+            ["dataset.root", "/nonexistent/x.zip"],
+        ),
+    ],
+)
 def test_snakemake_refuses_bad_params_before_any_work(project, text, needles):
     (project / "bad.yaml").write_text(text)
-    before = tree_files(project / "results")   # what a clone has there (results/README.md)
+    before = tree_files(project / "results")  # what a clone has there (results/README.md)
     proc = sh("snakemake --cores 1 --configfile bad.yaml", project, check=False)
     assert proc.returncode != 0
     for needle in needles:
@@ -412,8 +473,15 @@ def test_snakemake_refuses_bad_params_before_any_work(project, text, needles):
 
 def test_a_second_snakemake_on_the_same_results_is_refused(project):
     import time
-    first = subprocess.Popen("snakemake --cores 1 --configfile config/tiny.yaml", cwd=project, shell=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    first = subprocess.Popen(
+        "snakemake --cores 1 --configfile config/tiny.yaml",
+        cwd=project,
+        shell=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         locks = project / ".snakemake" / "locks"
         deadline = time.monotonic() + 120
@@ -430,5 +498,6 @@ def test_a_second_snakemake_on_the_same_results_is_refused(project):
     finally:
         import os
         import signal
+
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

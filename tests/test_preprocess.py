@@ -1,10 +1,18 @@
 """Preprocessing against hand-computed values: TF's per-image standardization, crops, flips."""
+
 import math
 
 import numpy as np
 import torch
 
-from rethinking.data.preprocess import center_crop, per_image_standardization, prepare_all, prepare_batch, random_crop, random_flip
+from rethinking.data.preprocess import (
+    center_crop,
+    per_image_standardization,
+    prepare_all,
+    prepare_batch,
+    random_crop,
+    random_flip,
+)
 
 
 def test_per_image_standardization_matches_tf_formula():
@@ -26,7 +34,7 @@ def test_standardization_of_a_constant_image_uses_the_floor():
 
 
 def test_hand_computed_two_pixel_image():
-    x = torch.tensor([[[[0.0, 1.0]]]])          # mean 0.5, std 0.5 > 1/sqrt(2)? no: 0.5 < 0.7071
+    x = torch.tensor([[[[0.0, 1.0]]]])  # mean 0.5, std 0.5 > 1/sqrt(2)? no: 0.5 < 0.7071
     out = per_image_standardization(x)
     torch.testing.assert_close(out, torch.tensor([[[[-0.5 * math.sqrt(2), 0.5 * math.sqrt(2)]]]]))
 
@@ -48,7 +56,7 @@ def test_random_crop_windows_are_subimages_and_vary():
         v = int(c[i, 0, 0, 0])
         top, left = divmod(v, 32)
         assert 0 <= top <= 4 and 0 <= left <= 4
-        torch.testing.assert_close(c[i], x[i, :, top:top + 28, left:left + 28])  # channels share a window
+        torch.testing.assert_close(c[i], x[i, :, top : top + 28, left : left + 28])  # channels share a window
         tops.add(top)
         lefts.add(left)
     assert len(tops) == 5 and len(lefts) == 5
@@ -57,7 +65,7 @@ def test_random_crop_windows_are_subimages_and_vary():
 def test_random_flip_flips_about_half():
     x = torch.arange(10).reshape(1, 1, 1, 10).repeat(1000, 1, 1, 1)
     out = random_flip(x, torch.Generator().manual_seed(0))
-    flipped = (out[:, 0, 0, 0] == 9)
+    flipped = out[:, 0, 0, 0] == 9
     assert 400 < int(flipped.sum()) < 600
     assert torch.equal(out[flipped], x[flipped].flip(-1))
 
@@ -89,7 +97,7 @@ def test_standardization_in_place_equals_out_of_place_and_never_touches_the_call
     copy = x.clone()
     assert torch.equal(per_image_standardization(copy, inplace=True), expected) and torch.equal(copy, expected)
     kept = x.clone()
-    for crop in (None, 5, 4):   # a float batch: the crop is the caller's tensor or a view of it
+    for crop in (None, 5, 4):  # a float batch: the crop is the caller's tensor or a view of it
         prepare_batch(x, crop)
         assert torch.equal(x, kept)
     u = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)

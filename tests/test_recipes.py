@@ -1,12 +1,13 @@
 """The README's "Extending the pipeline" recipes: a new table or figure is one registry entry
 (rethinking.analysis.outputs), and the commands, the Snakemake rules, dvc.yaml and the report follow from it."""
+
 import json
 
 import pandas as pd
 import pytest
 import yaml
-
 from test_states import write_run
+
 from rethinking import plan as rc
 from rethinking.analysis.aggregate import aggregate
 from rethinking.analysis.figures import figures
@@ -20,6 +21,7 @@ from rethinking.pipeline.dvcgen import generate
 @pytest.fixture
 def toy_entries():
     """A toy table and a toy figure, registered as the README says (and removed after the test)."""
+
     @table("seeds_per_model.csv", caption="Toy table: seeds per model.")
     def seeds_per_model(runs):
         return runs.groupby("model", as_index=False)["seed"].nunique()
@@ -27,10 +29,12 @@ def toy_entries():
     @figure("toy_seeds", inputs=("seeds_per_model.csv",), caption="Toy figure: seeds per model, as bars.")
     def toy_seeds(frame):
         from rethinking.analysis.plotting import plot_libs
+
         plt = plot_libs()[0]
         fig, ax = plt.subplots(figsize=(3, 2))
         ax.bar(frame["model"], frame["seed"])
         return fig
+
     yield
     unregister("table", "seeds_per_model.csv")
     unregister("figure", "toy_seeds")
@@ -40,11 +44,18 @@ def toy_entries():
 def finished(tmp_path):
     """A small finished results folder: two hand-made runs (test_states.write_run) and the base artifact."""
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "results_dir": str(tmp_path / "results"), "seeds": [0],
-        "dataset": {"source": "digits", "train_size": 60, "test_size": 40}, "preprocess": {"crop": 7},
-        "training": {"device": "cpu"},
-        "grid": [{"name": "t", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"]}]}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "results_dir": str(tmp_path / "results"),
+                "seeds": [0],
+                "dataset": {"source": "digits", "train_size": 60, "test_size": 40},
+                "preprocess": {"crop": 7},
+                "training": {"device": "cpu"},
+                "grid": [{"name": "t", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"]}],
+            }
+        )
+    )
     cfg = rc.load(params)
     prepare(cfg)
     for run, state in zip(rc.expand_runs(cfg), [("fitted", 10, 100, 90), ("fitted", 30, 100, 10)]):
@@ -58,7 +69,7 @@ def test_a_table_and_a_figure_are_one_entry_each(toy_entries, finished):
     tables, figs = aggregate(cfg), figures(cfg)
     assert pd.read_csv(tables / "seeds_per_model.csv").to_dict("records") == [{"model": "mlp_1x512", "seed": 1}]
     assert (figs / "toy_seeds.png").stat().st_size > 1000 and (figs / "toy_seeds.pdf").is_file()
-    assert (tables / "table1.csv").is_file() and (figs / "fig1a.png").is_file()   # the shipped ones too
+    assert (tables / "table1.csv").is_file() and (figs / "fig1a.png").is_file()  # the shipped ones too
     # the rules' and dvc.yaml's outputs, the figures stage's inputs, and the report's caption follow
     p = stages.plan(cfg, str(params))
     agg, fig = stages.stage("aggregate", cfg), stages.stage("figures", cfg)
@@ -81,6 +92,7 @@ def test_a_misnamed_input_or_parameter_is_a_clear_error(finished):
     @figure("toy_typo", inputs=("seed_per_model.csv",))
     def toy_typo(frame):
         return None
+
     try:
         with pytest.raises(ConfigError, match=r"figure 'toy_typo'.*'seed_per_model.csv' is no registered table"):
             check_inputs()
@@ -92,6 +104,7 @@ def test_a_misnamed_input_or_parameter_is_a_clear_error(finished):
     @table("toy_param.csv", stage="toy")
     def toy_param(runs, cfg, colour):
         return pd.DataFrame()
+
     try:
         with pytest.raises(ConfigError, match=r"parameter 'colour' is neither an input nor given by stage 'toy'"):
             produce("toy", cfg, runs=None)
@@ -108,7 +121,9 @@ def test_a_registered_metric_reaches_the_memorization_table_and_dvc_plots(finish
     """engine.metrics.register: its columns in memorization.csv (blank for run folders written without them) and
     in each label-corrupted run's DVC plot, with no other edit."""
     from rethinking.analysis import aggregate as ag
-    from rethinking.engine.metrics import Metric, register, unregister as drop
+    from rethinking.engine.metrics import Metric, register
+    from rethinking.engine.metrics import unregister as drop
+
     params, cfg = finished
     register(Metric("toy", ("toy_share",), sums=None, values=None))
     try:

@@ -4,6 +4,7 @@ A second trainer of a run stops at once naming the first (pid and host); the fir
 holder killed with SIGKILL leaves the run free. A pack is refused as a whole when one member is held, and
 keeps no lock. A streamed run under torchrun is refused by its process 0, and torchrun stops the others.
 """
+
 import json
 import os
 import shutil
@@ -17,13 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli, tree_files
 from rethinking import plan as rc
-from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
+from rethinking.engine import loop as tr
 from rethinking.engine.slots import RUN_LOCK, lock_runs
 from rethinking.errors import RunBusyError
+
+from conftest import run_cli, tree_files
 from test_checkpoints import streamed_params
 
 PARAMS = """
@@ -75,8 +77,9 @@ def _fresh(tmp_path, data, name="results", epochs=40):
 
 
 def _holder(run_id, folder):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, run_id, str(folder)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, run_id, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = p.stdout.readline()
     assert line.strip() == "locked", p.stderr.read()
     return p
@@ -85,8 +88,9 @@ def _holder(run_id, folder):
 def _busy_line(stderr, run_id, pid):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert lines[0].startswith(f"error: run {run_id} is being trained by another process (pid {pid} on host {HOST})"), \
+    assert lines[0].startswith(f"error: run {run_id} is being trained by another process (pid {pid} on host {HOST})"), (
         lines[0]
+    )
 
 
 def test_a_second_trainer_of_a_run_stops_at_once_and_the_first_finishes(tmp_path, data):
@@ -94,8 +98,12 @@ def test_a_second_trainer_of_a_run_stops_at_once_and_the_first_finishes(tmp_path
     out = results / "runs" / RUN
     lock = out / RUN_LOCK
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([sys.executable, "-m", "rethinking", "train", "--params", str(params), "--run", RUN],
-                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rethinking", "train", "--params", str(params), "--run", RUN],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (lock.is_file() and lock.read_text().split()[:1] == [str(first.pid)]):
@@ -112,8 +120,8 @@ def test_a_second_trainer_of_a_run_stops_at_once_and_the_first_finishes(tmp_path
         took = time.monotonic() - t0
         assert second.returncode == 2
         _busy_line(second.stderr, RUN, first.pid)
-        assert second.stdout == ""   # it read no checkpoint, trained nothing
-        assert took < 60, took       # no waiting (the first is paused: a waiting second would never return)
+        assert second.stdout == ""  # it read no checkpoint, trained nothing
+        assert took < 60, took  # no waiting (the first is paused: a waiting second would never return)
         assert first.poll() is None
     finally:
         os.kill(first.pid, signal.SIGCONT)
@@ -147,18 +155,21 @@ def test_a_holder_killed_with_sigkill_leaves_the_run_free(tmp_path, data):
     try:
         cfg = rc.load(params)
         run = rc.find_run(cfg, RUN)
-        with pytest.raises(RunBusyError, match=rf"^run {RUN} is being trained by another process "
-                                               rf"\(pid {holder.pid} on host {HOST}\)"):
+        with pytest.raises(
+            RunBusyError,
+            match=rf"^run {RUN} is being trained by another process "
+            rf"\(pid {holder.pid} on host {HOST}\)",
+        ):
             tr.train(cfg, run, log=lambda *_: None)
-        assert tree_files(out) == [RUN_LOCK]   # refused before reading or writing anything
+        assert tree_files(out) == [RUN_LOCK]  # refused before reading or writing anything
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     lines = []
-    tr.train(cfg, run, log=lines.append)   # the kernel dropped the dead holder's lock
+    tr.train(cfg, run, log=lines.append)  # the kernel dropped the dead holder's lock
     assert (out / "summary.json").is_file() and any("max_epochs after 2 epochs" in line for line in lines)
     assert (out / RUN_LOCK).read_text() == f"{os.getpid()} {HOST}\n"
-    with lock_runs({RUN: out}):   # and this trainer let go of it when it returned
+    with lock_runs({RUN: out}):  # and this trainer let go of it when it returned
         pass
 
 
@@ -170,14 +181,14 @@ def test_a_pack_with_a_held_member_is_refused_and_keeps_no_lock(tmp_path, data):
         proc = run_cli("train", "--params", params, "--run", RUN, "--run", RUN1, cwd=tmp_path, timeout=120)
         assert proc.returncode == 2 and proc.stdout == ""
         _busy_line(proc.stderr, RUN1, holder.pid)
-        assert tree_files(results / "runs") == [f"{RUN}/{RUN_LOCK}", f"{RUN1}/{RUN_LOCK}"]   # nothing written
+        assert tree_files(results / "runs") == [f"{RUN}/{RUN_LOCK}", f"{RUN1}/{RUN_LOCK}"]  # nothing written
         # in one process: the member it locked (the first) is released again when the second is refused
         cfg = rc.load(params)
         with pytest.raises(RunBusyError, match=RUN1):
             tr.train_runs(cfg, [rc.find_run(cfg, RUN), rc.find_run(cfg, RUN1)], log=lambda *_: None)
         with lock_runs({RUN: out0}):
             pass
-        with pytest.raises(RunBusyError, match=RUN1):   # all or none: nothing is kept of a refused set
+        with pytest.raises(RunBusyError, match=RUN1):  # all or none: nothing is kept of a refused set
             lock_runs({RUN: out0, RUN1: out1})
         with lock_runs({RUN: out0}):
             pass
@@ -187,7 +198,7 @@ def test_a_pack_with_a_held_member_is_refused_and_keeps_no_lock(tmp_path, data):
 
 
 def test_a_streamed_run_under_torchrun_is_refused_by_process_0(tmp_path):
-    p = streamed_params(tmp_path, tmp_path / "tree", "results")   # refused before any data is read
+    p = streamed_params(tmp_path, tmp_path / "tree", "results")  # refused before any data is read
     raw = yaml.safe_load(p.read_text())
     raw["training"]["gpus_per_run"] = 2
     p.write_text(yaml.safe_dump(raw))
@@ -196,9 +207,24 @@ def test_a_streamed_run_under_torchrun_is_refused_by_process_0(tmp_path):
     holder = _holder(run_id, out)
     try:
         t0 = time.monotonic()
-        proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "rethinking", "train",
-                               "--params", str(p), "--run-id", run_id], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                "torchrun",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "rethinking",
+                "train",
+                "--params",
+                str(p),
+                "--run-id",
+                run_id,
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         took = time.monotonic() - t0
     finally:
         holder.kill()
@@ -206,5 +232,5 @@ def test_a_streamed_run_under_torchrun_is_refused_by_process_0(tmp_path):
     assert proc.returncode != 0
     said = proc.stdout + proc.stderr
     assert f"error: run {run_id} is being trained by another process (pid {holder.pid} on host {HOST})" in said
-    assert took < 90, took   # process 1, waiting for process 0 to meet it, was stopped by torchrun
+    assert took < 90, took  # process 1, waiting for process 0 to meet it, was stopped by torchrun
     assert tree_files(out) == [RUN_LOCK]

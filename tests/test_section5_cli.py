@@ -1,10 +1,12 @@
 """The standalone Section 5 / Theorem 1 commands and the stages on the tiny grid."""
+
 import pandas as pd
 
-from conftest import REPO, run_cli
 from rethinking import plan as rc
 from rethinking.data.sources import prepare
 from rethinking.section5.stages import kernels_stage, paper_value, theorem_stage
+
+from conftest import REPO, run_cli
 
 
 def test_theorem_command_prints_weights_and_exact_fit(tmp_path):
@@ -15,8 +17,9 @@ def test_theorem_command_prints_weights_and_exact_fit(tmp_path):
 
 
 def test_kernels_command_prints_test_error_and_norm(tmp_path):
-    out = run_cli("kernels", "--dataset", "digits", "--n-train", "300", "--gamma", "0.02", cwd=tmp_path,
-                  check=True).stdout
+    out = run_cli(
+        "kernels", "--dataset", "digits", "--n-train", "300", "--gamma", "0.02", cwd=tmp_path, check=True
+    ).stdout
     lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
     assert float(lines["train_error"]) == 0.0 and float(lines["test_error"]) < 10
     assert float(lines["norm"]) > 0 and int(lines["n_train"]) == 300
@@ -41,8 +44,10 @@ def test_stages_write_tables_and_figures(tmp_path):
 
 
 def test_paper_value_only_for_cifar10():
-    cifar = {"classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-             "shape": [3, 32, 32]}
+    cifar = {
+        "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        "shape": [3, 32, 32],
+    }
     assert paper_value(cifar, "pixels", 0.0) == 46
     assert paper_value(cifar, "random-conv", 0.0) == 17 and paper_value(cifar, "random-conv", 0.1) == 15
     assert pd.isna(paper_value({"classes": ["0"], "shape": [1, 8, 8]}, "pixels", 0.0))

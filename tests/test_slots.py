@@ -1,4 +1,5 @@
 """GPU slots, simulated on CPU: concurrent jobs never share a slot; a killed job's slot is free again."""
+
 import os
 import signal
 import subprocess
@@ -20,9 +21,13 @@ time.sleep(60)
 
 
 def holder(tmp_path, count=2, per_gpu=1, timeout=5.0, env=None):
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(count), str(per_gpu), str(tmp_path), str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(count), str(per_gpu), str(tmp_path), str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_concurrent_jobs_never_share_a_slot(tmp_path):

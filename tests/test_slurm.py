@@ -12,6 +12,7 @@ training job that then resumes from its checkpoint. What is not: the GPUs are ch
 (/dev/null), so training runs on the CPU (training.device: auto finds no CUDA) while SLURM holds
 a GPU for it.
 """
+
 import json
 import os
 import re
@@ -26,19 +27,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import REPO, background, clone_project, started, tree_files
 
 PROFILE = "workflow/profiles/slurm"
 RESULTS = "results/slurm"
-ACCOUNT, GPU_PARTITION, CPU_PARTITION = "rethinking", "gpu", "cpu"   # the profile's, and start.sh's
+ACCOUNT, GPU_PARTITION, CPU_PARTITION = "rethinking", "gpu", "cpu"  # the profile's, and start.sh's
 # the profile's per-rule requests, as sacct shows them: (time limit, memory)
 TRAIN_LIMITS = ("12:00:00", "8000M")
-CPU_LIMITS = {"prepare": ("01:00:00", "4000M"), "corrupt": ("01:00:00", "4000M"), "theorem": ("01:00:00", "4000M"),
-              "aggregate": ("00:30:00", "4000M"), "figures": ("00:30:00", "4000M"),
-              "kernels": ("04:00:00", "16000M")}
+CPU_LIMITS = {
+    "prepare": ("01:00:00", "4000M"),
+    "corrupt": ("01:00:00", "4000M"),
+    "theorem": ("01:00:00", "4000M"),
+    "aggregate": ("00:30:00", "4000M"),
+    "figures": ("00:30:00", "4000M"),
+    "kernels": ("04:00:00", "16000M"),
+}
 # the AlexNet run, which never fits (lr 1e-6) and so trains all its epochs: long enough to be requeued mid-run
 # columns that differ between any two runs (runs.csv: time, memory, device; jobs.csv and jobs_detail.csv: the jobs')
-MEASURED = re.compile(r"time|seconds|peak_rss|max_rss|images_per_s|^(wall|cpu)_s$|^io_(in|out)_mb$|^mean_load$|^device$")
+MEASURED = re.compile(
+    r"time|seconds|peak_rss|max_rss|images_per_s|^(wall|cpu)_s$|^io_(in|out)_mb$|^mean_load$|^device$"
+)
 SLOW_RUN = "digits-train100-test50/true-labels/alexnet/crop-wd/seed0"
 
 
@@ -48,7 +57,9 @@ def _env():
 
 
 def sh(cmd, cwd=None, timeout=120, check=True):
-    proc = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, timeout=timeout, env=_env(), check=False)
+    proc = subprocess.run(
+        cmd, cwd=cwd, shell=True, capture_output=True, text=True, timeout=timeout, env=_env(), check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -67,11 +78,15 @@ def slurm_missing() -> str | None:
     if "UP" not in ping.stdout:
         said = ((ping.stdout + ping.stderr).strip().splitlines() or ["nothing"])[0]
         return f"no SLURM controller answers (`scontrol ping`: {said}): {start}"
-    parts = subprocess.run(["sinfo", "-h", "-o", "%R %G %t"], capture_output=True, text=True, timeout=30, check=False).stdout
+    parts = subprocess.run(
+        ["sinfo", "-h", "-o", "%R %G %t"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
     found = {line.split()[0]: line for line in parts.splitlines()}
     if not {GPU_PARTITION, CPU_PARTITION} <= set(found) or "gpu:" not in found[GPU_PARTITION]:
-        return (f"this SLURM is not the test cluster (partitions {CPU_PARTITION} and {GPU_PARTITION} with GPUs; "
-                f"sinfo: {parts.strip()!r}): {start}")
+        return (
+            f"this SLURM is not the test cluster (partitions {CPU_PARTITION} and {GPU_PARTITION} with GPUs; "
+            f"sinfo: {parts.strip()!r}): {start}"
+        )
     return None
 
 
@@ -86,8 +101,19 @@ def slurm():
 
 def sacct(where: str) -> list[dict]:
     """One row per job record (a requeued job has one per try), oldest first."""
-    fields = ["JobIDRaw", "JobName", "Comment", "Partition", "Account", "State", "AllocTRES", "Timelimit",
-              "ReqMem", "Start", "End"]
+    fields = [
+        "JobIDRaw",
+        "JobName",
+        "Comment",
+        "Partition",
+        "Account",
+        "State",
+        "AllocTRES",
+        "Timelimit",
+        "ReqMem",
+        "Start",
+        "End",
+    ]
     out = sh(f"sacct -X -D -P -n --starttime now-1days -o {','.join(fields)} {where}").stdout
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
 
@@ -111,11 +137,15 @@ def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, slurm_run, 
     SLURM gave it without waiting; the third waits for a GPU. `--gpus=1` is what the plugin submits. After the
     pipeline's run (slurm_run), whose training jobs would hold the GPUs."""
     (tmp_path / "job.py").write_text(SLOT_JOB)
-    locks = tmp_path / "locks"   # one lock folder for all jobs, as on a node's /tmp
+    locks = tmp_path / "locks"  # one lock folder for all jobs, as on a node's /tmp
     ids = []
     for i in range(3):
-        ids.append(sh(f"sbatch --parsable -p {GPU_PARTITION} -A {ACCOUNT} --gpus=1 --cpus-per-task=1 --mem=500 "
-                      f"-t 5 -o {tmp_path}/{i}.out --wrap '{sys.executable} {tmp_path}/job.py {locks}'").stdout.strip())
+        ids.append(
+            sh(
+                f"sbatch --parsable -p {GPU_PARTITION} -A {ACCOUNT} --gpus=1 --cpus-per-task=1 --mem=500 "
+                f"-t 5 -o {tmp_path}/{i}.out --wrap '{sys.executable} {tmp_path}/job.py {locks}'"
+            ).stdout.strip()
+        )
     deadline = time.monotonic() + 180
     while sh(f"squeue -h -j {','.join(ids)} -o %i", check=False).stdout.strip() and time.monotonic() < deadline:
         time.sleep(1)
@@ -126,7 +156,7 @@ def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, slurm_run, 
     seen = [(tmp_path / f"{i}.out").read_text().split() for i in range(3)]
     for visible, physical, device, slot, waited in seen:
         assert visible in {"0", "1"} and physical == visible and (device, slot) == ("0", "0")
-        assert float(waited) < 1.0   # its own GPU's slot was free: no job waited on another's
+        assert float(waited) < 1.0  # its own GPU's slot was free: no job waited on another's
     # the two GPUs were in use at once by different jobs; the third job started when one was free again
     first, second, third = (rows[i] for i in sorted(ids, key=lambda i: rows[i]["Start"]))
     assert {seen[ids.index(first["JobIDRaw"])][0], seen[ids.index(second["JobIDRaw"])][0]} == {"0", "1"}
@@ -135,6 +165,7 @@ def test_slurm_hands_out_gpus_and_the_train_slots_follow_them(slurm, slurm_run, 
 
 
 # --- the pipeline through the slurm profile ----------------------------------------------------------
+
 
 def params_text(section5: bool) -> str:
     """config/tiny.yaml cut to both kinds of training job (one run, and a pack of two), with training.device
@@ -170,7 +201,7 @@ def job_counts(log: str) -> Counter:
 def rule_of(comment: str) -> str:
     """The plugin's sbatch --comment: rule_<rule> or rule_<rule>_wildcards_<values>."""
     assert comment.startswith("rule_"), comment
-    return comment[len("rule_"):].split("_wildcards_")[0]
+    return comment[len("rule_") :].split("_wildcards_")[0]
 
 
 def requeue_mid_run(proc, root: Path, log: Path, deadline: float) -> str | None:
@@ -181,8 +212,11 @@ def requeue_mid_run(proc, root: Path, log: Path, deadline: float) -> str | None:
         m = re.search(r"SLURM run ID: (\S+)", log.read_text())
         if m and (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists():
             jobs = sh(f"squeue -h --name {m[1]} -o '%i|%k|%T'", check=False).stdout.split()
-            running = [j.split("|")[0] for j in jobs if j.split("|")[1].startswith("rule_train_wildcards_")
-                       and j.split("|")[2] == "RUNNING"]
+            running = [
+                j.split("|")[0]
+                for j in jobs
+                if j.split("|")[1].startswith("rule_train_wildcards_") and j.split("|")[2] == "RUNNING"
+            ]
             if running:
                 sh(f"scontrol requeue {running[0]}")
                 for _ in range(100):
@@ -208,7 +242,7 @@ class SlurmRun:
     def _run(self, base: Path):
         try:
             self.result = self._pipeline(base)
-        except BaseException as exc:   # handed to the test that waits
+        except BaseException as exc:  # handed to the test that waits
             self.error = exc
 
     def _pipeline(self, base: Path) -> dict:
@@ -217,14 +251,27 @@ class SlurmRun:
         log = root / "snakemake.log"
         t0 = time.monotonic()
         with open(log, "w") as out, open(local / "snakemake.log", "w") as local_out:
-            here = subprocess.Popen("snakemake --cores 1 --configfile slurm-test.yaml", cwd=local, shell=True,
-                                    stdout=local_out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+            here = subprocess.Popen(
+                "snakemake --cores 1 --configfile slurm-test.yaml",
+                cwd=local,
+                shell=True,
+                stdout=local_out,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                start_new_session=True,
+            )
             # job states from sacct (the plugin's default where sacct exists, named to be sure); status checks
             # every few seconds instead of the plugin's 40 s, as the jobs here last seconds
             proc = subprocess.Popen(
                 f"snakemake --workflow-profile {PROFILE} --configfile slurm-test.yaml --slurm-status-command sacct "
                 "--slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2",
-                cwd=root, shell=True, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+                cwd=root,
+                shell=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                start_new_session=True,
+            )
             self.procs = [proc, here]
             try:
                 requeued = requeue_mid_run(proc, root, log, deadline=t0 + 900)
@@ -237,8 +284,14 @@ class SlurmRun:
         assert here.returncode == 0, (local / "snakemake.log").read_text()[-6000:]
         run_id = re.search(r"SLURM run ID: (\S+)", text)[1]
         print(f"slurm and local runs: {time.monotonic() - t0:.0f} s, requeued job {requeued}")
-        return {"root": root, "local": local, "expected": job_counts(text), "records": sacct(f"--name {run_id}"),
-                "requeued": requeued, "log": text}
+        return {
+            "root": root,
+            "local": local,
+            "expected": job_counts(text),
+            "records": sacct(f"--name {run_id}"),
+            "requeued": requeued,
+            "log": text,
+        }
 
     def wait(self) -> dict:
         self.thread.join(timeout=1000)
@@ -269,7 +322,7 @@ def slurm_run(slurm):
 @pytest.mark.slow
 def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run):
     records = slurm_run["records"]
-    last = {r["JobIDRaw"]: r for r in records}   # a job's final record
+    last = {r["JobIDRaw"]: r for r in records}  # a job's final record
     # the jobs Snakemake planned (its job stats) are exactly the cut grid's, and each was one sbatch job
     assert slurm_run["expected"] == Counter(prepare=1, corrupt=2, train=1, train_pack_1=1, aggregate=1, figures=1)
     assert Counter(rule_of(r["Comment"]) for r in last.values()) == slurm_run["expected"]
@@ -300,14 +353,14 @@ def test_slurm_outputs_equal_a_local_run(slurm_run):
     a_root, b_root = slurm_run["root"] / RESULTS, slurm_run["local"] / RESULTS
     kept = ("tables/", "figures/", "runs/", "data/")
 
-    def outputs(root):   # not hidden files: a job killed while writing its checkpoint leaves .checkpoint.pt.*.tmp
+    def outputs(root):  # not hidden files: a job killed while writing its checkpoint leaves .checkpoint.pt.*.tmp
         return [f for f in tree_files(root) if f.startswith(kept) and not Path(f).name.startswith(".")]
 
     files = outputs(a_root)
     assert files == outputs(b_root)
     for f in files:
         a, b = a_root / f, b_root / f
-        if f.endswith(".csv"):   # measured times, memory and device names differ between any two runs
+        if f.endswith(".csv"):  # measured times, memory and device names differ between any two runs
             x, y = pd.read_csv(a), pd.read_csv(b)
             drop = [c for c in x.columns if MEASURED.search(c)]
             pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=f)
@@ -319,6 +372,7 @@ def test_slurm_outputs_equal_a_local_run(slurm_run):
 
 
 # --- the profiles themselves (no SLURM needed) -------------------------------------------------------
+
 
 def dry_run_resources(root: Path, args: str) -> dict[str, str]:
     out = sh(f"snakemake -n {args}", root, timeout=300).stdout
@@ -337,12 +391,12 @@ def test_slurm_profile_maps_stages_to_partitions_and_gpus(tmp_path):
     found = dry_run_resources(root, f"--workflow-profile {PROFILE} --configfile slurm-test.yaml")
     assert {"train", "train_pack_1", *CPU_LIMITS} <= set(found)
     for rule, res in found.items():
-        if rule in ("all", "jobs"):   # local rules (the dry run shows them the default resources): never submitted
+        if rule in ("all", "jobs"):  # local rules (the dry run shows them the default resources): never submitted
             continue
         assert f"slurm_account={ACCOUNT}" in res
         if rule.startswith("train"):
             assert f"slurm_partition={GPU_PARTITION}" in res and "gpu=1" in res and "runtime=720" in res, res
-        elif rule == "kernels":   # section5.kernels.device auto (the default): a GPU job, with its own limits
+        elif rule == "kernels":  # section5.kernels.device auto (the default): a GPU job, with its own limits
             assert f"slurm_partition={GPU_PARTITION}" in res and re.search(r"\bgpu=1\b", res), res
             assert re.search(r"\bruntime=240\b", res) and re.search(r"\bmem_mb=16000\b", res), res
         else:
@@ -370,5 +424,5 @@ def test_local_gpu_profile_asks_one_gpu_unit_per_training_job(tmp_path):
     root = copy_project(tmp_path / "project", section5=True)
     found = dry_run_resources(root, "--workflow-profile workflow/profiles/local-gpu --configfile slurm-test.yaml")
     assert "gpu=1" in found["train"] and "gpu=1" in found["train_pack_1"]
-    assert "gpu=1" in found["kernels"]   # section5.kernels.device auto: it may use a GPU, so it takes a unit
+    assert "gpu=1" in found["kernels"]  # section5.kernels.device auto: it may use a GPU, so it takes a unit
     assert not any("gpu=" in res for rule, res in found.items() if not rule.startswith("train") and rule != "kernels")

@@ -1,8 +1,17 @@
 """Theorem 1: a depth-2 ReLU network with 2n + d weights fits any labels of n distinct points."""
+
 import numpy as np
 import pytest
 
-from rethinking.section5.theorem import construct, design_matrix, evaluate, plot_theorem, theorem_report, theorem_sweep, weights_count
+from rethinking.section5.theorem import (
+    construct,
+    design_matrix,
+    evaluate,
+    plot_theorem,
+    theorem_report,
+    theorem_sweep,
+    weights_count,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Training: the schedule, the stop rule, run outputs, and resume after a kill."""
+
 import json
 import math
 from pathlib import Path
@@ -6,19 +7,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, copy_tiny, train_until_killed
 from rethinking import plan as rc
-from rethinking.engine import loop as tr
 from rethinking.data.corrupt import corrupt
 from rethinking.data.sources import prepare
+from rethinking.engine import loop as tr
 from rethinking.engine import run as rn
+
+from conftest import REPO, copy_tiny, train_until_killed
 
 
 def test_learning_rate_per_epoch_and_per_images():
     assert rn.learning_rate(0, 0.1, 0.95, None, 50_000) == pytest.approx(0.1)
-    assert rn.learning_rate(3, 0.1, 0.95, None, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    assert rn.learning_rate(3, 0.1, 0.95, None, 50_000) == pytest.approx(0.1 * 0.95**3)
     # per 50,000 images: one CIFAR-10 epoch is one decay step, 1,437 digits are 1437/50000 of one
-    assert rn.learning_rate(3, 0.1, 0.95, 50_000, 50_000) == pytest.approx(0.1 * 0.95 ** 3)
+    assert rn.learning_rate(3, 0.1, 0.95, 50_000, 50_000) == pytest.approx(0.1 * 0.95**3)
     assert rn.learning_rate(10, 0.01, 0.95, 50_000, 1437) == pytest.approx(0.01 * 0.95 ** (10 * 1437 / 50_000))
 
 
@@ -111,6 +113,7 @@ def test_all_models_train_a_step_on_digits(tiny):
 def test_divergence_is_a_result_not_a_crash(tiny, tmp_path):
     from rethinking.analysis.aggregate import aggregate
     from rethinking.analysis.figures import figures
+
     tiny["training"]["lr"]["alexnet"] = 1e12  # plants inf/NaN losses within a few steps
     tiny["training"]["max_epochs"] = 5
     diverging = _run(tiny, "true-labels", "alexnet", "crop-wd")
@@ -144,8 +147,9 @@ def test_a_checkpoint_write_cut_short_leaves_nothing_after_the_rerun(tiny):
     stale.write_bytes(b"half a checkpoint")
     tr.train(tiny, run, log=lambda *_: None)
     assert not stale.exists() and (out / rn.CHECKPOINT).is_file()
-    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt", "summary.json", "epochs.csv",
-                                                            "steps.csv", ".train.lock"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["checkpoint.pt", "summary.json", "epochs.csv", "steps.csv", ".train.lock"]
+    )
 
 
 def test_run_tables_are_written_as_pandas_writes_them(tmp_path):
@@ -153,14 +157,51 @@ def test_run_tables_are_written_as_pandas_writes_them(tmp_path):
     pandas' to_csv of the same rows: key order, blanks for NaN/None/missing, float repr, int columns
     with a blank as floats, quoting, numpy scalars."""
     import numpy as np
+
     from rethinking.files import write_csv, write_rows
-    rows = [{"epoch": 1, "step": 45, "lr": 0.01, "acc": 0.43771746694502434, "x": 1e-05, "big": 1.5e20, "s": "a,b",
-             "flag": True, "nan": float("nan"), "np": np.float64(0.1), "npi": np.int64(3), "f32": np.float32(0.1)},
-            {"epoch": 2, "step": 90, "lr": 0.009985269167730945, "acc": 100.0, "x": None, "big": 3, "s": "plain",
-             "flag": False, "nan": float("nan"), "np": np.float64(2), "npi": np.int64(4), "extra": 5,
-             "f32": np.float32(2.5)},
-            {"epoch": 3, "step": 135, "lr": 0.0, "acc": -0.0, "s": 'q"uote', "flag": True, "np": float("inf"),
-             "npi": 7, "extra": None}]
+
+    rows = [
+        {
+            "epoch": 1,
+            "step": 45,
+            "lr": 0.01,
+            "acc": 0.43771746694502434,
+            "x": 1e-05,
+            "big": 1.5e20,
+            "s": "a,b",
+            "flag": True,
+            "nan": float("nan"),
+            "np": np.float64(0.1),
+            "npi": np.int64(3),
+            "f32": np.float32(0.1),
+        },
+        {
+            "epoch": 2,
+            "step": 90,
+            "lr": 0.009985269167730945,
+            "acc": 100.0,
+            "x": None,
+            "big": 3,
+            "s": "plain",
+            "flag": False,
+            "nan": float("nan"),
+            "np": np.float64(2),
+            "npi": np.int64(4),
+            "extra": 5,
+            "f32": np.float32(2.5),
+        },
+        {
+            "epoch": 3,
+            "step": 135,
+            "lr": 0.0,
+            "acc": -0.0,
+            "s": 'q"uote',
+            "flag": True,
+            "np": float("inf"),
+            "npi": 7,
+            "extra": None,
+        },
+    ]
     for name, columns in (("all", None), ("chosen", ["step", "lr", "missing", "epoch"])):
         write_rows(tmp_path / f"{name}.csv", rows, columns)
         write_csv(tmp_path / f"{name}_pd.csv", pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows))
@@ -174,13 +215,23 @@ def test_a_training_process_imports_neither_pandas_nor_dynamo(tiny):
     optimizers) are not imported by `train`."""
     import subprocess
     import sys
+
     import yaml
+
     run = _run(tiny)
-    params = copy_tiny(Path(tiny["results_dir"]).parent / "params",
-                       yaml.safe_dump({k: v for k, v in tiny.items() if not k.startswith("_")}))
-    code = ("import sys; from rethinking import cli; code = cli.main(sys.argv[1:]); "
-            "print(code, sorted(m for m in ('pandas', 'torch._dynamo') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, "train", "--params", params, "--run", run.id],
-                         capture_output=True, text=True, check=True).stdout
+    params = copy_tiny(
+        Path(tiny["results_dir"]).parent / "params",
+        yaml.safe_dump({k: v for k, v in tiny.items() if not k.startswith("_")}),
+    )
+    code = (
+        "import sys; from rethinking import cli; code = cli.main(sys.argv[1:]); "
+        "print(code, sorted(m for m in ('pandas', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "train", "--params", params, "--run", run.id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip().splitlines()[-1] == "0 []"
     assert (rc.run_dir(tiny, run) / "summary.json").is_file()

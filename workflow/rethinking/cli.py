@@ -4,6 +4,7 @@ Bad input (params, data paths, damaged artifacts) exits with status 2 and one
 line naming the key or file, the bad value and what is allowed; no traceback,
 and nothing written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import signal
 import sys
 
 from .errors import ConfigError
-from .plan import check_data, Corruption, corruptions_of, expand_runs, find_run, is_streamed, load
+from .plan import Corruption, check_data, corruptions_of, expand_runs, find_run, is_streamed, load
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -24,16 +25,19 @@ def _params_arg(p):
 def cmd_prepare(args):
     cfg = load(args.params)
     check_data(cfg, args.params)
-    if is_streamed(cfg):   # an ImageNet-style tree: an index of its files, no pixels
+    if is_streamed(cfg):  # an ImageNet-style tree: an index of its files, no pixels
         from .data.stream import prepare_index
+
         print(prepare_index(cfg))
         return
     from .data.sources import prepare
+
     print(prepare(cfg))
 
 
 def cmd_corrupt(args):
     from .data.corrupt import corrupt
+
     cfg = load(args.params)
     c = Corruption.parse(args.corruption)
     needed = corruptions_of(expand_runs(cfg))
@@ -49,30 +53,36 @@ def cmd_train(args):
         cfg["training"]["device"] = args.device
     runs = [find_run(cfg, r) for r in args.run]
     from .plan.packs import check_models
-    check_models(cfg, runs, args.params)   # torchvision and user models: before any work
-    if is_streamed(cfg):   # images read from disk while training, one run in one or several processes
+
+    check_models(cfg, runs, args.params)  # torchvision and user models: before any work
+    if is_streamed(cfg):  # images read from disk while training, one run in one or several processes
         if len(runs) > 1:
             raise ConfigError("--run: a streamed run (dataset.source imagenet) trains alone; give one --run")
         from .engine.streamed import train
+
         train(cfg, runs[0])
         return
     from .engine.loop import train_runs
+
     train_runs(cfg, runs)
 
 
 def cmd_aggregate(args):
     from .analysis.aggregate import aggregate
+
     print(aggregate(load(args.params)))
 
 
 def cmd_figures(args):
     from .analysis.figures import figures
+
     print(figures(load(args.params)))
 
 
 def cmd_jobs(args):
     from .analysis.jobs import jobs
     from .pipeline.stages import expected_jobs
+
     cfg = load(args.params)
     print(jobs(cfg, expected_jobs(cfg)))
 
@@ -85,6 +95,7 @@ def cmd_runs(args):
 
 def cmd_packs(args):
     from .plan.packs import plan_packs
+
     cfg = load(args.params)
     for pack in plan_packs(cfg, expand_runs(cfg)):
         print(" ".join(r.id for r in pack))
@@ -97,8 +108,9 @@ def cmd_corruptions(args):
 
 
 def cmd_models(args):
-    from .models import MODELS, check_model
     from .errors import ModelError
+    from .models import MODELS, check_model
+
     try:
         shape = tuple(int(v) for v in args.shape.lower().split("x"))
         assert len(shape) == 3 and min(shape) > 0
@@ -108,7 +120,7 @@ def cmd_models(args):
         raise ConfigError(f"--classes: {args.classes} must be at least 1")
     names = args.model or MODELS
     counts = {}
-    for name in names:   # every entry checked before anything is printed
+    for name in names:  # every entry checked before anything is printed
         try:
             counts[name] = check_model(name, shape, args.classes)["parameters"]
         except ModelError as exc:
@@ -123,10 +135,11 @@ def cmd_bench(args):
 
     import torch
 
-    from .engine.bench import bench
     from .data.sources import load_source
+    from .engine.bench import bench
     from .errors import ModelError
     from .models import parse
+
     for model in args.model:
         try:
             parse(model)
@@ -134,31 +147,53 @@ def cmd_bench(args):
             raise ConfigError(f"--model: {exc}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = load_source(args.dataset, args.root, args.train_size)   # loaded once for every model
+    d = load_source(args.dataset, args.root, args.train_size)  # loaded once for every model
     x, y = d["x_train"], d["y_train"]
     crop = args.crop if args.crop is not None else {32: 28, 8: 7}.get(x.shape[2])
     results = []
     for model in args.model:
         if len(args.model) > 1:
             print(f"# {model}")
-        results.append(bench(model, x, y, crop=crop or None, epochs=args.epochs, batch_size=args.batch_size,
-                             device=args.device, random_crop=args.random_crop, workers=args.workers,
-                             baseline=not args.no_baseline, pack=args.pack))
+        results.append(
+            bench(
+                model,
+                x,
+                y,
+                crop=crop or None,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                device=args.device,
+                random_crop=args.random_crop,
+                workers=args.workers,
+                baseline=not args.no_baseline,
+                pack=args.pack,
+            )
+        )
     if args.json:
         from .files import write_text
+
         write_text(args.json, json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
 
 
 def cmd_kernels(args):
     if args.dataset is None:  # the pipeline stage
         from .section5.stages import kernels_stage
+
         print(kernels_stage(_section5(args.params)))
         return
     from .data.sources import load_source
     from .section5.kernels import run_kernel
+
     data = load_source(args.dataset, args.root, test_size=args.n_test)
-    r = run_kernel(data, features=args.features, gamma=args.gamma, ridge=args.ridge, n_train=args.n_train,
-                   n_filters=args.n_filters, device=args.device)
+    r = run_kernel(
+        data,
+        features=args.features,
+        gamma=args.gamma,
+        ridge=args.ridge,
+        n_train=args.n_train,
+        n_filters=args.n_filters,
+        device=args.device,
+    )
     print(f"test_error: {r['test_error']:.2f}")
     print(f"train_error: {r['train_error']:.2f}")
     print(f"norm: {r['norm']:.6g}")
@@ -169,10 +204,12 @@ def cmd_kernels(args):
 def cmd_theorem(args):
     if args.dataset is None:  # the pipeline stage
         from .section5.stages import theorem_stage
+
         print(theorem_stage(_section5(args.params)))
         return
     from .data.sources import load_source
     from .section5.theorem import theorem_sweep
+
     row = theorem_sweep(load_source(args.dataset, args.root), [args.n], labels=args.labels, seed=args.seed).iloc[0]
     print(f"weights: {row['weights']}")
     print(f"expected_weights: {2 * row['n'] + row['d']} (2n + d, n={row['n']}, d={row['d']})")
@@ -189,6 +226,7 @@ def _section5(params):
 
 def cmd_dvc(args):
     from .pipeline.dvcgen import check, write
+
     if args.check:
         check(args.params, args.output)
     else:
@@ -210,18 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run of the grid (several: one pack, in one process)")
     _params_arg(p)
-    p.add_argument("--run", "--run-id", dest="run", required=True, action="append",
-                   help="a run id as `runs` prints it; repeat it to train runs as one pack (see `packs`). "
-                        "Under torchrun spell it --run-id (torchrun reads --run as its own --run-path)")
+    p.add_argument(
+        "--run",
+        "--run-id",
+        dest="run",
+        required=True,
+        action="append",
+        help="a run id as `runs` prints it; repeat it to train runs as one pack (see `packs`). "
+        "Under torchrun spell it --run-id (torchrun reads --run as its own --run-path)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training.device")
     p.set_defaults(func=cmd_train)
 
-    for name, func, text in [("aggregate", cmd_aggregate, "run folders -> tables"),
-                             ("figures", cmd_figures, "tables -> figures"),
-                             ("jobs", cmd_jobs, "benchmark files (or run summaries) -> per-stage time and memory"),
-                             ("runs", cmd_runs, "list the runs the config expands to, one per line"),
-                             ("packs", cmd_packs, "list the runs as training.pack groups them, one process per line"),
-                             ("corruptions", cmd_corruptions, "list the corrupted datasets the config needs")]:
+    for name, func, text in [
+        ("aggregate", cmd_aggregate, "run folders -> tables"),
+        ("figures", cmd_figures, "tables -> figures"),
+        ("jobs", cmd_jobs, "benchmark files (or run summaries) -> per-stage time and memory"),
+        ("runs", cmd_runs, "list the runs the config expands to, one per line"),
+        ("packs", cmd_packs, "list the runs as training.pack groups them, one process per line"),
+        ("corruptions", cmd_corruptions, "list the corrupted datasets the config needs"),
+    ]:
         p = sub.add_parser(name, help=text)
         _params_arg(p)
         p.set_defaults(func=func)
@@ -239,15 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tools(sub) -> None:
     """The commands that work outside the pipeline: models, bench, and kernels/theorem on their own."""
     p = sub.add_parser("models", help="parameter count of each model for an input shape")
-    p.add_argument("model", nargs="*", help="model entries (default: the paper's five): mlp_<depth>x<width>, "
-                                            "resnet18, torchvision.<name>, path/to/file.py:function, ...")
+    p.add_argument(
+        "model",
+        nargs="*",
+        help="model entries (default: the paper's five): mlp_<depth>x<width>, "
+        "resnet18, torchvision.<name>, path/to/file.py:function, ...",
+    )
     p.add_argument("--shape", default="3x28x28", help="CxHxW (default 3x28x28, the paper's CIFAR-10 crop)")
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("bench", help="engine images/s against a conventional DataLoader loop")
     p.add_argument("--model", nargs="+", default=["mlp_1x512"], help="one or more models (see `models`)")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"])
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"],
+    )
     p.add_argument("--root", help="data location (cifar10, imagefolder)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -258,14 +312,19 @@ def _add_tools(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the baseline")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--pack", type=int, default=1, help="also train this many copies as one pack (rethinking.engine.pack)")
+    p.add_argument(
+        "--pack", type=int, default=1, help="also train this many copies as one pack (rethinking.engine.pack)"
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("kernels", help="Section 5: min-norm kernel interpolation (stage, or standalone with --dataset)")
     _params_arg(p)
-    p.add_argument("--dataset", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"],
-                   help="standalone: print test_error and norm for this dataset instead of running the stage")
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"],
+        help="standalone: print test_error and norm for this dataset instead of running the stage",
+    )
     p.add_argument("--root")
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-test", type=int)
@@ -278,7 +337,10 @@ def _add_tools(sub) -> None:
 
     p = sub.add_parser("theorem", help="Theorem 1: the 2n+d weight ReLU net (stage, or standalone with --dataset)")
     _params_arg(p)
-    p.add_argument("--dataset", choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"])
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "cifar10", "mnist", "fashion_mnist", "kmnist", "cifar100", "svhn", "imagefolder"],
+    )
     p.add_argument("--root")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--labels", default="random", choices=["true", "random"])
@@ -287,21 +349,19 @@ def _add_tools(sub) -> None:
 
 
 def main(argv=None) -> int:
-    from .errors import DataError
-    from .errors import ArtifactError
-    from .errors import RunBusyError
+    from .errors import ArtifactError, DataError, RunBusyError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-        sys.stdout.flush()   # inside the try: a closed pipe shows here, not in Python's flush at exit
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not in Python's flush at exit
     except (ConfigError, DataError, ArtifactError, RunBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:   # the reader of stdout stopped (`packs | head -3`): end quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # what is left in the buffer goes nowhere
-        return 128 + signal.SIGPIPE   # a shell's status for a command that SIGPIPE ended (141)
+    except BrokenPipeError:  # the reader of stdout stopped (`packs | head -3`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left in the buffer goes nowhere
+        return 128 + signal.SIGPIPE  # a shell's status for a command that SIGPIPE ended (141)
     return 0

@@ -1,6 +1,7 @@
 """The package's error types: each one a bad input a user can fix, with a message that names the key or
 file, what it holds and what was expected. The commands (rethinking.cli) print USER_ERRORS as one line,
 `error: <message>`, and exit with status 2; anything else is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Every file is written under a temporary name in its own folder and renamed into
 place, so a killed job never leaves a truncated file that a later stage would
 read as good.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,10 +19,8 @@ import numpy as np
 
 from .errors import ArtifactError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
 
 
 @contextlib.contextmanager
@@ -60,6 +59,7 @@ def write_text(path, text: str) -> None:
 def save_torch(path, obj) -> None:
     """torch.save, atomically: a reader (or a resume after a kill) sees the old file or the new one."""
     import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -67,8 +67,9 @@ def save_torch(path, obj) -> None:
 CORRUPT_SUFFIX = ".corrupt"
 
 
-def load_checkpoint(path, fingerprint: str, required_keys, log=print, *, name: str = "",
-                    move_aside: bool = True) -> dict | None:
+def load_checkpoint(
+    path, fingerprint: str, required_keys, log=print, *, name: str = "", move_aside: bool = True
+) -> dict | None:
     """A training checkpoint to resume from, read safely, or None: start over.
 
     Read with torch.load(weights_only=True), so a file holds tensors and plain containers only and
@@ -80,18 +81,19 @@ def load_checkpoint(path, fingerprint: str, required_keys, log=print, *, name: s
     (process 0 of a multi-process run; the others only read). `name` prefixes the log lines.
     """
     import torch
+
     path = Path(path)
     prefix = f"{name}: " if name else ""
     try:
         f = open(path, "rb")
-    except FileNotFoundError:   # none yet (or process 0 just moved a damaged one aside)
+    except FileNotFoundError:  # none yet (or process 0 just moved a damaged one aside)
         return None
     with f:
         try:
             ck = torch.load(f, map_location="cpu", weights_only=True)
         except MemoryError:
             raise
-        except Exception as exc:   # a truncated zip: RuntimeError; foreign bytes, unsafe: UnpicklingError; ...
+        except Exception as exc:  # a truncated zip: RuntimeError; foreign bytes, unsafe: UnpicklingError; ...
             ck, problem = None, f"{exc.__class__.__name__}: {_short_reason(exc)}"
     if ck is not None:
         if not isinstance(ck, dict):
@@ -119,18 +121,22 @@ def load_checkpoint(path, fingerprint: str, required_keys, log=print, *, name: s
 def _short_reason(exc: BaseException, limit: int = 160) -> str:
     """The informative part of a torch.load error, on one line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):   # torch's advice around one line of cause
+    if lines and lines[0].startswith("Weights only load failed"):  # torch's advice around one line of cause
         cause = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
         cause = [line.split("WeightsUnpickler error:")[-1].strip() for line in cause]
-        text = "weights_only refused it: " + (" ".join(c for c in cause if c and not c.startswith("Please file"))
-                                              or "unsupported content")
+        text = "weights_only refused it: " + (
+            " ".join(c for c in cause if c and not c.startswith("Please file")) or "unsupported content"
+        )
     else:
-        text = lines[0] if lines else ("the file ends early (empty, or cut short)" if isinstance(exc, EOFError)
-                                       else "no details")
+        text = (
+            lines[0]
+            if lines
+            else ("the file ends early (empty, or cut short)" if isinstance(exc, EOFError) else "no details")
+        )
         sentence = text.find(". ")
         if 0 < sentence < len(text) - 2:
-            text = text[:sentence + 1]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+            text = text[: sentence + 1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_json(path, obj) -> None:
@@ -159,6 +165,7 @@ def write_rows(path, rows: list[dict], columns=None) -> None:
     of ints that has a blank written as floats (pandas makes it a float column)."""
     import csv
     import math
+
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     missing = [any(_blank(r.get(c)) for r in rows) for c in columns]
@@ -174,6 +181,7 @@ def write_rows(path, rows: list[dict], columns=None) -> None:
         if isinstance(v, (int, float, np.integer, np.floating)):
             return repr(float(v)) if math.isfinite(float(v)) else ("inf" if v > 0 else "-inf")
         return str(v)
+
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
@@ -213,7 +221,9 @@ def load_npz(path, rebuild_hint: str = "") -> tuple[dict, dict]:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
-        raise ArtifactError(f"{path}: artifact is truncated or corrupted ({exc.__class__.__name__}: {exc}){hint}") from None
+        raise ArtifactError(
+            f"{path}: artifact is truncated or corrupted ({exc.__class__.__name__}: {exc}){hint}"
+        ) from None
     return meta, arrays
 
 
@@ -226,7 +236,9 @@ def read_meta(path) -> dict:
     except FileNotFoundError:
         raise ArtifactError(f"{path}: artifact is missing; rerun the pipeline to rebuild it") from None
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: artifact is truncated or corrupted ({exc}); delete it and rerun the pipeline") from None
+        raise ArtifactError(
+            f"{path}: artifact is truncated or corrupted ({exc}); delete it and rerun the pipeline"
+        ) from None
 
 
 def sha256(path, chunk: int = 1 << 20) -> str:

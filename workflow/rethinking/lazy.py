@@ -7,6 +7,7 @@ The Snakemake rules and the DVC generator import the modules that declare the ta
 file names and captions) but never call them: with a lazy pandas, scipy or seaborn those imports stay out of
 every Snakemake start (the scientific-python lazy_loader pattern, without its dependency).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -7,15 +7,15 @@ rule aggregate:
         **stage_inputs("aggregate"),
     output:
         stage_outputs("aggregate"),
+    log:
+        job_file("aggregate", "logs"),
+    benchmark:
+        job_file("aggregate", "benchmarks")
+    conda:
+        "../envs/rethinking.yaml"
     params:
         file=PARAMS,
         settings=settings_json("aggregate"),
-    benchmark:
-        job_file("aggregate", "benchmarks")
-    log:
-        job_file("aggregate", "logs"),
-    conda:
-        "../envs/rethinking.yaml"
     shell:
         stage_shell("aggregate")
 
@@ -25,14 +25,14 @@ rule figures:
         **stage_inputs("figures"),
     output:
         stage_outputs("figures"),
-    params:
-        file=PARAMS,
-    benchmark:
-        job_file("figures", "benchmarks")
     log:
         job_file("figures", "logs"),
+    benchmark:
+        job_file("figures", "benchmarks")
     conda:
         "../envs/rethinking.yaml"
+    params:
+        file=PARAMS,
     shell:
         stage_shell("figures")
 
@@ -51,13 +51,13 @@ rule jobs:
         **stage_inputs("jobs"),
     output:
         stage_outputs("jobs"),
-    params:
-        file=PARAMS,
-    benchmark:   # its own, written after its table (which does not hold it)
-        job_file("jobs", "benchmarks")
     log:
         job_file("jobs", "logs"),
+    benchmark:  # its own, written after its table (which does not hold it)
+        job_file("jobs", "benchmarks")
     conda:
         "../envs/rethinking.yaml"
+    params:
+        file=PARAMS,
     shell:
         stage_shell("jobs")

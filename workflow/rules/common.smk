@@ -7,12 +7,11 @@ import json
 from rethinking.pipeline.stages import caption_file, plan, stage
 from rethinking.plan.packs import corruption_priorities, job_priority
 
-
-PLAN = plan(CFG, PARAMS, RUNS)   # with training.pack 1 (the default), one run per pack
+PLAN = plan(CFG, PARAMS, RUNS)  # with training.pack 1 (the default), one run per pack
 RUN_BY_ID = PLAN.run_by_id
 PACKS = PLAN.packs
 CORRUPT_PRIORITY = corruption_priorities(CFG, PACKS)  # the longest runs' data first
-CAPTIONS = ".snakemake/report-captions"   # the registry's captions as files, which report() takes
+CAPTIONS = ".snakemake/report-captions"  # the registry's captions as files, which report() takes
 
 
 def _values(name, values, wildcard_as="{%s}"):
@@ -30,21 +29,29 @@ def stage_inputs(name, values=()):
 
 
 def wildcard_inputs(name):
-    """For a rule of one job per wildcard value: its inputs from the job's wildcards (`unpack` them)."""
+    """Inputs read from a job's wildcards (`unpack` them), where a stage has one job per wildcard value."""
     wildcard = stage(name, CFG).wildcard
     return lambda wildcards: stage_inputs(name, (getattr(wildcards, wildcard),))
 
 
 def stage_outputs(name, values=None):
     """A job's outputs (patterns of the wildcard when values is None); those with a caption in the report."""
-    return [report(o.path, caption=caption_file(o, CAPTIONS), category=o.category) if o.caption else o.path
-            for o in stage(name, CFG).outputs(PLAN, _values(name, values))]
+    return [_in_report(o) for o in stage(name, CFG).outputs(PLAN, _values(name, values))]
+
+
+def _in_report(out):
+    """An output's path, marked for `snakemake --report` with its registry caption where it has one."""
+    if not out.caption:
+        return out.path
+    return report(out.path, caption=caption_file(out, CAPTIONS), category=out.category)
 
 
 def stage_shell(name, values=None, **placeholders):
     """A job's command, its output to its log."""
-    return stage(name, CFG).cmd(CFG, "{params.file}", _values(name, values, "{wildcards.%s}"), **placeholders) \
+    return (
+        stage(name, CFG).cmd(CFG, "{params.file}", _values(name, values, "{wildcards.%s}"), **placeholders)
         + " > {log} 2>&1"
+    )
 
 
 def job_file(name, folder, values=None):

@@ -1,17 +1,17 @@
 rule prepare:
+    input:
+        **stage_inputs("prepare"),
     output:
         stage_outputs("prepare"),
+    log:
+        job_file("prepare", "logs"),
+    benchmark:
+        job_file("prepare", "benchmarks")
+    conda:
+        "../envs/rethinking.yaml"
     params:
         file=PARAMS,
         settings=settings_json("prepare"),
-    input:
-        **stage_inputs("prepare"),
-    benchmark:
-        job_file("prepare", "benchmarks")
-    log:
-        job_file("prepare", "logs"),
-    conda:
-        "../envs/rethinking.yaml"
     shell:
         stage_shell("prepare")
 
@@ -21,14 +21,14 @@ rule corrupt:
         unpack(wildcard_inputs("corrupt")),
     output:
         stage_outputs("corrupt"),
-    params:
-        file=PARAMS,
-    priority: lambda wc: CORRUPT_PRIORITY.get(wc.corruption, 0)
-    benchmark:
-        job_file("corrupt", "benchmarks")
     log:
         job_file("corrupt", "logs"),
+    benchmark:
+        job_file("corrupt", "benchmarks")
+    priority: lambda wc: CORRUPT_PRIORITY.get(wc.corruption, 0)
     conda:
         "../envs/rethinking.yaml"
+    params:
+        file=PARAMS,
     shell:
         stage_shell("corrupt")

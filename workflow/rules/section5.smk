@@ -1,7 +1,6 @@
 from rethinking.section5.stages import kernel_gpus
 from rethinking.plan.packs import SECTION5_PRIORITY
 
-
 # The kernels stage on a GPU (section5.kernels.device auto or cuda; whether one exists is not known here) asks
 # for one unit of `gpu`, as a training job does, and claims a GPU slot when it runs (section5.kernel_device):
 # `--resources gpu=N` counts it among the N jobs on the GPUs.
@@ -16,19 +15,19 @@ rule kernels:
         **stage_inputs("kernels"),
     output:
         stage_outputs("kernels"),
+    log:
+        job_file("kernels", "logs"),
+    benchmark:
+        job_file("kernels", "benchmarks")
+    priority: SECTION5_PRIORITY
+    conda:
+        "../envs/rethinking.yaml"
+    threads: 2
+    resources:
+        gpu=kernel_gpus(CFG),
     params:
         file=PARAMS,
         settings=settings_json("kernels"),
-    threads: 2
-    priority: SECTION5_PRIORITY
-    resources:
-        gpu=kernel_gpus(CFG),
-    benchmark:
-        job_file("kernels", "benchmarks")
-    log:
-        job_file("kernels", "logs"),
-    conda:
-        "../envs/rethinking.yaml"
     shell:
         stage_shell("kernels")
 
@@ -38,14 +37,14 @@ rule theorem:
         **stage_inputs("theorem"),
     output:
         stage_outputs("theorem"),
+    log:
+        job_file("theorem", "logs"),
+    benchmark:
+        job_file("theorem", "benchmarks")
+    conda:
+        "../envs/rethinking.yaml"
     params:
         file=PARAMS,
         settings=settings_json("theorem"),
-    benchmark:
-        job_file("theorem", "benchmarks")
-    log:
-        job_file("theorem", "logs"),
-    conda:
-        "../envs/rethinking.yaml"
     shell:
         stage_shell("theorem")

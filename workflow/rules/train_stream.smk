@@ -9,21 +9,21 @@ rule train:
         unpack(wildcard_inputs("train")),
     output:
         stage_outputs("train"),
+    log:
+        job_file("train", "logs"),
+    benchmark:  # Snakemake measures the job's process tree: torchrun, every process and its loader workers
+        job_file("train", "benchmarks")
     wildcard_constraints:
         run="|".join(re.escape(r.id) for r in RUNS),
+    priority: lambda wc: job_priority(CFG, [RUN_BY_ID[wc.run]])  # random labels before true labels
+    conda:
+        "../envs/rethinking.yaml"
+    threads: CFG["training"]["gpus_per_run"] * (CFG["training"]["threads"] + CFG["training"]["workers"])
+    resources:
+        gpu=gpus_requested(CFG),
     params:
         file=PARAMS,
         settings=run_settings_json,
         launch=stage("train", CFG).launch(CFG),
-    threads: CFG["training"]["gpus_per_run"] * (CFG["training"]["threads"] + CFG["training"]["workers"])
-    priority: lambda wc: job_priority(CFG, [RUN_BY_ID[wc.run]])   # random labels before true labels
-    resources:
-        gpu=gpus_requested(CFG),
-    benchmark:   # Snakemake measures the job's process tree: torchrun, every process and its loader workers
-        job_file("train", "benchmarks")
-    log:
-        job_file("train", "logs"),
-    conda:
-        "../envs/rethinking.yaml"
     shell:
         stage_shell("train", launch="{params.launch}")

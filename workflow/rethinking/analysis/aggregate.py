@@ -32,6 +32,7 @@ Each table is one entry of the registry (rethinking.analysis.outputs: `@table(..
 it, with its caption); `aggregate` writes the entries of its stage. pandas is imported on first use (lazy):
 the Snakemake rules and the DVC generator import this module for the entries.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
         try:
             s = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ArtifactError(f"{path}: missing; train the run first (python -m rethinking train --run {run.id})") from None
+            raise ArtifactError(
+                f"{path}: missing; train the run first (python -m rethinking train --run {run.id})"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc}); delete the run folder and retrain it") from None
         s.pop("versions", None)
@@ -81,7 +84,7 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
     diverged = frame["status"] == "diverged"
     frame.loc[diverged, ["train_acc", "test_acc", "train_loss", "test_loss"]] = np.nan
     flags = pd.DataFrame([run_flags(r) for r in frame["regularizers"]], index=frame.index)
-    frame["random_crop"] = flags["random_crop"]   # the flag; `crop` stays the summary's center-crop size
+    frame["random_crop"] = flags["random_crop"]  # the flag; `crop` stays the summary's center-crop size
     frame["weight_decay_on"] = flags["weight_decay"]
     frame["dropout_on"] = flags["dropout"]
     return frame
@@ -100,6 +103,7 @@ def _spread(values: pd.Series) -> float:
 def ci95(values) -> float:
     """Half-width of the 95% t-interval of the mean (NaN for one value)."""
     from scipy import stats
+
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     if len(v) < 2:
@@ -119,36 +123,51 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     sel = runs[runs["corruption"].isin(["true-labels", "random-labels"])].copy()
     sel["labels"] = sel["corruption"].map({"true-labels": "true", "random-labels": "random"})
     keys = ["model", "labels", "random_crop", "weight_decay_on", "dropout_on", "variant"]
-    table = (sel.groupby(keys, sort=False)
-             .agg(train_acc=("train_acc", "mean"), train_acc_sd=("train_acc", _spread),
-                  train_acc_ci95=("train_acc", ci95),
-                  test_acc=("test_acc", "mean"), test_acc_sd=("test_acc", _spread), test_acc_ci95=("test_acc", ci95),
-                  seeds=("seed", "count"), fitted=("status", lambda s: int((s == "fitted").sum())),
-                  max_epochs=("status", lambda s: int((s == "max_epochs").sum())),
-                  diverged=("status", lambda s: int((s == "diverged").sum())),
-                  parameters=("parameters", "first"))
-             .reset_index()
-             .rename(columns={"random_crop": "crop", "weight_decay_on": "weight_decay", "dropout_on": "dropout"}))
+    table = (
+        sel.groupby(keys, sort=False)
+        .agg(
+            train_acc=("train_acc", "mean"),
+            train_acc_sd=("train_acc", _spread),
+            train_acc_ci95=("train_acc", ci95),
+            test_acc=("test_acc", "mean"),
+            test_acc_sd=("test_acc", _spread),
+            test_acc_ci95=("test_acc", ci95),
+            seeds=("seed", "count"),
+            fitted=("status", lambda s: int((s == "fitted").sum())),
+            max_epochs=("status", lambda s: int((s == "max_epochs").sum())),
+            diverged=("status", lambda s: int((s == "diverged").sum())),
+            parameters=("parameters", "first"),
+        )
+        .reset_index()
+        .rename(columns={"random_crop": "crop", "weight_decay_on": "weight_decay", "dropout_on": "dropout"})
+    )
     # one state per cell, or no mean: seeds that fitted and seeds stopped at the epoch limit are not averaged
     # into one number (runs.csv has each seed); diverged seeds have no accuracies at all
     states = sel.groupby(keys, sort=False)["status"].agg(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
     table.insert(len(keys), "status", states.to_numpy())
-    table.loc[table["status"] == "mixed", [c for c in table.columns if c.startswith(("train_acc", "test_acc"))]] = np.nan
+    table.loc[table["status"] == "mixed", [c for c in table.columns if c.startswith(("train_acc", "test_acc"))]] = (
+        np.nan
+    )
     order = {m: i for i, m in enumerate(["inception", "inception_nobn", "alexnet", "mlp_3x512", "mlp_1x512"])}
     table["_m"] = table["model"].map(order).fillna(99)
     table["_l"] = (table["labels"] == "random").astype(int)
-    table = table.sort_values(["_m", "variant", "_l", "crop", "weight_decay", "dropout"],
-                              ascending=[True, True, True, False, False, False])
+    table = table.sort_values(
+        ["_m", "variant", "_l", "crop", "weight_decay", "dropout"], ascending=[True, True, True, False, False, False]
+    )
     return table.drop(columns=["_m", "_l"]).reset_index(drop=True)
 
 
-@table("table1.csv", "table1.md", caption="""\
+@table(
+    "table1.csv",
+    "table1.md",
+    caption="""\
 Table 1: training and test accuracy (%) per model and regularizer setting, true
 and random labels, mean over seeds with standard deviation and 95% t-interval
 half-width. The paper (CIFAR-10): every model fits the training set (99.3-100%);
 test accuracy Inception 85.75-89.31%, AlexNet 76.07-81.22%, MLPs 50.39-53.35%;
 random labels at chance (about 10%).
-""")
+""",
+)
 def table1_files(runs: pd.DataFrame):
     t1 = table1(runs)
     return t1, "# Table 1: training and test accuracy (%)\n\n" + to_markdown(t1)
@@ -159,7 +178,7 @@ def _plain(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["regularizers"] == "none") & (runs["variant"] == "")]
 
 
-RELATIVE = ("exact", "lower", "upper", "none")   # what convergence.csv's relative_steps is
+RELATIVE = ("exact", "lower", "upper", "none")  # what convergence.csv's relative_steps is
 
 
 @table("convergence.csv")
@@ -179,8 +198,12 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
     """
     sel = _plain(runs).copy()
     true = sel[sel["corruption"] == "true-labels"].set_index(["model", "seed"])
-    ref = pd.DataFrame({"true_status": true["status"],
-                        "true_steps": true["step_first_fit"].where(true["status"] == "fitted", true["steps"])})
+    ref = pd.DataFrame(
+        {
+            "true_status": true["status"],
+            "true_steps": true["step_first_fit"].where(true["status"] == "fitted", true["steps"]),
+        }
+    )
     ref.loc[ref["true_status"] == "diverged", "true_steps"] = np.nan
     sel = sel.join(ref, on=["model", "seed"])
     fit, stop = sel["status"] == "fitted", sel["status"] == "max_epochs"
@@ -190,11 +213,30 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
     num = sel["step_first_fit"].where(fit, sel["steps"])
     sel["relative_steps"] = (num / sel["true_steps"]).where(sel["relative_bound"] != "none")
     sel["test_error"] = 100.0 - sel["test_acc"]
-    cols = ["model", "corruption", "corruption_kind", "label_level", "seed", "status", "steps", "step_first_fit",
-            "diverged_step", "true_status", "true_steps", "relative_steps", "relative_bound", "epochs",
-            "train_acc", "test_acc", "test_error"]
-    return sel[cols].sort_values(["model", "corruption_kind", "label_level", "corruption", "seed"],
-                                 na_position="last").reset_index(drop=True)
+    cols = [
+        "model",
+        "corruption",
+        "corruption_kind",
+        "label_level",
+        "seed",
+        "status",
+        "steps",
+        "step_first_fit",
+        "diverged_step",
+        "true_status",
+        "true_steps",
+        "relative_steps",
+        "relative_bound",
+        "epochs",
+        "train_acc",
+        "test_acc",
+        "test_error",
+    ]
+    return (
+        sel[cols]
+        .sort_values(["model", "corruption_kind", "label_level", "corruption", "seed"], na_position="last")
+        .reset_index(drop=True)
+    )
 
 
 def _curves(cfg: dict, runs: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
@@ -223,11 +265,22 @@ def accuracy_curves(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
 STATUSES = ("fitted", "max_epochs", "diverged")
 
 
-
 def memorization_columns() -> list[str]:
     """memorization.csv's columns: every registered per-epoch metric's (rethinking.engine.metrics) among them."""
-    return ["model", "regularizers", "variant", "corruption", "level", "seed", "status", "epoch", "step",
-            *metric_columns(), "train_acc", "test_acc"]
+    return [
+        "model",
+        "regularizers",
+        "variant",
+        "corruption",
+        "level",
+        "seed",
+        "status",
+        "epoch",
+        "step",
+        *metric_columns(),
+        "train_acc",
+        "test_acc",
+    ]
 
 
 def __getattr__(name):
@@ -241,9 +294,23 @@ def __getattr__(name):
 
 
 EARLY_STOPPING_STATS = ("best_test_acc", "final_test_acc", "gap")
-EARLY_STOPPING_COLUMNS = (["model", "regularizers", "variant", "corruption", "level", "seed", "status", "epochs",
-                           "best_test_acc", "best_epoch", "best_step", "final_test_acc", "gap", "cell_status", "seeds"]
-                          + [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")])
+EARLY_STOPPING_COLUMNS = [
+    "model",
+    "regularizers",
+    "variant",
+    "corruption",
+    "level",
+    "seed",
+    "status",
+    "epochs",
+    "best_test_acc",
+    "best_epoch",
+    "best_step",
+    "final_test_acc",
+    "gap",
+    "cell_status",
+    "seeds",
+] + [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")]
 
 
 def _label_corrupted(runs: pd.DataFrame) -> pd.DataFrame:
@@ -309,9 +376,14 @@ def early_stopping(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
         row = {k: r[k] for k in ("model", "regularizers", "variant", "corruption", "seed", "status", "epochs")}
         row["level"] = r["label_level"]
         if r["status"] != "diverged" and test.notna().any():
-            best = test.idxmax()   # the first epoch with the highest test accuracy
-            row.update(best_test_acc=test[best], best_epoch=f["epoch"][best], best_step=f["step"][best],
-                       final_test_acc=test.iloc[-1], gap=test[best] - test.iloc[-1])
+            best = test.idxmax()  # the first epoch with the highest test accuracy
+            row.update(
+                best_test_acc=test[best],
+                best_epoch=f["epoch"][best],
+                best_step=f["step"][best],
+                final_test_acc=test.iloc[-1],
+                gap=test[best] - test.iloc[-1],
+            )
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=EARLY_STOPPING_COLUMNS)
     table[list(EARLY_STOPPING_STATS)] = table[list(EARLY_STOPPING_STATS)].astype(float)
@@ -352,14 +424,17 @@ def metrics(runs: pd.DataFrame) -> dict:
     plain = _plain(runs)
     for model, group in plain.groupby("model", sort=True):
         true, rand = (group[group["corruption"] == c] for c in ("true-labels", "random-labels"))
-        m = {"true_test_acc": _one_state_mean(true, "test_acc"),
-             "random_train_acc": _one_state_mean(rand, "train_acc"),
-             "random_test_acc": _one_state_mean(rand, "test_acc")}
-        if len(true) and len(rand):   # convergence()'s per-seed ratios, when every one is exact
+        m = {
+            "true_test_acc": _one_state_mean(true, "test_acc"),
+            "random_train_acc": _one_state_mean(rand, "train_acc"),
+            "random_test_acc": _one_state_mean(rand, "test_acc"),
+        }
+        if len(true) and len(rand):  # convergence()'s per-seed ratios, when every one is exact
             conv = convergence(group)
             r = conv[conv["corruption"] == "random-labels"]
-            m["random_fit_ratio"] = (round(float(r["relative_steps"].mean()), 4)
-                                     if (r["relative_bound"] == "exact").all() else None)
+            m["random_fit_ratio"] = (
+                round(float(r["relative_steps"].mean()), 4) if (r["relative_bound"] == "exact").all() else None
+            )
         if not len(true):
             del m["true_test_acc"]
         if not len(rand):
@@ -375,13 +450,17 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else format(v, floatfmt)
         return str(v)
+
     head = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body]) + "\n"
 
 
-@table("paper_comparison.csv", "paper_comparison.md", caption="""\
+@table(
+    "paper_comparison.csv",
+    "paper_comparison.md",
+    caption="""\
 Each Table 1 and Table 4 cell of the paper beside our mean over seeds, the
 difference and whether it lies within the tolerance of params' paper_tolerance.
 Filled for CIFAR-10 (official or an image-folder copy; a JPEG copy differs from
@@ -392,7 +471,8 @@ without a variant) and 0.999 for Table 4 (variant ``table4``); other cells read
 ``not comparable`` with the reason. ``status`` gives the seeds' state (fitted,
 max_epochs, diverged; ``mixed`` where they differ, then no mean is given), and
 seeds_fitted / seeds_stopped / seeds_diverged count them.
-""")
+""",
+)
 def paper_comparison(cfg: dict, runs: pd.DataFrame, meta: dict):
     """Each Table 1 / Table 4 cell beside the paper's (CIFAR-10 and image-folder copies of it; empty otherwise)."""
     if is_cifar10(meta):
@@ -400,10 +480,16 @@ def paper_comparison(cfg: dict, runs: pd.DataFrame, meta: dict):
         return comp, comparison_header(runs, meta, cfg["paper_tolerance"]) + to_markdown(comp)
     return pd.DataFrame(columns=COMPARISON_COLUMNS), (
         f"# Paper comparison\n\nNot applicable: the paper's tables are for CIFAR-10 and ImageNet; "
-        f"this grid runs on {meta['dataset']}" + (" (ImageNet's Table 2 is in table2.md).\n" if is_streamed(cfg) else ".\n"))
+        f"this grid runs on {meta['dataset']}"
+        + (" (ImageNet's Table 2 is in table2.md).\n" if is_streamed(cfg) else ".\n")
+    )
 
 
-@table("table2.csv", "table2.md", when=is_streamed, caption="""\
+@table(
+    "table2.csv",
+    "table2.md",
+    when=is_streamed,
+    caption="""\
 Table 2 (ImageNet, Inception V3): top-1 training accuracy and top-1 / top-5
 test accuracy (%) per labels and regularizer setting ("augmentation" is the
 random resized crop with flips), the paper's numbers beside ours. The paper:
@@ -411,15 +497,18 @@ with true labels 92-99.5% train, 59.8% (no regularizer) to 77.8% (all three)
 test top-1; with random labels 87.8-95.2% train and chance (about 0.1%) test.
 Train accuracy here is measured on the evaluated training images in eval mode
 with center crops.
-""")
+""",
+)
 def table2_files(runs: pd.DataFrame, meta: dict):
     """Table 2 (streamed datasets only): the paper's numbers beside ours."""
     t2 = table2(runs)
-    return t2, ("# Table 2: ImageNet, Inception V3: top-1 train, top-1 and top-5 test "
-                f"accuracy (%), the paper's beside ours\n\nDataset: {meta['dataset']} "
-                f"({len(meta['classes'])} classes, {meta['provenance'].get('train_size')} training images)."
-                " Train accuracy is measured on the training images in eval mode with center crops "
-                "(training.train_eval_size of them).\n\n" + to_markdown(t2))
+    return t2, (
+        "# Table 2: ImageNet, Inception V3: top-1 train, top-1 and top-5 test "
+        f"accuracy (%), the paper's beside ours\n\nDataset: {meta['dataset']} "
+        f"({len(meta['classes'])} classes, {meta['provenance'].get('train_size')} training images)."
+        " Train accuracy is measured on the training images in eval mode with center crops "
+        "(training.train_eval_size of them).\n\n" + to_markdown(t2)
+    )
 
 
 def aggregate(cfg: dict) -> Path:

@@ -38,6 +38,7 @@ Each figure is one entry of the registry (rethinking.analysis.outputs: `@figure(
 it, with the tables it reads and its caption); `figures` draws the entries of its stage. pandas is imported on
 first use (lazy): the Snakemake rules and the DVC generator import this module for the entries.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,8 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..lazy import lazy_module
-from ..plan import is_streamed
-from ..plan import Corruption
+from ..plan import Corruption, is_streamed
 from ..plan.corruptions import kinds as corruption_kinds
 from .aggregate import t_interval
 from .outputs import entries, figure, has_section5, optional, produce
@@ -58,10 +58,15 @@ pd = lazy_module("pandas")
 # Fig. 1a's curves: every registered corruption kind (at level 1 where it takes levels: random labels), in the
 # registry's order, by corruption id, and its legend (plan.corruptions)
 CORRUPTION_ORDER = [Corruption.make(k.name, 1.0).id for k in corruption_kinds()]
-CORRUPTION_LABEL = {Corruption.make(k.name, 1.0).id: k.legend or k.name.replace("_", " ")
-                    for k in corruption_kinds()}
-MODEL_LABEL = {"inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
-               "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3"}
+CORRUPTION_LABEL = {Corruption.make(k.name, 1.0).id: k.legend or k.name.replace("_", " ") for k in corruption_kinds()}
+MODEL_LABEL = {
+    "inception": "Inception",
+    "inception_nobn": "Inception w/o BatchNorm",
+    "alexnet": "AlexNet",
+    "mlp_1x512": "MLP 1x512",
+    "mlp_3x512": "MLP 3x512",
+    "inception_v3": "Inception V3",
+}
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:
@@ -73,7 +78,7 @@ def figures_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / "figures"
 
 
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}   # legends beside the axes, not over marks
+OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # legends beside the axes, not over marks
 STATE_LABEL = {"fitted": "fitted", "max_epochs": "stopped at the epoch limit", "diverged": "diverged"}
 
 
@@ -86,11 +91,21 @@ def _state_legend(ax, extra=(), stopped="", diverged="", **kw):
     """The legend: the axes' labelled artists, then one entry per state (and `extra` handles); `stopped` and
     `diverged` say what the position of those markers means in this figure."""
     from matplotlib.lines import Line2D
+
     handles, labels = ax.get_legend_handles_labels()
-    states = [Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
-              Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
-                     label=STATE_LABEL["max_epochs"] + stopped),
-              Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"] + diverged)]
+    states = [
+        Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            marker="o",
+            markerfacecolor="none",
+            linestyle="",
+            label=STATE_LABEL["max_epochs"] + stopped,
+        ),
+        Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"] + diverged),
+    ]
     all_handles = handles + states + list(extra)
     ax.legend(all_handles, [h.get_label() for h in all_handles], fontsize="x-small", **kw)
 
@@ -100,6 +115,7 @@ def _mean_band(values: pd.DataFrame, x: str, y: str):
     (NaN values left out; the mean itself where fewer than 2 values), in one pass over the groups:
     t_interval per group took 2.6 s of the default experiment's 8 s figures stage."""
     from scipy import stats
+
     g = values.assign(**{y: values[y].astype(float)}).groupby(x)[y]
     mean, sd, n = g.mean(), g.std(ddof=1), g.count()
     half = pd.Series(stats.t.ppf(0.975, np.maximum(n - 1, 1)), index=n.index) * sd / np.sqrt(n)
@@ -131,19 +147,27 @@ def _seed_curves(ax, d: pd.DataFrame, x: str, y: str, color, label: str, linesty
                     ax.plot(tail[x], tail[y], color=color, linestyle=linestyle, linewidth=0.6, alpha=0.8)
     for seed in status[status == "diverged"].index:
         c = d[d["seed"] == seed].sort_values(x)
-        ax.plot(c[x], c[y], color=color, linestyle=linestyle, linewidth=0.6, alpha=0.8,
-                label=None if len(ok) else label)
-    for state, kw in (("fitted", {"marker": "o", "facecolors": color, "edgecolors": color}),
-                      ("max_epochs", {"marker": "o", "facecolors": "none", "edgecolors": color}),
-                      ("diverged", {"marker": "x", "color": color})):
-        ends = [d[d["seed"] == seed].dropna(subset=[y]).sort_values(x).tail(1) for seed in status[status == state].index]
+        ax.plot(
+            c[x], c[y], color=color, linestyle=linestyle, linewidth=0.6, alpha=0.8, label=None if len(ok) else label
+        )
+    for state, kw in (
+        ("fitted", {"marker": "o", "facecolors": color, "edgecolors": color}),
+        ("max_epochs", {"marker": "o", "facecolors": "none", "edgecolors": color}),
+        ("diverged", {"marker": "x", "color": color}),
+    ):
+        ends = [
+            d[d["seed"] == seed].dropna(subset=[y]).sort_values(x).tail(1) for seed in status[status == state].index
+        ]
         ends = [e for e in ends if len(e)]
         if ends:
             e = pd.concat(ends)
             ax.scatter(e[x], e[y], s=22, zorder=3, gid=f"end:{state}", **kw)
 
 
-@figure("fig1a", inputs=("loss_curves.csv",), caption="""\
+@figure(
+    "fig1a",
+    inputs=("loss_curves.csv",),
+    caption="""\
 Figure 1a: average training loss against thousand steps for true labels, random
 labels, shuffled pixels, random pixels and Gaussian noise. The paper (Inception,
 CIFAR-10) shows every curve reaching zero loss, random labels last; a public
@@ -153,7 +177,8 @@ Each curve is the mean over the seeds up to the step where the first seed
 stops (95% t-interval band), then each seed on a thin line; the end of every
 seed is marked: filled circle fitted, open circle stopped at the epoch limit,
 cross diverged (diverged seeds are never in the mean).
-""")
+""",
+)
 def fig1a(curves: pd.DataFrame):
     plt, sns = _plot_libs()
     kinds = [c for c in CORRUPTION_ORDER if c in set(curves["corruption"])]
@@ -198,6 +223,7 @@ def _by_state(ax, d: pd.DataFrame, y: str, colors: dict, lines: set):
     line with its t-band for the models in `lines`, open markers for the stopped runs, crosses on the bottom
     of the axes for the diverged ones."""
     from matplotlib.transforms import blended_transform_factory
+
     bottom = blended_transform_factory(ax.transData, ax.transAxes)
     for model in colors:
         m = d[d["model"] == model]
@@ -206,23 +232,50 @@ def _by_state(ax, d: pd.DataFrame, y: str, colors: dict, lines: set):
         if len(fit):
             mean, band = _mean_band(fit, "label_level", y)
             line = model in lines
-            ax.plot(mean.index, mean.values, color=c, marker="o", linestyle="-" if line else "", label=model,
-                    gid=f"fitted:{model}")
+            ax.plot(
+                mean.index,
+                mean.values,
+                color=c,
+                marker="o",
+                linestyle="-" if line else "",
+                label=model,
+                gid=f"fitted:{model}",
+            )
             if line and len(fit["seed"].unique()) > 1:
                 ax.fill_between(band.index, band["lo"], band["hi"], color=c, alpha=0.2, linewidth=0)
             elif not line:
                 ax.vlines(band.index, band["lo"], band["hi"], color=c, linewidth=1)
         stop = m[m["status"] == "max_epochs"].dropna(subset=[y])
         if len(stop):
-            ax.scatter(stop["label_level"], stop[y], marker="o", facecolors="none", edgecolors=c, zorder=3,
-                       label=None if len(fit) else model, gid=f"stopped:{model}")
+            ax.scatter(
+                stop["label_level"],
+                stop[y],
+                marker="o",
+                facecolors="none",
+                edgecolors=c,
+                zorder=3,
+                label=None if len(fit) else model,
+                gid=f"stopped:{model}",
+            )
         div = m[m["status"] == "diverged"]
         if len(div):
-            ax.scatter(div["label_level"], [0.03] * len(div), marker="x", color=c, transform=bottom, zorder=3,
-                       clip_on=False, gid=f"diverged:{model}", label=None if len(fit) or len(stop) else model)
+            ax.scatter(
+                div["label_level"],
+                [0.03] * len(div),
+                marker="x",
+                color=c,
+                transform=bottom,
+                zorder=3,
+                clip_on=False,
+                gid=f"diverged:{model}",
+                label=None if len(fit) or len(stop) else model,
+            )
 
 
-@figure("fig1b", inputs=("convergence.csv",), caption="""\
+@figure(
+    "fig1b",
+    inputs=("convergence.csv",),
+    caption="""\
 Figure 1b: time to overfit (steps until 100% training accuracy) relative to the
 true-label run of the same model, against the label-corruption level. The paper
 reports a slowdown of a small constant factor that grows with the corruption.
@@ -235,7 +288,8 @@ model's colour; filled down-triangles: fitted runs whose true-label run stopped
 reference (it diverged, stopped too, or is not in the grid) are counted below the axes.
 Lines only for models with intermediate corruption levels (0 < p < 1); models
 with only levels 0 and 1 (Table 1's runs) are markers.
-""")
+""",
+)
 def fig1b(conv: pd.DataFrame):
     """Time to overfit relative to the same-seed true-label run (convergence.csv's relative_steps), the line
     the mean over seeds of those per-seed ratios where both runs fitted (relative_bound exact); a stopped run
@@ -243,28 +297,45 @@ def fig1b(conv: pd.DataFrame):
     upper bound; runs with no ratio (true-label run diverged or missing, or both stopped) counted on the axes."""
     plt, sns = _plot_libs()
     from matplotlib.lines import Line2D
+
     d = _label_runs(conv)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     if len(d):
         bound = d["relative_bound"] if "relative_bound" in d else pd.Series("exact", index=d.index)
         d["_mean"] = bound == "exact"
         colors = _palette(list(dict.fromkeys(d["model"])))
-        _by_state(ax, d[(bound != "upper") & ((bound != "none") | (d["status"] == "diverged"))], "relative_steps",
-                  colors, _line_models(d))
+        _by_state(
+            ax,
+            d[(bound != "upper") & ((bound != "none") | (d["status"] == "diverged"))],
+            "relative_steps",
+            colors,
+            _line_models(d),
+        )
         extra = []
         up = d[bound == "upper"]
         for model, g in up.groupby("model", sort=False):
-            ax.scatter(g["label_level"], g["relative_steps"], marker="v", color=colors[model], zorder=3,
-                       gid=f"upper:{model}")
+            ax.scatter(
+                g["label_level"], g["relative_steps"], marker="v", color=colors[model], zorder=3, gid=f"upper:{model}"
+            )
         if len(up):
-            extra.append(Line2D([], [], color="0.3", marker="v", linestyle="",
-                                label="fitted, true-label run stopped (upper bound)"))
+            extra.append(
+                Line2D(
+                    [], [], color="0.3", marker="v", linestyle="", label="fitted, true-label run stopped (upper bound)"
+                )
+            )
         none = d[(bound == "none") & (d["status"] != "diverged")]
         if len(none):
             counts = none.groupby("model", sort=False).size()
             text = "no ratio to a fitted true-label run: " + ", ".join(f"{m} {n}" for m, n in counts.items())
-            ax.text(0.0, -0.2, text + " run(s), not drawn", transform=ax.transAxes, fontsize="x-small",
-                    va="top", gid="no-reference")
+            ax.text(
+                0.0,
+                -0.2,
+                text + " run(s), not drawn",
+                transform=ax.transAxes,
+                fontsize="x-small",
+                va="top",
+                gid="no-reference",
+            )
         _state_legend(ax, extra, stopped=" (lower bound)", diverged=" (on the axis: no value)", **OUTSIDE)
         ax.set_xlabel("label corruption")
         ax.set_ylabel("time to overfit (relative)")
@@ -276,7 +347,10 @@ def fig1b(conv: pd.DataFrame):
     return fig
 
 
-@figure("fig1c", inputs=("convergence.csv", optional("kernel_noise.csv", when=has_section5)), caption="""\
+@figure(
+    "fig1c",
+    inputs=("convergence.csv", optional("kernel_noise.csv", when=has_section5)),
+    caption="""\
 Figure 1c: test error at convergence against the label-corruption level. The
 paper's curves rise from the clean test error (Inception 14%, AlexNet 24%,
 MLP 1x512 50% on CIFAR-10) to chance (90%) at full corruption.
@@ -284,7 +358,8 @@ The line is the mean over the fitted seeds (test error at convergence); open
 circles: runs stopped at the epoch limit, at their test error when they stopped;
 crosses on the bottom: diverged runs (no test error). Lines only for models with
 intermediate corruption levels; the others are markers.
-""")
+""",
+)
 def fig1c(conv: pd.DataFrame, kernel_noise: pd.DataFrame | None = None):
     """Test error at the end of training: the line the mean over the fitted seeds ("at convergence"); a
     stopped run an open marker at its test error when it stopped; a diverged run a cross. With Section 5
@@ -310,7 +385,10 @@ def fig1c(conv: pd.DataFrame, kernel_noise: pd.DataFrame | None = None):
     return fig
 
 
-@figure("fig2b", inputs=("accuracy_curves.csv",), caption="""\
+@figure(
+    "fig2b",
+    inputs=("accuracy_curves.csv",),
+    caption="""\
 Figure 2b: training (solid) and test (dashed) accuracy against thousand steps
 for Inception with and without BatchNorm on true labels (other models'
 true-label runs when the grid has no Inception). The paper: both fit the
@@ -319,7 +397,8 @@ training set; BatchNorm's runs reach about 3 points more test accuracy
 Means over the seeds up to the step where the first seed stops, then each
 seed on a thin line; filled circle fitted, open circle stopped at the epoch
 limit, cross diverged (never in the mean).
-""")
+""",
+)
 def fig2b(acc: pd.DataFrame):
     plt, sns = _plot_libs()
     d = acc[(acc["corruption"] == "true-labels") & (acc["regularizers"] == "none") & (acc["variant"].fillna("") == "")]
@@ -335,8 +414,15 @@ def fig2b(acc: pd.DataFrame):
         for model in models:
             m = d[d["model"] == model]
             for split, style in (("train", "-"), ("test", "--")):
-                _seed_curves(ax, m, "thousand steps", f"{split}_acc", colors[model],
-                             f"{MODEL_LABEL.get(model, model)} {split}", linestyle=style)
+                _seed_curves(
+                    ax,
+                    m,
+                    "thousand steps",
+                    f"{split}_acc",
+                    colors[model],
+                    f"{MODEL_LABEL.get(model, model)} {split}",
+                    linestyle=style,
+                )
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("thousand steps")
         ax.set_ylabel("accuracy")
@@ -354,13 +440,18 @@ def _regularizer_label(regs: str) -> str:
     return " + ".join(REGULARIZER_LABEL.get(r, r) for r in regs.split("-"))
 
 
-@figure("fig2a", inputs=("accuracy_curves.csv",), when=is_streamed, caption="""\
+@figure(
+    "fig2a",
+    inputs=("accuracy_curves.csv",),
+    when=is_streamed,
+    caption="""\
 Figure 2a: top-1 training (solid) and test (dashed) accuracy against thousand
 steps of Inception V3 on ImageNet with true labels, with and without data
 augmentation, weight decay and dropout; the shaded band reaches up to the best
 test accuracy so far (what early stopping could gain). The paper: without
 regularizers the test accuracy peaks early (63.16% best, 59.80% at the end).
-""")
+""",
+)
 def fig2a(acc: pd.DataFrame):
     """Top-1 train (solid) and test (dashed) accuracy of the true-label runs per regularizer setting, with the
     cumulative best test accuracy shaded."""
@@ -371,11 +462,24 @@ def fig2a(acc: pd.DataFrame):
         d["thousand steps"] = d["step"] / 1000.0
         d["regularizers"] = d["regularizers"].map(_regularizer_label)
         order = sorted(d["regularizers"].unique(), key=lambda r: (-r.count("+"), r))
-        long = d.melt(id_vars=["regularizers", "seed", "thousand steps"], value_vars=["train_acc", "test_acc"],
-                      var_name="split", value_name="top-1 accuracy")
+        long = d.melt(
+            id_vars=["regularizers", "seed", "thousand steps"],
+            value_vars=["train_acc", "test_acc"],
+            var_name="split",
+            value_name="top-1 accuracy",
+        )
         long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
-        sns.lineplot(data=long, x="thousand steps", y="top-1 accuracy", hue="regularizers", hue_order=order,
-                     style="split", style_order=["train", "test"], errorbar=t_interval, ax=ax)
+        sns.lineplot(
+            data=long,
+            x="thousand steps",
+            y="top-1 accuracy",
+            hue="regularizers",
+            hue_order=order,
+            style="split",
+            style_order=["train", "test"],
+            errorbar=t_interval,
+            ax=ax,
+        )
         colors = dict(zip(order, sns.color_palette(n_colors=len(order))))
         for reg, g in d.groupby("regularizers"):
             mean = g.groupby("thousand steps")["test_acc"].mean().sort_index()
@@ -389,7 +493,10 @@ def fig2a(acc: pd.DataFrame):
     return fig
 
 
-@figure("table4", inputs=("runs.csv",), caption="""\
+@figure(
+    "table4",
+    inputs=("runs.csv",),
+    caption="""\
 Table 4 (appendix): training accuracy on random labels with explicit
 regularizers, learning-rate decay raised to 0.999. The paper: Inception 100%
 (weight decay), 99.93% (random crop), 99.28% (augment); MLP 3x512 100%,
@@ -397,13 +504,15 @@ MLP 1x512 99.21% (weight decay); AlexNet with weight decay failed to converge.
 Every seed is a marker: filled fitted, open stopped at the epoch limit (at its
 training accuracy then), cross on the bottom diverged; the x labels count the
 seeds fitted/stopped/diverged.
-""")
+""",
+)
 def table4(runs: pd.DataFrame):
     """Training accuracy on random labels per model x regularizers, every seed a marker: filled when it fitted,
     open at its accuracy when it stopped at the epoch limit, a cross on the bottom when it diverged; the
     x labels count the seeds per state (fitted/stopped/diverged)."""
     plt, sns = _plot_libs()
     from matplotlib.transforms import blended_transform_factory
+
     d = runs[(runs["corruption"] == "random-labels")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     if len(d) and (d["regularizers"] != "none").any():
@@ -421,15 +530,37 @@ def table4(runs: pd.DataFrame):
             n = {s: int((g["status"] == s).sum()) for s in ("fitted", "max_epochs", "diverged")}
             fit, stop, div = (g[g["status"] == s] for s in ("fitted", "max_epochs", "diverged"))
             if len(fit):
-                ax.scatter([i] * len(fit), fit["train_acc"], marker="o", color=c, zorder=3, gid=f"fitted:{i}",
-                           label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+                ax.scatter(
+                    [i] * len(fit),
+                    fit["train_acc"],
+                    marker="o",
+                    color=c,
+                    zorder=3,
+                    gid=f"fitted:{i}",
+                    label=reg if reg not in ax.get_legend_handles_labels()[1] else None,
+                )
             if len(stop):
-                ax.scatter([i] * len(stop), stop["train_acc"], marker="o", facecolors="none", edgecolors=c,
-                           zorder=3, gid=f"stopped:{i}",
-                           label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+                ax.scatter(
+                    [i] * len(stop),
+                    stop["train_acc"],
+                    marker="o",
+                    facecolors="none",
+                    edgecolors=c,
+                    zorder=3,
+                    gid=f"stopped:{i}",
+                    label=reg if reg not in ax.get_legend_handles_labels()[1] else None,
+                )
             if len(div):
-                ax.scatter([i] * len(div), [0.03] * len(div), marker="x", color=c, transform=bottom, zorder=3,
-                           gid=f"diverged:{i}", label=reg if reg not in ax.get_legend_handles_labels()[1] else None)
+                ax.scatter(
+                    [i] * len(div),
+                    [0.03] * len(div),
+                    marker="x",
+                    color=c,
+                    transform=bottom,
+                    zorder=3,
+                    gid=f"diverged:{i}",
+                    label=reg if reg not in ax.get_legend_handles_labels()[1] else None,
+                )
             ticks.append(f"{model}\n{reg}\n{n['fitted']}/{n['max_epochs']}/{n['diverged']}")
         ax.set_xticks(range(len(cells)), ticks, fontsize="x-small", rotation=30, ha="right")
         ax.set_xlim(-0.5, len(cells) - 0.5)
@@ -443,8 +574,12 @@ def table4(runs: pd.DataFrame):
     return fig
 
 
-SPLIT_SERIES = {"clean_acc": "intact labels: accuracy", "noisy_memorized": "corrupted: predicted as its wrong label",
-                "noisy_true": "corrupted: predicted as its original label", "test_acc": "test accuracy"}
+SPLIT_SERIES = {
+    "clean_acc": "intact labels: accuracy",
+    "noisy_memorized": "corrupted: predicted as its wrong label",
+    "noisy_true": "corrupted: predicted as its original label",
+    "test_acc": "test accuracy",
+}
 
 
 def _cells(d: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -458,7 +593,10 @@ def _cell_title(model: str, regs: str, variant: str) -> str:
     return f"{MODEL_LABEL.get(model, model)}, {_regularizer_label(regs)}" + (f" ({variant})" if variant else "")
 
 
-@figure("memorization", inputs=("memorization.csv",), caption="""\
+@figure(
+    "memorization",
+    inputs=("memorization.csv",),
+    caption="""\
 Memorization under label noise (not in the paper; Arpit et al., ICML 2017):
 for every label-corrupted run, a row of panels per model and regularizers and
 a panel per corruption level, against thousand steps, from the evaluation of
@@ -474,7 +612,8 @@ Means over the seeds with the 95% t-interval up to the step where the first
 seed stops, then each seed on a thin line; filled circle fitted, open circle
 stopped at the epoch limit, cross diverged (never in the mean). A panel of a
 run folder written before the engines recorded the split says so.
-""")
+""",
+)
 def memorization(mem: pd.DataFrame):
     """Per model x regularizers (rows) and label-corruption level (panels), against thousand steps (one scale per
     model): the accuracy on the training examples whose label is intact, the share of the corrupted examples
@@ -483,13 +622,17 @@ def memorization(mem: pd.DataFrame):
     (_seed_curves)."""
     plt, sns = _plot_libs()
     from matplotlib.lines import Line2D
+
     d = mem.copy()
     d["variant"] = d["variant"].fillna("") if len(d) else d["variant"]
     cells = _cells(d)
-    ncols = max([d[(d["model"] == m) & (d["regularizers"] == r) & (d["variant"] == v)]["level"].nunique()
-                 for m, r, v in cells] or [1])
-    fig, axes = plt.subplots(max(len(cells), 1), ncols, figsize=(2.8 * ncols, 2.4 * max(len(cells), 1)),
-                             squeeze=False, sharey=True)
+    ncols = max(
+        [d[(d["model"] == m) & (d["regularizers"] == r) & (d["variant"] == v)]["level"].nunique() for m, r, v in cells]
+        or [1]
+    )
+    fig, axes = plt.subplots(
+        max(len(cells), 1), ncols, figsize=(2.8 * ncols, 2.4 * max(len(cells), 1)), squeeze=False, sharey=True
+    )
     colors = _palette(list(SPLIT_SERIES))
     for i, (model, regs, variant) in enumerate(cells):
         g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
@@ -504,8 +647,16 @@ def memorization(mem: pd.DataFrame):
                 if p[column].notna().any():
                     _seed_curves(ax, p, "thousand steps", column, colors[column], label)
             if not p[["clean_acc", "noisy_memorized", "noisy_true"]].notna().any().any():
-                ax.text(0.5, 0.5, "no split recorded\n(run folder older than it)", ha="center", va="center",
-                        transform=ax.transAxes, fontsize="x-small", gid="no-split")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no split recorded\n(run folder older than it)",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    fontsize="x-small",
+                    gid="no-split",
+                )
             ax.set_title(f"{_cell_title(model, regs, variant)}: p = {levels[j]:g}", fontsize="small")
             ax.set_ylim(0, 102)
             # one step axis per model: with and without regularizers side by side at the same scale
@@ -514,10 +665,13 @@ def memorization(mem: pd.DataFrame):
             ax.set_ylabel("% of examples" if j == 0 else "")
     if cells:
         handles = [Line2D([], [], color=colors[c], label=label) for c, label in SPLIT_SERIES.items()]
-        handles += [Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
-                    Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
-                           label=STATE_LABEL["max_epochs"]),
-                    Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"])]
+        handles += [
+            Line2D([], [], color="0.3", marker="o", linestyle="", label=STATE_LABEL["fitted"]),
+            Line2D(
+                [], [], color="0.3", marker="o", markerfacecolor="none", linestyle="", label=STATE_LABEL["max_epochs"]
+            ),
+            Line2D([], [], color="0.3", marker="x", linestyle="", label=STATE_LABEL["diverged"]),
+        ]
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize="x-small")
     else:
         _empty(axes[0][0], "no label-corruption runs")
@@ -526,7 +680,10 @@ def memorization(mem: pd.DataFrame):
     return fig
 
 
-@figure("early_stopping", inputs=("early_stopping.csv",), caption="""\
+@figure(
+    "early_stopping",
+    inputs=("early_stopping.csv",),
+    caption="""\
 Early stopping under label noise, beside Figure 1c: per model and
 regularizers, the best test accuracy over the epochs of each run (solid, "best
 during training") and the test accuracy when training ended (fitted, or at the
@@ -538,7 +695,8 @@ the same gap on ImageNet (63.16% best, 59.80% at the end).
 The line is the mean over the fitted seeds; open circles: runs stopped at the
 epoch limit, at their numbers then; crosses on the bottom: diverged runs (no
 value). Lines only where a model has levels strictly between 0 and 1.
-""")
+""",
+)
 def early_stopping(es: pd.DataFrame):
     """Per model x regularizers: the best test accuracy over the epochs (solid) and the one at the end of training
     against label corruption, each as Fig. 1c marks a run's state (_by_state): the line the mean over the fitted
@@ -547,14 +705,14 @@ def early_stopping(es: pd.DataFrame):
     d = es.copy()
     d["variant"] = d["variant"].fillna("") if len(d) else d["variant"]
     cells = _cells(d)
-    fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.6 * max(len(cells), 1), 3.2), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.6 * max(len(cells), 1), 3.2), squeeze=False, sharey=True)
     series = {"best_test_acc": "best during training", "final_test_acc": "at the end of training"}
     colors = _palette(list(series.values()))
     for j, (ax, (model, regs, variant)) in enumerate(zip(axes[0], cells)):
         g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
-        long = pd.concat([g.assign(model=label, test_acc=g[column]) for column, label in series.items()],
-                         ignore_index=True)
+        long = pd.concat(
+            [g.assign(model=label, test_acc=g[column]) for column, label in series.items()], ignore_index=True
+        )
         long["label_level"] = long["level"]
         long["_mean"] = long["status"] == "fitted"
         _by_state(ax, long, "test_acc", colors, _line_models(long))
@@ -576,9 +734,16 @@ def kernel_curve(noise: pd.DataFrame | None) -> pd.DataFrame | None:
     (None without it)."""
     if noise is None:
         return None
-    return pd.DataFrame({"model": "Gaussian kernel (min-norm)", "label_level": noise["level"],
-                         "test_error": noise["test_error"], "status": "fitted",
-                         "relative_steps": np.nan, "seed": 0})
+    return pd.DataFrame(
+        {
+            "model": "Gaussian kernel (min-norm)",
+            "label_level": noise["level"],
+            "test_error": noise["test_error"],
+            "status": "fitted",
+            "relative_steps": np.nan,
+            "seed": 0,
+        }
+    )
 
 
 def figures(cfg: dict) -> Path:

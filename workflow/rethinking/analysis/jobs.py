@@ -8,8 +8,9 @@ records its own in each run's summary.json: beside `wall_time` (the training loo
 one process's, up to that member's end).
 
 For every job of the grid (rethinking.pipeline.stages.expected_jobs: the benchmark files the stage
-declarations give the rules of workflow/rules/*.smk; the caller passes them) this reads its benchmark file; a training job without one (a DVC run, whose results have no
-benchmarks/) is read from its runs' summaries instead; any other job without one is counted as
+declarations give the rules of workflow/rules/*.smk; the caller passes them) this reads its benchmark
+file; a training job without one (a DVC run, whose results have no benchmarks/) is read from its runs'
+summaries instead; any other job without one is counted as
 missing. Snakemake keeps a job's benchmark file until the job runs again, so after an invocation
 that ran only some jobs (the others up to date) the table still holds every job's last measurement;
 a benchmark file of a job no longer in the grid is not read.
@@ -24,6 +25,7 @@ a benchmark file of a job no longer in the grid is not read.
                    wall_s and cpu_s (sums over the jobs: job-seconds, not the pipeline's elapsed time,
                    as jobs run side by side), max_rss_mb (the largest job's), source; and a `total` row
 """
+
 from __future__ import annotations
 
 import json
@@ -31,12 +33,29 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-DETAIL_COLUMNS = ["stage", "job", "runs", "source", "wall_s", "cpu_s", "max_rss_mb", "io_in_mb", "io_out_mb",
-                  "mean_load", "file"]
+DETAIL_COLUMNS = [
+    "stage",
+    "job",
+    "runs",
+    "source",
+    "wall_s",
+    "cpu_s",
+    "max_rss_mb",
+    "io_in_mb",
+    "io_out_mb",
+    "mean_load",
+    "file",
+]
 COLUMNS = ["stage", "jobs", "missing", "runs", "wall_s", "cpu_s", "max_rss_mb", "source"]
 # a benchmark file's columns (Snakemake 9) -> jobs_detail.csv's
-BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb", "io_in": "io_in_mb",
-                     "io_out": "io_out_mb", "mean_load": "mean_load"}
+BENCHMARK_COLUMNS = {
+    "s": "wall_s",
+    "cpu_time": "cpu_s",
+    "max_rss": "max_rss_mb",
+    "io_in": "io_in_mb",
+    "io_out": "io_out_mb",
+    "mean_load": "mean_load",
+}
 
 
 def benchmarks_dir(cfg: dict) -> Path:
@@ -47,8 +66,8 @@ def benchmarks_dir(cfg: dict) -> Path:
 class Job:
     stage: str
     name: str
-    file: Path                    # its benchmark file, as the rule names it
-    runs: tuple[Path, ...] = ()   # the run folders a training job writes
+    file: Path  # its benchmark file, as the rule names it
+    runs: tuple[Path, ...] = ()  # the run folders a training job writes
 
 
 def read_benchmark(path: Path) -> dict | None:
@@ -56,6 +75,7 @@ def read_benchmark(path: Path) -> dict | None:
     repeats the job); None when it is absent or unreadable. Snakemake writes `-` for what it could not
     measure (a job too short to sample): blank here."""
     import pandas as pd
+
     if not path.is_file():
         return None
     try:
@@ -83,18 +103,23 @@ def read_summaries(dirs) -> dict | None:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def largest(*keys):   # over the members, of each one's largest of `keys` (blank if a member has none)
+    def largest(*keys):  # over the members, of each one's largest of `keys` (blank if a member has none)
         values = [max((v for k in keys if isinstance(v := s.get(k), (int, float))), default=None) for s in found]
         return math.nan if None in values else round(float(max(values)), 2)
+
     # the process's wall time, or the training loop's where a summary predates it or the loop's time over
     # resumes is longer than the last process's
-    return {"wall_s": largest("process_wall_time", "wall_time"), "cpu_s": largest("cpu_time"),
-            "max_rss_mb": largest("max_rss_mb")}
+    return {
+        "wall_s": largest("process_wall_time", "wall_time"),
+        "cpu_s": largest("cpu_time"),
+        "max_rss_mb": largest("max_rss_mb"),
+    }
 
 
 def job_rows(cfg: dict, jobs: list[Job]):
     """jobs_detail.csv as a DataFrame: one row per expected job (pipeline.stages.expected_jobs)."""
     import pandas as pd
+
     rows = []
     for job in jobs:
         numbers, source, file = read_benchmark(job.file), "benchmark", job.file
@@ -102,8 +127,16 @@ def job_rows(cfg: dict, jobs: list[Job]):
             numbers, source, file = read_summaries(job.runs), "summary.json", None
         if numbers is None:
             numbers, source, file = {}, "missing", job.file
-        rows.append({"stage": job.stage, "job": job.name, "runs": len(job.runs) if job.runs else None,
-                     "source": source, **numbers, "file": None if file is None else str(file)})
+        rows.append(
+            {
+                "stage": job.stage,
+                "job": job.name,
+                "runs": len(job.runs) if job.runs else None,
+                "source": source,
+                **numbers,
+                "file": None if file is None else str(file),
+            }
+        )
     frame = pd.DataFrame(rows).reindex(columns=DETAIL_COLUMNS)
     frame["runs"] = frame["runs"].astype("Int64")
     return frame
@@ -113,16 +146,23 @@ def stage_table(detail):
     """jobs.csv from jobs_detail.csv: one row per stage present in the grid, in pipeline order (the jobs'), and
     `total`."""
     import pandas as pd
+
     rows = []
 
     def row(stage, part):
         found = part[part["source"] != "missing"]
         sources = sorted(set(found["source"]))
-        return {"stage": stage, "jobs": len(found), "missing": len(part) - len(found),
-                "runs": int(found["runs"].sum()) if found["runs"].notna().any() else None,
-                "wall_s": round(found["wall_s"].sum(min_count=1), 2),
-                "cpu_s": round(found["cpu_s"].sum(min_count=1), 2),
-                "max_rss_mb": found["max_rss_mb"].max(), "source": "+".join(sources) or None}
+        return {
+            "stage": stage,
+            "jobs": len(found),
+            "missing": len(part) - len(found),
+            "runs": int(found["runs"].sum()) if found["runs"].notna().any() else None,
+            "wall_s": round(found["wall_s"].sum(min_count=1), 2),
+            "cpu_s": round(found["cpu_s"].sum(min_count=1), 2),
+            "max_rss_mb": found["max_rss_mb"].max(),
+            "source": "+".join(sources) or None,
+        }
+
     for stage in dict.fromkeys(detail["stage"]):
         part = detail[detail["stage"] == stage]
         if len(part):
@@ -135,8 +175,9 @@ def stage_table(detail):
 
 def jobs(cfg: dict, expected: list[Job]) -> Path:
     """Write tables/jobs.csv and tables/jobs_detail.csv for the `expected` jobs; returns jobs.csv's path."""
-    from .aggregate import tables_dir
     from ..files import write_csv
+    from .aggregate import tables_dir
+
     detail = job_rows(cfg, expected)
     table = stage_table(detail)
     out = tables_dir(cfg)
@@ -144,6 +185,8 @@ def jobs(cfg: dict, expected: list[Job]) -> Path:
     write_csv(out / "jobs.csv", table)
     missing = detail[detail["source"] == "missing"]
     if len(missing):
-        print(f"not measured: {len(missing)} of {len(detail)} jobs (stages {', '.join(sorted(set(missing['stage'])))}) "
-              "have no benchmark file (not run by Snakemake since benchmarks were added, or run by DVC)")
+        print(
+            f"not measured: {len(missing)} of {len(detail)} jobs (stages {', '.join(sorted(set(missing['stage'])))}) "
+            "have no benchmark file (not run by Snakemake since benchmarks were added, or run by DVC)"
+        )
     return out / "jobs.csv"

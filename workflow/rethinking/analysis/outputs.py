@@ -27,13 +27,14 @@ from the same entries (rethinking.pipeline.stages), so an entry is all a new out
 
 No pandas, torch or seaborn at import: the rules and the DVC generator import the modules holding the entries.
 """
+
 from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ArtifactError, ConfigError
 
@@ -48,6 +49,7 @@ def has_section5(cfg: dict) -> bool:
 @dataclass(frozen=True)
 class optional:
     """An input an entry can do without (see the module's docstring)."""
+
     file: str
     when: Callable[[dict], bool] | None = None
 
@@ -61,12 +63,12 @@ def _file(spec) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    kind: str                    # "table" or "figure"
-    name: str                    # a table's first file; a figure's file stem
-    stage: str                   # the command that writes it
-    files: tuple[str, ...]       # under tables/ (a table) or figures/ (a figure's PNG and PDF)
+    kind: str  # "table" or "figure"
+    name: str  # a table's first file; a figure's file stem
+    stage: str  # the command that writes it
+    files: tuple[str, ...]  # under tables/ (a table) or figures/ (a figure's PNG and PDF)
     make: Callable
-    inputs: tuple = ()            # table files, or optional(file, when)
+    inputs: tuple = ()  # table files, or optional(file, when)
     caption: str | None = None
     category: str | None = None
     when: Callable[[dict], bool] | None = None
@@ -80,8 +82,8 @@ class Output:
         return [root / f for f in self.files]
 
 
-TABLES: dict[str, Output] = {}    # by file name: every file of every table entry
-FIGURES: dict[str, Output] = {}   # by name
+TABLES: dict[str, Output] = {}  # by file name: every file of every table entry
+FIGURES: dict[str, Output] = {}  # by name
 
 
 def _source(fn) -> str:
@@ -96,11 +98,13 @@ def _register(entry: Output) -> None:
     for key in keys:
         old = book.get(key)
         if old is not None and _source(old.make) != _source(entry.make):
-            raise ConfigError(f"{entry.kind} {key!r}: registered already by {_source(old.make)}; "
-                              f"{_source(entry.make)} cannot register it too")
+            raise ConfigError(
+                f"{entry.kind} {key!r}: registered already by {_source(old.make)}; "
+                f"{_source(entry.make)} cannot register it too"
+            )
     for key in [k for k, e in book.items() if _source(e.make) == _source(entry.make) and k not in keys]:
         del book[key]
-    for key in keys:   # in place: a reloaded module keeps its entries' order
+    for key in keys:  # in place: a reloaded module keeps its entries' order
         book[key] = entry
 
 
@@ -113,26 +117,60 @@ def unregister(kind: str, name: str) -> None:
             del book[key]
 
 
-def table(*files: str, stage: str = "aggregate", inputs=(), caption: str | None = None, category: str | None = None,
-          when=None, metrics: bool = False):
+def table(
+    *files: str,
+    stage: str = "aggregate",
+    inputs=(),
+    caption: str | None = None,
+    category: str | None = None,
+    when=None,
+    metrics: bool = False,
+):
     """Register the decorated function as the maker of `files` under tables/ (see the module's docstring)."""
     if not files:
         raise ConfigError("table(): name at least one file")
 
     def add(fn):
-        _register(Output("table", files[0], stage, tuple(files), fn, tuple(inputs), caption,
-                         category or CATEGORIES.get(stage), when, metrics))
+        _register(
+            Output(
+                "table",
+                files[0],
+                stage,
+                tuple(files),
+                fn,
+                tuple(inputs),
+                caption,
+                category or CATEGORIES.get(stage),
+                when,
+                metrics,
+            )
+        )
         return fn
+
     return add
 
 
-def figure(name: str, *, stage: str = "figures", inputs=(), caption: str | None = None, category: str | None = None,
-           when=None):
+def figure(
+    name: str, *, stage: str = "figures", inputs=(), caption: str | None = None, category: str | None = None, when=None
+):
     """Register the decorated function as the maker of figures/<name>.png and .pdf (see the module's docstring)."""
+
     def add(fn):
-        _register(Output("figure", name, stage, (f"{name}.png", f"{name}.pdf"), fn, tuple(inputs), caption,
-                         category or CATEGORIES.get(stage), when))
+        _register(
+            Output(
+                "figure",
+                name,
+                stage,
+                (f"{name}.png", f"{name}.pdf"),
+                fn,
+                tuple(inputs),
+                caption,
+                category or CATEGORIES.get(stage),
+                when,
+            )
+        )
         return fn
+
     return add
 
 
@@ -140,15 +178,19 @@ def entries(stage: str | None = None, cfg: dict | None = None, kind: str | None 
     """The registered entries (tables first, each once, in registration order), of one stage and kind, and
     those that exist for `cfg` when it is given."""
     found = list(dict.fromkeys(TABLES.values())) + list(FIGURES.values())
-    return [e for e in found if (stage is None or e.stage == stage) and (kind is None or e.kind == kind)
-            and (cfg is None or e.exists_for(cfg))]
+    return [
+        e
+        for e in found
+        if (stage is None or e.stage == stage)
+        and (kind is None or e.kind == kind)
+        and (cfg is None or e.exists_for(cfg))
+    ]
 
 
 def inputs_of(stage: str, cfg: dict) -> list[str]:
     """The tables a stage's entries read from other stages (their files, once each), for the config."""
     own = {f for e in entries(stage, cfg, "table") for f in e.files}
-    wanted = [_file(i) for e in entries(stage, cfg) for i in e.inputs
-              if not isinstance(i, optional) or i.wanted(cfg)]
+    wanted = [_file(i) for e in entries(stage, cfg) for i in e.inputs if not isinstance(i, optional) or i.wanted(cfg)]
     return [f for f in dict.fromkeys(wanted) if f not in own]
 
 
@@ -159,16 +201,20 @@ def check_inputs() -> None:
         for i in e.inputs:
             writer = TABLES.get(_file(i))
             if writer is None:
-                raise ConfigError(f"{e.kind} {e.name!r} ({_source(e.make)}): its input {_file(i)!r} is no "
-                                  f"registered table (registered: {', '.join(TABLES)})")
+                raise ConfigError(
+                    f"{e.kind} {e.name!r} ({_source(e.make)}): its input {_file(i)!r} is no "
+                    f"registered table (registered: {', '.join(TABLES)})"
+                )
 
 
 # ----------------------------------------------------------------------------------------- writing a stage's entries
+
 
 def produce(stage: str, cfg: dict, **context) -> list[Path]:
     """Make and write every entry of `stage` that exists for `cfg`, in registration order; returns the paths.
     `context`: what the stage gives its entries' functions by parameter name, besides `cfg`."""
     from ..files import write_csv, write_json, write_text
+
     context = {"cfg": cfg, **context}
     made, written = {}, []
     for entry in entries(stage, cfg):
@@ -176,12 +222,15 @@ def produce(stage: str, cfg: dict, **context) -> list[Path]:
         value = entry.make(*args, **_wanted(entry, stage, context))
         if entry.kind == "figure":
             from .plotting import save_figure
+
             save_figure(value, entry.paths(cfg)[0].with_suffix(""))
         else:
             values = value if len(entry.files) > 1 else (value,)
             if not isinstance(values, tuple) or len(values) != len(entry.files):
-                raise ConfigError(f"table {entry.name!r} ({_source(entry.make)}): its function returns "
-                                  f"{type(value).__name__}, not one value per file of {entry.files}")
+                raise ConfigError(
+                    f"table {entry.name!r} ({_source(entry.make)}): its function returns "
+                    f"{type(value).__name__}, not one value per file of {entry.files}"
+                )
             for f, v, path in zip(entry.files, values, entry.paths(cfg)):
                 if isinstance(v, str):
                     write_text(path, v)
@@ -196,7 +245,7 @@ def produce(stage: str, cfg: dict, **context) -> list[Path]:
 
 def _wanted(entry: Output, stage: str, context: dict) -> dict:
     """The function's parameters after its inputs, by name from the stage's context."""
-    params = list(inspect.signature(entry.make).parameters.values())[len(entry.inputs):]
+    params = list(inspect.signature(entry.make).parameters.values())[len(entry.inputs) :]
     out = {}
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -204,8 +253,10 @@ def _wanted(entry: Output, stage: str, context: dict) -> dict:
         if p.name in context:
             out[p.name] = context[p.name]
         elif p.default is p.empty:
-            raise ConfigError(f"{entry.kind} {entry.name!r} ({_source(entry.make)}): its parameter {p.name!r} is "
-                              f"neither an input nor given by stage {stage!r} (it gives {', '.join(context)})")
+            raise ConfigError(
+                f"{entry.kind} {entry.name!r} ({_source(entry.make)}): its parameter {p.name!r} is "
+                f"neither an input nor given by stage {stage!r} (it gives {', '.join(context)})"
+            )
     return out
 
 
@@ -222,12 +273,15 @@ def _input(cfg: dict, entry: Output, spec, made: dict):
         if isinstance(spec, optional):
             return None
         if file not in TABLES:
-            check_inputs()   # names the entry
-        raise ArtifactError(f"{path}: missing; `python -m rethinking {TABLES[file].stage}` writes it, run that "
-                            f"first ({entry.kind} {entry.name!r} reads it)")
+            check_inputs()  # names the entry
+        raise ArtifactError(
+            f"{path}: missing; `python -m rethinking {TABLES[file].stage}` writes it, run that "
+            f"first ({entry.kind} {entry.name!r} reads it)"
+        )
     if path.suffix == ".json":
         return json.loads(path.read_text())
     if path.suffix == ".csv":
         import pandas as pd
+
         return pd.read_csv(path, keep_default_na=True, dtype={"variant": str})
     return path.read_text()

@@ -31,6 +31,7 @@ params' paper_tolerance) or "no paper value". seeds_fitted, seeds_stopped and
 seeds_diverged count the compared runs by state, not_comparable the runs left
 out.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,9 +44,28 @@ pd = lazy_module("pandas")
 
 REFERENCE = Path(__file__).with_name("paper_reference.csv")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-COLUMNS = ["table", "model", "labels", "random_crop", "weight_decay", "dropout", "metric", "paper", "ours",
-           "ours_sd", "status", "seeds_fitted", "seeds_stopped", "seeds_diverged", "not_comparable", "diff",
-           "tolerance", "within_tolerance", "reason", "note"]
+COLUMNS = [
+    "table",
+    "model",
+    "labels",
+    "random_crop",
+    "weight_decay",
+    "dropout",
+    "metric",
+    "paper",
+    "ours",
+    "ours_sd",
+    "status",
+    "seeds_fitted",
+    "seeds_stopped",
+    "seeds_diverged",
+    "not_comparable",
+    "diff",
+    "tolerance",
+    "within_tolerance",
+    "reason",
+    "note",
+]
 FLAGS = ("random_crop", "weight_decay", "dropout")
 
 
@@ -60,14 +80,30 @@ def is_cifar10(meta: dict) -> bool:
 
 def run_flags(regularizers: str) -> dict:
     regs = set(regularizers.split("-"))
-    return {"random_crop": "augment" if "augment" in regs else ("yes" if "crop" in regs else "no"),
-            "weight_decay": "yes" if "wd" in regs else "no",
-            "dropout": "yes" if "dropout" in regs else "no"}
+    return {
+        "random_crop": "augment" if "augment" in regs else ("yes" if "crop" in regs else "no"),
+        "weight_decay": "yes" if "wd" in regs else "no",
+        "dropout": "yes" if "dropout" in regs else "no",
+    }
 
 
-TABLE2_COLUMNS = ["model", "labels", "augmentation", "weight_decay", "dropout",
-                  "paper_train_top1", "train_top1", "paper_test_top1", "test_top1", "paper_test_top5", "test_top5",
-                  "best_test_top1", "seeds", "status", "note"]
+TABLE2_COLUMNS = [
+    "model",
+    "labels",
+    "augmentation",
+    "weight_decay",
+    "dropout",
+    "paper_train_top1",
+    "train_top1",
+    "paper_test_top1",
+    "test_top1",
+    "paper_test_top5",
+    "test_top5",
+    "best_test_top1",
+    "seeds",
+    "status",
+    "note",
+]
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +119,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     cells = ref[keys].drop_duplicates().values.tolist()
     cells += [c for c in ours[keys].drop_duplicates().values.tolist() if c not in cells]
 
-    def mean(sel, col):   # over seeds that ended in one state only (a mixed cell has no mean)
+    def mean(sel, col):  # over seeds that ended in one state only (a mixed cell has no mean)
         one = len(sel) and sel["status"].nunique() == 1
         return float(sel[col].astype(float).mean()) if one and col in sel else np.nan
 
@@ -91,18 +127,33 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     for cell in cells:
         sel = ours[(ours[keys] == pd.Series(cell, index=keys)).all(axis=1)]
         paper = ref[(ref[keys] == pd.Series(cell, index=keys)).all(axis=1)].set_index("metric")
-        value = (lambda m: float(paper.loc[m, "value"]) if m in paper.index else np.nan)
+        value = lambda m, paper=paper: float(paper.loc[m, "value"]) if m in paper.index else np.nan
         notes = [n for n in paper["note"] if isinstance(n, str) and not n.endswith("columns")] if len(paper) else []
-        rows.append({
-            "model": cell[0], "labels": cell[1], "augmentation": cell[2], "weight_decay": cell[3],
-            "dropout": cell[4], "paper_train_top1": value("train_top1"), "train_top1": mean(sel, "train_acc"),
-            "paper_test_top1": value("test_top1"), "test_top1": mean(sel, "test_acc"),
-            "paper_test_top5": value("test_top5"), "test_top5": mean(sel, "test_top5"),
-            "best_test_top1": mean(sel, "best_test_acc"), "seeds": len(sel),
-            "status": ("not run" if not len(sel) else sel["status"].iloc[0] if sel["status"].nunique() == 1
-                       else "mixed (" + ", ".join(sorted(set(sel["status"]))) + ")"),
-            "note": "; ".join(notes) if len(paper) else "not in the paper",
-        })
+        rows.append(
+            {
+                "model": cell[0],
+                "labels": cell[1],
+                "augmentation": cell[2],
+                "weight_decay": cell[3],
+                "dropout": cell[4],
+                "paper_train_top1": value("train_top1"),
+                "train_top1": mean(sel, "train_acc"),
+                "paper_test_top1": value("test_top1"),
+                "test_top1": mean(sel, "test_acc"),
+                "paper_test_top5": value("test_top5"),
+                "test_top5": mean(sel, "test_top5"),
+                "best_test_top1": mean(sel, "best_test_acc"),
+                "seeds": len(sel),
+                "status": (
+                    "not run"
+                    if not len(sel)
+                    else sel["status"].iloc[0]
+                    if sel["status"].nunique() == 1
+                    else "mixed (" + ", ".join(sorted(set(sel["status"]))) + ")"
+                ),
+                "note": "; ".join(notes) if len(paper) else "not in the paper",
+            }
+        )
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
 
 
@@ -110,7 +161,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
 PAPER_N_TRAIN, PAPER_N_TEST, PAPER_CROP = 50_000, 10_000, 28
 PAPER_LR = {"inception": 0.1, "inception_nobn": 0.1, "alexnet": 0.01, "mlp_3x512": 0.01, "mlp_1x512": 0.01}
 PAPER_MOMENTUM = 0.9
-TABLE4_VARIANT = "table4"                           # config/paper-cifar10.yaml's name for Table 4's runs
+TABLE4_VARIANT = "table4"  # config/paper-cifar10.yaml's name for Table 4's runs
 PAPER_VARIANT = {"table1": "", "table4": TABLE4_VARIANT}
 PAPER_LR_DECAY = {"table1": 0.95, "table4": 0.999}  # per epoch
 STATES = ("fitted", "max_epochs", "diverged")
@@ -121,7 +172,7 @@ def _missing(v) -> bool:
         return True
     try:
         return bool(pd.isna(v))
-    except (TypeError, ValueError):   # a list (input_shape) is not missing
+    except (TypeError, ValueError):  # a list (input_shape) is not missing
         return False
 
 
@@ -163,7 +214,7 @@ def setup_differences(run, table: str) -> list[str]:
             why.append(f"{key} not recorded")
         elif v != want:
             why.append(f"{key} {_fmt(v)}, the paper's {want:,}")
-    crop = _number(get("crop"))            # the center crop size (load_summaries may have replaced it by a flag)
+    crop = _number(get("crop"))  # the center crop size (load_summaries may have replaced it by a flag)
     if crop is not None and crop != PAPER_CROP:
         why.append(f"crop {_fmt(crop)}, the paper's {PAPER_CROP}")
     shape = _shape(get("input_shape"))
@@ -182,7 +233,7 @@ def setup_differences(run, table: str) -> list[str]:
             why.append(f"{key} {_fmt(v)}, the paper's {_fmt(want)}")
     images = _number(get("lr_decay_images"))
     n_train = _number(get("n_train"))
-    if images is not None and images != n_train:   # per n_train images seen is the same as per epoch
+    if images is not None and images != n_train:  # per n_train images seen is the same as per epoch
         why.append(f"lr decay per {_fmt(images)} images, the paper's per epoch")
     return why
 
@@ -197,14 +248,18 @@ def compare(runs: pd.DataFrame, tolerance: dict) -> pd.DataFrame:
     ours["labels"] = ours["corruption"].map({"true-labels": "true", "random-labels": "random"})
     ours = ours[ours["labels"].notna()]
     flags = pd.DataFrame([run_flags(r) for r in ours["regularizers"]], index=ours.index, columns=list(FLAGS))
-    ours = ours.join(flags.add_suffix("_flag"))   # the runs' own weight_decay etc. are coefficients
+    ours = ours.join(flags.add_suffix("_flag"))  # the runs' own weight_decay etc. are coefficients
     if "status" not in ours:
         ours["status"] = np.nan
     rows = []
     for _, r in ref.iterrows():
-        cell = ours[(ours["model"] == r["model"]) & (ours["labels"] == r["labels"])
-                    & (ours["random_crop_flag"] == r["random_crop"]) & (ours["weight_decay_flag"] == r["weight_decay"])
-                    & (ours["dropout_flag"] == r["dropout"])]
+        cell = ours[
+            (ours["model"] == r["model"])
+            & (ours["labels"] == r["labels"])
+            & (ours["random_crop_flag"] == r["random_crop"])
+            & (ours["weight_decay_flag"] == r["weight_decay"])
+            & (ours["dropout_flag"] == r["dropout"])
+        ]
         why = {i: setup_differences(run, r["table"]) for i, run in cell.iterrows()}
         sel = cell.loc[pd.Series({i: not why[i] for i in cell.index}, index=cell.index, dtype=bool)]
         other = [i for i in cell.index if why[i]]
@@ -234,27 +289,46 @@ def compare(runs: pd.DataFrame, tolerance: dict) -> pd.DataFrame:
         reason = "; ".join(reasons)
         if len(sel) and other:
             reason = f"{len(other)} run(s) left out: {reason}"
-        rows.append({
-            "table": r["table"], "model": r["model"], "labels": r["labels"], "random_crop": r["random_crop"],
-            "weight_decay": r["weight_decay"], "dropout": r["dropout"], "metric": r["metric"],
-            "paper": r["value"], "ours": mean, "ours_sd": sd, "status": status,
-            "seeds_fitted": counts["fitted"], "seeds_stopped": counts["max_epochs"],
-            "seeds_diverged": counts["diverged"], "not_comparable": len(other),
-            "diff": diff, "tolerance": tol, "within_tolerance": verdict, "reason": reason,
-            "note": r["note"] if isinstance(r["note"], str) else "",
-        })
+        rows.append(
+            {
+                "table": r["table"],
+                "model": r["model"],
+                "labels": r["labels"],
+                "random_crop": r["random_crop"],
+                "weight_decay": r["weight_decay"],
+                "dropout": r["dropout"],
+                "metric": r["metric"],
+                "paper": r["value"],
+                "ours": mean,
+                "ours_sd": sd,
+                "status": status,
+                "seeds_fitted": counts["fitted"],
+                "seeds_stopped": counts["max_epochs"],
+                "seeds_diverged": counts["diverged"],
+                "not_comparable": len(other),
+                "diff": diff,
+                "tolerance": tol,
+                "within_tolerance": verdict,
+                "reason": reason,
+                "note": r["note"] if isinstance(r["note"], str) else "",
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def comparison_header(runs: pd.DataFrame, meta: dict, tolerance: dict) -> str:
     """The heading of paper_comparison.md: tolerance, dataset and the split sizes our runs had."""
+
     def sizes(key):
         vals = sorted({int(v) for v in runs[key].dropna()}) if key in runs else []
         return " / ".join(f"{v:,}" for v in vals) or "not recorded"
-    return ("# Our numbers beside the paper's (Tables 1 and 4, CIFAR-10)\n\n"
-            f"Tolerance: train accuracy {tolerance['train_acc']:g} points, test accuracy "
-            f"{tolerance['test_acc']:g} points. Dataset: {meta['dataset']} "
-            f"({meta.get('provenance', {}).get('source')}); n_train {sizes('n_train')}, n_test {sizes('n_test')} "
-            f"(the paper's {PAPER_N_TRAIN:,} / {PAPER_N_TEST:,}). Only runs of the paper's setup are compared "
-            "(see `reason`); `status` is the state of a cell's seeds (fitted, max_epochs: stopped at the epoch "
-            "limit, diverged), and seeds in different states are `mixed`, not averaged.\n\n")
+
+    return (
+        "# Our numbers beside the paper's (Tables 1 and 4, CIFAR-10)\n\n"
+        f"Tolerance: train accuracy {tolerance['train_acc']:g} points, test accuracy "
+        f"{tolerance['test_acc']:g} points. Dataset: {meta['dataset']} "
+        f"({meta.get('provenance', {}).get('source')}); n_train {sizes('n_train')}, n_test {sizes('n_test')} "
+        f"(the paper's {PAPER_N_TRAIN:,} / {PAPER_N_TEST:,}). Only runs of the paper's setup are compared "
+        "(see `reason`); `status` is the state of a cell's seeds (fitted, max_epochs: stopped at the epoch "
+        "limit, diverged), and seeds in different states are `mixed`, not averaged.\n\n"
+    )

@@ -5,6 +5,7 @@ The figure stages (rethinking.analysis.figures; rethinking.section5.stages for S
 module and not each other. It imports neither matplotlib nor seaborn itself: the Snakemake rules import
 the stages for their file names, and seaborn (with scipy) alone takes ~3 s to import.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,11 @@ from ..files import atomic_path
 def plot_libs():
     """pyplot (Agg backend) and seaborn, imported when a figure is drawn."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
+
     return plt, sns
 
 

@@ -12,21 +12,33 @@ labels beside the artifact's (`y_train_true`), and corrupted_mask compares
 them, so artifacts made before the mask existed give it too. A label the
 draw replaced by its own class is not corrupted.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..plan import Corruption, base_artifact, corrupted_artifact
-from ..plan import corruptions as registry
-# the draws, from where they live (the registry's layer), for the modules and tests that use them from here
-from ..plan.draws import corrupt_labels, gaussian_like, gaussian_params, random_pixels, shuffle_pixels, stored_moments
 from ..errors import ArtifactError
 from ..files import load_npz, save_npz, sha256
+from ..plan import Corruption, base_artifact, corrupted_artifact
+from ..plan import corruptions as registry
 
-__all__ = ["corrupt", "load_corrupted", "corrupted_mask", "training_labels", "corrupt_labels", "gaussian_like",
-           "gaussian_params", "random_pixels", "shuffle_pixels", "stored_moments"]
+# the draws, from where they live (the registry's layer), for the modules and tests that use them from here
+from ..plan.draws import corrupt_labels, gaussian_like, gaussian_params, random_pixels, shuffle_pixels, stored_moments
+
+__all__ = [
+    "corrupt",
+    "load_corrupted",
+    "corrupted_mask",
+    "training_labels",
+    "corrupt_labels",
+    "gaussian_like",
+    "gaussian_params",
+    "random_pixels",
+    "shuffle_pixels",
+    "stored_moments",
+]
 
 
 def _rng(seed: int, corruption: Corruption) -> np.random.Generator:
@@ -54,9 +66,15 @@ def corrupt(cfg: dict, corruption: Corruption) -> Path:
     kind = registry.kind_of(corruption.kind)
     drawn = registry.draw(corruption.kind, corruption.level, base, len(meta["classes"]), cfg["dataset"]["seed"])
     out = {"y_train": base["y_train"], "y_test": base["y_test"], **drawn}
-    info = {"kind": "corrupted", "corruption": corruption.id, "level": corruption.level,
-            "dataset": meta["dataset"], "classes": meta["classes"], "shape": meta["shape"],
-            "seed": cfg["dataset"]["seed"]}
+    info = {
+        "kind": "corrupted",
+        "corruption": corruption.id,
+        "level": corruption.level,
+        "dataset": meta["dataset"],
+        "classes": meta["classes"],
+        "shape": meta["shape"],
+        "seed": cfg["dataset"]["seed"],
+    }
     if "y_train" in drawn:
         info["labels_changed"] = float(np.mean(out["y_train"] != base["y_train"]))
     if kind.touches == "labels":
@@ -83,13 +101,16 @@ def load_corrupted(cfg: dict, corruption: Corruption) -> tuple[dict, dict]:
     hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
     meta, arrays = load_npz(path, rebuild_hint=hint)
     if meta.get("kind") != "corrupted" or meta.get("corruption") != corruption.id:
-        raise ArtifactError(f"{path}: holds {meta.get('corruption')!r}, expected {corruption.id!r}; "
-                            f"rebuild it with {hint}")
+        raise ArtifactError(
+            f"{path}: holds {meta.get('corruption')!r}, expected {corruption.id!r}; rebuild it with {hint}"
+        )
     if "x_train" not in arrays:
         base_path = Path(meta["base"]["path"])
         if not base_path.is_file() or sha256(base_path) != meta["base"]["sha256"]:
-            raise ArtifactError(f"{path}: its base artifact {base_path} is missing or has changed since the "
-                                f"labels were drawn; rebuild it with {hint}")
+            raise ArtifactError(
+                f"{path}: its base artifact {base_path} is missing or has changed since the "
+                f"labels were drawn; rebuild it with {hint}"
+            )
         _, base = load_npz(base_path)
         arrays["x_train"], arrays["x_test"] = base["x_train"], base["x_test"]
         arrays["y_train_true"] = base["y_train"]

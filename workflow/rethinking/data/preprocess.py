@@ -7,6 +7,7 @@ The paper's CIFAR-10 pipeline (TensorFlow): pixels / 255, a center crop to
 as tf.image.per_image_standardization computes it. All functions take a uint8
 or float batch NCHW and work on whatever device it lives on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
         return x
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def random_crop(x: torch.Tensor, size: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -39,8 +40,8 @@ def random_crop(x: torch.Tensor, size: int | None, generator: torch.Generator | 
     top = torch.randint(0, h - size + 1, (n,), device=dev, generator=generator)
     left = torch.randint(0, w - size + 1, (n,), device=dev, generator=generator)
     ar = torch.arange(size, device=dev)
-    rows = (top[:, None] + ar)[:, None, :, None]           # n,1,s,1
-    cols = (left[:, None] + ar)[:, None, None, :]          # n,1,1,s
+    rows = (top[:, None] + ar)[:, None, :, None]  # n,1,s,1
+    cols = (left[:, None] + ar)[:, None, None, :]  # n,1,1,s
     batch = torch.arange(n, device=dev)[:, None, None, None]
     chan = torch.arange(c, device=dev)[None, :, None, None]
     return x[batch, chan, rows, cols]
@@ -78,8 +79,8 @@ def per_image_standardization(x: torch.Tensor, inplace: bool = False) -> torch.T
     flat = x.view(x.shape[0], -1) if inplace else x.reshape(x.shape[0], -1)
     mean = flat.mean(dim=1, keepdim=True)
     centered = flat.sub_(mean) if inplace else flat - mean
-    std = torch.linalg.vector_norm(centered, dim=1, keepdim=True).div_(n_values ** 0.5)
-    return centered.div_(std.clamp_(min=n_values ** -0.5)).view(x.shape)
+    std = torch.linalg.vector_norm(centered, dim=1, keepdim=True).div_(n_values**0.5)
+    return centered.div_(std.clamp_(min=n_values**-0.5)).view(x.shape)
 
 
 def augmentations(regularizers) -> frozenset:
@@ -87,8 +88,13 @@ def augmentations(regularizers) -> frozenset:
     return frozenset().union(*(AUGMENTATIONS.get(r, frozenset()) for r in regularizers))
 
 
-def prepare_batch(x_uint8: torch.Tensor, crop: int | None, augment: frozenset = frozenset(),
-                  generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+def prepare_batch(
+    x_uint8: torch.Tensor,
+    crop: int | None,
+    augment: frozenset = frozenset(),
+    generator: torch.Generator | None = None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     """uint8 batch -> network input.
 
     Rotation (with 'rotate', on the full image), then the crop (random with 'crop', else
@@ -118,6 +124,6 @@ def prepare_all(x_uint8: torch.Tensor, crop: int | None, chunk: int = 4096) -> t
     n, c, h, w = x_uint8.shape
     out = torch.empty((n, c, crop or h, crop or w), dtype=torch.float32, device=x_uint8.device)
     for i in range(0, n, chunk):
-        part = out[i:i + chunk]
-        per_image_standardization(part.copy_(center_crop(x_uint8[i:i + chunk], crop)).div_(255.0), inplace=True)
+        part = out[i : i + chunk]
+        per_image_standardization(part.copy_(center_crop(x_uint8[i : i + chunk], crop)).div_(255.0), inplace=True)
     return out

@@ -13,6 +13,7 @@ Sources:
   dataset classes from dataset.root (default data/<source>), downloaded likewise.
 - imagefolder: a folder or .zip holding train/<class>/* and test/<class>/*.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -23,16 +24,16 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import __version__
-from ..plan import TORCHVISION_FILES, TORCHVISION_ROOTS, base_artifact, dataset_id, torchvision_expected
 from ..errors import ConfigError, DataError
 from ..files import save_npz
+from ..plan import TORCHVISION_FILES, TORCHVISION_ROOTS, base_artifact, dataset_id, torchvision_expected
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-
 # ----------------------------------------------------------------------------
 # sources
+
 
 def load_digits(test_fraction: float, seed: int):
     from sklearn.datasets import load_digits as _load
@@ -62,10 +63,13 @@ def load_cifar10(root, download: bool):
             f"dataset.root: CIFAR-10 not found or corrupted at {where} ({exc}). Put the official "
             f"python version (the folder cifar-10-batches-py from cifar-10-python.tar.gz) under {root}, "
             "or set dataset.download: true on a machine with network access. "
-            "An image-folder copy (train/<class>/*.jpg) is read with dataset.source: imagefolder.") from None
+            "An image-folder copy (train/<class>/*.jpg) is read with dataset.source: imagefolder."
+        ) from None
     except OSError as exc:  # download attempted but the network is unreachable
-        raise DataError(f"dataset.download: could not download CIFAR-10 into {root} ({exc}); "
-                        f"put cifar-10-batches-py under {root} by hand") from None
+        raise DataError(
+            f"dataset.download: could not download CIFAR-10 into {root} ({exc}); "
+            f"put cifar-10-batches-py under {root} by hand"
+        ) from None
 
     def arrays(ds):
         return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
@@ -77,8 +81,13 @@ def load_cifar10(root, download: bool):
 
 
 # source -> (torchvision class, name in messages); the files each reads: config.TORCHVISION_FILES
-TORCHVISION_CLASSES = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "Fashion-MNIST"),
-                       "kmnist": ("KMNIST", "KMNIST"), "cifar100": ("CIFAR100", "CIFAR-100"), "svhn": ("SVHN", "SVHN")}
+TORCHVISION_CLASSES = {
+    "mnist": ("MNIST", "MNIST"),
+    "fashion_mnist": ("FashionMNIST", "Fashion-MNIST"),
+    "kmnist": ("KMNIST", "KMNIST"),
+    "cifar100": ("CIFAR100", "CIFAR-100"),
+    "svhn": ("SVHN", "SVHN"),
+}
 assert set(TORCHVISION_CLASSES) == set(TORCHVISION_FILES)
 
 
@@ -98,37 +107,45 @@ def load_torchvision(source: str, root, download: bool):
     splits = [{"split": "train"}, {"split": "test"}] if source == "svhn" else [{"train": True}, {"train": False}]
     try:
         train, test = [cls(str(root), download=download, **kw) for kw in splits]
-    except (RuntimeError, OSError) as exc:   # torchvision: "Dataset not found [or corrupted]"; no network
-        detail = " ".join(str(exc).split())   # MNIST's download error spans lines
+    except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found [or corrupted]"; no network
+        detail = " ".join(str(exc).split())  # MNIST's download error spans lines
         if download:
-            raise DataError(f"dataset.download: could not download {title} into {root} ({detail}); "
-                            f"put the official files there by hand: {expected}") from None
-        raise DataError(f"dataset.root: {title} not found or corrupted at {root} ({detail}). torchvision expects "
-                        f"{expected}: put the official files there, or set dataset.download: true on a machine "
-                        "with network access.") from None
+            raise DataError(
+                f"dataset.download: could not download {title} into {root} ({detail}); "
+                f"put the official files there by hand: {expected}"
+            ) from None
+        raise DataError(
+            f"dataset.root: {title} not found or corrupted at {root} ({detail}). torchvision expects "
+            f"{expected}: put the official files there, or set dataset.download: true on a machine "
+            "with network access."
+        ) from None
     except (ValueError, KeyError, TypeError, IndexError, EOFError, AssertionError, pickle.UnpicklingError) as exc:
-        raise DataError(f"dataset.root: {title} files under {root} are not in the format torchvision reads "
-                        f"({exc.__class__.__name__}: {' '.join(str(exc).split())}); expected {expected}") from None
+        raise DataError(
+            f"dataset.root: {title} files under {root} are not in the format torchvision reads "
+            f"({exc.__class__.__name__}: {' '.join(str(exc).split())}); expected {expected}"
+        ) from None
 
     def arrays(ds):
-        if source == "svhn":   # torchvision already gives N x 3 x 32 x 32, and label 0 for the digit 0 (10 on disk)
+        if source == "svhn":  # torchvision already gives N x 3 x 32 x 32, and label 0 for the digit 0 (10 on disk)
             x, y = ds.data, ds.labels
-        elif source == "cifar100":   # N x 32 x 32 x 3, the fine labels
+        elif source == "cifar100":  # N x 32 x 32 x 3, the fine labels
             x, y = ds.data.transpose(0, 3, 1, 2), ds.targets
-        else:   # MNIST family: torch tensors N x 28 x 28
+        else:  # MNIST family: torch tensors N x 28 x 28
             x, y = ds.data.numpy()[:, None], ds.targets.numpy()
         x, y = np.ascontiguousarray(x), np.asarray(y, dtype=np.int64).reshape(-1)
         if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
-            raise DataError(f"dataset.root: {title} under {root}: expected uint8 images with one label each, "
-                            f"got {x.dtype} images of shape {x.shape} and {len(y)} labels")
+            raise DataError(
+                f"dataset.root: {title} under {root}: expected uint8 images with one label each, "
+                f"got {x.dtype} images of shape {x.shape} and {len(y)} labels"
+            )
         return x, y
 
     xtr, ytr = arrays(train)
     xte, yte = arrays(test)
     if source in ("mnist", "svhn"):
-        classes = [str(i) for i in range(10)]   # torchvision's MNIST says "0 - zero", ...; as digits: "0".."9"
+        classes = [str(i) for i in range(10)]  # torchvision's MNIST says "0 - zero", ...; as digits: "0".."9"
     else:
-        classes = [str(c) for c in train.classes]   # CIFAR-100: the meta file's fine_label_names
+        classes = [str(c) for c in train.classes]  # CIFAR-100: the meta file's fine_label_names
     prov = {"source": source, "origin": f"torchvision.datasets.{name}", "root": str(root)}
     return xtr, ytr, xte, yte, classes, prov
 
@@ -143,8 +160,10 @@ class _Tree:
             try:
                 self.zip = zipfile.ZipFile(self.root)
             except zipfile.BadZipFile:
-                raise DataError(f"dataset.root: {self.root} is a file but not a zip archive "
-                                "(expected a folder or .zip with train/<class>/* and test/<class>/*)") from None
+                raise DataError(
+                    f"dataset.root: {self.root} is a file but not a zip archive "
+                    "(expected a folder or .zip with train/<class>/* and test/<class>/*)"
+                ) from None
             names = [n for n in self.zip.namelist() if not n.endswith("/")]
             # allow one top-level folder around train/ and test/
             prefix = ""
@@ -158,7 +177,7 @@ class _Tree:
             for n in names:
                 if not n.startswith(prefix):
                     continue
-                rel = PurePosixPath(n[len(prefix):])
+                rel = PurePosixPath(n[len(prefix) :])
                 if len(rel.parts) == 3 and not rel.name.startswith("."):
                     self.files.setdefault(rel.parts[0], {}).setdefault(rel.parts[1], []).append(n)
         elif self.root.is_dir():
@@ -169,11 +188,14 @@ class _Tree:
                     continue
                 self.files[split] = {}
                 for cdir in sorted(p for p in sdir.iterdir() if p.is_dir()):
-                    self.files[split][cdir.name] = [str(p) for p in cdir.iterdir()
-                                                    if p.is_file() and not p.name.startswith(".")]
+                    self.files[split][cdir.name] = [
+                        str(p) for p in cdir.iterdir() if p.is_file() and not p.name.startswith(".")
+                    ]
         else:
-            raise DataError(f"dataset.root: {self.root} does not exist "
-                            "(expected a folder or .zip with train/<class>/* and test/<class>/*)")
+            raise DataError(
+                f"dataset.root: {self.root} does not exist "
+                "(expected a folder or .zip with train/<class>/* and test/<class>/*)"
+            )
 
     def read(self, name: str) -> bytes:
         if self.zip is not None:
@@ -204,8 +226,10 @@ def load_imagefolder(root):
     tree = _Tree(root)
     for split in ("train", "test"):
         if not tree.files.get(split):
-            raise DataError(f"dataset.root: {root} has no {split}/<class>/ folders with images "
-                            "(expected train/<class>/* and test/<class>/*)")
+            raise DataError(
+                f"dataset.root: {root} has no {split}/<class>/ folders with images "
+                "(expected train/<class>/* and test/<class>/*)"
+            )
     classes = sorted(tree.files["train"])
     test_classes = sorted(tree.files["test"])
     if not set(test_classes) <= set(classes):
@@ -221,8 +245,9 @@ def load_imagefolder(root):
         items = [(name, classes.index(c)) for c in sorted(tree.files[split]) for name in sorted(tree.files[split][c])]
         for name, _ in items:
             if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{tree.where(name)}: not an image file (expected one of "
-                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(
+                    f"{tree.where(name)}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
         if tree.zip is not None:  # a ZipFile is not safe to share between threads
             images = [_decode(tree, name) for name, _ in items]
         else:
@@ -233,18 +258,23 @@ def load_imagefolder(root):
             shapes.setdefault(im.shape, name)
         if len(shapes) > 1:
             desc = "; ".join(f"{tuple(s)} e.g. {tree.where(n)}" for s, n in shapes.items())
-            raise DataError(f"dataset.root: {root}: images of different sizes or channels in {split}/ ({desc}); "
-                            "all images must share one size")
+            raise DataError(
+                f"dataset.root: {root}: images of different sizes or channels in {split}/ ({desc}); "
+                "all images must share one size"
+            )
         out[split] = (np.stack(images), np.array([y for _, y in items], dtype=np.int64))
     if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
-        raise DataError(f"dataset.root: {root}: train images are {out['train'][0].shape[1:]} "
-                        f"but test images are {out['test'][0].shape[1:]}")
+        raise DataError(
+            f"dataset.root: {root}: train images are {out['train'][0].shape[1:]} "
+            f"but test images are {out['test'][0].shape[1:]}"
+        )
     prov = {"source": "imagefolder", "root": str(Path(root).resolve())}
     return out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes, prov
 
 
 # ----------------------------------------------------------------------------
 # subsets and the stage
+
 
 def balanced_subset(y: np.ndarray, n: int, num_classes: int, rng: np.random.Generator, split: str) -> np.ndarray:
     """Indices of a seeded class-balanced subset of size n (sorted)."""
@@ -255,14 +285,22 @@ def balanced_subset(y: np.ndarray, n: int, num_classes: int, rng: np.random.Gene
     for c in range(num_classes):
         pool = np.flatnonzero(y == c)
         if len(pool) < per[c]:
-            raise DataError(f"dataset.{split}_size: {n} needs {per[c]} images of class {c} "
-                            f"but the {split} split has {len(pool)}")
+            raise DataError(
+                f"dataset.{split}_size: {n} needs {per[c]} images of class {c} but the {split} split has {len(pool)}"
+            )
         picked.append(rng.choice(pool, size=per[c], replace=False))
     return np.sort(np.concatenate(picked))
 
 
-def load_source(source: str, root=None, train_size: int | None = None, test_size: int | None = None, seed: int = 0,
-                test_fraction: float = 0.2, download: bool = False) -> dict:
+def load_source(
+    source: str,
+    root=None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    download: bool = False,
+) -> dict:
     """A dataset as arrays (x_train, y_train, x_test, y_test, classes, provenance), seeded subsets taken.
 
     The one loader of the package: `prepare` stores its result as the base artifact, and the
@@ -276,12 +314,15 @@ def load_source(source: str, root=None, train_size: int | None = None, test_size
         xtr, ytr, xte, yte, classes, prov = load_torchvision(source, root, download)
     elif source == "imagefolder":
         if not root:
-            raise DataError("dataset.root: required for imagefolder "
-                            "(a folder or .zip with train/<class>/* and test/<class>/*)")
+            raise DataError(
+                "dataset.root: required for imagefolder (a folder or .zip with train/<class>/* and test/<class>/*)"
+            )
         xtr, ytr, xte, yte, classes, prov = load_imagefolder(root)
     else:
-        raise DataError(f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, "
-                        f"{', '.join(TORCHVISION_CLASSES)}, imagefolder)")
+        raise DataError(
+            f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, "
+            f"{', '.join(TORCHVISION_CLASSES)}, imagefolder)"
+        )
     rng = np.random.default_rng([seed, 1])
     if train_size:
         i = balanced_subset(ytr, train_size, len(classes), rng, "train")
@@ -294,17 +335,24 @@ def load_source(source: str, root=None, train_size: int | None = None, test_size
 
 def prepare(cfg: dict) -> Path:
     ds = cfg["dataset"]
-    d = load_source(ds["source"], ds["root"], ds["train_size"], ds["test_size"], ds["seed"],
-                    ds["test_fraction"], ds["download"])
+    d = load_source(
+        ds["source"], ds["root"], ds["train_size"], ds["test_size"], ds["seed"], ds["test_fraction"], ds["download"]
+    )
     xtr, ytr, xte, yte = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
     crop = cfg["preprocess"]["crop"]
     if crop and crop > min(xtr.shape[2:]):
         raise ConfigError(f"preprocess.crop: {crop} is larger than the images ({xtr.shape[2]}x{xtr.shape[3]})")
 
-    prov = dict(d["provenance"], train_size=int(len(ytr)), test_size=int(len(yte)), seed=ds["seed"],
-                version=__version__)
-    meta = {"kind": "base", "dataset": dataset_id(cfg), "classes": d["classes"],
-            "shape": list(xtr.shape[1:]), "provenance": prov}
+    prov = dict(
+        d["provenance"], train_size=int(len(ytr)), test_size=int(len(yte)), seed=ds["seed"], version=__version__
+    )
+    meta = {
+        "kind": "base",
+        "dataset": dataset_id(cfg),
+        "classes": d["classes"],
+        "shape": list(xtr.shape[1:]),
+        "provenance": prov,
+    }
     out = base_artifact(cfg)
     save_npz(out, meta, x_train=np.ascontiguousarray(xtr), y_train=ytr, x_test=np.ascontiguousarray(xte), y_test=yte)
     return out

@@ -35,6 +35,7 @@ the crop box; the training process decodes the batch with
 torchcodec.decoders.decode_jpeg on its device (nvJPEG on CUDA, libjpeg-turbo on the CPU) and resizes there
 (the comment above `_decode_jpegs` says why TorchCodec and not torchvision.io).
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -46,26 +47,26 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..errors import ArtifactError, DataError
+from ..files import load_npz, save_npz, sha256
 from ..plan import Corruption, base_artifact, corrupted_artifact, dataset_id
 from .sources import IMAGE_SUFFIXES, _Tree, balanced_subset
-from ..errors import DataError
-from ..errors import ArtifactError
-from ..files import load_npz, save_npz, sha256
 
-HELD_OUT = ("val", "test")   # the held-out split's folder, first found
-EVAL_FRACTION = 0.875         # center crop = 0.875 of the short side (299 of 342)
-SCALE = (0.08, 1.0)           # RandomResizedCrop's defaults
+HELD_OUT = ("val", "test")  # the held-out split's folder, first found
+EVAL_FRACTION = 0.875  # center crop = 0.875 of the short side (299 of 342)
+SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults
 RATIO = (3 / 4, 4 / 3)
 
 
 # ----------------------------------------------------------------------------
 # the index (stage prepare)
 
+
 def list_tree(root) -> tuple[dict, str]:
     """({split: {class: [names]}}, held-out split name) of a folder or .zip; names relative to root (or zip members)."""
     root = Path(root)
     if root.is_file():
-        files = _Tree(root).files   # a zip: members at <split>/<class>/<file>, one folder around them allowed
+        files = _Tree(root).files  # a zip: members at <split>/<class>/<file>, one folder around them allowed
     elif root.is_dir():
         files = {}
         for split in ("train", *HELD_OUT):
@@ -74,15 +75,21 @@ def list_tree(root) -> tuple[dict, str]:
                 continue
             files[split] = {}
             for cdir in sorted((e for e in os.scandir(sdir) if e.is_dir()), key=lambda e: e.name):
-                files[split][cdir.name] = [f"{split}/{cdir.name}/{e.name}" for e in os.scandir(cdir.path)
-                                           if e.is_file() and not e.name.startswith(".")]
+                files[split][cdir.name] = [
+                    f"{split}/{cdir.name}/{e.name}"
+                    for e in os.scandir(cdir.path)
+                    if e.is_file() and not e.name.startswith(".")
+                ]
     else:
-        raise DataError(f"dataset.root: {root} does not exist "
-                        "(expected a folder or .zip with train/<class>/* and val/<class>/*)")
+        raise DataError(
+            f"dataset.root: {root} does not exist (expected a folder or .zip with train/<class>/* and val/<class>/*)"
+        )
     held = next((s for s in HELD_OUT if files.get(s)), None)
     if not files.get("train") or held is None:
-        raise DataError(f"dataset.root: {root} needs train/<class>/ and val/<class>/ (or test/<class>/) "
-                        f"folders with images; found {sorted(files) or 'none'}")
+        raise DataError(
+            f"dataset.root: {root} needs train/<class>/ and val/<class>/ (or test/<class>/) "
+            f"folders with images; found {sorted(files) or 'none'}"
+        )
     return files, held
 
 
@@ -94,7 +101,9 @@ def _split(files: dict, split: str, classes: list[str], root) -> tuple[list[str]
             raise DataError(f"dataset.root: {root}: {split}/{c}/ is empty (every class folder needs images)")
         for name in members:
             if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{root}: {name}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(
+                    f"{root}: {name}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
         names += members
         labels += [classes.index(c)] * len(members)
     return names, np.array(labels, dtype=np.int64)
@@ -109,7 +118,7 @@ def build_index(root, train_size: int | None = None, test_size: int | None = Non
         raise DataError(f"dataset.root: {root}: {held} classes {extra[:5]} have no train folder")
     ftr, ytr = _split(files, "train", classes, root)
     fte, yte = _split(files, held, classes, root)
-    rng = np.random.default_rng([seed, 1])   # as data.load_source takes subsets
+    rng = np.random.default_rng([seed, 1])  # as data.load_source takes subsets
     if train_size:
         i = balanced_subset(ytr, train_size, len(classes), rng, "train")
         ftr, ytr = [ftr[k] for k in i], ytr[i]
@@ -128,14 +137,33 @@ def prepare_index(cfg: dict) -> Path:
     ds = cfg["dataset"]
     root = Path(ds["root"]).resolve()
     d = build_index(root, ds["train_size"], ds["test_size"], ds["seed"])
-    prov = {"source": ds["source"], "root": str(root), "held_out": d["held_out"], "train_size": len(d["y_train"]),
-            "test_size": len(d["y_test"]), "seed": ds["seed"], "version": __version__}
+    prov = {
+        "source": ds["source"],
+        "root": str(root),
+        "held_out": d["held_out"],
+        "train_size": len(d["y_train"]),
+        "test_size": len(d["y_test"]),
+        "seed": ds["seed"],
+        "version": __version__,
+    }
     # shape [3, 0, 0]: images of any size, cropped to training.image_size when they are read
-    meta = {"kind": "index", "dataset": dataset_id(cfg), "classes": d["classes"], "shape": [3, 0, 0],
-            "root": str(root), "provenance": prov}
+    meta = {
+        "kind": "index",
+        "dataset": dataset_id(cfg),
+        "classes": d["classes"],
+        "shape": [3, 0, 0],
+        "root": str(root),
+        "provenance": prov,
+    }
     out = base_artifact(cfg)
-    save_npz(out, meta, train_files=_names_array(d["train_files"]), y_train=d["y_train"],
-             test_files=_names_array(d["test_files"]), y_test=d["y_test"])
+    save_npz(
+        out,
+        meta,
+        train_files=_names_array(d["train_files"]),
+        y_train=d["y_train"],
+        test_files=_names_array(d["test_files"]),
+        y_test=d["y_test"],
+    )
     return out
 
 
@@ -146,23 +174,36 @@ def load_streamed(cfg: dict, corruption: Corruption) -> dict:
     hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
     meta, labels = load_npz(path, rebuild_hint=hint)
     if meta.get("kind") != "corrupted" or meta.get("corruption") != corruption.id or "base" not in meta:
-        raise ArtifactError(f"{path}: holds {meta.get('corruption')!r}, expected the label file of "
-                            f"{corruption.id!r}; rebuild it with {hint}")
+        raise ArtifactError(
+            f"{path}: holds {meta.get('corruption')!r}, expected the label file of "
+            f"{corruption.id!r}; rebuild it with {hint}"
+        )
     base_path = Path(meta["base"]["path"])
     if not base_path.is_file() or sha256(base_path) != meta["base"]["sha256"]:
-        raise ArtifactError(f"{path}: its index {base_path} is missing or has changed since the labels were drawn; "
-                            f"rebuild it with {hint}")
+        raise ArtifactError(
+            f"{path}: its index {base_path} is missing or has changed since the labels were drawn; "
+            f"rebuild it with {hint}"
+        )
     base_meta, index = load_npz(base_path)
     if base_meta.get("kind") != "index":
-        raise ArtifactError(f"{base_path}: not an index of a streamed tree; rebuild it with "
-                            "`python -m rethinking prepare --params <file>`")
-    return {"root": base_meta["root"], "classes": base_meta["classes"],
-            "train_files": index["train_files"], "y_train": labels["y_train"], "y_train_true": index["y_train"],
-            "test_files": index["test_files"], "y_test": labels["y_test"]}
+        raise ArtifactError(
+            f"{base_path}: not an index of a streamed tree; rebuild it with "
+            "`python -m rethinking prepare --params <file>`"
+        )
+    return {
+        "root": base_meta["root"],
+        "classes": base_meta["classes"],
+        "train_files": index["train_files"],
+        "y_train": labels["y_train"],
+        "y_train_true": index["y_train"],
+        "test_files": index["test_files"],
+        "y_test": labels["y_test"],
+    }
 
 
 # ----------------------------------------------------------------------------
 # crops
+
 
 def random_resized_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) as torchvision's RandomResizedCrop.get_params draws it."""
@@ -204,8 +245,9 @@ def crop_params(width: int, height: int, augment: bool, seed: int, epoch: int, i
     return box, bool(rng.random() < 0.5)
 
 
-def decode_crop(data: bytes, size: int, augment: bool, seed: int = 0, epoch: int = 0, index: int = 0,
-                where: str = "") -> np.ndarray:
+def decode_crop(
+    data: bytes, size: int, augment: bool, seed: int = 0, epoch: int = 0, index: int = 0, where: str = ""
+) -> np.ndarray:
     """One image file -> its crop, size x size x 3 uint8 (HWC), decoded at reduced scale where the crop allows."""
     from PIL import Image, UnidentifiedImageError
 
@@ -214,7 +256,7 @@ def decode_crop(data: bytes, size: int, augment: bool, seed: int = 0, epoch: int
             width, height = im.size
             box, flip = crop_params(width, height, augment, seed, epoch, index)
             reduce = min(box[2] - box[0], box[3] - box[1]) / size
-            if reduce >= 2 and im.format == "JPEG":   # libjpeg decodes at 1/2, 1/4 or 1/8 scale
+            if reduce >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale
                 im.draft(None, (math.ceil(width / reduce), math.ceil(height / reduce)))
                 sx, sy = im.size[0] / width, im.size[1] / height
                 box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
@@ -223,7 +265,7 @@ def decode_crop(data: bytes, size: int, augment: bool, seed: int = 0, epoch: int
             im = im.resize((size, size), Image.BILINEAR, box=box)
             if flip:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
-            return np.array(im, dtype=np.uint8)   # a writable copy
+            return np.array(im, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
@@ -231,12 +273,14 @@ def decode_crop(data: bytes, size: int, augment: bool, seed: int = 0, epoch: int
 def image_size_of(data: bytes) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding."""
     from PIL import Image
+
     with Image.open(_io.BytesIO(data)) as im:
         return im.size
 
 
 # ----------------------------------------------------------------------------
 # the dataset and loader
+
 
 class _Reader:
     """Bytes of a file under a folder or a zip; a zip is opened once per process (workers fork)."""
@@ -252,13 +296,14 @@ class _Reader:
                 return f.read()
         if self._pid != os.getpid():
             import zipfile
+
             self._zip, self._pid = zipfile.ZipFile(self.root), os.getpid()
         return self._zip.read(name)
 
     def where(self, name: str) -> str:
         return f"{self.root}:{name}" if self.is_zip else str(self.root / name)
 
-    def __getstate__(self):   # spawn-safe: the zip handle is reopened where it is used
+    def __getstate__(self):  # spawn-safe: the zip handle is reopened where it is used
         return {**self.__dict__, "_zip": None, "_pid": None}
 
 
@@ -311,6 +356,7 @@ def collate_raw(items):
 # torchvision's speed (median ratio 1.02-1.06 over two runs, on 4,000 CIFAR-10 JPEGs, ~36,000 images/s, and on
 # 300 500x375 ones, ~700 images/s; Pillow 0.15x and 0.66-0.72x of that). nvJPEG on a GPU: not measured yet.
 
+
 def _decode_jpegs(datas, device: torch.device) -> list[torch.Tensor]:
     """File bytes (1-D uint8 CPU tensors) -> 3 x H x W uint8 RGB tensors on `device`, the JPEGs in one batched
     call. A file it refuses (a PNG among the JPEGs, a JPEG nvJPEG cannot do) is decoded by Pillow, as the
@@ -333,7 +379,7 @@ def _pillow_rgb(data: torch.Tensor) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(_io.BytesIO(data.numpy().tobytes())) as im:   # an animated GIF/WebP: its first frame
+        with Image.open(_io.BytesIO(data.numpy().tobytes())) as im:  # an animated GIF/WebP: its first frame
             return torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
@@ -359,9 +405,14 @@ def decode_batch(datas, boxes, flips, size: int, device: torch.device) -> torch.
 def make_loader(dataset: StreamImages, batches, workers: int, pin: bool = False):
     """A DataLoader over precomputed batches of (index, epoch) keys, decoding in `workers` processes."""
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin,
         collate_fn=collate_raw if dataset.raw else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
 def to_input(batch, dataset: StreamImages, device: torch.device, channels_last: bool = False):
@@ -374,9 +425,9 @@ def to_input(batch, dataset: StreamImages, device: torch.device, channels_last: 
         x = decode_batch(datas, boxes, flips, dataset.size, device)
     else:
         x, y = batch
-        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)   # HWC -> NCHW: a channels_last view
+        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # HWC -> NCHW: a channels_last view
         if not channels_last:
-            x = x.contiguous()   # transpose the uint8s (a quarter of the bytes of floats)
+            x = x.contiguous()  # transpose the uint8s (a quarter of the bytes of floats)
         x = x.float()
     x = x.div_(127.5).sub_(1.0)
     if channels_last:

@@ -28,6 +28,7 @@ engine's, which is what K runs one after another would give.
 FLOPs per image come from torch.utils.flop_counter (forward + backward of one
 batch, divided by its size).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import build_model, traits
 from ..data.preprocess import augmentations, per_image_standardization, prepare_all
+from ..models import build_model, traits
 from .loop import run_epoch
 from .optim import SGD
 from .pack import Single, Stacked
@@ -49,6 +50,7 @@ class ConventionalDataset(torch.utils.data.Dataset):
 
     def __init__(self, x_uint8: np.ndarray, y: np.ndarray, crop: int | None, random_crop: bool):
         from torchvision import transforms as T
+
         self.images = x_uint8.transpose(0, 2, 3, 1)  # HWC, as PIL wants
         self.y = y
         steps = []
@@ -62,6 +64,7 @@ class ConventionalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from PIL import Image
+
         img = self.images[i]
         pil = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
         return self.transform(pil), int(self.y[i])
@@ -69,6 +72,7 @@ class ConventionalDataset(torch.utils.data.Dataset):
 
 def flops_per_image(model, in_shape, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
+
     x = torch.randn(8, *in_shape, device=device)
     y = torch.zeros(8, dtype=torch.long, device=device)
     with FlopCounterMode(display=False) as counter:
@@ -82,55 +86,110 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(model_name: str, x: np.ndarray, y: np.ndarray, *, crop: int | None, epochs: int = 1, batch_size: int = 128,
-          device: str = "cpu", random_crop: bool = False, workers: int = 0, lr: float = 0.01, seed: int = 0,
-          baseline: bool = True, pack: int = 1, log=print) -> dict:
+def bench(
+    model_name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    crop: int | None,
+    epochs: int = 1,
+    batch_size: int = 128,
+    device: str = "cpu",
+    random_crop: bool = False,
+    workers: int = 0,
+    lr: float = 0.01,
+    seed: int = 0,
+    baseline: bool = True,
+    pack: int = 1,
+    log=print,
+) -> dict:
     dev = pick_device(device)
     n, c, h, w = x.shape
     in_shape = (c, crop or h, crop or w)
     num_classes = int(y.max()) + 1
-    result = {"model": model_name, "device": str(dev), "images": n, "epochs": epochs, "batch_size": batch_size,
-              "threads": torch.get_num_threads()}
-    autocast = autocast_for(dev)   # the engine's: bf16 where the GPU computes it natively
+    result = {
+        "model": model_name,
+        "device": str(dev),
+        "images": n,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    autocast = autocast_for(dev)  # the engine's: bf16 where the GPU computes it natively
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    kw = dict(in_shape=in_shape, num_classes=num_classes, crop=crop, epochs=epochs, batch_size=batch_size,
-              random_crop=random_crop, lr=lr, seed=seed, autocast=autocast, device=dev)
+    kw = dict(
+        in_shape=in_shape,
+        num_classes=num_classes,
+        crop=crop,
+        epochs=epochs,
+        batch_size=batch_size,
+        random_crop=random_crop,
+        lr=lr,
+        seed=seed,
+        autocast=autocast,
+        device=dev,
+    )
     xd, yd = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     result.update(_bench_engine(model_name, xd, yd, **kw))
     log(f"images/s: {result['images_per_s']:.0f}")
-    # --- bare: forward + backward + update of one resident batch, nothing else
-    xfit = xd if random_crop else prepare_all(xd, crop)
-    result["bare_images_per_s"] = _bare(model_name, in_shape, num_classes, xfit, yd, batch_size=batch_size,
-                                        steps=max(10, epochs * (n // batch_size)), lr=lr, seed=seed, dev=dev,
-                                        autocast=autocast, crop=crop if random_crop else None)
+    result["bare_images_per_s"] = _bench_bare(model_name, xd, yd, **kw)
     result["engine_share_of_bare"] = result["images_per_s"] / result["bare_images_per_s"]
     log(f"bare images/s: {result['bare_images_per_s']:.0f}")
     log(f"engine share of bare: {100 * result['engine_share_of_bare']:.0f}%")
     if pack > 1:
         result.update(_bench_pack(model_name, xd, yd, pack, **kw))
         result["pack_speedup"] = result["pack_images_per_s"] / result["images_per_s"]
-        log(f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f} aggregate, against "
-            f"{result['images_per_s']:.0f} of the single engine")
+        log(
+            f"packed images/s ({pack} runs): {result['pack_images_per_s']:.0f} aggregate, against "
+            f"{result['images_per_s']:.0f} of the single engine"
+        )
         log(f"pack speedup: {result['pack_speedup']:.2f}")
     if baseline:
         result["baseline_images_per_s"] = _bench_baseline(model_name, x, y, workers=workers, **kw)
         result["speedup"] = result["images_per_s"] / result["baseline_images_per_s"]
         log(f"baseline images/s: {result['baseline_images_per_s']:.0f}")
         log(f"speedup: {result['speedup']:.1f}")
-    log(f"flops/image: {result['flops_per_image']:.4g}" + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else ""))
+    log(
+        f"flops/image: {result['flops_per_image']:.4g}"
+        + (f"  TFLOP/s: {result['tflops']:.2f}" if "tflops" in result else "")
+    )
     return result
+
+
+def _bench_bare(
+    model_name, xd, yd, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed, autocast, device
+) -> float:
+    """The limit: forward + backward + update of one resident batch, nothing else (_bare)."""
+    xfit = xd if random_crop else prepare_all(xd, crop)
+    return _bare(
+        model_name,
+        in_shape,
+        num_classes,
+        xfit,
+        yd,
+        batch_size=batch_size,
+        steps=max(10, epochs * (len(yd) // batch_size)),
+        lr=lr,
+        seed=seed,
+        dev=device,
+        autocast=autocast,
+        crop=crop if random_crop else None,
+    )
 
 
 def _members(x, y, k: int, seed: int, device):
     """k members of a pack as run_epoch reads them: the shared inputs and labels, a generator each."""
     from types import SimpleNamespace
-    return [SimpleNamespace(x_fit=x, y_train=y, gen=torch.Generator(device=device).manual_seed(seed + i))
-            for i in range(k)]
+
+    return [
+        SimpleNamespace(x_fit=x, y_train=y, gen=torch.Generator(device=device).manual_seed(seed + i)) for i in range(k)
+    ]
 
 
-def _bench_engine(model_name, xd, yd, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed,
-                  autocast, device) -> dict:
+def _bench_engine(
+    model_name, xd, yd, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed, autocast, device
+) -> dict:
     """The engine's images/s: one run as a pack of one (loop.run_epoch), its inputs prepared as train does."""
     torch.manual_seed(seed)
     model = build_model(model_name, in_shape, num_classes).to(device)
@@ -139,8 +198,12 @@ def _bench_engine(model_name, xd, yd, *, in_shape, num_classes, crop, epochs, ba
     augment = augmentations({"crop"} if random_crop else set())
     kw = dict(batch_size=batch_size, crop=crop, augment=augment, autocast=autocast)
     n = len(yd)
-    run_epoch(single, _members(xd if random_crop else prepare_all(xd, crop), yd, 1, seed, device),
-              [torch.arange(batch_size, device=device)], **kw)   # warm-up
+    run_epoch(
+        single,
+        _members(xd if random_crop else prepare_all(xd, crop), yd, 1, seed, device),
+        [torch.arange(batch_size, device=device)],
+        **kw,
+    )  # warm-up
     _sync(device)
     t0 = time.perf_counter()
     xfit = xd if random_crop else prepare_all(xd, crop)  # once per run, as train does
@@ -156,17 +219,36 @@ def _bench_engine(model_name, xd, yd, *, in_shape, num_classes, crop, epochs, ba
     return out
 
 
-def _bench_baseline(model_name, x, y, *, workers, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr,
-                    seed, autocast, device) -> float:
+def _bench_baseline(
+    model_name,
+    x,
+    y,
+    *,
+    workers,
+    in_shape,
+    num_classes,
+    crop,
+    epochs,
+    batch_size,
+    random_crop,
+    lr,
+    seed,
+    autocast,
+    device,
+) -> float:
     """images/s of a conventional loop: a PIL dataset, per-image transforms, a DataLoader, torch's SGD."""
     torch.manual_seed(seed)
     model = build_model(model_name, in_shape, num_classes).to(device)
     if device.type == "cuda" and traits(model)["conv"]:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)   # a typical script's: torch's default SGD
-    loader = torch.utils.data.DataLoader(ConventionalDataset(x, y, crop, random_crop), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)  # a typical script's: torch's default SGD
+    loader = torch.utils.data.DataLoader(
+        ConventionalDataset(x, y, crop, random_crop),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
     n, seen, t0 = len(y), 0, None
     for _ in range(epochs + 1):  # the first batch of the first pass is the warm-up
         for xb, yb in loader:
@@ -192,6 +274,7 @@ def _bench_baseline(model_name, x, y, *, workers, in_shape, num_classes, crop, e
 def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, seed, dev, autocast, crop) -> float:
     """images/s of forward + backward + the engine's SGD update on one fixed batch (a fresh model)."""
     from ..data.preprocess import prepare_batch
+
     torch.manual_seed(seed)
     model = build_model(model_name, in_shape, num_classes).to(dev)
     channels_last = dev.type == "cuda" and traits(model)["conv"]
@@ -211,7 +294,8 @@ def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, see
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    step()   # warm-up
+
+    step()  # warm-up
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -220,8 +304,9 @@ def _bare(model_name, in_shape, num_classes, x, y, *, batch_size, steps, lr, see
     return steps * len(yb) / (time.perf_counter() - t0)
 
 
-def _bench_pack(model_name, xd, yd, k, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed,
-                autocast, device) -> dict:
+def _bench_pack(
+    model_name, xd, yd, k, *, in_shape, num_classes, crop, epochs, batch_size, random_crop, lr, seed, autocast, device
+) -> dict:
     """Aggregate images/s of k runs trained as one pack (timed like the engine, after a warm-up)."""
     models = []
     for i in range(k):

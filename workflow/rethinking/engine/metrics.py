@@ -21,10 +21,11 @@ Adding one (the README's "Extending the pipeline"):
 Sums are float64 on the device; counts stay exact (below 2**53). No torch import at module level: the
 Snakemake rules and the DVC generator read the registry's column names.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import ConfigError
 
@@ -37,7 +38,7 @@ class Metric:
     sums: Callable
     # (the sums over every evaluated example, as floats; the number of examples) -> {column: value}
     values: Callable
-    unit: str = "% of training examples"   # the y axis of its DVC plot
+    unit: str = "% of training examples"  # the y axis of its DVC plot
 
 
 METRICS: dict[str, Metric] = {}
@@ -47,8 +48,9 @@ def register(metric: Metric) -> Metric:
     """Add a metric to every engine's evaluation of the training set (a name or a column used twice is an error)."""
     taken = {c for m in METRICS.values() for c in m.columns}
     if metric.name in METRICS or taken & set(metric.columns):
-        raise ConfigError(f"metric {metric.name!r}: its name or one of its columns {metric.columns} is registered "
-                          "already")
+        raise ConfigError(
+            f"metric {metric.name!r}: its name or one of its columns {metric.columns} is registered already"
+        )
     METRICS[metric.name] = metric
     return metric
 
@@ -71,20 +73,25 @@ def _memorization_sums(logits, y, y_true, noisy):
     pred = logits.argmax(1)
     hit = pred == y
     import torch
+
     return torch.stack([(hit & ~noisy).sum(), noisy.sum(), (hit & noisy).sum(), ((pred == y_true) & noisy).sum()])
 
 
 def _memorization_values(sums, n) -> dict:
     clean_correct, n_noisy, memorized, true = (int(round(s)) for s in sums)
-    return {"clean_acc": _percent(clean_correct, n - n_noisy), "noisy_memorized": _percent(memorized, n_noisy),
-            "noisy_true": _percent(true, n_noisy)}
+    return {
+        "clean_acc": _percent(clean_correct, n - n_noisy),
+        "noisy_memorized": _percent(memorized, n_noisy),
+        "noisy_true": _percent(true, n_noisy),
+    }
 
 
 # memorization under label noise (Arpit et al. 2017): the accuracy on the training examples whose label is
 # intact, and the share of the corrupted ones predicted as their assigned (wrong) label and as their original
 # one; percent, blank (NaN) where the group is empty
-register(Metric("memorization", ("clean_acc", "noisy_memorized", "noisy_true"), _memorization_sums,
-                _memorization_values))
+register(
+    Metric("memorization", ("clean_acc", "noisy_memorized", "noisy_true"), _memorization_sums, _memorization_values)
+)
 
 
 def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = False) -> dict:
@@ -100,12 +107,13 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
     import torch.nn.functional as F
 
     from .precision import exact_float32
+
     model.eval()
     sums, n = None, 0
     with torch.no_grad(), exact_float32():
         for x, y, y_true in batches:
             logits = model(x)
-            if isinstance(logits, tuple):   # a model with an auxiliary head gives (main, aux) in train mode only
+            if isinstance(logits, tuple):  # a model with an auxiliary head gives (main, aux) in train mode only
                 logits = logits[0]
             top = logits.float().topk(min(topk, logits.shape[1]), dim=1).indices if topk > 1 else None
             pred = logits.argmax(1) if top is None else top[:, 0]
@@ -123,7 +131,8 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
 
 def _results(sums, n: int, topk: int, metrics: bool, reduce) -> dict:
     import torch
-    if sums is None:   # no example (a process of a multi-GPU run with none to evaluate): zeros of the same width
+
+    if sums is None:  # no example (a process of a multi-GPU run with none to evaluate): zeros of the same width
         width = 2 + (topk > 1) + (sum(_width(m) for m in METRICS.values()) if metrics else 0)
         sums = torch.zeros(width, dtype=torch.float64)
     totals = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64, device=sums.device)])
@@ -151,6 +160,7 @@ def _width(metric: Metric) -> int:
     """How many sums a metric returns (asked of it once, on an empty batch on the CPU)."""
     if metric.name not in _WIDTHS:
         import torch
+
         empty = torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
         _WIDTHS[metric.name] = int(metric.sums(*empty, torch.zeros(0, dtype=torch.bool)).numel())
     return _WIDTHS[metric.name]

@@ -17,12 +17,19 @@ updates each weight with another weight's momentum).
 
 Dampening 0, no Nesterov, no maximize: the only SGD the pipeline trains with (docs/CHOICES.md).
 """
+
 from __future__ import annotations
 
 import torch
 
-GROUP_DEFAULTS = {"dampening": 0, "nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
-                  "fused": True}
+GROUP_DEFAULTS = {
+    "dampening": 0,
+    "nesterov": False,
+    "maximize": False,
+    "foreach": None,
+    "differentiable": False,
+    "fused": True,
+}
 
 
 class SGD:
@@ -33,8 +40,9 @@ class SGD:
         params = list(params)
         if not params:
             raise ValueError("SGD got an empty parameter list")
-        self.param_groups = [{"params": params, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                              **GROUP_DEFAULTS}]
+        self.param_groups = [
+            {"params": params, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, **GROUP_DEFAULTS}
+        ]
         self.state: dict[torch.Tensor, dict] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -51,9 +59,16 @@ class SGD:
             with_grad = [p for p in g["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in with_grad):
                 raise RuntimeError("SGD: sparse gradients are not supported")
-            hyper = {"weight_decay": g["weight_decay"], "momentum": g["momentum"], "lr": g["lr"],
-                     "dampening": g["dampening"], "nesterov": g["nesterov"], "maximize": g["maximize"],
-                     "grad_scale": None, "found_inf": None}
+            hyper = {
+                "weight_decay": g["weight_decay"],
+                "momentum": g["momentum"],
+                "lr": g["lr"],
+                "dampening": g["dampening"],
+                "nesterov": g["nesterov"],
+                "maximize": g["maximize"],
+                "grad_scale": None,
+                "found_inf": None,
+            }
             if g["momentum"] == 0:
                 for params in _by_device_and_dtype(with_grad):
                     torch._fused_sgd_(params, [p.grad for p in params], [], is_first_step=False, **hyper)
@@ -67,9 +82,13 @@ class SGD:
                     if first:
                         for p in params:
                             self.state.setdefault(p, {})["momentum_buffer"] = torch.empty_like(p.grad)
-                    torch._fused_sgd_(params, [p.grad for p in params],
-                                      [self.state[p]["momentum_buffer"] for p in params], is_first_step=first,
-                                      **hyper)
+                    torch._fused_sgd_(
+                        params,
+                        [p.grad for p in params],
+                        [self.state[p]["momentum_buffer"] for p in params],
+                        is_first_step=first,
+                        **hyper,
+                    )
 
     def state_dict(self) -> dict:
         """torch.optim.SGD's format: {"state": {position: {"momentum_buffer": t}}, "param_groups": [...]}."""
@@ -88,23 +107,27 @@ class SGD:
         """Resume from a state torch.optim.SGD (fused or not) or this class wrote; stays fused."""
         groups = saved["param_groups"]
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(groups)} parameter groups, this optimizer has "
-                             f"{len(self.param_groups)}")
+            raise ValueError(
+                f"loaded state dict has {len(groups)} parameter groups, this optimizer has {len(self.param_groups)}"
+            )
         for ours, theirs in zip(self.param_groups, groups):
             if len(ours["params"]) != len(theirs["params"]):
-                raise ValueError(f"loaded state dict has a group of {len(theirs['params'])} parameters where "
-                                 f"this optimizer's has {len(ours['params'])}")
+                raise ValueError(
+                    f"loaded state dict has a group of {len(theirs['params'])} parameters where "
+                    f"this optimizer's has {len(ours['params'])}"
+                )
         state = {}
         for ours, theirs in zip(self.param_groups, groups):
             for p, i in zip(ours["params"], theirs["params"]):
                 buf = saved["state"].get(i, {}).get("momentum_buffer")
                 if buf is not None:
                     if buf.shape != p.shape:
-                        raise ValueError(f"loaded momentum buffer {i} has shape {tuple(buf.shape)}, its "
-                                         f"parameter {tuple(p.shape)}")
-                    buf = buf.to(device=p.device, dtype=p.dtype)   # as torch: the saved tensor itself if it fits
+                        raise ValueError(
+                            f"loaded momentum buffer {i} has shape {tuple(buf.shape)}, its parameter {tuple(p.shape)}"
+                        )
+                    buf = buf.to(device=p.device, dtype=p.dtype)  # as torch: the saved tensor itself if it fits
                     if buf.stride() != p.stride():
-                        buf = torch.empty_like(p).copy_(buf)   # p's layout, buf's values
+                        buf = torch.empty_like(p).copy_(buf)  # p's layout, buf's values
                     state[p] = {"momentum_buffer": buf}
             ours.update({k: v for k, v in theirs.items() if k != "params"}, fused=True, foreach=None)
         self.state = state

@@ -29,6 +29,7 @@ Whether packing pays is a property of the device and the model: on the project's
 AlexNet gains nothing (docs/PERFORMANCE.md); `training.pack` defaults to 1. Which
 runs share a pack (`plan_packs`) is decided in rethinking.plan.packs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,7 +40,6 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .optim import SGD
-
 
 # parameter-free modules that treat every sample on its own: the K x B samples of a pack are one batch to them
 PER_SAMPLE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.LocalResponseNorm, nn.Identity)
@@ -79,21 +79,30 @@ def batched_forward(module: nn.Module):
 
     def forward(p: dict, x: torch.Tensor) -> torch.Tensor:
         k, b = x.shape[:2]
-        h, kb = x, True   # kb: h is K x B x ...; else B x K x ... (the layout of the convolutions)
+        h, kb = x, True  # kb: h is K x B x ...; else B x K x ... (the layout of the convolutions)
         for kind, name, m in layers:
             if kind == "linear":
                 if not kb:
                     h, kb = h.transpose(0, 1), True
                 w, bias = p[f"{name}.weight"], p.get(f"{name}.bias")
-                h = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), h,
-                                                                                      w.transpose(1, 2))
+                h = (
+                    torch.bmm(h, w.transpose(1, 2))
+                    if bias is None
+                    else torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                )
             elif kind == "conv":
                 if kb:
                     h, kb = h.transpose(0, 1), False
                 w, bias = p[f"{name}.weight"], p.get(f"{name}.bias")
-                out = F.conv2d(h.reshape(b, k * h.shape[2], *h.shape[3:]), w.reshape(-1, *w.shape[2:]),
-                               None if bias is None else bias.reshape(-1), m.stride, m.padding, m.dilation,
-                               k * m.groups)
+                out = F.conv2d(
+                    h.reshape(b, k * h.shape[2], *h.shape[3:]),
+                    w.reshape(-1, *w.shape[2:]),
+                    None if bias is None else bias.reshape(-1),
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    k * m.groups,
+                )
                 h = out.view(b, k, -1, *out.shape[2:])
             elif kind == "flatten":
                 h = h.reshape(h.shape[0], h.shape[1], -1)
@@ -101,6 +110,7 @@ def batched_forward(module: nn.Module):
                 out = m(h.reshape(-1, *h.shape[2:]))
                 h = out.view(h.shape[0], h.shape[1], *out.shape[1:])
         return h if kb else h.transpose(0, 1)
+
     return forward
 
 
@@ -115,7 +125,7 @@ class Stacked:
     """
 
     def __init__(self, models: list[nn.Module], momentum: float, weight_decay: float):
-        self.template = copy.deepcopy(models[0])   # a real module, loaded with one member's tensors on demand
+        self.template = copy.deepcopy(models[0])  # a real module, loaded with one member's tensors on demand
         self.base = copy.deepcopy(models[0]).to("meta")
         params, buffers = stack_module_state(models)
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
@@ -154,13 +164,12 @@ class Stacked:
         params = [self.params[n] for n in names]
         grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
-            if self.weight_decay:   # in place: autograd.grad's fresh tensors
+            if self.weight_decay:  # in place: autograd.grad's fresh tensors
                 torch._foreach_add_(grads, params, alpha=self.weight_decay)
             bufs = [self.momentum_buf[n] for n in names]
             torch._foreach_mul_(bufs, self.momentum)
             torch._foreach_add_(bufs, grads)
-            torch._foreach_addcmul_(params, [lrs.view(-1, *([1] * (p.dim() - 1))) for p in params], bufs,
-                                    value=-1.0)
+            torch._foreach_addcmul_(params, [lrs.view(-1, *([1] * (p.dim() - 1))) for p in params], bufs, value=-1.0)
         correct = (logits.detach().argmax(-1) == yb).sum(1)
         return losses.detach(), correct
 
@@ -242,6 +251,7 @@ class Single:
 
     def load_member(self, k: int, model_state: dict, optimizer_state: dict, process: dict | None = None) -> None:
         from .run import set_rng_state
+
         self.model.load_state_dict(model_state)
         self.opt.load_state_dict(optimizer_state)
         if process is not None:

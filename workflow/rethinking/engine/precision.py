@@ -1,4 +1,5 @@
 """float32 that is float32 on CUDA: one switch for the engines' evaluation and the kernel solver."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ def exact_float32():
     per_op = [(knob, knob.fp32_precision) for knob in (cudnn.conv, cudnn.rnn, cuda_mm, mkldnn_mm)]
     try:
         cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")   # cuda.matmul.allow_tf32 = False, and oneDNN's
+        torch.set_float32_matmul_precision("highest")  # cuda.matmul.allow_tf32 = False, and oneDNN's
         for knob in (cudnn.conv, cudnn.rnn, cuda_mm):
             knob.fp32_precision = "ieee"
         yield

@@ -14,6 +14,7 @@ checkpoint and the summary.
 - `write_summary`: epochs.csv, steps.csv and, last, summary.json (its presence means the run is finished),
   with the same keys from both engines.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,13 +35,15 @@ from .slots import Slot, claim_gpu, lock_runs
 CHECKPOINT = "checkpoint.pt"
 # what a resume reads from a checkpoint besides its fingerprint
 CHECKPOINT_KEYS = ("model", "optimizer", "progress", "processes")
-STATUSES = ("fitted", "max_epochs", "diverged")   # how a run ends: fitted, stopped at the epoch limit, diverged
+STATUSES = ("fitted", "max_epochs", "diverged")  # how a run ends: fitted, stopped at the epoch limit, diverged
 
 
 # ---------------------------------------------------------------------------- device
 
+
 def pick_device(name: str, key: str = "training.device"):
     import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -49,8 +52,18 @@ def pick_device(name: str, key: str = "training.device"):
 
 
 @contextlib.contextmanager
-def claimed_device(name: str, *, jobs_per_gpu: int = 1, threads: int | None = None, runs: dict | None = None,
-                   rank: int = 0, world: int = 1, key: str = "training.device", log=print, what: str = ""):
+def claimed_device(
+    name: str,
+    *,
+    jobs_per_gpu: int = 1,
+    threads: int | None = None,
+    runs: dict | None = None,
+    rank: int = 0,
+    world: int = 1,
+    key: str = "training.device",
+    log=print,
+    what: str = "",
+):
     """The torch.device a training process (or the kernels stage) works on, inside the block.
 
     `runs` ({run id: run folder}) are locked first (RunBusyError when another process trains one of them).
@@ -59,6 +72,7 @@ def claimed_device(name: str, *, jobs_per_gpu: int = 1, threads: int | None = No
     threads. The slot and the locks are released when the block ends; the kernel drops them anyway when
     the process ends, however it ends (kill -9 included)."""
     import torch
+
     lock = lock_runs(runs) if runs else None
     slot: Slot | None = None
     try:
@@ -83,6 +97,7 @@ def autocast_for(device):
     natively (compute capability 8.0 and later, or ROCm), none (fp32) elsewhere: on the CPU, and on older
     GPUs, where torch would emulate bf16 slowly. Evaluation never autocasts (rethinking.engine.metrics)."""
     import torch
+
     if device.type == "cuda":
         with torch.cuda.device(device):
             native = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -93,27 +108,39 @@ def autocast_for(device):
 
 def device_name(device) -> str:
     import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    )
 
 
 def versions() -> dict:
     import numpy as np
     import torch
-    return {"rethinking": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+
+    return {
+        "rethinking": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def rng_state(device) -> dict:
     """This process's torch random state (CPU, and the device's on CUDA), as a checkpoint keeps it."""
     import torch
-    return {"torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def set_rng_state(state: dict, device) -> None:
     import torch
+
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"])
@@ -124,10 +151,14 @@ def process_usage() -> dict:
     None where /proc is not there) since it started: imports and data loading included, which a run's
     `wall_time` (its training loop, summed over resumes) leaves out."""
     import resource
+
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    per_mb = 1024 * 1024 if sys.platform == "darwin" else 1024   # ru_maxrss: bytes on macOS, KB on Linux
-    return {"cpu_time": ru.ru_utime + ru.ru_stime, "max_rss_mb": ru.ru_maxrss / per_mb,
-            "process_wall_time": _process_age()}
+    per_mb = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KB on Linux
+    return {
+        "cpu_time": ru.ru_utime + ru.ru_stime,
+        "max_rss_mb": ru.ru_maxrss / per_mb,
+        "process_wall_time": _process_age(),
+    }
 
 
 def _process_age() -> float | None:
@@ -142,10 +173,11 @@ def _process_age() -> float | None:
 
 # ---------------------------------------------------------------------------- schedule and stop rule
 
+
 def learning_rate(epoch: int, base_lr: float, decay: float, decay_images: int | None, n_train: int) -> float:
     """lr of an epoch: base_lr * decay ** (epochs done), or per `decay_images` images seen."""
     exponent = epoch if decay_images is None else epoch * n_train / decay_images
-    return base_lr * decay ** exponent
+    return base_lr * decay**exponent
 
 
 def fitted(correct: int, total: int) -> bool:
@@ -155,16 +187,18 @@ def fitted(correct: int, total: int) -> bool:
 
 # ---------------------------------------------------------------------------- progress
 
+
 @dataclass
 class Progress:
     """Where a run stands; a checkpoint keeps it whole (asdict), so a resumed run goes on from here."""
-    epoch: int = 0           # epochs done
-    batch: int = 0           # batches done of the current epoch (streamed runs save inside an epoch)
+
+    epoch: int = 0  # epochs done
+    batch: int = 0  # batches done of the current epoch (streamed runs save inside an epoch)
     step: int = 0
-    elapsed: float = 0.0     # seconds of training and evaluation, summed over resumes
+    elapsed: float = 0.0  # seconds of training and evaluation, summed over resumes
     train_time: float = 0.0  # seconds in training steps only, for images/s
-    images: int = 0          # training images seen (every process's, the padding of a last batch included)
-    loss_sum: float = 0.0    # training loss summed since the last steps.csv row (a single process's)
+    images: int = 0  # training images seen (every process's, the padding of a last batch included)
+    loss_sum: float = 0.0  # training loss summed since the last steps.csv row (a single process's)
     epochs_rows: list = field(default_factory=list)
     steps_rows: list = field(default_factory=list)
     status: str = "max_epochs"
@@ -175,7 +209,7 @@ class Progress:
         return self.status == "max_epochs" and self.epoch < max_epochs
 
     @classmethod
-    def load(cls, saved: dict) -> "Progress":
+    def load(cls, saved: dict) -> Progress:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in names})
 
@@ -195,13 +229,15 @@ def log_losses(progress: Progress, losses, log_every: int) -> None:
     the mean of every `log_every` steps, summed in float32 as a device accumulator would (progress.loss_sum
     carries the part of a window that an epoch's end or a checkpoint cut)."""
     import torch
+
     acc = torch.tensor(progress.loss_sum, dtype=torch.float32)
     for value in losses:
         progress.step += 1
         acc += value
         if progress.step % log_every == 0:
-            progress.steps_rows.append({"step": progress.step, "epoch": progress.epoch + 1,
-                                        "train_loss": float(acc) / log_every})
+            progress.steps_rows.append(
+                {"step": progress.step, "epoch": progress.epoch + 1, "train_loss": float(acc) / log_every}
+            )
             acc.zero_()
     progress.loss_sum = float(acc)
 
@@ -223,12 +259,28 @@ def close_epoch(p: Progress, row: dict, train_correct: int, n_eval: int, *, name
 
 # ---------------------------------------------------------------------------- checkpoint
 
-def save_checkpoint(out: Path, fingerprint: str, model_state: dict, optimizer_state: dict, progress: Progress,
-                    processes: list[dict], **extra) -> None:
+
+def save_checkpoint(
+    out: Path,
+    fingerprint: str,
+    model_state: dict,
+    optimizer_state: dict,
+    progress: Progress,
+    processes: list[dict],
+    **extra,
+) -> None:
     """checkpoint.pt of a run, atomically: a reader (or a resume after a kill) sees the old file or the new."""
-    save_torch(Path(out) / CHECKPOINT, {"fingerprint": fingerprint, "model": model_state,
-                                        "optimizer": optimizer_state, "progress": asdict(progress),
-                                        "processes": processes, **extra})
+    save_torch(
+        Path(out) / CHECKPOINT,
+        {
+            "fingerprint": fingerprint,
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "progress": asdict(progress),
+            "processes": processes,
+            **extra,
+        },
+    )
 
 
 def load_checkpoint(out: Path, fingerprint: str, log, *, name: str, owner: bool = True) -> dict | None:
@@ -242,6 +294,7 @@ def load_checkpoint(out: Path, fingerprint: str, log, *, name: str, owner: bool 
 
 
 # ---------------------------------------------------------------------------- outputs
+
 
 def write_epochs(path, rows) -> None:
     """epochs.csv from a run's per-epoch rows (both engines). Every registered metric's columns are there
@@ -258,10 +311,11 @@ def write_steps(path, rows) -> None:
 @dataclass
 class RunFacts:
     """What a summary says of a run besides its settings and its progress."""
+
     parameters: int
     steps_per_epoch: int
     n_train: int
-    n_train_eval: int        # the training images evaluated after each epoch (all of them, in memory)
+    n_train_eval: int  # the training images evaluated after each epoch (all of them, in memory)
     n_corrupted: int | None  # of the evaluated training images, those whose label the corruption changed
     n_test: int
     input_shape: list
@@ -281,20 +335,38 @@ def write_summary(out: Path, run, settings: dict, p: Progress, facts: RunFacts, 
     last = p.epochs_rows[-1]
     summary = {
         **settings,
-        "dataset": run.dataset, "level": run.corruption.level, "corruption_kind": run.corruption.kind,
-        "status": p.status, "epochs": p.epoch, "steps": p.step, "steps_per_epoch": facts.steps_per_epoch,
-        "step_first_fit": p.first_fit, "diverged_step": p.diverged_step, "n_train": facts.n_train,
-        "n_train_eval": facts.n_train_eval, "n_corrupted": facts.n_corrupted, "n_test": facts.n_test,
-        "train_acc": 100 * last["train_acc"], "test_acc": 100 * last["test_acc"],
+        "dataset": run.dataset,
+        "level": run.corruption.level,
+        "corruption_kind": run.corruption.kind,
+        "status": p.status,
+        "epochs": p.epoch,
+        "steps": p.step,
+        "steps_per_epoch": facts.steps_per_epoch,
+        "step_first_fit": p.first_fit,
+        "diverged_step": p.diverged_step,
+        "n_train": facts.n_train,
+        "n_train_eval": facts.n_train_eval,
+        "n_corrupted": facts.n_corrupted,
+        "n_test": facts.n_test,
+        "train_acc": 100 * last["train_acc"],
+        "test_acc": 100 * last["test_acc"],
         "best_test_acc": 100 * max(r["test_acc"] for r in p.epochs_rows),
-        "train_loss": last["train_loss"], "test_loss": last["test_loss"],
-        "parameters": facts.parameters, "input_shape": list(facts.input_shape), "wall_time": p.elapsed,
+        "train_loss": last["train_loss"],
+        "test_loss": last["test_loss"],
+        "parameters": facts.parameters,
+        "input_shape": list(facts.input_shape),
+        "wall_time": p.elapsed,
         **process_usage(),
         "train_images_per_s": p.images / p.train_time if p.train_time > 0 else None,
-        "processes": facts.processes, "device": facts.device, "deterministic": facts.deterministic,
-        "versions": versions(), **(extra or {}),
+        "processes": facts.processes,
+        "device": facts.device,
+        "deterministic": facts.deterministic,
+        "versions": versions(),
+        **(extra or {}),
     }
     write_json(out / "summary.json", summary)
-    log(f"{run.id}: {p.status} after {p.epoch} epochs, {p.step} steps; train {summary['train_acc']:.2f}% "
-        f"test {summary['test_acc']:.2f}% ({p.elapsed:.1f} s on {facts.device})")
+    log(
+        f"{run.id}: {p.status} after {p.epoch} epochs, {p.step} steps; train {summary['train_acc']:.2f}% "
+        f"test {summary['test_acc']:.2f}% ({p.elapsed:.1f} s on {facts.device})"
+    )
     return summary

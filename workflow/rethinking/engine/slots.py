@@ -26,6 +26,7 @@ stops at once (RunBusyError) naming the holder's pid and host, which the lock
 file holds. The lock files are never deleted: removing a flock file races
 with a process that has opened it but not yet locked it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,13 +39,15 @@ from pathlib import Path
 
 from ..errors import ConfigError, RunBusyError
 
-DEFAULT_DIR = Path(os.environ.get("RETHINKING_SLOT_DIR", Path(tempfile.gettempdir()) / f"rethinking-gpu-slots-{os.getuid()}"))
+DEFAULT_DIR = Path(
+    os.environ.get("RETHINKING_SLOT_DIR", Path(tempfile.gettempdir()) / f"rethinking-gpu-slots-{os.getuid()}")
+)
 
 
 @dataclass
 class Slot:
-    device: int        # index as this process sees it (cuda:<device>)
-    physical: str      # the GPU's id as CUDA_VISIBLE_DEVICES names it (or its index)
+    device: int  # index as this process sees it (cuda:<device>)
+    physical: str  # the GPU's id as CUDA_VISIBLE_DEVICES names it (or its index)
     slot: int
     path: Path
     _fd: int
@@ -89,8 +92,14 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
-def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeout: float | None = None,
-          poll: float = 0.5, devices=None) -> Slot:
+def claim(
+    count: int,
+    jobs_per_gpu: int = 1,
+    lock_dir: Path | None = None,
+    timeout: float | None = None,
+    poll: float = 0.5,
+    devices=None,
+) -> Slot:
     """Claim a free (GPU, slot); wait while all are taken (up to `timeout` seconds). `devices`: the GPU
     indices (as this process sees them) to claim among, all by default."""
     if count < 1:
@@ -112,8 +121,9 @@ def claim(count: int, jobs_per_gpu: int = 1, lock_dir: Path | None = None, timeo
                 if fd is not None:
                     return Slot(index, ids[index], slot, path, fd)
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"no free GPU slot among GPUs {', '.join(ids[i] for i in indices)} x {jobs_per_gpu} "
-                               f"in {lock_dir}")
+            raise TimeoutError(
+                f"no free GPU slot among GPUs {', '.join(ids[i] for i in indices)} x {jobs_per_gpu} in {lock_dir}"
+            )
         time.sleep(poll)
 
 
@@ -126,17 +136,25 @@ def rank_devices(count: int, rank: int, world: int) -> list[int]:
     if world > count:
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f" (CUDA_VISIBLE_DEVICES={env})" if env is not None else ""
-        raise ConfigError(f"training.gpus_per_run: a run of {world} processes needs {world} GPUs, one per process, "
-                          f"but this process sees {count}{seen}")
+        raise ConfigError(
+            f"training.gpus_per_run: a run of {world} processes needs {world} GPUs, one per process, "
+            f"but this process sees {count}{seen}"
+        )
     return [i for i in range(count) if i % world == rank]
 
 
-def claim_gpu(count: int, jobs_per_gpu: int, rank: int = 0, world: int = 1, lock_dir: Path | None = None,
-              timeout: float | None = None, poll: float = 0.5) -> Slot:
+def claim_gpu(
+    count: int,
+    jobs_per_gpu: int,
+    rank: int = 0,
+    world: int = 1,
+    lock_dir: Path | None = None,
+    timeout: float | None = None,
+    poll: float = 0.5,
+) -> Slot:
     """Process `rank`'s GPU slot: slots.claim among rank_devices(count, rank, world) only."""
     devices = None if world == 1 else rank_devices(len(visible_devices(count)), rank, world)
     return claim(count, jobs_per_gpu, lock_dir=lock_dir, timeout=timeout, poll=poll, devices=devices)
-
 
 
 # ---------------------------------------------------------------------------- one trainer per run
@@ -144,10 +162,10 @@ def claim_gpu(count: int, jobs_per_gpu: int, rank: int = 0, world: int = 1, lock
 RUN_LOCK = ".train.lock"
 
 
-
 @dataclass
 class RunLock:
     """The locks of the run folders one training process trains (one, or every member of a pack)."""
+
     paths: list[Path]
     _fds: list[int]
 
@@ -174,8 +192,10 @@ def lock_runs(folders: dict[str, Path]) -> RunLock:
         fd = try_lock(path, note)
         if fd is None:
             lock.release()
-            raise RunBusyError(f"run {run_id} is being trained by another process ({lock_holder(path)}); "
-                               f"wait for it to end or stop it, then rerun (lock: {path})")
+            raise RunBusyError(
+                f"run {run_id} is being trained by another process ({lock_holder(path)}); "
+                f"wait for it to end or stop it, then rerun (lock: {path})"
+            )
         lock.paths.append(path)
         lock._fds.append(fd)
     return lock

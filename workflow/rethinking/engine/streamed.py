@@ -19,11 +19,12 @@ plus 0.4 x auxiliary head) and the number of correct predictions accumulate
 on the device; every `log_every` steps the mean loss of all processes is
 read. After each epoch the processes evaluate the held-out split and the
 training set (all of it, or `train_eval_size` seeded images) with center
-crops in eval mode, top-1 and top-5, each process a share, summed; the
-training set's top-1 is also split by corrupted and intact labels on those
-same images (rethinking.engine.loop.SPLIT_COLUMNS).
+crops in eval mode, top-1 and top-5, each process a share, summed, with
+every registered per-epoch metric of the training set on those same images
+(rethinking.engine.metrics: the split by corrupted and intact labels, ...).
 
-Stop rule and run folder as in rethinking.engine.loop: 100% top-1 on the
+Stop rule, checkpoint and summary as the in-memory engine's, from the module
+both share (rethinking.engine.run): 100% top-1 on the
 (evaluated) training set, the epoch limit, or a non-finite loss; process 0
 writes epochs.csv, steps.csv, summary.json (last) and checkpoint.pt. The
 checkpoint is written after every epoch and, with `checkpoint_every: k`, every
@@ -31,7 +32,7 @@ k steps inside one (an ImageNet epoch is 5,005 steps at batch 256); it holds
 the model, the optimizer, each process's random state and the position in
 the epoch, so a killed run resumes at the step it last saved, with the same
 batches and crops it would have had. Every process reads the checkpoint
-(io.load_checkpoint, weights_only); process 0 moves a damaged one aside, and
+(files.load_checkpoint, weights_only); process 0 moves a damaged one aside, and
 the processes resume only if every one of them could read it. Process 0 holds
 the run's lock (.train.lock, rethinking.engine.slots) from before the processes meet
 until it ends: a second trainer of the run stops at once.
@@ -42,8 +43,9 @@ on different GPUs whatever `jobs_per_gpu` is. Every process builds the same
 model from the run's seed; then every process but 0 reseeds torch (seed_process),
 so their dropout masks differ, and a one-process run draws what it always drew.
 The steps train under bf16 autocast where the GPU computes bf16 natively
-(rethinking.engine.loop.autocast_for); evaluation, which the stop rule reads, is fp32.
+(rethinking.engine.run.autocast_for); evaluation, which the stop rule reads, is fp32.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +65,21 @@ from ..plan import Run, run_dir, training_for
 from ..plan.settings import STREAM_ENGINE_SOURCES, fingerprint, stream_settings, train_command
 from .metrics import evaluate
 from .optim import SGD
-from .run import (Clock, Progress, RunFacts, autocast_for, claimed_device, close_epoch, device_name, learning_rate,
-                  load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_summary)
+from .run import (
+    Clock,
+    Progress,
+    RunFacts,
+    autocast_for,
+    claimed_device,
+    close_epoch,
+    device_name,
+    learning_rate,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_summary,
+)
 
 
 def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[tuple[int, int]]]:
@@ -72,9 +87,9 @@ def epoch_batches(n: int, epoch: int, seed: int, rank: int, world: int, batch: i
     padded (wrapping around) to a multiple of `world` and dealt out, so every process has as many batches."""
     perm = np.random.default_rng([seed, 3, epoch]).permutation(n)
     total = math.ceil(n / world) * world
-    perm = np.concatenate([perm, perm[:total - n]]) if total > n else perm
+    perm = np.concatenate([perm, perm[: total - n]]) if total > n else perm
     mine = perm[rank::world]
-    return [[(int(i), epoch) for i in mine[j:j + batch]] for j in range(0, len(mine), batch)]
+    return [[(int(i), epoch) for i in mine[j : j + batch]] for j in range(0, len(mine), batch)]
 
 
 def train_eval_indices(n_train: int, k: int | None, seed: int) -> np.ndarray:
@@ -111,6 +126,7 @@ class _Procs:
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             import torch.distributed as dist
+
             dist.all_reduce(x)
         return x
 
@@ -118,6 +134,7 @@ class _Procs:
         if self.world == 1:
             return [obj]
         import torch.distributed as dist
+
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
@@ -126,6 +143,7 @@ class _Procs:
         """Process 0's BatchNorm statistics everywhere, so evaluation and checkpoint see one model."""
         if self.world > 1:
             import torch.distributed as dist
+
             for b in model.buffers():
                 dist.broadcast(b, 0)
 
@@ -136,15 +154,24 @@ def train(cfg: dict, run: Run, log=print) -> Path:
     t = training_for(cfg, run)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world != s["gpus_per_run"]:
-        raise ConfigError(f"training.gpus_per_run: this run takes {s['gpus_per_run']} processes but "
-                          f"{world} started; start it with `{train_command(cfg, '<params>', run.id)}` "
-                          "(as the Snakemake rule and the DVC stage do)")
+        raise ConfigError(
+            f"training.gpus_per_run: this run takes {s['gpus_per_run']} processes but "
+            f"{world} started; start it with `{train_command(cfg, '<params>', run.id)}` "
+            "(as the Snakemake rule and the DVC stage do)"
+        )
     # one trainer per run: process 0 locks the run folder before the processes meet and before any GPU is
     # claimed (RunBusyError: it exits non-zero and torchrun stops the others)
-    say = log if rank == 0 else (lambda *_: None)   # process 0 speaks for the run
-    with claimed_device(t["device"], jobs_per_gpu=t["jobs_per_gpu"], threads=t["threads"],
-                        runs={run.id: run_dir(cfg, run)} if rank == 0 else None, rank=rank, world=world,
-                        log=say, what=f"{run.id}: process {rank} of {world}") as device:
+    say = log if rank == 0 else (lambda *_: None)  # process 0 speaks for the run
+    with claimed_device(
+        t["device"],
+        jobs_per_gpu=t["jobs_per_gpu"],
+        threads=t["threads"],
+        runs={run.id: run_dir(cfg, run)} if rank == 0 else None,
+        rank=rank,
+        world=world,
+        log=say,
+        what=f"{run.id}: process {rank} of {world}",
+    ) as device:
         with _process_group(world, rank, device):
             return _train(cfg, run, s, t, _Procs(world, rank, device), say)
 
@@ -156,8 +183,13 @@ def _process_group(world: int, rank: int, device):
         yield
         return
     import torch.distributed as dist
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
-                            device_id=device if device.type == "cuda" else None)
+
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        rank=rank,
+        world_size=world,
+        device_id=device if device.type == "cuda" else None,
+    )
     try:
         yield
     finally:
@@ -174,15 +206,17 @@ class _Run:
         # --- data: an index and label files; images are read and cropped by the loader's workers
         self.d = d = load_streamed(cfg, run.corruption)
         self.n_train, size = len(d["y_train"]), s["image_size"]
-        self.train_set = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs,
-                                      seed=run.seed, raw=raw)
+        self.train_set = StreamImages(
+            d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs, seed=run.seed, raw=raw
+        )
         self.eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, raw=raw)
         self.test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, raw=raw)
         self.train_eval_idx = train_eval_indices(self.n_train, s["train_eval_size"], run.seed)
         # --- model and optimizer: process 0's initialization (the same seed everywhere), then a stream per process
         torch.manual_seed(run.seed)
-        self.model = build_stream_model(run.model, size, len(d["classes"]), s["dropout"],
-                                        base=cfg.get("_params_dir")).to(device)
+        self.model = build_stream_model(
+            run.model, size, len(d["classes"]), s["dropout"], base=cfg.get("_params_dir")
+        ).to(device)
         seed_process(run.seed, procs.rank)
         self.n_params = count_parameters(self.model)
         self.channels_last = device.type == "cuda" and traits(self.model)["conv"]
@@ -194,12 +228,13 @@ class _Run:
         self.net = self.model
         if procs.world > 1:
             from torch.nn.parallel import DistributedDataParallel
+
             self.net = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
         self.fingerprint = fingerprint(s, STREAM_ENGINE_SOURCES, device.type)
         self.p = Progress()
-        self.loss_sum = torch.zeros((), device=device)   # this process's loss since the last steps.csv row
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)   # and its steps' correct predictions
-        self.seen = 0                                    # and its images, this epoch
+        self.loss_sum = torch.zeros((), device=device)  # this process's loss since the last steps.csv row
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)  # and its steps' correct predictions
+        self.seen = 0  # and its images, this epoch
 
     def resume(self, log) -> None:
         """From the checkpoint, if every process can read it (otherwise they would train different models)."""
@@ -210,8 +245,10 @@ class _Run:
         if procs.world > 1:
             readers = int(procs.sum(torch.tensor([int(ck is not None)], device=procs.device, dtype=torch.int64)))
             if 0 < readers < procs.world:
-                log(f"{self.run.id}: {procs.world - readers} of {procs.world} processes could not read the "
-                    "checkpoint; starting over")
+                log(
+                    f"{self.run.id}: {procs.world - readers} of {procs.world} processes could not read the "
+                    "checkpoint; starting over"
+                )
                 ck = None
         if ck is None:
             return
@@ -228,12 +265,17 @@ class _Run:
     def save(self, clock: Clock) -> None:
         """Every process hands process 0 its random state and partial sums; process 0 writes the file."""
         self.p.elapsed = clock()
-        mine = {**rng_state(self.procs.device), "loss_sum": float(self.loss_sum), "correct": int(self.correct),
-                "seen": self.seen}
+        mine = {
+            **rng_state(self.procs.device),
+            "loss_sum": float(self.loss_sum),
+            "correct": int(self.correct),
+            "seen": self.seen,
+        }
         everyone = self.procs.gather(mine)
         if self.procs.rank == 0:
-            save_checkpoint(self.out, self.fingerprint, self.model.state_dict(), self.opt.state_dict(), self.p,
-                            everyone)
+            save_checkpoint(
+                self.out, self.fingerprint, self.model.state_dict(), self.opt.state_dict(), self.p, everyone
+            )
 
 
 def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
@@ -250,14 +292,28 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
         # among the evaluated images
         n_corrupted = int((r.d["y_train"] != r.d["y_train_true"])[r.train_eval_idx].sum())
         name = device_name(procs.device)
-        facts = RunFacts(parameters=r.n_params, steps_per_epoch=steps_per_epoch, n_train=r.n_train,
-                         n_train_eval=len(r.train_eval_idx), n_corrupted=n_corrupted, n_test=len(r.test_set),
-                         input_shape=[3, s["image_size"], s["image_size"]],
-                         device=f"{procs.world} x {name}" if procs.world > 1 else name,
-                         deterministic=procs.device.type == "cpu" and procs.world == 1, processes=procs.world)
+        facts = RunFacts(
+            parameters=r.n_params,
+            steps_per_epoch=steps_per_epoch,
+            n_train=r.n_train,
+            n_train_eval=len(r.train_eval_idx),
+            n_corrupted=n_corrupted,
+            n_test=len(r.test_set),
+            input_shape=[3, s["image_size"], s["image_size"]],
+            device=f"{procs.world} x {name}" if procs.world > 1 else name,
+            deterministic=procs.device.type == "cpu" and procs.world == 1,
+            processes=procs.world,
+        )
         last = r.p.epochs_rows[-1]
-        write_summary(r.out, run, s, r.p, facts, log=log,
-                      extra={"train_top5": 100 * last["train_top5"], "test_top5": 100 * last["test_top5"]})
+        write_summary(
+            r.out,
+            run,
+            s,
+            r.p,
+            facts,
+            log=log,
+            extra={"train_top5": 100 * last["train_top5"], "test_top5": 100 * last["test_top5"]},
+        )
     return r.out
 
 
@@ -268,8 +324,9 @@ def _train_epoch(r: _Run, lr: float, t: dict, steps_per_epoch: int, autocast, cl
     p, procs, s = r.p, r.procs, r.s
     for g in r.opt.param_groups:
         g["lr"] = lr
-    batches = epoch_batches(r.n_train, p.epoch, r.run.seed, procs.rank, procs.world,
-                            s["batch_size"] // procs.world)[p.batch:]
+    batches = epoch_batches(r.n_train, p.epoch, r.run.seed, procs.rank, procs.world, s["batch_size"] // procs.world)[
+        p.batch :
+    ]
     r.net.train()
     t0, images0 = time.perf_counter(), r.seen
     for batch in make_loader(r.train_set, batches, t["workers"], pin=procs.device.type == "cuda"):
@@ -290,8 +347,10 @@ def _train_epoch(r: _Run, lr: float, t: dict, steps_per_epoch: int, autocast, cl
             r.loss_sum.zero_()
             p.steps_rows.append({"step": p.step, "epoch": p.epoch + 1, "train_loss": mean})
             rate = (r.seen - images0) * procs.world / max(time.perf_counter() - t0, 1e-9)
-            log(f"{r.run.id}: step {p.step} ({p.batch}/{steps_per_epoch} of epoch {p.epoch + 1}) "
-                f"loss {mean:.4f}, {rate:,.0f} images/s")
+            log(
+                f"{r.run.id}: step {p.step} ({p.batch}/{steps_per_epoch} of epoch {p.epoch + 1}) "
+                f"loss {mean:.4f}, {rate:,.0f} images/s"
+            )
         every = t["checkpoint_every"]
         if every and p.step % every == 0 and p.batch < steps_per_epoch:
             p.train_time += time.perf_counter() - t0
@@ -300,18 +359,25 @@ def _train_epoch(r: _Run, lr: float, t: dict, steps_per_epoch: int, autocast, cl
     p.train_time += time.perf_counter() - t0
 
 
-def _eval_batches(dataset: StreamImages, indices: np.ndarray, procs: _Procs, batch_size: int, workers: int,
-                  channels_last: bool, y_true: np.ndarray | None = None):
+def _eval_batches(
+    dataset: StreamImages,
+    indices: np.ndarray,
+    procs: _Procs,
+    batch_size: int,
+    workers: int,
+    channels_last: bool,
+    y_true: np.ndarray | None = None,
+):
     """(x, y, y_true) batches of this process's share of dataset[indices] (every world-th image), center
     crops; y_true: the true label of every image of `dataset`, or None."""
     device = procs.device
-    mine = indices[procs.rank::procs.world]
-    batches = [[(int(i), 0) for i in mine[j:j + batch_size]] for j in range(0, len(mine), batch_size)]
+    mine = indices[procs.rank :: procs.world]
+    batches = [[(int(i), 0) for i in mine[j : j + batch_size]] for j in range(0, len(mine), batch_size)]
     true_mine = None if y_true is None else torch.from_numpy(np.asarray(y_true, dtype=np.int64)[mine]).to(device)
     n = 0
     for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
         x, y = to_input(batch, dataset, device, channels_last)
-        yield x, y, None if true_mine is None else true_mine[n:n + len(y)]
+        yield x, y, None if true_mine is None else true_mine[n : n + len(y)]
         n += len(y)
 
 
@@ -322,19 +388,36 @@ def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> None:
     p.epoch, p.batch = p.epoch + 1, 0
     procs.sync_buffers(r.model)
     ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=t["workers"], channels_last=r.channels_last)
-    train = evaluate(r.model, _eval_batches(r.eval_train, r.train_eval_idx, y_true=r.d["y_train_true"], **ev),
-                     topk=5, reduce=procs.sum, metrics=True)
+    train = evaluate(
+        r.model,
+        _eval_batches(r.eval_train, r.train_eval_idx, y_true=r.d["y_train_true"], **ev),
+        topk=5,
+        reduce=procs.sum,
+        metrics=True,
+    )
     test = evaluate(r.model, _eval_batches(r.test_set, np.arange(len(r.test_set)), **ev), topk=5, reduce=procs.sum)
     counts = procs.sum(torch.tensor([int(r.correct), r.seen], device=procs.device, dtype=torch.int64)).tolist()
     r.correct.zero_()
     r.seen = 0
     p.images += counts[1]
     metrics = {k: v for k, v in train.items() if k not in ("loss", "acc", "correct", "n", "top5")}
-    row = {"epoch": p.epoch, "step": p.step, "lr": lr, "batch_train_acc": counts[0] / max(counts[1], 1),
-           "train_loss": train["loss"], "train_acc": train["acc"], "train_top5": train["top5"],
-           "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
-           "wall_time": clock(), **metrics}
-    log(f"{r.run.id}: epoch {p.epoch} step {p.step} lr {lr:.4g} train loss {train['loss']:.4f} "
-        f"top-1 {100 * train['acc']:.2f}% test top-1 {100 * test['acc']:.2f}% top-5 {100 * test['top5']:.2f}%")
+    row = {
+        "epoch": p.epoch,
+        "step": p.step,
+        "lr": lr,
+        "batch_train_acc": counts[0] / max(counts[1], 1),
+        "train_loss": train["loss"],
+        "train_acc": train["acc"],
+        "train_top5": train["top5"],
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "test_top5": test["top5"],
+        "wall_time": clock(),
+        **metrics,
+    }
+    log(
+        f"{r.run.id}: epoch {p.epoch} step {p.step} lr {lr:.4g} train loss {train['loss']:.4f} "
+        f"top-1 {100 * train['acc']:.2f}% test top-1 {100 * test['acc']:.2f}% top-5 {100 * test['top5']:.2f}%"
+    )
     close_epoch(p, row, train["correct"], len(r.train_eval_idx), name=r.run.id, log=log)
     r.save(clock)

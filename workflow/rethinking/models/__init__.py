@@ -22,6 +22,7 @@ Trainable parameter counts at ``in_shape=(3, 28, 28)``, 10 classes (the paper's 
 mlp_1x512 1,209,866; mlp_3x512 1,735,178; alexnet 1,387,786; inception and inception_nobn 1,649,402.
 resnet18 at 3x32x32: 11,173,962. Dropout (``dropout > 0``) never changes a count.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,10 +36,10 @@ from pathlib import Path
 from ..errors import ModelError
 
 PAPER_MODELS = ("mlp_1x512", "mlp_3x512", "alexnet", "inception", "inception_nobn")
-MODELS = PAPER_MODELS            # what `models` lists by default
-STREAM_MODELS = ("inception_v3",)   # trained on streamed image trees only (rethinking.engine.streamed)
+MODELS = PAPER_MODELS  # what `models` lists by default
+STREAM_MODELS = ("inception_v3",)  # trained on streamed image trees only (rethinking.engine.streamed)
 MIN_IMAGE_SIZE = {"inception_v3": 75}  # smallest input side of a model (inception_v3.py)
-AUX_WEIGHT = 0.4   # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
+AUX_WEIGHT = 0.4  # Inception V3: weight of the auxiliary classifier's loss in training (a run setting)
 
 # name -> (module of this package, its builder); builder(in_shape, num_classes, dropout) -> nn.Module
 BUILTIN = {
@@ -52,18 +53,19 @@ MLP = re.compile(r"mlp_([1-9][0-9]*)x([1-9][0-9]*)")
 TORCHVISION = "torchvision."
 FACTORY = re.compile(r"(?P<target>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KINDS = ("the paper's five (mlp_1x512, mlp_3x512, alexnet, inception, inception_nobn), mlp_<depth>x<width>, "
-         "resnet18, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
-         "package.module:function")
-
+KINDS = (
+    "the paper's five (mlp_1x512, mlp_3x512, alexnet, inception, inception_nobn), mlp_<depth>x<width>, "
+    "resnet18, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
+    "package.module:function"
+)
 
 
 @dataclass(frozen=True)
 class Spec:
     entry: str
-    kind: str        # builtin | mlp | torchvision | file | module
+    kind: str  # builtin | mlp | torchvision | file | module
     target: str = ""  # builtin or torchvision name, file path as written, module name
-    func: str = ""    # the factory's function
+    func: str = ""  # the factory's function
 
 
 def parse(entry) -> Spec:
@@ -76,10 +78,12 @@ def parse(entry) -> Spec:
     if m:
         return Spec(entry, "mlp", entry)
     if entry.startswith(TORCHVISION):
-        name = entry[len(TORCHVISION):]
+        name = entry[len(TORCHVISION) :]
         if not IDENTIFIER.fullmatch(name):
-            raise ModelError(f"{entry!r}: torchvision.<name> takes the name of a torchvision.models classifier "
-                             "(e.g. torchvision.resnet50)")
+            raise ModelError(
+                f"{entry!r}: torchvision.<name> takes the name of a torchvision.models classifier "
+                "(e.g. torchvision.resnet50)"
+            )
         return Spec(entry, "torchvision", name)
     m = FACTORY.fullmatch(entry)
     if m:
@@ -141,6 +145,7 @@ def source_digest(entry: str, base=None) -> dict | None:
 
 # ---------------------------------------------------------------------------- building (imports torch)
 
+
 def count_parameters(model) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -149,6 +154,7 @@ def count_parameters(model) -> int:
 def traits(model) -> dict:
     """What the engines decide from a built module: batch norm, active dropout, convolutions."""
     from torch import nn
+
     mods = list(model.modules())
     return {
         "batchnorm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods),
@@ -168,7 +174,7 @@ def build_model(entry: str, in_shape, num_classes: int = 10, dropout: float = 0.
     in_shape = tuple(int(s) for s in in_shape)
     if spec.kind == "builtin":
         module, builder = BUILTIN.get(entry) or ("mlp", None)
-        if builder is None:   # mlp_1x512, mlp_3x512
+        if builder is None:  # mlp_1x512, mlp_3x512
             return _mlp(entry, in_shape, num_classes, dropout)
         return getattr(importlib.import_module(f"{__name__}.{module}"), builder)(in_shape, num_classes, dropout)
     if spec.kind == "mlp":
@@ -180,6 +186,7 @@ def build_model(entry: str, in_shape, num_classes: int = 10, dropout: float = 0.
 
 def _mlp(entry, in_shape, num_classes, dropout):
     from .mlp import mlp
+
     depth, width = (int(v) for v in MLP.fullmatch(entry).groups())
     return mlp(in_shape, num_classes, depth=depth, width=width, dropout=dropout)
 
@@ -196,11 +203,14 @@ def _torchvision(spec: Spec, in_shape, num_classes, dropout):
     import warnings
 
     import torchvision.models as tvm
+
     names = tvm.list_models(module=tvm)
     if spec.target not in names:
-        raise ModelError(f"{spec.entry!r}: {spec.target!r} is not a classification model of torchvision.models "
-                         f"(torchvision.models.list_models(module=torchvision.models) lists {len(names)}, "
-                         "e.g. resnet18, resnet50, vgg11, mobilenet_v3_small, vit_b_16)")
+        raise ModelError(
+            f"{spec.entry!r}: {spec.target!r} is not a classification model of torchvision.models "
+            f"(torchvision.models.list_models(module=torchvision.models) lists {len(names)}, "
+            "e.g. resnet18, resnet50, vgg11, mobilenet_v3_small, vit_b_16)"
+        )
     # torchvision's own dropout is the grid's dropout regularizer (0 without it); no auxiliary heads
     kwargs = {"dropout": dropout, "aux_logits": False, "init_weights": True}
     while True:
@@ -211,11 +221,14 @@ def _torchvision(spec: Spec, in_shape, num_classes, dropout):
         except TypeError as exc:
             fewer = _without(kwargs, exc)
             if fewer is None:
-                raise ModelError(f"{spec.entry!r}: torchvision.models.get_model({spec.target!r}, weights=None, "
-                                 f"num_classes={num_classes}) fails ({exc})") from None
+                raise ModelError(
+                    f"{spec.entry!r}: torchvision.models.get_model({spec.target!r}, weights=None, "
+                    f"num_classes={num_classes}) fails ({exc})"
+                ) from None
             if "dropout" in kwargs and "dropout" not in fewer and dropout > 0:
-                raise ModelError(f"{spec.entry!r} has no dropout setting, so it cannot take the dropout "
-                                 "regularizer") from None
+                raise ModelError(
+                    f"{spec.entry!r} has no dropout setting, so it cannot take the dropout regularizer"
+                ) from None
             kwargs = fewer
 
 
@@ -237,8 +250,10 @@ def _import_factory(spec: Spec, base):
         try:
             module = importlib.import_module(spec.target)
         except ModuleNotFoundError as exc:
-            raise ModelError(f"{spec.entry!r}: no module {spec.target!r} importable from this environment "
-                             f"({exc}); for a file, write path/to/file.py:{spec.func}") from None
+            raise ModelError(
+                f"{spec.entry!r}: no module {spec.target!r} importable from this environment "
+                f"({exc}); for a file, write path/to/file.py:{spec.func}"
+            ) from None
         except Exception as exc:
             raise ModelError(f"{spec.entry!r}: importing {spec.target} fails ({type(exc).__name__}: {exc})") from None
         where = spec.target
@@ -257,6 +272,7 @@ def _factory(spec: Spec, in_shape, num_classes, dropout, base):
     import inspect
 
     from torch import nn
+
     func = _import_factory(spec, base)
     kwargs = {"in_shape": in_shape, "num_classes": num_classes}
     try:
@@ -267,8 +283,9 @@ def _factory(spec: Spec, in_shape, num_classes, dropout, base):
     if takes_dropout:
         kwargs["dropout"] = dropout
     elif dropout > 0:
-        raise ModelError(f"{spec.entry!r}: {spec.func} takes no dropout= keyword, so it cannot take the dropout "
-                         "regularizer")
+        raise ModelError(
+            f"{spec.entry!r}: {spec.func} takes no dropout= keyword, so it cannot take the dropout regularizer"
+        )
     call = f"{spec.func}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         model = func(**kwargs)
@@ -285,6 +302,7 @@ PROBE_SIDES = (8, 16, 24, 32, 48, 64, 75, 96, 128, 160, 192, 224, 256, 299, 384,
 def _forward_error(model, shape) -> str | None:
     """None if `model` maps 2 x shape to a tensor, else what went wrong."""
     import torch
+
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, *shape))
@@ -297,8 +315,9 @@ def check_model(entry: str, in_shape, num_classes: int, dropout: float = 0.0, *,
     """Build `entry` and run one training-mode forward pass of 2 zero images: it must give 2 x K
     logits. Returns its parameter count and traits; a ModelError says what is wrong, in one line."""
     import torch
+
     in_shape = tuple(int(s) for s in in_shape)
-    state = torch.random.get_rng_state()   # checking draws no random number of the caller's
+    state = torch.random.get_rng_state()  # checking draws no random number of the caller's
     try:
         try:
             model = build_model(entry, in_shape, num_classes, dropout, base=base)
@@ -318,8 +337,10 @@ def check_model(entry: str, in_shape, num_classes: int, dropout: float = 0.0, *,
     want = (2, num_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         got = f"{' x '.join(map(str, out.shape))} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{entry!r}: expected N x K logits ({want[0]} x {want[1]} for input "
-                         f"{' x '.join(map(str, x.shape))}), got {got}")
+        raise ModelError(
+            f"{entry!r}: expected N x K logits ({want[0]} x {want[1]} for input "
+            f"{' x '.join(map(str, x.shape))}), got {got}"
+        )
     return {"parameters": count_parameters(model), **traits(model)}
 
 
@@ -328,16 +349,17 @@ def _forward_failure(entry, model, in_shape, exc) -> str:
     c, h, w = in_shape
     first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
     if first is not None and getattr(first, "in_channels", c) != c:
-        return (f"{entry!r} takes {first.in_channels}-channel images but the data has {c} "
-                f"(input {c}x{h}x{w}; {what})")
+        return f"{entry!r} takes {first.in_channels}-channel images but the data has {c} (input {c}x{h}x{w}; {what})"
     model.eval()
     tried = [s for s in PROBE_SIDES if s > min(h, w)]
     fits = next((s for s in tried if _forward_error(model, (c, s, s)) is None), None)
-    if fits is not None:   # the smallest side between the last failing one and the first that fits
+    if fits is not None:  # the smallest side between the last failing one and the first that fits
         lo = max([min(h, w)] + [s for s in tried if s < fits])
         while fits - lo > 1:
             mid = (lo + fits) // 2
             lo, fits = (lo, mid) if _forward_error(model, (c, mid, mid)) is None else (mid, fits)
-        return (f"{entry!r}: the input {c}x{h}x{w} is smaller than the model takes: it needs at least "
-                f"{fits}x{fits} ({what})")
+        return (
+            f"{entry!r}: the input {c}x{h}x{w} is smaller than the model takes: it needs at least "
+            f"{fits}x{fits} ({what})"
+        )
     return f"{entry!r}: the forward pass fails on input 2 x {c} x {h} x {w} ({what})"

@@ -26,6 +26,7 @@ State dicts, parameter counts and module types (subclasses of nn.Conv2d and nn.L
 those of the plain model; on CUDA, under autocast and under torch.func.vmap the same layers run (the
 CPU-only parts are skipped or vmap-safe).
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,7 +56,7 @@ def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
         return t
     try:
         return t.contiguous(memory_format=torch.channels_last)
-    except RuntimeError:   # inside torch.func.vmap, which supports no memory_format but the default
+    except RuntimeError:  # inside torch.func.vmap, which supports no memory_format but the default
         return t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
@@ -74,7 +75,7 @@ def _torch_pool_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: b
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool_args(h: int, w: int, kernel: int, stride: int):
     """(padding, ceil_mode) with which F.max_pool2d's windows are TF SAME's, else None.
 
@@ -83,8 +84,9 @@ def _pool_args(h: int, w: int, kernel: int, stride: int):
     (top, _), (left, _) = _same_pool_pads(h, kernel, stride), _same_pool_pads(w, kernel, stride)
     if max(top, left) <= kernel // 2:
         for ceil_mode in (False, True):
-            if (_torch_pool_size(h, kernel, stride, top, ceil_mode) == math.ceil(h / stride)
-                    and _torch_pool_size(w, kernel, stride, left, ceil_mode) == math.ceil(w / stride)):
+            if _torch_pool_size(h, kernel, stride, top, ceil_mode) == math.ceil(h / stride) and _torch_pool_size(
+                w, kernel, stride, left, ceil_mode
+            ) == math.ceil(w / stride):
                 return (top, left), ceil_mode
     return None
 
@@ -95,7 +97,7 @@ class MaxPool2dSame(nn.Module):
     Output spatial size is ``ceil(size / stride)``.
     """
 
-    per_sample = True   # parameter-free, each sample on its own: a pack's batched forward may run it on K*B samples
+    per_sample = True  # parameter-free, each sample on its own: a pack's batched forward may run it on K*B samples
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
         super().__init__()
@@ -142,7 +144,7 @@ def _window_sum(t: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
 
 
 def _neg_pow(d: torch.Tensor, beta: float) -> torch.Tensor:
-    if beta == 0.75:   # d^-0.75 = rsqrt(d) * sqrt(rsqrt(d)): ~5x cheaper than pow on the CPU
+    if beta == 0.75:  # d^-0.75 = rsqrt(d) * sqrt(rsqrt(d)): ~5x cheaper than pow on the CPU
         r = torch.rsqrt(d)
         return r.sqrt().mul_(r)
     return d.pow(-beta)
@@ -175,7 +177,7 @@ class _LRN(torch.autograd.Function):
         if g is None:
             return None, None, None, None, None
         x, r, d = ctx.saved_tensors
-        if _is_channels_last(x) and not _is_channels_last(g):   # e.g. from a Flatten: one copy, not slow mixed ops
+        if _is_channels_last(x) and not _is_channels_last(g):  # e.g. from a Flatten: one copy, not slow mixed ops
             g = _to_channels_last(g)
         gr = g * r
         u = (gr * x).div_(d)
@@ -212,8 +214,9 @@ class _Conv2dSmallMaps(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = torch.ops.aten.convolution_backward(g, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False,
-                                                     [0, 0], 1, [True, False, False])[0]
+            gx = torch.ops.aten.convolution_backward(
+                g, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
+            )[0]
         if ctx.needs_input_grad[1]:
             gw = F.conv2d(x.transpose(0, 1), g.transpose(0, 1), None, 1, ctx.padding).transpose(0, 1)
         if ctx.needs_input_grad[2]:
@@ -228,9 +231,17 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4:
             return super().forward(x)
-        if (torch.is_grad_enabled() and self.weight.requires_grad and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and self.stride == (1, 1) and self.dilation == (1, 1)
-                and self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
+        if (
+            torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and x.dtype == self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and self.stride == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
             h, w = (x.shape[i + 2] + 2 * self.padding[i] - self.kernel_size[i] + 1 for i in range(2))
             if x.shape[0] * h * w <= _WGRAD_MAX_ROWS or h * w <= _WGRAD_MAX_PIXELS:
                 return _to_channels_last(_Conv2dSmallMaps.apply(x, self.weight, self.bias, self.padding))

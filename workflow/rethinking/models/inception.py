@@ -5,6 +5,7 @@ ConvModule / Inception / Downsample blocks, global mean pooling and a linear cla
 ``center=True, scale=False``) after bias-free convolutions; ``inception_nobn`` replaces BN+shift by a
 plain conv bias, so both variants have the same number of parameters.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,13 +19,19 @@ class ConvModule(nn.Module):
     With ``batch_norm=False``: conv kxk with bias -> ReLU (same param count).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1,
-                 padding: int | tuple[int, int] | None = None, batch_norm: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         if padding is None:
             padding = kernel_size // 2
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride,
-                              padding=padding, bias=not batch_norm)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=not batch_norm)
         if batch_norm:
             self.bn = nn.BatchNorm2d(out_ch, affine=False)
             self.shift = nn.Parameter(torch.zeros(out_ch))
@@ -81,10 +88,18 @@ class SmallInception(nn.Module):
         layers: list[nn.Module] = [ConvModule(c, 96, 3, batch_norm=bn)]
         ch = 96
         # ("inc", c1, c3) or ("down", c)
-        plan = [("inc", 32, 32), ("inc", 32, 48), ("down", 80),
-                ("inc", 112, 48), ("inc", 96, 64), ("inc", 80, 80), ("inc", 48, 96),
-                ("down", 96),
-                ("inc", 176, 160), ("inc", 176, 160)]
+        plan = [
+            ("inc", 32, 32),
+            ("inc", 32, 48),
+            ("down", 80),
+            ("inc", 112, 48),
+            ("inc", 96, 64),
+            ("inc", 80, 80),
+            ("inc", 48, 96),
+            ("down", 96),
+            ("inc", 176, 160),
+            ("inc", 176, 160),
+        ]
         for kind, *args in plan:
             if kind == "inc":
                 block = InceptionModule(ch, *args, batch_norm=bn)

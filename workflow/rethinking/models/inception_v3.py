@@ -18,16 +18,24 @@ classes and the auxiliary head).
 Only the streaming engine (rethinking.engine.streamed) trains it: ImageNet-scale inputs are never held
 in memory.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux, InceptionB,
-                                          InceptionC, InceptionD, InceptionE)
+from torchvision.models.inception import (
+    BasicConv2d,
+    Inception3,
+    InceptionA,
+    InceptionAux,
+    InceptionB,
+    InceptionC,
+    InceptionD,
+    InceptionE,
+)
 
 from . import AUX_WEIGHT  # weight of the auxiliary classifier's loss in training
 from . import MIN_IMAGE_SIZE as MIN_SIZE  # smallest input side: {"inception_v3": 75}
-
 
 
 class AuxAnySize(InceptionAux):
@@ -46,28 +54,37 @@ class AuxAnySize(InceptionAux):
 def inception_v3(num_classes: int, dropout: float = 0.0, aux_logits: bool = True) -> nn.Module:
     """torchvision's Inception V3 from scratch: in training mode it returns (logits, aux_logits)."""
     blocks = [BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, AuxAnySize]
-    return Inception3(num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
-                      inception_blocks=blocks, init_weights=True, dropout=dropout)
+    return Inception3(
+        num_classes=num_classes,
+        aux_logits=aux_logits,
+        transform_input=False,
+        inception_blocks=blocks,
+        init_weights=True,
+        dropout=dropout,
+    )
 
 
 def build(in_shape, num_classes: int, dropout: float) -> nn.Module:
     """The registry's builder: Inception V3 for C x H x W inputs of at least 75 x 75 (RGB)."""
     side = min(in_shape[1:])
     if side < MIN_SIZE["inception_v3"]:
-        raise ValueError(f"inception_v3 needs inputs of at least {MIN_SIZE['inception_v3']}x{MIN_SIZE['inception_v3']}, "
-                         f"got {in_shape[1]}x{in_shape[2]}")
+        raise ValueError(
+            f"inception_v3 needs inputs of at least {MIN_SIZE['inception_v3']}x{MIN_SIZE['inception_v3']}, "
+            f"got {in_shape[1]}x{in_shape[2]}"
+        )
     return inception_v3(num_classes, dropout)
 
 
 def build_stream_model(name: str, size: int, num_classes: int, dropout: float = 0.0, base=None) -> nn.Module:
     """A model of the streaming engine for size x size RGB inputs: Inception V3, or any entry of the registry."""
     from . import build_model
+
     return build_model(name, (3, size, size), num_classes, dropout, base=base)
 
 
 def split_outputs(out) -> tuple[Tensor, Tensor | None]:
     """(logits, auxiliary logits or None) of any model's forward."""
-    if isinstance(out, tuple):   # torchvision's InceptionOutputs in training mode
+    if isinstance(out, tuple):  # torchvision's InceptionOutputs in training mode
         return out[0], out[1]
     return out, None
 

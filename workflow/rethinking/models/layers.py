@@ -1,4 +1,5 @@
 """Layers shared by the models of this package."""
+
 from __future__ import annotations
 
 from torch import nn

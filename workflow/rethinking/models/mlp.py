@@ -2,6 +2,7 @@
 
 Flatten -> [Linear -> ReLU -> (Dropout)] x depth -> Linear (Zhang et al. 2017, Sec. 2 and Appendix A).
 """
+
 from __future__ import annotations
 
 from torch import nn

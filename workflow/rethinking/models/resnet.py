@@ -7,6 +7,7 @@ a 1x1 convolution + batch norm on the shortcut where the shape changes), global 
 linear classifier. 11,173,962 parameters at 3x32x32 and 10 classes. Dropout (the `dropout`
 regularizer) sits before the classifier. Initialization is the PyTorch default.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -19,6 +19,7 @@ file gives its runs a stage of their own, `train_user_model`, since a foreach's 
 in it; .dvcignore keeps checkpoints and lock files out of its hash) and on the grid's run ids,
 rather than on three files of every run: one column in `dvc exp show` instead of 3 per run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,7 @@ from .stages import DVC, Plan, Stage, grid_stamp, plan, stages_for
 
 __all__ = ["generate", "write", "check", "stage_key", "grid_stamp"]
 
-GROUPS = {"model": "user_model"}   # a per-run input only some runs have -> a foreach stage of their own
+GROUPS = {"model": "user_model"}  # a per-run input only some runs have -> a foreach stage of their own
 
 
 def stage_key(run_id: str) -> str:
@@ -119,23 +120,35 @@ def _stages(p: Plan) -> dict:
 def generate(params_path: str) -> str:
     cfg = load(params_path)
     runs = expand_runs(cfg)
-    check_models(cfg, runs, str(params_path))   # torchvision and user models, before dvc.yaml is written
+    check_models(cfg, runs, str(params_path))  # torchvision and user models, before dvc.yaml is written
     prm = str(params_path)
-    header = (f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"
-              f"# edit {prm} and rerun that command (the stage `check` stops `dvc repro` when this is stale).\n")
+    header = (
+        f"# Generated from {prm} by `python -m rethinking dvc --params {prm}`. Do not edit:\n"
+        f"# edit {prm} and rerun that command (the stage `check` stops `dvc repro` when this is stale).\n"
+    )
     plots = _memorization_plots(cfg, runs)
-    return header + yaml.safe_dump({"stages": _stages(plan(cfg, prm, runs)), **({"plots": plots} if plots else {})},
-                                   sort_keys=False, width=120)
+    return header + yaml.safe_dump(
+        {"stages": _stages(plan(cfg, prm, runs)), **({"plots": plots} if plots else {})}, sort_keys=False, width=120
+    )
 
 
 def _memorization_plots(cfg: dict, runs) -> list:
     """Top-level `dvc plots`: per label-corrupted run (labels at p > 0, random labels), its memorization curves,
     epochs.csv's columns of every registered per-epoch metric (rethinking.engine.metrics.metric_columns,
     percent) against steps."""
-    return [{f"memorization_{stage_key(r.id)}": {
-        "x": "step", "y": {str(run_dir(cfg, r) / "epochs.csv"): list(metric_columns())},
-        "title": f"memorization: {r.id}", "x_label": "step", "y_label": "% of training examples"}}
-        for r in runs if (r.corruption.label_level or 0) > 0]
+    return [
+        {
+            f"memorization_{stage_key(r.id)}": {
+                "x": "step",
+                "y": {str(run_dir(cfg, r) / "epochs.csv"): list(metric_columns())},
+                "title": f"memorization: {r.id}",
+                "x_label": "step",
+                "y_label": "% of training examples",
+            }
+        }
+        for r in runs
+        if (r.corruption.label_level or 0) > 0
+    ]
 
 
 def write(params_path: str, output: str = "dvc.yaml") -> str:
@@ -150,6 +163,7 @@ def check(params_path: str, output: str = "dvc.yaml") -> None:
         raise ConfigError(
             f"{output} is stale: it no longer matches {params_path}. Refresh it with\n"
             f"    python -m rethinking dvc --params {params_path} --output {output}\n"
-            f"then run `dvc repro` again.")
+            f"then run `dvc repro` again."
+        )
     cfg = load(params_path)
     write_text(grid_stamp(cfg), "".join(f"{r.id}\n" for r in expand_runs(cfg)))

@@ -11,12 +11,13 @@ The outputs of aggregate, figures, kernels and theorem are the registry's entrie
 (rethinking.analysis.outputs), with their captions for the Snakemake report and their DVC metrics flags.
 No torch, pandas, seaborn or scipy here, nor in what this imports: every Snakemake start parses the rules.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 from ..analysis import aggregate, figures  # noqa: F401  (their tables and figures: registry entries)
 from ..analysis.aggregate import RUN_FILES
@@ -24,12 +25,20 @@ from ..analysis.jobs import Job
 from ..analysis.outputs import check_inputs, entries, has_section5, inputs_of
 from ..files import write_text
 from ..models import model_file
-from ..plan import CORRUPT_SOURCES, base_artifact, corrupted_artifact, corruptions_of, expand_runs, is_streamed, runs_root
+from ..plan import (
+    CORRUPT_SOURCES,
+    base_artifact,
+    corrupted_artifact,
+    corruptions_of,
+    expand_runs,
+    is_streamed,
+    runs_root,
+)
 from ..plan.packs import pack_name, plan_packs
 from ..plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, launcher, run_settings, stream_settings
 from ..section5 import stages as section5  # noqa: F401  (Section 5's tables and figures: registry entries)
 
-PKG = "workflow/rethinking"   # the package's files, as the rules and dvc.yaml name them
+PKG = "workflow/rethinking"  # the package's files, as the rules and dvc.yaml name them
 SNAKEMAKE, DVC = "snakemake", "dvc"
 
 
@@ -37,6 +46,7 @@ SNAKEMAKE, DVC = "snakemake", "dvc"
 class Out:
     """An output file. `caption` (reStructuredText) and `category`: its place in the Snakemake report; `metrics`:
     a file DVC shows as metrics; `plot`: a file DVC draws ({"x": column, "y": column})."""
+
     path: str
     caption: str | None = None
     category: str | None = None
@@ -47,10 +57,11 @@ class Out:
 @dataclass
 class Plan:
     """A params file's grid, as the stages need it."""
+
     cfg: dict
-    params: str     # the params file as the commands name it
+    params: str  # the params file as the commands name it
     runs: list
-    packs: list     # the training jobs' runs
+    packs: list  # the training jobs' runs
 
     @cached_property
     def run_by_id(self) -> dict:
@@ -63,7 +74,7 @@ class Plan:
 def plan(cfg: dict, params: str, runs=None, packs=None) -> Plan:
     """The plan of a config: its runs (default: the grid's) and the training jobs' runs (default: the packs of
     training.pack, one run each unless it packs; one run per job when streamed)."""
-    check_inputs()   # an entry reading a table no entry writes: an error at every start, naming it
+    check_inputs()  # an entry reading a table no entry writes: an error at every start, naming it
     runs = expand_runs(cfg) if runs is None else runs
     if packs is None:
         packs = [[r] for r in runs] if is_streamed(cfg) else plan_packs(cfg, runs)
@@ -73,18 +84,18 @@ def plan(cfg: dict, params: str, runs=None, packs=None) -> Plan:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    code: Callable[[dict], tuple]                       # files of the package (relative to it)
-    outputs: Callable[[Plan, tuple], list]              # [Out]
-    inputs: Callable[[Plan, tuple], dict] = lambda p, v: {}   # name -> [path]: what other stages made
-    params: tuple[str, ...] = ()                        # the params keys whose values it reads
-    args: str = ""                                      # after `--params P`; per value with a wildcard
-    wildcard: str | None = None                         # one job per value ("corruption", "run")
-    jobs: Callable[[Plan], list] = lambda p: [()]       # every job's values
-    when: Callable[[dict], bool] | None = None          # the stage exists only where it holds
+    code: Callable[[dict], tuple]  # files of the package (relative to it)
+    outputs: Callable[[Plan, tuple], list]  # [Out]
+    inputs: Callable[[Plan, tuple], dict] = lambda p, v: {}  # name -> [path]: what other stages made
+    params: tuple[str, ...] = ()  # the params keys whose values it reads
+    args: str = ""  # after `--params P`; per value with a wildcard
+    wildcard: str | None = None  # one job per value ("corruption", "run")
+    jobs: Callable[[Plan], list] = lambda p: [()]  # every job's values
+    when: Callable[[dict], bool] | None = None  # the stage exists only where it holds
     tools: tuple[str, ...] = (SNAKEMAKE, DVC)
-    command: str = ""                                   # the CLI command (default: the stage's name)
+    command: str = ""  # the CLI command (default: the stage's name)
     launch: Callable[[dict], str] = lambda cfg: "python"
-    settings: Callable | None = None                    # (cfg, run) -> dict: a run's own settings (Snakemake)
+    settings: Callable | None = None  # (cfg, run) -> dict: a run's own settings (Snakemake)
 
     def exists_for(self, cfg: dict, tool: str | None = None) -> bool:
         return (self.when is None or bool(self.when(cfg))) and (tool is None or tool in self.tools)
@@ -97,13 +108,23 @@ class Stage:
         placeholder: "{wildcards.run}", "${item.run}")."""
         return " ".join(self.args.format(**{self.wildcard: v}) for v in values) if self.wildcard else self.args
 
-    def cmd(self, cfg: dict, params: str, values: tuple = (), *, args: str | None = None,
-            launch: str | None = None) -> str:
+    def cmd(
+        self, cfg: dict, params: str, values: tuple = (), *, args: str | None = None, launch: str | None = None
+    ) -> str:
         """A job's shell command; `args` and `launch` put placeholders (a Snakemake rule's "{params.runs}",
         "{params.launch}") in place of the job's arguments and of the launcher."""
-        return " ".join(filter(None, [self.launch(cfg) if launch is None else launch, "-m rethinking",
-                                      self.command or self.name, f"--params {params}",
-                                      self.job_args(values) if args is None else args]))
+        return " ".join(
+            filter(
+                None,
+                [
+                    self.launch(cfg) if launch is None else launch,
+                    "-m rethinking",
+                    self.command or self.name,
+                    f"--params {params}",
+                    self.job_args(values) if args is None else args,
+                ],
+            )
+        )
 
     def job_file(self, plan: Plan, values: tuple, folder: str, suffix: str) -> str:
         """A job's benchmark (folder "benchmarks") or log ("logs") file: <stage>, <stage>/<value>; a pack's
@@ -118,17 +139,21 @@ class Stage:
 
 # ----------------------------------------------------------------------------------------- the stages' pieces
 
+
 def _registry_outputs(stage: str) -> Callable[[Plan, tuple], list]:
     """The registry's entries of `stage` (rethinking.analysis.outputs) as outputs: a table's files, a figure's
     PNG (in the report, when captioned) and PDF."""
+
     def outputs(plan: Plan, values: tuple = ()) -> list:
         out = []
         for e in entries(stage, plan.cfg):
             for i, path in enumerate(e.paths(plan.cfg)):
                 shown = i == 0 and e.caption is not None
-                out.append(Out(str(path), e.caption if shown else None, e.category if shown else None,
-                               metrics=e.metrics))
+                out.append(
+                    Out(str(path), e.caption if shown else None, e.category if shown else None, metrics=e.metrics)
+                )
         return out
+
     return outputs
 
 
@@ -140,8 +165,10 @@ def _model_files(plan: Plan, runs) -> list[str]:
 
 def _train_inputs(plan: Plan, values: tuple) -> dict:
     runs = [plan.run_by_id[v] for v in values]
-    return {"data": sorted({str(corrupted_artifact(plan.cfg, r.corruption)) for r in runs}),
-            "model": _model_files(plan, runs)}
+    return {
+        "data": sorted({str(corrupted_artifact(plan.cfg, r.corruption)) for r in runs}),
+        "model": _model_files(plan, runs),
+    }
 
 
 PLOTS = {"epochs.csv": {"x": "step", "y": "test_acc"}, "steps.csv": {"x": "step", "y": "train_loss"}}
@@ -154,8 +181,12 @@ def _train_outputs(plan: Plan, values: tuple) -> list:
 
 def _final_outputs(plan: Plan, values: tuple = ()) -> dict:
     """The outputs of every stage before `jobs` but the data and training stages: jobs runs after them all."""
-    done = [o.path for s in STAGES if s.name in ("aggregate", "figures", "kernels", "theorem")
-            and s.exists_for(plan.cfg, SNAKEMAKE) for o in s.outputs(plan, ())]
+    done = [
+        o.path
+        for s in STAGES
+        if s.name in ("aggregate", "figures", "kernels", "theorem") and s.exists_for(plan.cfg, SNAKEMAKE)
+        for o in s.outputs(plan, ())
+    ]
     return {"done": done}
 
 
@@ -172,47 +203,112 @@ def _not_streamed(cfg: dict) -> bool:
     return not is_streamed(cfg)
 
 
-OUTPUTS_CODE = ("analysis/outputs.py",)   # the registry and the runner of every table and figure
+OUTPUTS_CODE = ("analysis/outputs.py",)  # the registry and the runner of every table and figure
 
 STAGES: tuple[Stage, ...] = (
     # DVC only: dvc.yaml against the params file, before any other stage (pipeline/dvcgen.py)
-    Stage("check", code=lambda cfg: (), command="dvc", args="--check", tools=(DVC,), outputs=_grid_stamp,
-          inputs=lambda p, v: {"params": [p.params], "package": [PKG], "schema": ["workflow/schemas"]}),
-    Stage("prepare", params=("dataset", "preprocess"),
-          code=lambda cfg: ("data/sources.py",) + (("data/stream.py",) if is_streamed(cfg) else ()),
-          outputs=lambda p, v: [Out(str(base_artifact(p.cfg)))]),
-    Stage("corrupt", wildcard="corruption", args="--corruption {corruption}", code=lambda cfg: CORRUPT_SOURCES,
-          inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]},
-          outputs=lambda p, v: [Out(str(base_artifact(p.cfg).parent / f"{v[0]}.npz"))],
-          jobs=lambda p: [(c.id,) for c in corruptions_of(p.runs)]),
+    Stage(
+        "check",
+        code=lambda cfg: (),
+        command="dvc",
+        args="--check",
+        tools=(DVC,),
+        outputs=_grid_stamp,
+        inputs=lambda p, v: {"params": [p.params], "package": [PKG], "schema": ["workflow/schemas"]},
+    ),
+    Stage(
+        "prepare",
+        params=("dataset", "preprocess"),
+        code=lambda cfg: ("data/sources.py",) + (("data/stream.py",) if is_streamed(cfg) else ()),
+        outputs=lambda p, v: [Out(str(base_artifact(p.cfg)))],
+    ),
+    Stage(
+        "corrupt",
+        wildcard="corruption",
+        args="--corruption {corruption}",
+        code=lambda cfg: CORRUPT_SOURCES,
+        inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]},
+        outputs=lambda p, v: [Out(str(base_artifact(p.cfg).parent / f"{v[0]}.npz"))],
+        jobs=lambda p: [(c.id,) for c in corruptions_of(p.runs)],
+    ),
     # in-memory datasets: one job per run, or per pack of training.pack (rethinking.engine.pack)
-    Stage("train", wildcard="run", args="--run {run}", params=("training", "preprocess"), when=_not_streamed,
-          code=lambda cfg: ENGINE_SOURCES, inputs=_train_inputs, outputs=_train_outputs, settings=run_settings,
-          jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs]),
+    Stage(
+        "train",
+        wildcard="run",
+        args="--run {run}",
+        params=("training", "preprocess"),
+        when=_not_streamed,
+        code=lambda cfg: ENGINE_SOURCES,
+        inputs=_train_inputs,
+        outputs=_train_outputs,
+        settings=run_settings,
+        jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs],
+    ),
     # streamed datasets (ImageNet): one job per run, through torchrun when a run takes several GPUs
     # (--run-id: torchrun would read --run as its own --run-path)
-    Stage("train", wildcard="run", args="--run-id {run}", params=("training", "preprocess"), when=is_streamed,
-          code=lambda cfg: STREAM_ENGINE_SOURCES, inputs=_train_inputs, outputs=_train_outputs,
-          settings=stream_settings, launch=launcher, jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs]),
-    Stage("aggregate", params=("paper_tolerance",), code=lambda cfg: (*OUTPUTS_CODE, "analysis/aggregate.py", "analysis/paper.py"),
-          inputs=lambda p, v: {"runs": [f"{runs_root(p.cfg)}/{r.id}/{f}" for r in p.runs for f in RUN_FILES],
-                               "base": [str(base_artifact(p.cfg))]},
-          outputs=_registry_outputs("aggregate")),
-    Stage("figures", code=lambda cfg: (*OUTPUTS_CODE, "analysis/figures.py", "analysis/plotting.py"),
-          inputs=lambda p, v: {"tables": [p.path("tables", f) for f in inputs_of("figures", p.cfg)]},
-          outputs=_registry_outputs("figures")),
+    Stage(
+        "train",
+        wildcard="run",
+        args="--run-id {run}",
+        params=("training", "preprocess"),
+        when=is_streamed,
+        code=lambda cfg: STREAM_ENGINE_SOURCES,
+        inputs=_train_inputs,
+        outputs=_train_outputs,
+        settings=stream_settings,
+        launch=launcher,
+        jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs],
+    ),
+    Stage(
+        "aggregate",
+        params=("paper_tolerance",),
+        code=lambda cfg: (*OUTPUTS_CODE, "analysis/aggregate.py", "analysis/paper.py"),
+        inputs=lambda p, v: {
+            "runs": [f"{runs_root(p.cfg)}/{r.id}/{f}" for r in p.runs for f in RUN_FILES],
+            "base": [str(base_artifact(p.cfg))],
+        },
+        outputs=_registry_outputs("aggregate"),
+    ),
+    Stage(
+        "figures",
+        code=lambda cfg: (*OUTPUTS_CODE, "analysis/figures.py", "analysis/plotting.py"),
+        inputs=lambda p, v: {"tables": [p.path("tables", f) for f in inputs_of("figures", p.cfg)]},
+        outputs=_registry_outputs("figures"),
+    ),
     # the corruption code draws kernel_noise.csv's noisy labels (the corrupted artifacts' own draw), preprocess.py
     # its inputs
-    Stage("kernels", params=("section5", "dataset", "preprocess"), when=has_section5,
-          code=lambda cfg: (*OUTPUTS_CODE, "section5/stages.py", "analysis/plotting.py", "section5/kernels.py",
-                            "section5/implicit.py", *CORRUPT_SOURCES, "data/preprocess.py"),
-          inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]}, outputs=_registry_outputs("kernels")),
-    Stage("theorem", params=("section5", "dataset"), when=has_section5,
-          code=lambda cfg: (*OUTPUTS_CODE, "section5/stages.py", "analysis/plotting.py", "section5/theorem.py"),
-          inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]}, outputs=_registry_outputs("theorem")),
+    Stage(
+        "kernels",
+        params=("section5", "dataset", "preprocess"),
+        when=has_section5,
+        code=lambda cfg: (
+            *OUTPUTS_CODE,
+            "section5/stages.py",
+            "analysis/plotting.py",
+            "section5/kernels.py",
+            "section5/implicit.py",
+            *CORRUPT_SOURCES,
+            "data/preprocess.py",
+        ),
+        inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]},
+        outputs=_registry_outputs("kernels"),
+    ),
+    Stage(
+        "theorem",
+        params=("section5", "dataset"),
+        when=has_section5,
+        code=lambda cfg: (*OUTPUTS_CODE, "section5/stages.py", "analysis/plotting.py", "section5/theorem.py"),
+        inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]},
+        outputs=_registry_outputs("theorem"),
+    ),
     # Snakemake only: time and memory of every job, from the benchmark files (docs/CHOICES.md)
-    Stage("jobs", code=lambda cfg: ("analysis/jobs.py",), tools=(SNAKEMAKE,), inputs=_final_outputs,
-          outputs=lambda p, v: [Out(p.path("tables", "jobs.csv")), Out(p.path("tables", "jobs_detail.csv"))]),
+    Stage(
+        "jobs",
+        code=lambda cfg: ("analysis/jobs.py",),
+        tools=(SNAKEMAKE,),
+        inputs=_final_outputs,
+        outputs=lambda p, v: [Out(p.path("tables", "jobs.csv")), Out(p.path("tables", "jobs_detail.csv"))],
+    ),
 )
 
 
@@ -238,8 +334,9 @@ def expected_jobs(cfg: dict, packs=None) -> list[Job]:
         if s.name == "jobs":
             continue
         for values in s.jobs(p):
-            name = s.name if not values else values[0] if len(values) == 1 else pack_name(
-                [p.run_by_id[v] for v in values])
+            name = (
+                s.name if not values else values[0] if len(values) == 1 else pack_name([p.run_by_id[v] for v in values])
+            )
             runs = tuple(runs_root(cfg) / v for v in values) if s.wildcard == "run" else ()
             out.append(Job(s.name, name, Path(s.job_file(p, values, "benchmarks", ".tsv")), runs))
     return out

@@ -12,17 +12,64 @@ The Snakemake rules, the DVC generator and every command plan through this packa
 nothing from the stages above it (data, engine, analysis, section5) and never imports torch, except
 to build a user's model when its packing or its output shape must be checked.
 """
-from .datasets import (SOURCE_SHAPES, STREAMED_SOURCES, TORCHVISION_FILES, TORCHVISION_ROOTS, check_data, data_shape,
-                       dataset_id, is_streamed, torchvision_expected, torchvision_missing)
+
+from ..errors import ConfigError
 from .corruptions import CORRUPT_SOURCES, CorruptionKind
-from .grid import (REGULARIZERS, Corruption, Run, corruptions_of, expand_runs, find_run, lr_for, regularizer_id,
-                   training_for)
+from .datasets import (
+    SOURCE_SHAPES,
+    STREAMED_SOURCES,
+    TORCHVISION_FILES,
+    TORCHVISION_ROOTS,
+    check_data,
+    data_shape,
+    dataset_id,
+    is_streamed,
+    torchvision_expected,
+    torchvision_missing,
+)
+from .grid import (
+    REGULARIZERS,
+    Corruption,
+    Run,
+    corruptions_of,
+    expand_runs,
+    find_run,
+    lr_for,
+    regularizer_id,
+    training_for,
+)
 from .params import DEFAULTS, SECTION5_DEFAULTS, load, validate
 from .paths import base_artifact, corrupted_artifact, run_dir, runs_root
-from ..errors import ConfigError
 
-__all__ = ["SOURCE_SHAPES", "STREAMED_SOURCES", "TORCHVISION_FILES", "TORCHVISION_ROOTS", "check_data", "data_shape",
-           "dataset_id", "is_streamed", "torchvision_expected", "torchvision_missing", "CORRUPT_SOURCES",
-           "CorruptionKind", "REGULARIZERS", "Corruption", "Run", "corruptions_of", "expand_runs", "find_run",
-           "lr_for", "regularizer_id", "training_for", "DEFAULTS", "SECTION5_DEFAULTS", "load", "validate",
-           "base_artifact", "corrupted_artifact", "run_dir", "runs_root", "ConfigError"]
+__all__ = [
+    "SOURCE_SHAPES",
+    "STREAMED_SOURCES",
+    "TORCHVISION_FILES",
+    "TORCHVISION_ROOTS",
+    "check_data",
+    "data_shape",
+    "dataset_id",
+    "is_streamed",
+    "torchvision_expected",
+    "torchvision_missing",
+    "CORRUPT_SOURCES",
+    "CorruptionKind",
+    "REGULARIZERS",
+    "Corruption",
+    "Run",
+    "corruptions_of",
+    "expand_runs",
+    "find_run",
+    "lr_for",
+    "regularizer_id",
+    "training_for",
+    "DEFAULTS",
+    "SECTION5_DEFAULTS",
+    "load",
+    "validate",
+    "base_artifact",
+    "corrupted_artifact",
+    "run_dir",
+    "runs_root",
+    "ConfigError",
+]

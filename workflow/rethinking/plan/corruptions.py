@@ -34,11 +34,12 @@ Adding one (the README's "Extending the pipeline"):
 No torch here and no scipy at import (the draws import it inside the Gaussian's solve): the Snakemake
 rules read the registry.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -54,20 +55,20 @@ NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 @dataclass(frozen=True, eq=False)
 class CorruptionKind:
-    name: str            # as written in params (grid[].corruptions); its id (folder and file names) has '-' for '_'
-    seed_key: int        # part of the seed of every artifact of this kind: never change or reuse one
-    touches: str         # "labels": draws y_train (its artifact references the base's images); "pixels": x_train, x_test
+    name: str  # as written in params (grid[].corruptions); its id (folder and file names) has '-' for '_'
+    seed_key: int  # part of the seed of every artifact of this kind: never change or reuse one
+    touches: str  # "labels": draws y_train (its artifact references the base's images); "pixels": x_train, x_test
     # (rng, base arrays {x_train, y_train, x_test, y_test}, level, number of classes) -> the arrays it replaces
     # (labels: y_train; pixels: x_train and x_test, same shape and dtype) and any extras to store; None: the base as is
     draw: Callable | None
     # how many times more epochs than true labels it takes to fit, for the order of jobs only (plan.packs);
     # a function of the level for a kind with levels
     epoch_factor: float | Callable[[float], float] = 1.0
-    legend: str = ""     # its name in the figures' legends (at level 1 where it takes levels)
+    legend: str = ""  # its name in the figures' legends (at level 1 where it takes levels)
     levels: bool = False  # takes params' `levels` (probabilities in [0, 1]); otherwise its level is `level`
-    level: float = 1.0   # the level of a kind without levels (part of its seed): 0 for no corruption
+    level: float = 1.0  # the level of a kind without levels (part of its seed): 0 for no corruption
     aliases: Mapping[str, float] = field(default_factory=dict)  # other params names for the kind at one level
-    at_zero: str | None = None   # the kind it is at level 0 (labels at p = 0 are the true labels)
+    at_zero: str | None = None  # the kind it is at level 0 (labels at p = 0 are the true labels)
 
     def epochs(self, level: float) -> float:
         return float(self.epoch_factor(level) if callable(self.epoch_factor) else self.epoch_factor)
@@ -88,8 +89,10 @@ def register(kind: CorruptionKind) -> CorruptionKind:
         raise ConfigError(f"{where}: seed_key {kind.seed_key!r} is not a non-negative integer")
     taken = {k.seed_key: k.name for k in KINDS.values()}
     if kind.seed_key in taken:
-        raise ConfigError(f"{where}: seed_key {kind.seed_key} is {taken[kind.seed_key]!r}'s already; a new kind "
-                          f"takes a new key (the highest now is {max(taken)})")
+        raise ConfigError(
+            f"{where}: seed_key {kind.seed_key} is {taken[kind.seed_key]!r}'s already; a new kind "
+            f"takes a new key (the highest now is {max(taken)})"
+        )
     if kind.touches not in ("labels", "pixels"):
         raise ConfigError(f"{where}: touches is {kind.touches!r}, not 'labels' or 'pixels'")
     if kind.touches == "pixels" and kind.draw is None:
@@ -134,7 +137,7 @@ def lookup(name: str) -> tuple[CorruptionKind, float | None]:
 def kind_of(name: str) -> CorruptionKind:
     """The registry entry of a kind (Corruption.kind: never an alias)."""
     if name not in KINDS:
-        lookup(name)   # the error that lists the allowed names
+        lookup(name)  # the error that lists the allowed names
         raise ConfigError(f"corruption: {name!r} is an alias; Corruption.make resolves it")
     return KINDS[name]
 
@@ -172,8 +175,10 @@ def _check_drawn(kind: CorruptionKind, out: dict, base: dict, num_classes: int) 
     where = f"corruption kind {kind.name!r}: its draw"
     need = ("y_train",) if kind.touches == "labels" else ("x_train", "x_test")
     if any(k not in out for k in need) or (kind.touches == "labels" and {"x_train", "x_test"} & set(out)):
-        raise ConfigError(f"{where} returned {sorted(out)}; a {kind.touches} kind returns {' and '.join(need)}"
-                          + (" and no images" if kind.touches == "labels" else ""))
+        raise ConfigError(
+            f"{where} returned {sorted(out)}; a {kind.touches} kind returns {' and '.join(need)}"
+            + (" and no images" if kind.touches == "labels" else "")
+        )
     for key in ("x_train", "x_test", "y_train"):
         if key in out and key in base:
             got, ref = np.asarray(out[key]), np.asarray(base[key])
@@ -192,12 +197,15 @@ def _draw_labels(rng, base, level, num_classes):
 def _draw_shuffled_pixels(rng, base, level, num_classes):
     _, _, h, w = base["x_train"].shape
     perm = rng.permutation(h * w)
-    return {"x_train": shuffle_pixels(base["x_train"], perm), "x_test": shuffle_pixels(base["x_test"], perm),
-            "permutation": perm}
+    return {
+        "x_train": shuffle_pixels(base["x_train"], perm),
+        "x_test": shuffle_pixels(base["x_test"], perm),
+        "permutation": perm,
+    }
 
 
 def _draw_random_pixels(rng, base, level, num_classes):
-    x_train = random_pixels(base["x_train"], rng)   # train first: the order of the draws is part of the bytes
+    x_train = random_pixels(base["x_train"], rng)  # train first: the order of the draws is part of the bytes
     return {"x_train": x_train, "x_test": random_pixels(base["x_test"], rng)}
 
 
@@ -209,14 +217,44 @@ def _draw_gaussian(rng, base, level, num_classes):
 # epoch factors: how many times more epochs a corruption takes to fit than true labels (the paper's
 # "constant factor"), roughly, from the default experiment on digits (CPU, 2026-12-01): MLP 1x512 fits true
 # labels in 38 epochs, random labels in 180, shuffled pixels in 66, random pixels and Gaussian noise in 26
-register(CorruptionKind("true_labels", seed_key=0, touches="labels", draw=None, epoch_factor=1.0,
-                        legend="true labels", level=0.0))
-register(CorruptionKind("labels", seed_key=1, touches="labels", draw=_draw_labels,
-                        epoch_factor=lambda p: 1.0 + 3.0 * p, legend="random labels", levels=True,
-                        aliases={"random_labels": 1.0}, at_zero="true_labels"))
-register(CorruptionKind("shuffled_pixels", seed_key=2, touches="pixels", draw=_draw_shuffled_pixels,
-                        epoch_factor=2.0, legend="shuffled pixels"))
-register(CorruptionKind("random_pixels", seed_key=3, touches="pixels", draw=_draw_random_pixels,
-                        epoch_factor=0.7, legend="random pixels"))
-register(CorruptionKind("gaussian", seed_key=4, touches="pixels", draw=_draw_gaussian,
-                        epoch_factor=0.7, legend="Gaussian"))
+register(
+    CorruptionKind(
+        "true_labels", seed_key=0, touches="labels", draw=None, epoch_factor=1.0, legend="true labels", level=0.0
+    )
+)
+register(
+    CorruptionKind(
+        "labels",
+        seed_key=1,
+        touches="labels",
+        draw=_draw_labels,
+        epoch_factor=lambda p: 1.0 + 3.0 * p,
+        legend="random labels",
+        levels=True,
+        aliases={"random_labels": 1.0},
+        at_zero="true_labels",
+    )
+)
+register(
+    CorruptionKind(
+        "shuffled_pixels",
+        seed_key=2,
+        touches="pixels",
+        draw=_draw_shuffled_pixels,
+        epoch_factor=2.0,
+        legend="shuffled pixels",
+    )
+)
+register(
+    CorruptionKind(
+        "random_pixels",
+        seed_key=3,
+        touches="pixels",
+        draw=_draw_random_pixels,
+        epoch_factor=0.7,
+        legend="random pixels",
+    )
+)
+register(
+    CorruptionKind("gaussian", seed_key=4, touches="pixels", draw=_draw_gaussian, epoch_factor=0.7, legend="Gaussian")
+)

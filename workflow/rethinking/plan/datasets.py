@@ -1,6 +1,7 @@
 """What the planning layer knows of each data source without reading it: which sources are streamed,
 the files torchvision's classes expect, the shape and classes of fixed-size sources, the dataset's id,
 and whether the data paths a params file names exist (`check_data`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,15 @@ from ..errors import ConfigError
 STREAMED_SOURCES = ("imagenet",)
 
 
-# read by torchvision's own dataset classes (rethinking.data.sources.load_torchvision): the folder under dataset.root and
-# the files each class checks before reading (MNIST's .gz downloads unpacked), and the default dataset.root
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# read by torchvision's own dataset classes (rethinking.data.sources.load_torchvision): the folder under
+# dataset.root and the files each class checks before reading (MNIST's .gz downloads unpacked), and the default
+# dataset.root
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 TORCHVISION_FILES = {
@@ -37,7 +44,7 @@ def check_data(cfg: dict, source: str = "params") -> None:
     """The data paths exist (not checked by load, so a dry run can list a grid whose data is elsewhere)."""
     ds = cfg["dataset"]
     tree = {"imagefolder": "test"}.get(ds["source"], "val" if ds["source"] in STREAMED_SOURCES else None)
-    if tree:   # the evaluation split's folder name
+    if tree:  # the evaluation split's folder name
         layout = f"a folder or .zip with train/<class>/* and {tree}/<class>/*"
         if not ds["root"]:
             raise ConfigError(f"{source}: dataset.root: required for source {ds['source']} ({layout})")
@@ -46,18 +53,25 @@ def check_data(cfg: dict, source: str = "params") -> None:
     if ds["source"] == "cifar10" and not ds["download"]:
         root = Path(ds["root"] or "data/cifar10")
         if not (root / "cifar-10-batches-py").is_dir():
-            raise ConfigError(f"{source}: dataset.root: {str(root)!r} holds no cifar-10-batches-py folder "
-                              "(put the official python version of CIFAR-10 there, or set dataset.download: true)")
+            raise ConfigError(
+                f"{source}: dataset.root: {str(root)!r} holds no cifar-10-batches-py folder "
+                "(put the official python version of CIFAR-10 there, or set dataset.download: true)"
+            )
     if ds["source"] in TORCHVISION_FILES and not ds["download"]:
         root = Path(ds["root"] or TORCHVISION_ROOTS[ds["source"]])
         missing = torchvision_missing(ds["source"], root)
         if missing:
             folder, names = TORCHVISION_FILES[ds["source"]]
-            what = (f"holds no {ds['source']} files" if len(missing) == len(names)
-                    else f"lacks {', '.join(missing)} in {Path(root, folder).as_posix()}")
-            raise ConfigError(f"{source}: dataset.root: {str(root)!r} {what} (torchvision expects "
-                              f"{torchvision_expected(ds['source'], root)}; put the official files there, "
-                              "or set dataset.download: true on a machine with network access)")
+            what = (
+                f"holds no {ds['source']} files"
+                if len(missing) == len(names)
+                else f"lacks {', '.join(missing)} in {Path(root, folder).as_posix()}"
+            )
+            raise ConfigError(
+                f"{source}: dataset.root: {str(root)!r} {what} (torchvision expects "
+                f"{torchvision_expected(ds['source'], root)}; put the official files there, "
+                "or set dataset.download: true on a machine with network access)"
+            )
 
 
 def torchvision_expected(source: str, root) -> str:
@@ -71,7 +85,7 @@ def torchvision_missing(source: str, root) -> list[str]:
     """The expected files of a torchvision source absent under `root` (MNIST's legacy processed/*.pt count too)."""
     folder, names = TORCHVISION_FILES[source]
     missing = [n for n in names if not Path(root, folder, n).is_file()]
-    if missing and folder.endswith("/raw"):   # torchvision still reads <Class>/processed/{training,test}.pt
+    if missing and folder.endswith("/raw"):  # torchvision still reads <Class>/processed/{training,test}.pt
         processed = Path(root, folder).parent / "processed"
         if all((processed / n).is_file() for n in ("training.pt", "test.pt")):
             return []
@@ -91,9 +105,15 @@ def dataset_id(cfg: dict) -> str:
 
 
 # C x H x W and classes of each source whose images all have one known size
-SOURCE_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
-                 "kmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
-                 "svhn": ((3, 32, 32), 10)}
+SOURCE_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "kmnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "svhn": ((3, 32, 32), 10),
+}
 
 
 def data_shape(cfg: dict) -> tuple[tuple[int, int, int], int, bool]:

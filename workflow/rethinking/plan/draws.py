@@ -11,6 +11,7 @@ channel, computed on the training split, and samples are rounded and clipped to 
 artifact is uint8 like the base; the Gaussian's location and scale are solved (gaussian_params) so that
 the rounded, clipped values have the data's mean and standard deviation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,7 @@ def stored_moments(loc: float, scale: float) -> tuple[float, float]:
         v = float(np.clip(np.rint(loc), 0, 255))
         return v, 0.0
     k = np.arange(256, dtype=np.float64)
-    edges = ndtr((np.arange(0.5, 255.0, 1.0) - loc) / scale)   # P(X <= k) for k = 0..254
+    edges = ndtr((np.arange(0.5, 255.0, 1.0) - loc) / scale)  # P(X <= k) for k = 0..254
     cdf = np.concatenate([edges, [1.0]])
     prob = np.diff(np.concatenate([[0.0], cdf]))
     mean = float(prob @ k)

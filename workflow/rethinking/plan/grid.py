@@ -3,6 +3,7 @@
 A run is dataset x corruption x level x model x regularizers x seed (x a group's training variant);
 its id names its folder, e.g. `digits/labels-0.4/alexnet/crop-wd/seed0`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,18 +16,26 @@ from .corruptions import kind_of, kinds, lookup, on_label_axis, takes_levels
 from .datasets import dataset_id
 
 # training.lr's defaults: per model entry; `default` for every model not named (rethinking.models lists the kinds)
-DEFAULT_LR = {"mlp_1x512": 0.01, "mlp_3x512": 0.01, "alexnet": 0.01, "inception": 0.1, "inception_nobn": 0.1,
-              "inception_v3": 0.1, "resnet18": 0.1, "default": 0.01}
+DEFAULT_LR = {
+    "mlp_1x512": 0.01,
+    "mlp_3x512": 0.01,
+    "alexnet": 0.01,
+    "inception": 0.1,
+    "inception_nobn": 0.1,
+    "inception_v3": 0.1,
+    "resnet18": 0.1,
+    "default": 0.01,
+}
 REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
 
 
 @dataclass(frozen=True, order=True)
 class Corruption:
-    kind: str          # a registered kind's name (plan.corruptions), never an alias
+    kind: str  # a registered kind's name (plan.corruptions), never an alias
     level: float = 0.0  # the kind's level: the label-corruption probability for `labels`, else the kind's own
 
     @staticmethod
-    def make(kind: str, level: float | None = None) -> "Corruption":
+    def make(kind: str, level: float | None = None) -> Corruption:
         """A params name (or alias) at a level; the level is used only by a kind that takes levels."""
         entry, fixed = lookup(kind)
         if not entry.levels:
@@ -54,7 +63,7 @@ class Corruption:
         return f"{name}-{self.level:g}" if entry.levels else name
 
     @staticmethod
-    def parse(cid: str) -> "Corruption":
+    def parse(cid: str) -> Corruption:
         """The corruption of an id (Corruption.id); '_' is read as '-'."""
         cid = cid.replace("_", "-")
         for entry in kinds():
@@ -67,12 +76,15 @@ class Corruption:
             prefix = entry.name.replace("_", "-") + "-"
             if entry.levels and cid.startswith(prefix):
                 try:
-                    level = float(cid[len(prefix):])
+                    level = float(cid[len(prefix) :])
                 except ValueError:
                     break
                 return Corruption.make(entry.name, level)
-        allowed = [n.replace("_", "-") + ("-<p>" if n == k.name and k.levels else "")
-                   for k in kinds() for n in (k.name, *k.aliases)]
+        allowed = [
+            n.replace("_", "-") + ("-<p>" if n == k.name and k.levels else "")
+            for k in kinds()
+            for n in (k.name, *k.aliases)
+        ]
         raise ConfigError(f"corruption: {cid!r} is not a corruption id (allowed: {', '.join(allowed)})")
 
     @property
@@ -97,9 +109,9 @@ class Run:
     dataset: str
     corruption: Corruption
     model: str
-    regularizers: str   # canonical id: none, crop, wd, crop-wd, ...
+    regularizers: str  # canonical id: none, crop, wd, crop-wd, ...
     seed: int
-    variant: str = ""   # names a group's training overrides ("" = params' training as is)
+    variant: str = ""  # names a group's training overrides ("" = params' training as is)
 
     @property
     def id(self) -> str:

@@ -2,6 +2,7 @@
 
 No torch here unless a pack's model must be built to see whether it has dropout layers.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,8 @@ def check_models(cfg: dict, runs: list[Run], source: str = "params") -> None:
         try:
             if known:
                 _TRAITS[(model, dropout, shape, classes, cfg.get("_params_dir"))] = check_model(
-                    model, shape, classes, dropout, base=cfg.get("_params_dir"))
+                    model, shape, classes, dropout, base=cfg.get("_params_dir")
+                )
             elif is_user_code(model):
                 import_only(model, base=cfg.get("_params_dir"))
         except ModelError as exc:
@@ -110,14 +112,17 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
         if s["dropout"] > 0:
             raise ConfigError(f"--run: {run.id} uses dropout; runs with dropout are trained alone, not packed")
         if module_traits(cfg, run.model, s["dropout"])["dropout"]:
-            raise ConfigError(f"--run: {run.id}: its model {run.model!r} has dropout layers; such runs are "
-                              "trained alone, not packed")
+            raise ConfigError(
+                f"--run: {run.id}: its model {run.model!r} has dropout layers; such runs are trained alone, not packed"
+            )
         if run.dataset != runs[0].dataset:
             raise ConfigError(f"--run: {run.id} is on another dataset than {runs[0].id}; a pack shares its data")
         for key, value in s.items():
             if key not in PER_RUN and value != first[key]:
-                raise ConfigError(f"--run: {run.id} has {key}={value!r} but {runs[0].id} has {first[key]!r}; "
-                                  f"packed runs differ only in {', '.join(PER_RUN)}")
+                raise ConfigError(
+                    f"--run: {run.id} has {key}={value!r} but {runs[0].id} has {first[key]!r}; "
+                    f"packed runs differ only in {', '.join(PER_RUN)}"
+                )
 
 
 # How many times more epochs a corruption (its registry entry's epoch_factor, plan.corruptions) or a
@@ -126,7 +131,7 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
 # crop 32.
 
 
-HEAVY_MODEL = 1e9   # conv models, torchvision's and users' (not built at planning): above every MLP here
+HEAVY_MODEL = 1e9  # conv models, torchvision's and users' (not built at planning): above every MLP here
 
 
 def expected_cost(cfg: dict, run: Run) -> float:
@@ -136,7 +141,7 @@ def expected_cost(cfg: dict, run: Run) -> float:
     models above every MLP, times the epochs the corruption and the regularizers are expected to take.
     It decides no result: a wrong estimate only orders jobs worse."""
     (c, h, w), k, _ = data_shape(cfg)
-    m = MLP.fullmatch(run.model)   # mlp_1x512 and mlp_3x512 too
+    m = MLP.fullmatch(run.model)  # mlp_1x512 and mlp_3x512 too
     if m:
         depth, width = int(m[1]), int(m[2])
         cost = c * h * w * width + (depth - 1) * width * width + width * k
@@ -148,7 +153,7 @@ def expected_cost(cfg: dict, run: Run) -> float:
     return cost * epochs
 
 
-SECTION5_PRIORITY = 1000   # the kernels stage (2 cores): before every training job (job_priority is a log2)
+SECTION5_PRIORITY = 1000  # the kernels stage (2 cores): before every training job (job_priority is a log2)
 
 
 def job_priority(cfg: dict, runs: list[Run]) -> float:

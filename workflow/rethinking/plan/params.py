@@ -4,6 +4,7 @@ params.yaml (or a file in config/) is the only file a user edits. Everything tha
 and the commands of this package do is derived from the dict `load` returns, so they cannot
 disagree about which runs exist or where they live. Every error names the file and the key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,16 +15,24 @@ import yaml
 
 from ..errors import ConfigError, ModelError
 from ..models import MIN_IMAGE_SIZE, model_file, parse, run_name
-from .datasets import STREAMED_SOURCES, is_streamed
 from .corruptions import label_names, takes_levels
 from .corruptions import names as corruption_names
+from .datasets import STREAMED_SOURCES, is_streamed
 from .grid import DEFAULT_LR
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
 
 
-TRAINING_OVERRIDES = ("batch_size", "max_epochs", "momentum", "lr", "lr_decay", "lr_decay_images", "weight_decay",
-                      "dropout")
+TRAINING_OVERRIDES = (
+    "batch_size",
+    "max_epochs",
+    "momentum",
+    "lr",
+    "lr_decay",
+    "lr_decay_images",
+    "weight_decay",
+    "dropout",
+)
 
 
 DEFAULTS = {
@@ -70,9 +79,17 @@ DEFAULTS = {
 
 
 SECTION5_DEFAULTS = {
-    "kernels": {"features": ["pixels", "random-conv"], "gamma": {"pixels": 0.02, "random-conv": None},
-                "ridge": 0.01, "n_train": None, "n_test": None, "n_filters": 256, "pool": 2,
-                "noise_levels": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "device": "auto"},
+    "kernels": {
+        "features": ["pixels", "random-conv"],
+        "gamma": {"pixels": 0.02, "random-conv": None},
+        "ridge": 0.01,
+        "n_train": None,
+        "n_test": None,
+        "n_filters": 256,
+        "pool": 2,
+        "noise_levels": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        "device": "auto",
+    },
     "implicit": {"n": 20, "steps": 20000, "features": "pixels"},
     "theorem": {"ns": [10, 30, 100, 300], "labels": ["random", "true"]},
 }
@@ -115,7 +132,8 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     # "integer" means an int: JSON Schema's own rule also accepts 0.0, which would make run ids like seed0.0
     strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
     validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
@@ -127,7 +145,7 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
         elif e.validator == "additionalProperties":
             allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
         raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
-    bad = next(_non_finite(raw), None)   # JSON Schema's minimum/maximum let NaN through (every comparison is false)
+    bad = next(_non_finite(raw), None)  # JSON Schema's minimum/maximum let NaN through (every comparison is false)
     if bad is not None:
         raise ConfigError(f"{source}: {_where(bad[0])}: {bad[1]!r} is not a finite number")
     cfg = _merge(DEFAULTS, raw)
@@ -165,10 +183,15 @@ def _check_models(cfg: dict, source: str) -> None:
             except ModelError as exc:
                 raise ConfigError(f"{source}: grid[{i}].models[{j}]: {exc}") from None
             if names.setdefault(run_name(model), model) != model:
-                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {model!r} and {names[run_name(model)]!r} "
-                                  f"would share the run folder name {run_name(model)!r}; name one of them otherwise")
-    lrs = [("training.lr", cfg["training"]["lr"])] + [(f"grid[{i}].training.lr", g["training"]["lr"])
-                                                      for i, g in enumerate(cfg["grid"]) if "lr" in g.get("training", {})]
+                raise ConfigError(
+                    f"{source}: grid[{i}].models[{j}]: {model!r} and {names[run_name(model)]!r} "
+                    f"would share the run folder name {run_name(model)!r}; name one of them otherwise"
+                )
+    lrs = [("training.lr", cfg["training"]["lr"])] + [
+        (f"grid[{i}].training.lr", g["training"]["lr"])
+        for i, g in enumerate(cfg["grid"])
+        if "lr" in g.get("training", {})
+    ]
     if isinstance(cfg["training"]["pack"], dict):
         lrs.append(("training.pack", cfg["training"]["pack"]))
     for where, lr in lrs:
@@ -187,8 +210,10 @@ def _check_results_dir(cfg: dict, source: str) -> None:
         if part.exists():
             if not part.is_dir():
                 what = "is a file" if part == path else f"lies inside {str(part)!r}, which is a file"
-                raise ConfigError(f"{source}: results_dir: {cfg['results_dir']!r} {what} (expected a folder to "
-                                  "write the results into, or a path that does not exist yet)")
+                raise ConfigError(
+                    f"{source}: results_dir: {cfg['results_dir']!r} {what} (expected a folder to "
+                    "write the results into, or a path that does not exist yet)"
+                )
             return
 
 
@@ -203,12 +228,16 @@ def _check_semantics(cfg: dict, source: str) -> None:
         names.add(group["name"])
         with_levels = [k for k in group["corruptions"] if takes_levels(k)]
         if with_levels and "levels" not in group:
-            raise ConfigError(f"{source}: {where}.levels: required when corruptions contains {with_levels[0]!r} "
-                              "(a list of probabilities in [0, 1])")
+            raise ConfigError(
+                f"{source}: {where}.levels: required when corruptions contains {with_levels[0]!r} "
+                "(a list of probabilities in [0, 1])"
+            )
         if "levels" in group and not with_levels:
             kinds = [repr(k) for k in corruption_names() if takes_levels(k)]
-            raise ConfigError(f"{source}: {where}.levels: only meaningful with the corruption{'s' * (len(kinds) > 1)} "
-                              f"{' or '.join(kinds)}")
+            raise ConfigError(
+                f"{source}: {where}.levels: only meaningful with the corruption{'s' * (len(kinds) > 1)} "
+                f"{' or '.join(kinds)}"
+            )
         for r in group.get("regularizers", ["none"]):
             parts = r.replace("+", "-").split("-")
             if len(set(parts)) != len(parts):
@@ -216,54 +245,72 @@ def _check_semantics(cfg: dict, source: str) -> None:
             if {"crop", "augment"} <= set(parts):
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r}: augment already includes the random crop")
         if ("variant" in group) != ("training" in group):
-            raise ConfigError(f"{source}: {where}: 'variant' and 'training' go together "
-                              "(a variant names the training overrides of its group)")
+            raise ConfigError(
+                f"{source}: {where}: 'variant' and 'training' go together "
+                "(a variant names the training overrides of its group)"
+            )
     if is_streamed(cfg):
         _check_streamed(cfg, source)
     else:
         for i, group in enumerate(cfg["grid"]):
             for j, model in enumerate(group["models"]):
                 if model == "inception_v3":
-                    raise ConfigError(f"{source}: grid[{i}].models[{j}]: inception_v3 is trained on streamed "
-                                      f"image trees only (dataset.source: {', '.join(STREAMED_SOURCES)}), "
-                                      f"not on {cfg['dataset']['source']!r}")
+                    raise ConfigError(
+                        f"{source}: grid[{i}].models[{j}]: inception_v3 is trained on streamed "
+                        f"image trees only (dataset.source: {', '.join(STREAMED_SOURCES)}), "
+                        f"not on {cfg['dataset']['source']!r}"
+                    )
     variants = {}
     for i, group in enumerate(cfg["grid"]):
         if "variant" in group:
             seen = variants.setdefault(group["variant"], group["training"])
             if seen != group["training"]:
-                raise ConfigError(f"{source}: grid[{i}].training: variant {group['variant']!r} is given different "
-                                  "overrides in two groups; use one variant name per set of overrides")
+                raise ConfigError(
+                    f"{source}: grid[{i}].training: variant {group['variant']!r} is given different "
+                    "overrides in two groups; use one variant name per set of overrides"
+                )
 
 
 def _check_streamed(cfg: dict, source: str) -> None:
     """What a streamed dataset cannot do: pixel corruptions (the images are never copied), packs, a fixed crop."""
     ds = cfg["dataset"]["source"]
     if cfg["preprocess"]["crop"] is not None:
-        raise ConfigError(f"{source}: preprocess.crop: not used with dataset.source {ds!r} (streamed images are "
-                          "cropped to training.image_size); set it to null")
+        raise ConfigError(
+            f"{source}: preprocess.crop: not used with dataset.source {ds!r} (streamed images are "
+            "cropped to training.image_size); set it to null"
+        )
     if cfg["training"]["pack"] not in (1, {"default": 1}):
-        raise ConfigError(f"{source}: training.pack: {cfg['training']['pack']} is not possible with dataset.source "
-                          f"{ds!r}: a streamed run trains alone (set pack: 1)")
+        raise ConfigError(
+            f"{source}: training.pack: {cfg['training']['pack']} is not possible with dataset.source "
+            f"{ds!r}: a streamed run trains alone (set pack: 1)"
+        )
     for i, group in enumerate(cfg["grid"]):
         for j, kind in enumerate(group["corruptions"]):
             if kind not in label_names():
-                raise ConfigError(f"{source}: grid[{i}].corruptions[{j}]: {kind!r} corrupts pixels, which needs the "
-                                  f"images in memory; dataset.source {ds!r} is streamed from disk and takes label "
-                                  f"corruptions only (allowed: {', '.join(label_names())})")
+                raise ConfigError(
+                    f"{source}: grid[{i}].corruptions[{j}]: {kind!r} corrupts pixels, which needs the "
+                    f"images in memory; dataset.source {ds!r} is streamed from disk and takes label "
+                    f"corruptions only (allowed: {', '.join(label_names())})"
+                )
         for r in group.get("regularizers", ["none"]):
             if "augment" in r.replace("+", "-").split("-"):
-                raise ConfigError(f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "
-                                  f"dataset.source {ds!r} use 'crop' (random resized crop + horizontal flip)")
+                raise ConfigError(
+                    f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "
+                    f"dataset.source {ds!r} use 'crop' (random resized crop + horizontal flip)"
+                )
         t = _merge(cfg["training"], group.get("training", {}))
         if t["batch_size"] % t["gpus_per_run"]:
-            raise ConfigError(f"{source}: training.batch_size: {t['batch_size']} is the batch of all "
-                              f"{t['gpus_per_run']} processes of a run (training.gpus_per_run) together and must "
-                              "be a multiple of it")
+            raise ConfigError(
+                f"{source}: training.batch_size: {t['batch_size']} is the batch of all "
+                f"{t['gpus_per_run']} processes of a run (training.gpus_per_run) together and must "
+                "be a multiple of it"
+            )
         for model in group["models"]:
             if t["image_size"] < MIN_IMAGE_SIZE.get(model, 1):
-                raise ConfigError(f"{source}: training.image_size: {t['image_size']} is too small for {model} "
-                                  f"(at least {MIN_IMAGE_SIZE[model]})")
+                raise ConfigError(
+                    f"{source}: training.image_size: {t['image_size']} is too small for {model} "
+                    f"(at least {MIN_IMAGE_SIZE[model]})"
+                )
 
 
 def load(path) -> dict:

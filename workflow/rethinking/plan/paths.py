@@ -1,10 +1,12 @@
 """Paths of artifacts and outputs, relative to the working directory as Snakemake and DVC see them."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from .datasets import dataset_id
 from .grid import Corruption, Run
+
 
 def base_artifact(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / "data" / dataset_id(cfg) / "base.npz"

@@ -2,6 +2,7 @@
 
 No torch here: the Snakemake rules and dvcgen read these to plan a grid.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ from pathlib import Path
 from ..models import AUX_WEIGHT, source_digest
 from .grid import Run, lr_for, training_for
 
-PACKAGE = Path(__file__).resolve().parent.parent   # the files of `sources` are named relative to it
+PACKAGE = Path(__file__).resolve().parent.parent  # the files of `sources` are named relative to it
 
 # every file of the models subpackage (a new model file is an engine source without another edit)
 MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((PACKAGE / "models").glob("*.py")))
@@ -19,8 +20,7 @@ MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((PACKAGE / "models").gl
 
 # what both engines share (rethinking.engine.run: the stop rule, the schedule, checkpoints, summaries;
 # .metrics: the evaluation and every per-epoch metric), the optimizer, fp32 evaluation and the models
-SHARED_ENGINE_SOURCES = ("engine/run.py", "engine/metrics.py", "engine/optim.py", "engine/precision.py",
-                         *MODEL_SOURCES)
+SHARED_ENGINE_SOURCES = ("engine/run.py", "engine/metrics.py", "engine/optim.py", "engine/precision.py", *MODEL_SOURCES)
 # a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
 ENGINE_SOURCES = ("engine/loop.py", "engine/pack.py", "data/preprocess.py", *SHARED_ENGINE_SOURCES)
 
@@ -51,11 +51,19 @@ def run_settings(cfg: dict, run: Run) -> dict:
     the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs."""
     t = training_for(cfg, run)
     s = {
-        "run": run.id, "model": run.model, "corruption": run.corruption.id, "regularizers": run.regularizers,
+        "run": run.id,
+        "model": run.model,
+        "corruption": run.corruption.id,
+        "regularizers": run.regularizers,
         "variant": run.variant,
-        "seed": run.seed, "crop": cfg["preprocess"]["crop"], "batch_size": t["batch_size"],
-        "max_epochs": t["max_epochs"], "momentum": t["momentum"], "lr": lr_for(t, run.model),
-        "lr_decay": t["lr_decay"], "lr_decay_images": t["lr_decay_images"],
+        "seed": run.seed,
+        "crop": cfg["preprocess"]["crop"],
+        "batch_size": t["batch_size"],
+        "max_epochs": t["max_epochs"],
+        "momentum": t["momentum"],
+        "lr": lr_for(t, run.model),
+        "lr_decay": t["lr_decay"],
+        "lr_decay_images": t["lr_decay_images"],
         "weight_decay": t["weight_decay"] if "wd" in run.regs else 0.0,
         "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
         "log_every": t["log_every"],
@@ -75,9 +83,14 @@ def stream_settings(cfg: dict, run: Run) -> dict:
     """Everything that determines a streamed run's result; stored in the checkpoint and the summary."""
     t = training_for(cfg, run)
     s = run_settings(cfg, run)
-    s.update(engine="stream", image_size=t["image_size"], gpus_per_run=t["gpus_per_run"], decode=t["decode"],
-             train_eval_size=t["train_eval_size"],
-             aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0)
+    s.update(
+        engine="stream",
+        image_size=t["image_size"],
+        gpus_per_run=t["gpus_per_run"],
+        decode=t["decode"],
+        train_eval_size=t["train_eval_size"],
+        aux_weight=AUX_WEIGHT if run.model == "inception_v3" else 0.0,
+    )
     return s
 
 

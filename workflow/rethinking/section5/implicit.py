@@ -32,6 +32,7 @@ Choices where the paper is silent:
   (centring n rows drops the rank to n - 1, and then no interpolant exists).
   The rows are scaled to unit mean norm so lr is comparable across kinds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,16 @@ def null_projection(X: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v - basis.T @ (basis @ v)
 
 
-def sgd_least_squares(X: np.ndarray, y: np.ndarray, steps: int, lr: float | None = None, w0: np.ndarray | None = None,
-                      seed: int = 0, record_every: int | None = None, batch_size: int = 1) -> pd.DataFrame:
+def sgd_least_squares(
+    X: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    lr: float | None = None,
+    w0: np.ndarray | None = None,
+    seed: int = 0,
+    record_every: int | None = None,
+    batch_size: int = 1,
+) -> pd.DataFrame:
     """SGD on sum_i (x_i . w - y_i)^2 / 2 from w0 (default 0); one row every `record_every` steps.
 
     Columns: step, dist_to_minnorm (||w - X^+ y||), norm (||w||), residual (||X w - y||); Frobenius norms
@@ -77,15 +86,21 @@ def sgd_least_squares(X: np.ndarray, y: np.ndarray, steps: int, lr: float | None
     rows = []
 
     def record(step):
-        rows.append({"step": step, "dist_to_minnorm": float(np.linalg.norm(w - w_mn)),
-                     "norm": float(np.linalg.norm(w)), "residual": float(np.linalg.norm(X @ w - Y))})
+        rows.append(
+            {
+                "step": step,
+                "dist_to_minnorm": float(np.linalg.norm(w - w_mn)),
+                "norm": float(np.linalg.norm(w)),
+                "residual": float(np.linalg.norm(X @ w - Y)),
+            }
+        )
 
     record(0)
     perm, pos = rng.permutation(n), 0
     for step in range(1, steps + 1):
         if pos + batch_size > n:
             perm, pos = rng.permutation(n), 0
-        idx = perm[pos:pos + batch_size]
+        idx = perm[pos : pos + batch_size]
         pos += batch_size
         if batch_size == 1:
             x = X[idx[0]]
@@ -119,9 +134,16 @@ def _features(x: np.ndarray, features: str, n_features: int, seed: int) -> np.nd
     return f / np.sqrt((f * f).sum(1).mean())
 
 
-def implicit_bias_experiment(data: dict, n: int = 20, features: str = "pixels", steps: int = 20000,
-                             seed: int = 0, lr: float | None = None, n_features: int = 1024,
-                             record_every: int | None = None) -> pd.DataFrame:
+def implicit_bias_experiment(
+    data: dict,
+    n: int = 20,
+    features: str = "pixels",
+    steps: int = 20000,
+    seed: int = 0,
+    lr: float | None = None,
+    n_features: int = 1024,
+    record_every: int | None = None,
+) -> pd.DataFrame:
     """SGD from zero and from a random start on n training points (one-hot targets), d > n.
 
     features: "pixels" (d = C H W), "rff" (n_features random Fourier features), "random-conv"
@@ -139,8 +161,9 @@ def implicit_bias_experiment(data: dict, n: int = 20, features: str = "pixels", 
     idx = balanced_subset(y, n, num_classes, rng, "train")
     X = _features(x[idx], features, n_features, seed)
     if X.shape[1] <= n:
-        raise ValueError(f"n = {n} points with d = {X.shape[1]} {features} features is not underdetermined "
-                         "(need n < d)")
+        raise ValueError(
+            f"n = {n} points with d = {X.shape[1]} {features} features is not underdetermined (need n < d)"
+        )
     Y = np.eye(num_classes)[y[idx]]
     w_mn = min_norm_solution(X, Y)
     w_rand = rng.standard_normal(w_mn.shape)
@@ -176,8 +199,9 @@ def plot_implicit(frame: pd.DataFrame):
         ax2.set_ylabel(r"$\|w\|$")
         ax2.set_title("norm of the iterate")
         if "minnorm_norm" in frame:
-            ax2.axhline(float(frame["minnorm_norm"].iloc[0]), color="black", linestyle=":", linewidth=1,
-                        label=r"$\|X^+ y\|$")
+            ax2.axhline(
+                float(frame["minnorm_norm"].iloc[0]), color="black", linestyle=":", linewidth=1, label=r"$\|X^+ y\|$"
+            )
             ax2.legend()
         if "null_component" in frame:
             for v in frame.loc[frame["null_component"] > 0, "null_component"].unique():

@@ -83,6 +83,7 @@ Memory / time model of the blocked solver at n training points (float32,
     Cholesky ~15 min, refinement ~10 min, check ~10 min, prediction ~2.5 min:
     ~40 min in all (refine=0 saves ~10 min at ~1e-2 relative residual).
 """
+
 from __future__ import annotations
 
 import math
@@ -94,13 +95,12 @@ import pandas as pd
 import scipy.linalg
 import torch
 
-from ..engine.precision import exact_float32
-
 from ..data.corrupt import training_labels
 from ..data.sources import balanced_subset
+from ..engine.precision import exact_float32
 
 FEATURES = ("pixels", "random-conv")
-INPUTS = ("raw", "network")   # raw: x / 255; network: the networks' crop + per-image standardization
+INPUTS = ("raw", "network")  # raw: x / 255; network: the networks' crop + per-image standardization
 SOLVERS = ("auto", "cholesky64", "blocked32", "cg")
 AUTO_FLOAT64_MAX_N = 10_000
 
@@ -117,6 +117,7 @@ class NotPositiveDefinite(RuntimeError):
 # ----------------------------------------------------------------------------
 # features
 
+
 def pixel_features(x: np.ndarray, device="cpu") -> torch.Tensor:
     """x / 255 flattened, float32 (N, C*H*W)."""
     return torch.from_numpy(np.ascontiguousarray(x).reshape(len(x), -1)).to(device=device, dtype=torch.float32) / 255.0
@@ -131,8 +132,15 @@ def random_filters(n_filters: int, channels: int, patch: int, seed: int) -> torc
     return w
 
 
-def random_conv_features(x: np.ndarray, n_filters: int = 256, patch: int | None = None, pool: int = 2, seed: int = 0,
-                         device="cpu", mem_bytes: int = 256 << 20) -> torch.Tensor:
+def random_conv_features(
+    x: np.ndarray,
+    n_filters: int = 256,
+    patch: int | None = None,
+    pool: int = 2,
+    seed: int = 0,
+    device="cpu",
+    mem_bytes: int = 256 << 20,
+) -> torch.Tensor:
     """Unstandardized random-convolution features, float32 (N, n_filters * pool * pool).
 
     conv2d(x / 255, random filters) -> ReLU -> adaptive average pooling to pool x pool,
@@ -151,12 +159,12 @@ def random_conv_features(x: np.ndarray, n_filters: int = 256, patch: int | None 
     per_image_filter = ho * wo * 4
     chunk = max(1, min(n_filters, mem_bytes // (per_image_filter * 64)))
     batch = max(1, min(n, mem_bytes // (per_image_filter * chunk)))
-    with torch.no_grad(), exact_float32():   # cuDNN's default TF32 would make these ~1e-3 off the CPU's
+    with torch.no_grad(), exact_float32():  # cuDNN's default TF32 would make these ~1e-3 off the CPU's
         for i in range(0, n, batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device=device, dtype=torch.float32) / 255.0
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device=device, dtype=torch.float32) / 255.0
             for f in range(0, n_filters, chunk):
-                r = torch.nn.functional.conv2d(xb, filters[f:f + chunk]).clamp_min_(0)
-                out[i:i + batch, f:f + chunk] = torch.nn.functional.adaptive_avg_pool2d(r, pool).flatten(2)
+                r = torch.nn.functional.conv2d(xb, filters[f : f + chunk]).clamp_min_(0)
+                out[i : i + batch, f : f + chunk] = torch.nn.functional.adaptive_avg_pool2d(r, pool).flatten(2)
     return out.reshape(n, -1)
 
 
@@ -165,7 +173,7 @@ def _column_stats(f: torch.Tensor, block: int = 4096):
     s = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
     s2 = torch.zeros_like(s)
     for i in range(0, len(f), block):
-        fb = f[i:i + block].double()
+        fb = f[i : i + block].double()
         s += fb.sum(0)
         s2 += (fb * fb).sum(0)
     mean = s / len(f)
@@ -179,7 +187,7 @@ def standardize(ftr: torch.Tensor, fte: torch.Tensor, eps: float = 1e-6):
     mean, scale = mean.float(), (1.0 / std.clamp_min(eps)).float()
     for f in (ftr, fte):
         for i in range(0, len(f), 4096):
-            f[i:i + 4096].sub_(mean).mul_(scale)
+            f[i : i + 4096].sub_(mean).mul_(scale)
     return ftr, fte
 
 
@@ -191,9 +199,18 @@ def network_pixel_features(x: np.ndarray, crop: int | None, device="cpu") -> tor
     return prepare_all(torch.from_numpy(np.ascontiguousarray(x)).to(device), crop).reshape(len(x), -1)
 
 
-def make_features(x_train: np.ndarray, x_test: np.ndarray, features: str = "pixels", n_filters: int = 256,
-                  pool: int = 2, patch: int | None = None, seed: int = 0, device="cpu", inputs: str = "raw",
-                  crop: int | None = None):
+def make_features(
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    features: str = "pixels",
+    n_filters: int = 256,
+    pool: int = 2,
+    patch: int | None = None,
+    seed: int = 0,
+    device="cpu",
+    inputs: str = "raw",
+    crop: int | None = None,
+):
     """(train, test) float32 feature tensors for `features` in FEATURES, from `inputs` in INPUTS.
 
     inputs="network" (features "pixels" only) uses the networks' preprocessing with center crop `crop`.
@@ -229,13 +246,15 @@ def median_gamma(f: torch.Tensor, seed: int = 0, sample: int = 1000) -> float:
 # ----------------------------------------------------------------------------
 # kernel blocks
 
+
 def _sqnorms(f: torch.Tensor, block: int = 8192) -> torch.Tensor:
     """Squared row norms, float64 (accumulated over row blocks)."""
-    return torch.cat([(f[i:i + block].double() ** 2).sum(1) for i in range(0, len(f), block)])
+    return torch.cat([(f[i : i + block].double() ** 2).sum(1) for i in range(0, len(f), block)])
 
 
-def _kernel_rows(out: torch.Tensor, xb: torch.Tensor, xnb: torch.Tensor, z: torch.Tensor, zn: torch.Tensor,
-                 gamma: float) -> torch.Tensor:
+def _kernel_rows(
+    out: torch.Tensor, xb: torch.Tensor, xnb: torch.Tensor, z: torch.Tensor, zn: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """out <- exp(-gamma |xb_i - z_j|^2), in place (out may be a strided view); norms in out's dtype."""
     if out.is_contiguous():
         torch.mm(xb, z.T, out=out)
@@ -246,8 +265,14 @@ def _kernel_rows(out: torch.Tensor, xb: torch.Tensor, xnb: torch.Tensor, z: torc
 
 
 @exact_float32()
-def gaussian_kernel(x: torch.Tensor, z: torch.Tensor, gamma: float, block: int = 2048,
-                    out: torch.Tensor | None = None, lower: bool = False) -> torch.Tensor:
+def gaussian_kernel(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    gamma: float,
+    block: int = 2048,
+    out: torch.Tensor | None = None,
+    lower: bool = False,
+) -> torch.Tensor:
     """K(x, z) = exp(-gamma |x_i - z_j|^2) in x's dtype, built in row blocks (temporaries O(block x m)).
 
     lower=True (x is z, square K): only the row blocks' columns up to their diagonal are written (the
@@ -271,8 +296,14 @@ def gaussian_kernel(x: torch.Tensor, z: torch.Tensor, gamma: float, block: int =
     return out
 
 
-def kernel_matmul(x: torch.Tensor, z: torch.Tensor, gamma: float, a: torch.Tensor, block: int = 2048,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def kernel_matmul(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    gamma: float,
+    a: torch.Tensor,
+    block: int = 2048,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """K(x, z) @ a in `dtype` without storing K: blocks of K (block x block) are built, used and dropped.
 
     Features are cast to `dtype` one block at a time, so float32 features never get a float64 copy.
@@ -295,6 +326,7 @@ def kernel_matmul(x: torch.Tensor, z: torch.Tensor, gamma: float, a: torch.Tenso
 
 # ----------------------------------------------------------------------------
 # blocked in-place Cholesky and triangular solves (lower triangle only)
+
 
 @exact_float32()
 def blocked_cholesky_(a: torch.Tensor, block: int = 2048, jitter: float = 0.0) -> torch.Tensor:
@@ -324,27 +356,27 @@ def blocked_cholesky_(a: torch.Tensor, block: int = 2048, jitter: float = 0.0) -
         # trailing lower triangle: A22 -= L21 L21^T, one row block at a time (columns up to the block's end)
         for i in range(e, n, block):
             i2 = min(i + block, n)
-            a[i:i2, e:i2].addmm_(l21[i - e:i2 - e], l21[: i2 - e].T, alpha=-1.0)
+            a[i:i2, e:i2].addmm_(l21[i - e : i2 - e], l21[: i2 - e].T, alpha=-1.0)
         del l21
     return a
 
 
 @exact_float32()
-def cholesky_solve_blocked(l: torch.Tensor, y: torch.Tensor, block: int = 2048):
-    """Solve L L^T x = y with L the lower triangle of `l`; returns (x, z) with z = L^{-1} y."""
-    n = l.shape[0]
-    y = y.to(l.dtype)
+def cholesky_solve_blocked(factor: torch.Tensor, y: torch.Tensor, block: int = 2048):
+    """Solve L L^T x = y with L the lower triangle of `factor`; returns (x, z) with z = L^{-1} y."""
+    n = factor.shape[0]
+    y = y.to(factor.dtype)
     z = torch.empty_like(y)
     for i in range(0, n, block):
         j = min(i + block, n)
-        rhs = y[i:j] - l[i:j, :i] @ z[:i] if i else y[i:j].clone()
-        z[i:j] = torch.linalg.solve_triangular(torch.tril(l[i:j, i:j]), rhs, upper=False)
+        rhs = y[i:j] - factor[i:j, :i] @ z[:i] if i else y[i:j].clone()
+        z[i:j] = torch.linalg.solve_triangular(torch.tril(factor[i:j, i:j]), rhs, upper=False)
     x = torch.empty_like(z)
     starts = list(range(0, n, block))
     for i in reversed(starts):
         j = min(i + block, n)
-        rhs = z[i:j] - l[j:, i:j].T @ x[j:] if j < n else z[i:j].clone()
-        x[i:j] = torch.linalg.solve_triangular(torch.tril(l[i:j, i:j]).T, rhs, upper=True)
+        rhs = z[i:j] - factor[j:, i:j].T @ x[j:] if j < n else z[i:j].clone()
+        x[i:j] = torch.linalg.solve_triangular(torch.tril(factor[i:j, i:j]).T, rhs, upper=True)
     return x, z
 
 
@@ -356,7 +388,7 @@ def conjugate_gradients(matvec, y: torch.Tensor, tol: float = 1e-6, max_iter: in
     rr = (r * r).sum(0)
     ynorm = y.norm(dim=0).clamp_min(1e-30)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count of iterations is returned)
         ap = matvec(p)
         alpha = rr / (p * ap).sum(0).clamp_min(1e-30)
         x += alpha * p
@@ -373,10 +405,20 @@ def conjugate_gradients(matvec, y: torch.Tensor, tol: float = 1e-6, max_iter: in
 # ----------------------------------------------------------------------------
 # the solve
 
+
 @exact_float32()
-def solve_interpolant(ftr: torch.Tensor, y: torch.Tensor, gamma: float, ridge: float = 0.0, solver: str = "auto",
-                      block: int = 2048, jitter: float | None = None, refine: int | None = None,
-                      cg_tol: float = 1e-6, cg_max_iter: int = 2000) -> dict:
+def solve_interpolant(
+    ftr: torch.Tensor,
+    y: torch.Tensor,
+    gamma: float,
+    ridge: float = 0.0,
+    solver: str = "auto",
+    block: int = 2048,
+    jitter: float | None = None,
+    refine: int | None = None,
+    cg_tol: float = 1e-6,
+    cg_max_iter: int = 2000,
+) -> dict:
     """a with (K + ridge I) a = y up to the jitter, K the Gaussian kernel of the rows of ftr.
 
     solver: "auto" (cholesky64 up to n = 10,000, else blocked32), "cholesky64", "blocked32", "cg".
@@ -432,8 +474,7 @@ def _solve_cholesky64(ftr, y, gamma: float, ridge: float, block: int, jitter: fl
     return dict(a=torch.from_numpy(a), jitter=jit, attempts=attempt, refine=0)
 
 
-def _solve_blocked32(ftr, y, gamma: float, ridge: float, block: int, jitter: float | None,
-                     refine: int | None) -> dict:
+def _solve_blocked32(ftr, y, gamma: float, ridge: float, block: int, jitter: float | None, refine: int | None) -> dict:
     """The blocked float32 Cholesky in place on the features' device, with jitter retries and iterative
     refinement against the float64 kernel."""
     n = len(ftr)
@@ -468,9 +509,13 @@ def _solve_blocked32(ftr, y, gamma: float, ridge: float, block: int, jitter: flo
         r = yd - kernel_matmul(f, f, gamma, x, block) - ridge * x  # float64 kernel
         x += cholesky_solve_blocked(buf, r, block)[0].double()
     del buf
-    return dict(a=x.cpu(), jitter=jit, attempts=attempt, refine=refine,
-                timings={"build": t_build, "cholesky": t_chol, "solve": t_solve,
-                         "refine": time.perf_counter() - t1 - t_solve})
+    return dict(
+        a=x.cpu(),
+        jitter=jit,
+        attempts=attempt,
+        refine=refine,
+        timings={"build": t_build, "cholesky": t_chol, "solve": t_solve, "refine": time.perf_counter() - t1 - t_solve},
+    )
 
 
 def blocked_memory_model(n: int, d: int, n_test: int = 0, block: int = 2048) -> dict:
@@ -483,10 +528,19 @@ def blocked_memory_model(n: int, d: int, n_test: int = 0, block: int = 2048) -> 
         "kernel_block_float64": 8 * block * block + 8 * block * d,
         "solution_float64": 8 * n * 3 * 10,  # a, the residual and a solve's temporaries for 10 classes
     }
-    peak = terms["kernel_buffer"] + terms["panels"] + terms["features"] + terms["kernel_block_float64"] \
+    peak = (
+        terms["kernel_buffer"]
+        + terms["panels"]
+        + terms["features"]
+        + terms["kernel_block_float64"]
         + terms["solution_float64"]
-    flops = {"build": float(n) * n * d, "factor": n ** 3 / 3.0, "check_pass_float64": 2.0 * n * n * d,
-             "predict_float64": 2.0 * n_test * n * d}
+    )
+    flops = {
+        "build": float(n) * n * d,
+        "factor": n**3 / 3.0,
+        "check_pass_float64": 2.0 * n * n * d,
+        "predict_float64": 2.0 * n_test * n * d,
+    }
     return {"bytes": terms, "peak_bytes": peak, "peak_gb": peak / 1e9, "flops": flops}
 
 
@@ -497,11 +551,24 @@ def _one_hot(y: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
-def _prepare(data: dict, features, gamma, n_train, n_test, seed, n_filters, pool, patch, device, inputs="raw",
-             crop=None, num_classes=None):
+def _prepare(
+    data: dict,
+    features,
+    gamma,
+    n_train,
+    n_test,
+    seed,
+    n_filters,
+    pool,
+    patch,
+    device,
+    inputs="raw",
+    crop=None,
+    num_classes=None,
+):
     """Subsets, features and gamma; also the training subset's indices into data's y_train (None: all)."""
     xtr, ytr, xte, yte = data["x_train"], np.asarray(data["y_train"]), data["x_test"], np.asarray(data["y_test"])
     num_classes = num_classes or int(max(ytr.max(), yte.max())) + 1
@@ -513,8 +580,18 @@ def _prepare(data: dict, features, gamma, n_train, n_test, seed, n_filters, pool
     if n_test is not None and n_test < len(yte):
         i = balanced_subset(yte, n_test, num_classes, rng, "test")
         xte, yte = xte[i], yte[i]
-    ftr, fte = make_features(xtr, xte, features, n_filters=n_filters, pool=pool, patch=patch, seed=seed, device=device,
-                             inputs=inputs, crop=crop)
+    ftr, fte = make_features(
+        xtr,
+        xte,
+        features,
+        n_filters=n_filters,
+        pool=pool,
+        patch=patch,
+        seed=seed,
+        device=device,
+        inputs=inputs,
+        crop=crop,
+    )
     if gamma is None:
         gamma = median_gamma(ftr, seed)
     return ftr, fte, ytr, yte, num_classes, float(gamma), train_index
@@ -535,19 +612,34 @@ def _fit(ftr, fte, targets: list[np.ndarray], num_classes, gamma, ridge, solver,
     for g in range(len(targets)):
         cols = slice(g * num_classes, (g + 1) * num_classes)
         yg, ag, kag = y[:, cols], a[:, cols], ka[:, cols]
-        out.append({
-            "train_pred": kag.argmax(1).numpy(),
-            "test_pred": test_pred[:, cols].argmax(1).numpy(),
-            "norm": math.sqrt(max(float((ag * kag).sum()), 0.0)),
-            "residual": float((kag + ridge * ag - yg).norm() / yg.norm()),
-        })
+        out.append(
+            {
+                "train_pred": kag.argmax(1).numpy(),
+                "test_pred": test_pred[:, cols].argmax(1).numpy(),
+                "norm": math.sqrt(max(float((ag * kag).sum()), 0.0)),
+                "residual": float((kag + ridge * ag - yg).norm() / yg.norm()),
+            }
+        )
     return sol, out
 
 
-def run_kernel(data: dict, features: str = "pixels", gamma: float | None = None, ridge: float = 0.0,
-               n_train: int | None = None, seed: int = 0, n_filters: int = 256, device="cpu", block: int = 2048,
-               solver: str = "auto", jitter: float | None = None, n_test: int | None = None, pool: int = 2,
-               patch: int | None = None, refine: int | None = None) -> dict:
+def run_kernel(
+    data: dict,
+    features: str = "pixels",
+    gamma: float | None = None,
+    ridge: float = 0.0,
+    n_train: int | None = None,
+    seed: int = 0,
+    n_filters: int = 256,
+    device="cpu",
+    block: int = 2048,
+    solver: str = "auto",
+    jitter: float | None = None,
+    n_test: int | None = None,
+    pool: int = 2,
+    patch: int | None = None,
+    refine: int | None = None,
+) -> dict:
     """Min-norm (ridge = 0) or ridge kernel interpolation of the training labels; errors in percent.
 
     data: x_train, x_test uint8 (N, C, H, W); y_train, y_test int. n_train / n_test take seeded
@@ -555,30 +647,56 @@ def run_kernel(data: dict, features: str = "pixels", gamma: float | None = None,
     d, features, gamma, ridge, jitter, solver, seconds, peak_rss_gb (the process's peak so far), residual.
     """
     t0 = time.perf_counter()
-    ftr, fte, ytr, yte, num_classes, gamma, _ = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
-                                                         pool, patch, device)
+    ftr, fte, ytr, yte, num_classes, gamma, _ = _prepare(
+        data, features, gamma, n_train, n_test, seed, n_filters, pool, patch, device
+    )
     sol, (res,) = _fit(ftr, fte, [ytr], num_classes, gamma, ridge, solver, block, jitter, refine)
     out = {
         "test_error": 100.0 * float(np.mean(res["test_pred"] != yte)),
         "train_error": 100.0 * float(np.mean(res["train_pred"] != ytr)),
-        "norm": res["norm"], "residual": res["residual"],
-        "n_train": int(len(ytr)), "n_test": int(len(yte)), "d": int(ftr.shape[1]), "features": features,
-        "gamma": gamma, "ridge": float(ridge), "jitter": sol["jitter"], "solver": sol["solver"],
-        "attempts": sol["attempts"], "refine": sol["refine"], "factor_seconds": sol["factor_seconds"],
+        "norm": res["norm"],
+        "residual": res["residual"],
+        "n_train": int(len(ytr)),
+        "n_test": int(len(yte)),
+        "d": int(ftr.shape[1]),
+        "features": features,
+        "gamma": gamma,
+        "ridge": float(ridge),
+        "jitter": sol["jitter"],
+        "solver": sol["solver"],
+        "attempts": sol["attempts"],
+        "refine": sol["refine"],
+        "factor_seconds": sol["factor_seconds"],
         "timings": {k: round(v, 3) for k, v in sol["timings"].items()},
-        "seconds": time.perf_counter() - t0, "peak_rss_gb": _peak_rss_gb(),
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_gb": _peak_rss_gb(),
     }
     if "cg_iterations" in sol:
         out.update(cg_iterations=sol["cg_iterations"], cg_residual=sol["cg_residual"])
     return out
 
 
-def kernel_label_noise(data: dict, levels, features: str = "pixels", gamma: float | None = None, ridge: float = 0.0,
-                       n_train: int | None = None, seed: int = 0, n_filters: int = 256, device="cpu",
-                       block: int = 2048, solver: str = "auto", jitter: float | None = None,
-                       n_test: int | None = None, pool: int = 2, patch: int | None = None,
-                       refine: int | None = None, inputs: str = "raw", crop: int | None = None,
-                       num_classes: int | None = None) -> pd.DataFrame:
+def kernel_label_noise(
+    data: dict,
+    levels,
+    features: str = "pixels",
+    gamma: float | None = None,
+    ridge: float = 0.0,
+    n_train: int | None = None,
+    seed: int = 0,
+    n_filters: int = 256,
+    device="cpu",
+    block: int = 2048,
+    solver: str = "auto",
+    jitter: float | None = None,
+    n_test: int | None = None,
+    pool: int = 2,
+    patch: int | None = None,
+    refine: int | None = None,
+    inputs: str = "raw",
+    crop: int | None = None,
+    num_classes: int | None = None,
+) -> pd.DataFrame:
     """Interpolate the networks' noisy training labels at each level; test labels stay true.
 
     The labels at level p are corrupt.training_labels(data's y_train, p, num_classes, seed): those of the
@@ -591,8 +709,9 @@ def kernel_label_noise(data: dict, levels, features: str = "pixels", gamma: floa
     """
     if num_classes is None and data.get("classes") is not None:
         num_classes = len(data["classes"])
-    ftr, fte, ytr, yte, num_classes, gamma, idx = _prepare(data, features, gamma, n_train, n_test, seed, n_filters,
-                                                           pool, patch, device, inputs, crop, num_classes)
+    ftr, fte, ytr, yte, num_classes, gamma, idx = _prepare(
+        data, features, gamma, n_train, n_test, seed, n_filters, pool, patch, device, inputs, crop, num_classes
+    )
     levels = [float(p) for p in levels]
     y_full = np.asarray(data["y_train"])
     noisy = []
@@ -602,11 +721,22 @@ def kernel_label_noise(data: dict, levels, features: str = "pixels", gamma: floa
     sol, res = _fit(ftr, fte, noisy, num_classes, gamma, ridge, solver, block, jitter, refine)
     rows = []
     for p, yn, r in zip(levels, noisy, res):
-        rows.append({"level": p, "test_error": 100.0 * float(np.mean(r["test_pred"] != yte)),
-                     "train_error": 100.0 * float(np.mean(r["train_pred"] != yn)), "norm": r["norm"],
-                     "residual": r["residual"], "labels_changed": float(np.mean(yn != ytr)),
-                     "n_train": int(len(ytr)), "gamma": gamma, "jitter": sol["jitter"], "solver": sol["solver"],
-                     "inputs": inputs, "crop": crop if inputs == "network" else None})
+        rows.append(
+            {
+                "level": p,
+                "test_error": 100.0 * float(np.mean(r["test_pred"] != yte)),
+                "train_error": 100.0 * float(np.mean(r["train_pred"] != yn)),
+                "norm": r["norm"],
+                "residual": r["residual"],
+                "labels_changed": float(np.mean(yn != ytr)),
+                "n_train": int(len(ytr)),
+                "gamma": gamma,
+                "jitter": sol["jitter"],
+                "solver": sol["solver"],
+                "inputs": inputs,
+                "crop": crop if inputs == "network" else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 

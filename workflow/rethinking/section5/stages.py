@@ -23,6 +23,7 @@ Each table and figure is one entry of the registry (rethinking.analysis.outputs)
 function that makes it; a stage's command writes the entries of its stage, its Snakemake rule and DVC stage take
 their outputs from them. pandas, torch and scipy are imported on first use: the rules import this module.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,11 @@ from ..plan import base_artifact
 
 pd = lazy_module("pandas")
 
-PAPER_ROWS = {("pixels", False): "gaussian_kernel_minnorm", ("random-conv", False): "random_conv_features_minnorm",
-              ("random-conv", True): "random_conv_features_l2"}
+PAPER_ROWS = {
+    ("pixels", False): "gaussian_kernel_minnorm",
+    ("random-conv", False): "random_conv_features_minnorm",
+    ("random-conv", True): "random_conv_features_l2",
+}
 
 
 def _data(cfg):
@@ -62,8 +66,13 @@ def kernel_device(cfg: dict, log=print):
     uses cuda:<slot.device>: beside `snakemake --resources gpu=N` training jobs it never shares a GPU slot
     with one. The slot is released when the block ends; the kernel drops it anyway when the process ends.
     """
-    return claimed_device(cfg["section5"]["kernels"]["device"], jobs_per_gpu=cfg["training"]["jobs_per_gpu"],
-                          key="section5.kernels.device", log=log, what="kernels")
+    return claimed_device(
+        cfg["section5"]["kernels"]["device"],
+        jobs_per_gpu=cfg["training"]["jobs_per_gpu"],
+        key="section5.kernels.device",
+        log=log,
+        what="kernels",
+    )
 
 
 def paper_value(meta: dict, features: str, ridge: float) -> float:
@@ -79,15 +88,21 @@ def paper_value(meta: dict, features: str, ridge: float) -> float:
 def kernels_stage(cfg: dict) -> Path:
     """Every entry of the kernels stage, on the device of section5.kernels.device."""
     data, meta = _data(cfg), read_meta(base_artifact(cfg))
-    with kernel_device(cfg) as device:   # a GPU slot on CUDA, held until the stage ends (or dies)
+    with kernel_device(cfg) as device:  # a GPU slot on CUDA, held until the stage ends (or dies)
         produce("kernels", cfg, data=data, meta=meta, device=device)
     return Path(cfg["results_dir"]) / "tables"
 
 
 def _common(cfg: dict, device) -> dict:
     k = cfg["section5"]["kernels"]
-    return dict(n_train=k["n_train"], n_test=k["n_test"], seed=cfg["dataset"]["seed"], n_filters=k["n_filters"],
-                pool=k["pool"], device=device)
+    return dict(
+        n_train=k["n_train"],
+        n_test=k["n_test"],
+        seed=cfg["dataset"]["seed"],
+        n_filters=k["n_filters"],
+        pool=k["pool"],
+        device=device,
+    )
 
 
 @table("kernels.csv", stage="kernels", when=has_section5)
@@ -95,12 +110,12 @@ def kernels_table(cfg: dict, data, meta: dict, device) -> pd.DataFrame:
     """Min-norm kernel interpolation per feature kind on raw pixels / 255, without and with the l2 term, the
     paper's number beside where it has one."""
     from .kernels import run_kernel
+
     k = cfg["section5"]["kernels"]
     rows = []
     for features in k["features"]:
         for ridge in sorted({0.0, float(k["ridge"])}):
-            r = run_kernel(data, features=features, gamma=k["gamma"].get(features), ridge=ridge,
-                           **_common(cfg, device))
+            r = run_kernel(data, features=features, gamma=k["gamma"].get(features), ridge=ridge, **_common(cfg, device))
             r.pop("timings", None)
             r["paper_test_error"] = paper_value(meta, features, ridge)
             r["diff"] = r["test_error"] - r["paper_test_error"]
@@ -119,41 +134,65 @@ def kernel_noise_table(cfg: dict, data, meta: dict, device) -> pd.DataFrame:
     draw) on the networks' inputs (center crop + per-image standardization); gamma.pixels is a value for raw
     pixels in [0, 1], so on these inputs gamma is the median heuristic."""
     from .kernels import kernel_label_noise
-    return kernel_label_noise(data, cfg["section5"]["kernels"]["noise_levels"], features="pixels", gamma=None,
-                              inputs="network", crop=cfg["preprocess"]["crop"], num_classes=len(meta["classes"]),
-                              **_common(cfg, device))
+
+    return kernel_label_noise(
+        data,
+        cfg["section5"]["kernels"]["noise_levels"],
+        features="pixels",
+        gamma=None,
+        inputs="network",
+        crop=cfg["preprocess"]["crop"],
+        num_classes=len(meta["classes"]),
+        **_common(cfg, device),
+    )
 
 
 @table("implicit_bias.csv", stage="kernels", when=has_section5)
 def implicit_bias_table(cfg: dict, data) -> pd.DataFrame:
     from .implicit import implicit_bias_experiment
+
     imp = cfg["section5"]["implicit"]
-    return implicit_bias_experiment(data, n=imp["n"], features=imp["features"], steps=imp["steps"],
-                                    seed=cfg["dataset"]["seed"])
+    return implicit_bias_experiment(
+        data, n=imp["n"], features=imp["features"], steps=imp["steps"], seed=cfg["dataset"]["seed"]
+    )
 
 
-@figure("kernel_noise", stage="kernels", inputs=("kernel_noise.csv",), when=has_section5, caption="""\
+@figure(
+    "kernel_noise",
+    stage="kernels",
+    inputs=("kernel_noise.csv",),
+    when=has_section5,
+    caption="""\
 Section 5, beyond the paper: test and training error of the minimum-norm
 Gaussian-kernel interpolant (K a = Y) against label corruption, and the RKHS
 norm of the solution. The interpolant fits every corrupted labeling (training
 error 0) while its test error rises to chance, as the networks' do (Fig. 1c).
 The paper reports the clean case only: 1.2% on MNIST pixels, 46% on CIFAR-10
 pixels, 17% on random convolutional features (15% with an l2 term).
-""")
+""",
+)
 def kernel_noise_figure(noise: pd.DataFrame):
     from .kernels import plot_kernel_noise
+
     return plot_kernel_noise(noise)
 
 
-@figure("implicit_bias", stage="kernels", inputs=("implicit_bias.csv",), when=has_section5, caption="""\
+@figure(
+    "implicit_bias",
+    stage="kernels",
+    inputs=("implicit_bias.csv",),
+    when=has_section5,
+    caption="""\
 Section 5: SGD on an underdetermined least-squares problem (more features than
 samples) started from zero stays in the span of the data and converges to the
 minimum-norm solution X^+ y (distance to it falls to numerical zero); started
 from a random point it converges to another interpolating solution whose
 distance to X^+ y is the start's null-space component (dotted line).
-""")
+""",
+)
 def implicit_bias_figure(bias: pd.DataFrame):
     from .implicit import plot_implicit
+
     return plot_implicit(bias)
 
 
@@ -167,9 +206,12 @@ def theorem_stage(cfg: dict) -> Path:
 def theorem_table(cfg: dict, data) -> pd.DataFrame:
     """Theorem 1's network on real images, per kind of labels and n."""
     from .theorem import theorem_sweep
+
     th = cfg["section5"]["theorem"]
-    return pd.concat([theorem_sweep(data, th["ns"], labels=lab, seed=cfg["dataset"]["seed"]) for lab in th["labels"]],
-                     ignore_index=True)
+    return pd.concat(
+        [theorem_sweep(data, th["ns"], labels=lab, seed=cfg["dataset"]["seed"]) for lab in th["labels"]],
+        ignore_index=True,
+    )
 
 
 @table("theorem_metrics.json", stage="theorem", inputs=("theorem.csv",), when=has_section5, metrics=True)
@@ -177,27 +219,44 @@ def theorem_metrics_file(frame: pd.DataFrame) -> dict:
     return theorem_metrics(frame)
 
 
-@figure("theorem", stage="theorem", inputs=("theorem.csv",), when=has_section5, caption="""\
+@figure(
+    "theorem",
+    stage="theorem",
+    inputs=("theorem.csv",),
+    when=has_section5,
+    caption="""\
 Theorem 1: a two-layer ReLU network with 2n + d weights,
 c(x) = sum_j w_j max(<a, x> - b_j, 0), fits any labeling of n points. Built on
 the training images with random and true labels: the maximum fitting error over
 the n points (float64) and the condition number of the triangular system
 against n; the conditioning grows fast with n, as the paper's construction
 implies.
-""")
+""",
+)
 def theorem_figure(frame: pd.DataFrame):
     from .theorem import plot_theorem
+
     return plot_theorem(frame)
 
 
 def kernel_metrics(rows: list[dict]) -> dict:
     """The interpolants' test error (percent) per feature kind, min-norm and with the l2 term: the headline
     numbers of Section 5 for `dvc metrics show` (kernels.csv has the rest)."""
-    return {"kernel": {f"{r['features'].replace('-', '_')}{'_l2' if r['ridge'] > 0 else ''}_test_error":
-                       round(float(r["test_error"]), 4) for r in rows}}
+    return {
+        "kernel": {
+            f"{r['features'].replace('-', '_')}{'_l2' if r['ridge'] > 0 else ''}_test_error": round(
+                float(r["test_error"]), 4
+            )
+            for r in rows
+        }
+    }
 
 
 def theorem_metrics(frame: pd.DataFrame) -> dict:
     """Theorem 1's worst fitting error over every n, per kind of labels (0 up to rounding: the net fits)."""
-    return {"theorem": {f"{labels}_labels_max_abs_error": float(g["max_abs_error"].max())
-                        for labels, g in frame.groupby("labels", sort=True)}}
+    return {
+        "theorem": {
+            f"{labels}_labels_max_abs_error": float(g["max_abs_error"].max())
+            for labels, g in frame.groupby("labels", sort=True)
+        }
+    }

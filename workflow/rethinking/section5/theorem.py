@@ -32,6 +32,7 @@ Choices where the paper is silent:
   a seeded random subset of size n, and labels as float class indices: the
   true ones or uniformly random ones.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,9 +57,11 @@ def _check_inputs(z: np.ndarray, y: np.ndarray):
     inverse = inverse.reshape(-1)
     if len(first) < len(z):
         dup = int(np.flatnonzero(first[inverse] != np.arange(len(z)))[0])
-        raise ValueError(f"Z has duplicate rows (e.g. rows {int(first[inverse[dup]])} and {dup}): no projection "
-                         "can separate equal points, and Theorem 1 needs n distinct points "
-                         f"({len(first)} distinct of {len(z)})")
+        raise ValueError(
+            f"Z has duplicate rows (e.g. rows {int(first[inverse[dup]])} and {dup}): no projection "
+            "can separate equal points, and Theorem 1 needs n distinct points "
+            f"({len(first)} distinct of {len(z)})"
+        )
     return z, y
 
 
@@ -79,8 +82,10 @@ def _direction(z: np.ndarray, seed: int, max_draws: int) -> np.ndarray:
         tol = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(xs).max()))
         if len(xs) < 2 or float(np.diff(xs).min()) > tol:
             return a
-    raise ValueError(f"no direction among {max_draws} random draws separates the {len(z)} points "
-                     "(their projections coincide to float64 resolution)")
+    raise ValueError(
+        f"no direction among {max_draws} random draws separates the {len(z)} points "
+        "(their projections coincide to float64 resolution)"
+    )
 
 
 def design_matrix(z: np.ndarray, a: np.ndarray, b: np.ndarray, sort: bool = True) -> np.ndarray:
@@ -109,7 +114,7 @@ def evaluate(Z: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray, block: 
     x = np.asarray(Z, dtype=np.float64) @ a
     out = np.empty(len(x))
     for i in range(0, len(x), block):
-        out[i:i + block] = np.maximum(x[i:i + block, None] - b[None, :], 0.0) @ w
+        out[i : i + block] = np.maximum(x[i : i + block, None] - b[None, :], 0.0) @ w
     return out
 
 
@@ -134,8 +139,15 @@ def theorem_report(Z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     a, b, w = construct(z, y, seed)
     err = float(np.abs(evaluate(z, a, b, w) - y).max())
     cond, kind = condition_number(design_matrix(z, a, b, sort=True))
-    return {"n": int(len(z)), "d": int(z.shape[1]), "weights": weights_count(a, b, w), "max_abs_error": err,
-            "condition_number": cond, "condition_kind": kind, "max_abs_weight": float(np.abs(w).max())}
+    return {
+        "n": int(len(z)),
+        "d": int(z.shape[1]),
+        "weights": weights_count(a, b, w),
+        "max_abs_error": err,
+        "condition_number": cond,
+        "condition_kind": kind,
+        "max_abs_weight": float(np.abs(w).max()),
+    }
 
 
 def theorem_sweep(data: dict, ns, labels: str = "random", seed: int = 0) -> pd.DataFrame:
@@ -155,8 +167,11 @@ def theorem_sweep(data: dict, ns, labels: str = "random", seed: int = 0) -> pd.D
     rng = np.random.default_rng([seed, 7])
     order = rng.permutation(len(x))[: max(ns)]
     z_all = x[order].reshape(len(order), -1).astype(np.float64) / 255.0
-    y_all = ytrue[order].astype(np.float64) if labels == "true" else \
-        rng.integers(0, num_classes, size=len(order)).astype(np.float64)
+    y_all = (
+        ytrue[order].astype(np.float64)
+        if labels == "true"
+        else rng.integers(0, num_classes, size=len(order)).astype(np.float64)
+    )
     rows = []
     for n in ns:
         rep = theorem_report(z_all[:n], y_all[:n], seed)
