@@ -296,6 +296,7 @@ def test_a_damaged_streamed_checkpoint_is_moved_aside_and_the_run_retrains(
     _same_result(stream_reference[1], out, keys=SUMMARY_KEYS + ("test_top5",))
 
 
+@pytest.mark.slow
 def test_two_processes_agree_to_start_over_from_a_damaged_checkpoint(tmp_path, stream_tree, stream_reference):
     """torchrun, 2 gloo processes: every process reads the damaged file, process 0 alone moves it aside (the
     other may find it gone), and both start over: the run completes as a 2-process run from scratch."""

@@ -531,6 +531,7 @@ def test_after_the_same_initialization_each_process_draws_its_own_dropout():
     assert torch.equal(setup(2)[2], masks[2])  # deterministic
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
     """torchrun, 2 gloo processes, a run with dropout: the checkpoint's per-process random states differ (they
     were equal when every process trained from the run's seed alone), and the run completes."""

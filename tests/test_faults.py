@@ -43,6 +43,7 @@ def _prepare(tmp_path, name):
     return params
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_resumes_to_the_same_result(tmp_path):
     full = _prepare(tmp_path, "full")
     run_cli("train", "--params", full, "--run", RUN, cwd=tmp_path, check=True)

@@ -16,6 +16,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, clone_project
 
 SCRIPT = "benchmarks/gpu_check.sh"
@@ -119,6 +121,7 @@ def test_gpu_check_yaml_gives_every_run_a_slot():
     assert cfg["training"]["jobs_per_gpu"] >= len(expand_runs(cfg)) == 6
 
 
+@pytest.mark.slow
 def test_gpu_check_on_cpu(tmp_path):
     root = clone_project(tmp_path / "project")
     out = tmp_path / "out"
@@ -169,6 +172,7 @@ def test_gpu_check_on_cpu(tmp_path):
     assert bench["pack2"]["pack"] == 2 and bench["models"]["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_check_killed_mid_run_still_returns_an_archive(tmp_path):
     """TERM to the script's process group (what `timeout -s TERM` does) while a bench runs: the EXIT trap
     ends the step and archives what exists."""

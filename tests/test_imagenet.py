@@ -268,6 +268,7 @@ def test_a_multi_process_run_needs_torchrun(tmp_path, tree):
         ts.train(cfg, rc.find_run(cfg, "imagenet/true-labels/inception_v3/none/seed0"))
 
 
+@pytest.mark.slow
 def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree):
     """prepare (index) -> corrupt (label files) -> train (Inception V3, 2 gloo processes) -> table2, fig2a."""
     clone_project(tmp_path)

@@ -438,6 +438,7 @@ def test_dvc_plots_experiments_and_jobs(tiny_snakemake, tiny_dvc, tmp_path):
     assert jobs.loc["train", ["wall_s", "cpu_s", "max_rss_mb"]].gt(0).all() and jobs.loc["prepare", "jobs"] == 0
 
 
+@pytest.mark.slow
 def test_stale_dvc_yaml_stops_dvc_repro(project):
     sh("python -m rethinking dvc --params config/tiny.yaml", project)
     cfg = yaml.safe_load((project / "config/tiny.yaml").read_text())
@@ -471,6 +472,7 @@ def test_snakemake_refuses_bad_params_before_any_work(project, text, needles):
     assert tree_files(project / "results") == before == ["README.md"]
 
 
+@pytest.mark.slow
 def test_a_second_snakemake_on_the_same_results_is_refused(project):
     import time
 

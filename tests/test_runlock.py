@@ -93,6 +93,7 @@ def _busy_line(stderr, run_id, pid):
     )
 
 
+@pytest.mark.slow
 def test_a_second_trainer_of_a_run_stops_at_once_and_the_first_finishes(tmp_path, data):
     params, results = _fresh(tmp_path, data)
     out = results / "runs" / RUN
@@ -197,6 +198,7 @@ def test_a_pack_with_a_held_member_is_refused_and_keeps_no_lock(tmp_path, data):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_streamed_run_under_torchrun_is_refused_by_process_0(tmp_path):
     p = streamed_params(tmp_path, tmp_path / "tree", "results")  # refused before any data is read
     raw = yaml.safe_load(p.read_text())

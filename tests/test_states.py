@@ -283,6 +283,7 @@ def test_table4_marks_states(hand_made):
     assert "stopped at the epoch limit" in _legend(ax) and "diverged (on the axis: no value)" in _legend(ax)
 
 
+@pytest.mark.slow
 def test_states_demo_through_the_cli(tmp_path):
     """config/states-demo.yaml for real: every state appears in convergence.csv and in the figures."""
     cfg = yaml.safe_load((REPO / "config/states-demo.yaml").read_text())

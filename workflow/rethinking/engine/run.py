@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import __version__
@@ -190,7 +190,7 @@ def fitted(correct: int, total: int) -> bool:
 
 @dataclass
 class Progress:
-    """Where a run stands; a checkpoint keeps it whole (asdict), so a resumed run goes on from here."""
+    """Where a run stands; a checkpoint keeps it whole (state()), so a resumed run goes on from here."""
 
     epoch: int = 0  # epochs done
     batch: int = 0  # batches done of the current epoch (streamed runs save inside an epoch)
@@ -207,6 +207,11 @@ class Progress:
 
     def running(self, max_epochs: int) -> bool:
         return self.status == "max_epochs" and self.epoch < max_epochs
+
+    def state(self) -> dict:
+        """Its fields as a plain dict for a checkpoint: the rows themselves, not copies (dataclasses.asdict's
+        deep copy of every row at every checkpoint cost 5% of the default experiment's time)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def load(cls, saved: dict) -> Progress:
@@ -249,7 +254,12 @@ def close_epoch(p: Progress, row: dict, train_correct: int, n_eval: int, *, name
     the run as `diverged` at the first step it was seen; every one of the `n_eval` evaluated training
     examples right (`train_correct`) ends it as `fitted`, at this step."""
     p.epochs_rows.append(row)
-    bad = [r["step"] for r in p.steps_rows if r["epoch"] == p.epoch and not math.isfinite(r["train_loss"])]
+    this_epoch = []
+    for r in reversed(p.steps_rows):  # the last rows only: a scan of every row would grow with the run
+        if r["epoch"] != p.epoch:
+            break
+        this_epoch.append(r)
+    bad = [r["step"] for r in reversed(this_epoch) if not math.isfinite(r["train_loss"])]
     if bad or not math.isfinite(row["train_loss"]):
         p.status, p.diverged_step = "diverged", (bad[0] if bad else p.step)
         log(f"{name}: the loss is not finite (first seen at step {p.diverged_step}); stopping as diverged")
@@ -276,7 +286,7 @@ def save_checkpoint(
             "fingerprint": fingerprint,
             "model": model_state,
             "optimizer": optimizer_state,
-            "progress": asdict(progress),
+            "progress": progress.state(),
             "processes": processes,
             **extra,
         },
