@@ -203,6 +203,19 @@ def _not_streamed(cfg: dict) -> bool:
     return not is_streamed(cfg)
 
 
+def _train_stage(**engine) -> Stage:
+    """The train stage of one engine (`engine`: its args, when, code, settings and launcher)."""
+    return Stage(
+        "train",
+        wildcard="run",
+        params=("training", "preprocess"),
+        inputs=_train_inputs,
+        outputs=_train_outputs,
+        jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs],
+        **engine,
+    )
+
+
 OUTPUTS_CODE = ("analysis/outputs.py",)  # the registry and the runner of every table and figure
 
 STAGES: tuple[Stage, ...] = (
@@ -232,32 +245,15 @@ STAGES: tuple[Stage, ...] = (
         jobs=lambda p: [(c.id,) for c in corruptions_of(p.runs)],
     ),
     # in-memory datasets: one job per run, or per pack of training.pack (rethinking.engine.pack)
-    Stage(
-        "train",
-        wildcard="run",
-        args="--run {run}",
-        params=("training", "preprocess"),
-        when=_not_streamed,
-        code=lambda cfg: ENGINE_SOURCES,
-        inputs=_train_inputs,
-        outputs=_train_outputs,
-        settings=run_settings,
-        jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs],
-    ),
+    _train_stage(args="--run {run}", when=_not_streamed, code=lambda cfg: ENGINE_SOURCES, settings=run_settings),
     # streamed datasets (ImageNet): one job per run, through torchrun when a run takes several GPUs
     # (--run-id: torchrun would read --run as its own --run-path)
-    Stage(
-        "train",
-        wildcard="run",
+    _train_stage(
         args="--run-id {run}",
-        params=("training", "preprocess"),
         when=is_streamed,
         code=lambda cfg: STREAM_ENGINE_SOURCES,
-        inputs=_train_inputs,
-        outputs=_train_outputs,
         settings=stream_settings,
         launch=launcher,
-        jobs=lambda p: [tuple(r.id for r in pack) for pack in p.packs],
     ),
     Stage(
         "aggregate",
