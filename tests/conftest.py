@@ -146,6 +146,24 @@ def run_cli(*args, cwd, check=False, timeout=600):
     return proc
 
 
+def torchrun_train(params, run_id: str, *, cwd, timeout: float = 300, processes: int = 2):
+    """`torchrun --standalone --nproc_per_node=N -m rethinking train` of one streamed run, as its rule starts it;
+    returns the CompletedProcess."""
+    command = [
+        "torchrun",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "rethinking",
+        "train",
+        "--params",
+        str(params),
+        "--run-id",
+        run_id,
+    ]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def call_cli(*args, cwd, check=False):
     """`python -m rethinking ...` in this process (rethinking.cli.main, from `cwd`): the same exit status,
     stdout and stderr as run_cli, without a second of process start and imports per call."""

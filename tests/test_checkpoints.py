@@ -10,7 +10,6 @@ import os
 import random
 import shlex
 import shutil
-import subprocess
 
 import pandas as pd
 import pytest
@@ -25,7 +24,7 @@ from rethinking.engine import run as rn
 from rethinking.engine import streamed as ts
 from rethinking.files import load_checkpoint
 
-from conftest import call_cli
+from conftest import call_cli, torchrun_train
 from test_imagenet import make_jpeg_tree, prepared
 from test_imagenet import params as stream_params
 
@@ -309,24 +308,7 @@ def test_two_processes_agree_to_start_over_from_a_damaged_checkpoint(tmp_path, s
     out.mkdir(parents=True)
     damaged = (stream_reference[1] / rn.CHECKPOINT).read_bytes()[:-64]
     (out / rn.CHECKPOINT).write_bytes(damaged)
-    proc = subprocess.run(
-        [
-            "torchrun",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "rethinking",
-            "train",
-            "--params",
-            str(p),
-            "--run-id",
-            STREAM_RUN,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun_train(p, STREAM_RUN, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _moved_aside(out, proc.stdout, damaged, "RuntimeError")
     s = json.loads((out / "summary.json").read_text())

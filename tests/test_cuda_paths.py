@@ -35,7 +35,7 @@ from rethinking.engine.pack import Stacked
 from rethinking.models import build_model, traits
 from rethinking.plan.settings import ENGINE_SOURCES, STREAM_ENGINE_SOURCES, fingerprint, run_settings, stream_settings
 
-from conftest import REPO
+from conftest import REPO, torchrun_train
 
 SHAPE = (3, 28, 28)
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
@@ -535,7 +535,6 @@ def test_after_the_same_initialization_each_process_draws_its_own_dropout():
 def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
     """torchrun, 2 gloo processes, a run with dropout: the checkpoint's per-process random states differ (they
     were equal when every process trained from the run's seed alone), and the run completes."""
-    import subprocess
 
     import yaml
 
@@ -550,24 +549,7 @@ def test_two_gloo_processes_keep_different_random_states(tmp_path, jpeg_tree):
 
     prepared(p, "random-labels")
     run_id = STREAM_RUN.replace("/none/", "/dropout/")
-    proc = subprocess.run(
-        [
-            "torchrun",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "rethinking",
-            "train",
-            "--params",
-            str(p),
-            "--run-id",
-            run_id,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun_train(p, run_id, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "runs" / run_id
     ck = torch.load(out / rn.CHECKPOINT, map_location="cpu", weights_only=True)

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from rethinking import plan as rc
-from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, MEMORIZATION_COLUMNS, RUN_FILES, SPLIT_COLUMNS
+from rethinking.analysis.aggregate import EARLY_STOPPING_COLUMNS, RUN_FILES, memorization_columns
 from rethinking.analysis.jobs import benchmarks_dir
+from rethinking.engine.metrics import metric_columns
 from rethinking.pipeline.dvcgen import generate, stage_key
 from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import SECTION5_PRIORITY, job_priority, pack_name, plan_packs
@@ -289,8 +290,8 @@ def test_snakemake_runs_the_tiny_grid_end_to_end(tiny_snakemake):
     assert set(t1["labels"]) == {"true", "random"}
     # memorization under label noise: every epoch of the label-corrupted runs, split by corrupted labels
     mem = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/memorization.csv")
-    assert list(mem.columns) == MEMORIZATION_COLUMNS
-    assert set(mem["corruption"]) == {"labels-0.5", "random-labels"} and mem[list(SPLIT_COLUMNS)].notna().all().all()
+    assert list(mem.columns) == memorization_columns()
+    assert set(mem["corruption"]) == {"labels-0.5", "random-labels"} and mem[list(metric_columns())].notna().all().all()
     es = pd.read_csv(tiny_snakemake / TINY_RESULTS / "tables/early_stopping.csv")
     assert list(es.columns) == EARLY_STOPPING_COLUMNS
     assert sorted(es["corruption"]) == ["labels-0.5", "random-labels", "random-labels", "true-labels"]

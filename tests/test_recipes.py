@@ -121,15 +121,15 @@ def test_a_registered_metric_reaches_the_memorization_table_and_dvc_plots(finish
     """engine.metrics.register: its columns in memorization.csv (blank for run folders written without them) and
     in each label-corrupted run's DVC plot, with no other edit."""
     from rethinking.analysis import aggregate as ag
-    from rethinking.engine.metrics import Metric, register
+    from rethinking.engine.metrics import Metric, metric_columns, register
     from rethinking.engine.metrics import unregister as drop
 
     params, cfg = finished
     register(Metric("toy", ("toy_share",), sums=None, values=None))
     try:
-        assert ag.SPLIT_COLUMNS[-1] == "toy_share" and "toy_share" in ag.MEMORIZATION_COLUMNS
+        assert metric_columns()[-1] == "toy_share" and "toy_share" in ag.memorization_columns()
         mem = pd.read_csv(aggregate(cfg) / "memorization.csv")
-        assert list(mem.columns) == ag.MEMORIZATION_COLUMNS and mem["toy_share"].isna().all() and len(mem)
+        assert list(mem.columns) == ag.memorization_columns() and mem["toy_share"].isna().all() and len(mem)
         plots = yaml.safe_load(generate(str(params)))["plots"]
         ys = [y for plot in plots for spec in plot.values() for y in spec["y"].values()]
         assert ys and all(y[-1] == "toy_share" for y in ys)

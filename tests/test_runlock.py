@@ -25,7 +25,7 @@ from rethinking.engine import loop as tr
 from rethinking.engine.slots import RUN_LOCK, lock_runs
 from rethinking.errors import RunBusyError
 
-from conftest import run_cli, tree_files
+from conftest import run_cli, torchrun_train, tree_files
 from test_checkpoints import streamed_params
 
 PARAMS = """
@@ -209,24 +209,7 @@ def test_a_streamed_run_under_torchrun_is_refused_by_process_0(tmp_path):
     holder = _holder(run_id, out)
     try:
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [
-                "torchrun",
-                "--standalone",
-                "--nproc_per_node=2",
-                "-m",
-                "rethinking",
-                "train",
-                "--params",
-                str(p),
-                "--run-id",
-                run_id,
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = torchrun_train(p, run_id, cwd=tmp_path, timeout=120)
         took = time.monotonic() - t0
     finally:
         holder.kill()

@@ -283,16 +283,6 @@ def memorization_columns() -> list[str]:
     ]
 
 
-def __getattr__(name):
-    """SPLIT_COLUMNS and MEMORIZATION_COLUMNS, read from the metric registry when asked (a metric registered
-    after this module's import is in them)."""
-    if name == "SPLIT_COLUMNS":
-        return metric_columns()
-    if name == "MEMORIZATION_COLUMNS":
-        return memorization_columns()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 EARLY_STOPPING_STATS = ("best_test_acc", "final_test_acc", "gap")
 EARLY_STOPPING_COLUMNS = [
     "model",
