@@ -324,3 +324,67 @@ def train_until_killed(cfg, run, epoch, monkeypatch):
             tr.train(cfg, run, log=lambda *_: None)
     finally:
         monkeypatch.setattr(tr, "save_checkpoint", real)
+
+
+# ---------------------------------------------------------------------------- the per-example record
+
+
+def reference_record(logits_by_epoch, y) -> dict:
+    """The record's scores computed directly, in float64 numpy, from the training set's logits after every
+    epoch (a list of n x K arrays) and the assigned labels: what examples.npz must hold."""
+    y = np.asarray(y)
+    z = np.stack([np.asarray(a, dtype=np.float64) for a in logits_by_epoch])  # E x n x K
+    e, n, _ = z.shape
+    rows = np.arange(n)
+    log_p = z - z.max(2, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(2, keepdims=True))
+    p = np.exp(log_p[:, rows, y])  # E x n
+    mine = z[:, rows, y]
+    others = z.copy()
+    others[:, rows, y] = -np.inf
+    right = z.argmax(2) == y  # E x n
+    learned = np.full(n, -1)
+    for i in range(n):
+        wrong = np.flatnonzero(~right[:, i])
+        last_wrong = wrong[-1] + 1 if len(wrong) else 0  # epochs are 1-based: learned from last_wrong + 1
+        learned[i] = last_wrong + 1 if last_wrong < e else -1
+    return {
+        "learned_epoch": learned,
+        "forgetting": (right[:-1] & ~right[1:]).sum(0),
+        "confidence": p.mean(0),
+        "variability": p.std(0),
+        "aum": (mine - others.max(2)).mean(0),
+        "final_correct": right[-1],
+        "final_loss": -log_p[-1, rows, y],
+        "correct": right.T,
+    }
+
+
+def check_record(folder, *, rtol=1e-5) -> dict:
+    """A run folder's examples.npz agrees with itself and with its epochs.csv: the per-epoch correctness bits
+    give the epochs' train_acc and the memorization split, the learned epoch, the forgetting events and the
+    final correctness. Returns (meta, arrays)."""
+    import json
+
+    import pandas as pd
+
+    from rethinking.engine.examples import correct_matrix, read_record
+
+    meta, a = read_record(folder)
+    epochs = pd.read_csv(Path(folder) / "epochs.csv")
+    summary = json.loads((Path(folder) / "summary.json").read_text())
+    assert meta["epochs"] == summary["epochs"] == len(epochs) and meta["run"] == summary["run"]
+    assert len(a["index"]) == summary["n_train_eval"] and meta["n_train"] == summary["n_train"]
+    right = correct_matrix(a["correct_bits"], meta["epochs"])  # n x E
+    np.testing.assert_allclose(right.mean(0), epochs["train_acc"], rtol=rtol, atol=1e-12)
+    noisy = a["label"] != a["label_true"]
+    if noisy.any():
+        np.testing.assert_allclose(100 * right[noisy].mean(0), epochs["noisy_memorized"], rtol=rtol)
+    np.testing.assert_array_equal(right[:, -1], a["final_correct"])
+    forgetting = (right[:, :-1] & ~right[:, 1:]).sum(1)
+    np.testing.assert_array_equal(forgetting, a["forgetting"])
+    wrong_after = [np.flatnonzero(~r) for r in right]
+    learned = [(w[-1] + 2 if len(w) else 1) if r[-1] else -1 for r, w in zip(right, wrong_after)]
+    np.testing.assert_array_equal(learned, a["learned_epoch"])
+    assert ((a["confidence"] >= 0) & (a["confidence"] <= 1) & (a["variability"] >= 0)).all()
+    return meta, a

@@ -1,13 +1,18 @@
 """Golden values of a finished results folder: what a refactor must leave unchanged.
 
 `snapshot(results_dir)` reads a results folder of config/tiny.yaml (or any config) into one JSON-able
-dict: the run ids, the sha256 of every base and corrupted artifact, and per run the values of
+dict: the run ids, the digest of every base and corrupted artifact's arrays (`artifact_digest`), and per
+run the values of
 epochs.csv, steps.csv and summary.json that the training decides (wall times, process usage, the
 device's name and the versions are left out: they say where and when, not what). `compare` lists the
 differences, with floats equal within a tolerance (a packed run may round differently from its
 single-run trajectory; another CPU may sum in another order).
 
     python tests/golden.py results/tiny > tests/data/golden/tiny.json   # record (done at 7d86318)
+
+The artifact digests were the files' SHA-256 until base artifacts gained each training image's origin
+(issue #23): a digest now covers the arrays the corruptions and the training read, so the origins and a
+label artifact's record of its base's SHA-256 are left out; they were recomputed from 7d86318's files.
 """
 
 from __future__ import annotations
@@ -50,10 +55,27 @@ def _rows(path: Path) -> list[dict]:
         return [{k: _cell(v) for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(f)]
 
 
+# what an artifact holds besides the data: the images' origins, and (in the meta) the base's digest
+NOT_DATA = {"__meta__", "origin_train"}
+
+
+def artifact_digest(path) -> str:
+    """SHA-256 of an artifact's arrays (name, dtype, shape, bytes, in name order) but NOT_DATA."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    with np.load(path, allow_pickle=False) as z:
+        for name in sorted(set(z.files) - NOT_DATA):
+            a = np.ascontiguousarray(z[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def snapshot(results: str | Path) -> dict:
     results = Path(results)
     artifacts = {
-        p.relative_to(results / "data").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(results / "data").as_posix(): artifact_digest(p)
         for p in sorted((results / "data").rglob("*.npz"))
     }
     runs = {}

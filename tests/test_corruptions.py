@@ -1,6 +1,5 @@
 """The registry of corruption kinds: stable seeds, the artifacts' bytes as recorded, and a kind added from outside."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -14,6 +13,7 @@ from rethinking.plan import corruptions
 from rethinking.plan.packs import expected_cost
 
 from conftest import REPO
+from golden import artifact_digest
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "golden" / "tiny.json").read_text())["artifacts"]
 # today's kinds and their seed keys: part of every artifact's seed, never to change
@@ -21,7 +21,7 @@ SEED_KEYS = {"true_labels": 0, "labels": 1, "shuffled_pixels": 2, "random_pixels
 
 
 def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return artifact_digest(path)
 
 
 @pytest.fixture
@@ -50,9 +50,15 @@ def test_seed_keys_are_explicit_and_unchanged():
 
 
 def test_artifacts_are_byte_identical_to_the_recorded_ones(tiny_here):
-    """Every artifact of config/tiny.yaml has the SHA-256 recorded before the registry (tests/golden.py)."""
+    """Every artifact of config/tiny.yaml holds the arrays recorded before the registry (their digest:
+    tests/golden.py), and the base artifact each training image's origin (digits: its index in load_digits)."""
     got = _artifacts(tiny_here, rc.corruptions_of(rc.expand_runs(tiny_here)))
     assert got == GOLDEN
+    _, base = load_npz(rc.base_artifact(tiny_here))
+    from sklearn.datasets import load_digits
+
+    images = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    np.testing.assert_array_equal(images[base["origin_train"]][:, None], base["x_train"])
 
 
 @pytest.mark.parametrize(

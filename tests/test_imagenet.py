@@ -21,7 +21,7 @@ from rethinking.engine import streamed as ts
 from rethinking.files import load_npz
 from rethinking.plan.settings import train_command
 
-from conftest import REPO, clone_project
+from conftest import REPO, check_record, clone_project, reference_record
 
 CLASSES = ("n01", "n02", "n03", "n04")
 
@@ -260,6 +260,38 @@ def test_resume_inside_an_epoch_gives_the_same_run(tmp_path, tree, monkeypatch):
     cols = ["epoch", "step", "lr", "batch_train_acc", "train_loss", "train_acc", "test_loss", "test_acc"]
     pd.testing.assert_frame_equal(pd.read_csv(full / "epochs.csv")[cols], pd.read_csv(resumed / "epochs.csv")[cols])
     pd.testing.assert_frame_equal(pd.read_csv(full / "steps.csv"), pd.read_csv(resumed / "steps.csv"))
+    # the per-example record: the same arrays, whole, consistent with the epochs
+    (ma, xa), (mb, xb) = check_record(full), check_record(resumed)
+    assert ma == mb and set(xa) == set(xb)
+    for key in xa:
+        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+    assert ma["origin"] == "path" and all((tree / o).is_file() for o in xa["origin"])
+
+
+def test_the_streamed_record_is_the_numpy_computation_from_the_logged_logits(tmp_path, tree, monkeypatch):
+    from rethinking.engine import examples as ex
+
+    p = params(tmp_path, tree, batch_size=4, max_epochs=3, image_size=32, train_eval_size=10)
+    p.write_text(p.read_text().replace("inception_v3", "alexnet"))
+    cfg = prepared(p, "random-labels")
+    seen = []
+    real = ex.ExampleRecord.add
+
+    def add(self, logits, y):
+        seen.append((self.epoch, logits.detach().double().numpy(), y.numpy()))
+        real(self, logits, y)
+
+    monkeypatch.setattr(ex.ExampleRecord, "add", add)
+    out = ts.train(cfg, rc.find_run(cfg, "imagenet/random-labels/alexnet/none/seed0"), log=lambda *_: None)
+    meta, a = check_record(out)
+    assert len(a["index"]) == 10 and meta["n_train"] == 24
+    np.testing.assert_array_equal(a["index"], ts.train_eval_indices(24, 10, 0))
+    logits = [np.concatenate([z for e, z, _ in seen if e == k]) for k in (1, 2, 3)]
+    ref = reference_record(logits, a["label"])
+    for key in ("learned_epoch", "forgetting", "final_correct"):
+        np.testing.assert_array_equal(a[key], ref[key], err_msg=key)
+    for key in ("confidence", "variability", "aum", "final_loss"):
+        np.testing.assert_allclose(a[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_a_multi_process_run_needs_torchrun(tmp_path, tree):
@@ -297,6 +329,10 @@ def test_snakemake_trains_inception_v3_on_the_tree_with_torchrun(tmp_path, tree)
     # the split by corrupted labels, summed over the two processes, and its table
     e = pd.read_csv(out / "runs/imagenet/random-labels/inception_v3/none/seed0/epochs.csv")
     assert e[["clean_acc", "noisy_memorized", "noisy_true"]].notna().all().all()
+    # the per-example record: every process's share of the training set, gathered whole by process 0
+    meta, a = check_record(out / "runs/imagenet/random-labels/inception_v3/none/seed0")
+    np.testing.assert_array_equal(a["index"], np.arange(24))
+    assert (a["confidence"] > 0).all() and meta["origin"] == "path"
     mem = pd.read_csv(out / "tables/memorization.csv")
     assert list(mem["corruption"]) == ["random-labels"] and mem["clean_acc"].iloc[0] == e["clean_acc"].iloc[0]
     assert (out / "figures/memorization.png").is_file() and (out / "figures/early_stopping.pdf").is_file()

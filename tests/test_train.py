@@ -148,7 +148,7 @@ def test_a_checkpoint_write_cut_short_leaves_nothing_after_the_rerun(tiny):
     tr.train(tiny, run, log=lambda *_: None)
     assert not stale.exists() and (out / rn.CHECKPOINT).is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "summary.json", "epochs.csv", "steps.csv", ".train.lock"]
+        ["checkpoint.pt", "summary.json", "epochs.csv", "steps.csv", "examples.npz", ".train.lock"]
     )
 
 

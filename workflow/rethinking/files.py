@@ -229,10 +229,22 @@ def load_npz(path, rebuild_hint: str = "") -> tuple[dict, dict]:
 
 def read_meta(path) -> dict:
     """Only the `meta` record of an artifact (cheap: the arrays are not read)."""
+    return json.loads(read_array(Path(path), "__meta__").tobytes().decode())
+
+
+_REQUIRED = object()
+
+
+def read_array(path, name: str, default=_REQUIRED):
+    """One array of an artifact (cheap: the others are not read); `default` where the artifact has no such
+    array (none given: ArtifactError, as for a missing or damaged file)."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("__meta__.npy") as f:
-            return json.loads(np.lib.format.read_array(f, allow_pickle=False).tobytes().decode())
+        with zipfile.ZipFile(path) as zf:
+            if name + ".npy" not in zf.namelist() and default is not _REQUIRED:
+                return default
+            with zf.open(name + ".npy") as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: artifact is missing; rerun the pipeline to rebuild it") from None
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:

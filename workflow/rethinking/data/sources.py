@@ -47,7 +47,7 @@ def load_digits(test_fraction: float, seed: int):
     tr, te = np.sort(tr), np.sort(te)
     classes = [str(c) for c in d.target_names]
     prov = {"source": "digits", "origin": "sklearn.datasets.load_digits", "test_fraction": test_fraction}
-    return x[tr], y[tr], x[te], y[te], classes, prov
+    return x[tr], y[tr], x[te], y[te], classes, prov, tr
 
 
 def load_cifar10(root, download: bool):
@@ -77,7 +77,7 @@ def load_cifar10(root, download: bool):
     xtr, ytr = arrays(train)
     xte, yte = arrays(test)
     prov = {"source": "cifar10", "origin": "torchvision.datasets.CIFAR10", "root": str(root)}
-    return xtr, ytr, xte, yte, list(train.classes), prov
+    return xtr, ytr, xte, yte, list(train.classes), prov, np.arange(len(ytr))
 
 
 # source -> (torchvision class, name in messages); the files each reads: config.TORCHVISION_FILES
@@ -147,7 +147,7 @@ def load_torchvision(source: str, root, download: bool):
     else:
         classes = [str(c) for c in train.classes]  # CIFAR-100: the meta file's fine_label_names
     prov = {"source": source, "origin": f"torchvision.datasets.{name}", "root": str(root)}
-    return xtr, ytr, xte, yte, classes, prov
+    return xtr, ytr, xte, yte, classes, prov, np.arange(len(ytr))
 
 
 class _Tree:
@@ -166,12 +166,12 @@ class _Tree:
                 ) from None
             names = [n for n in self.zip.namelist() if not n.endswith("/")]
             # allow one top-level folder around train/ and test/
-            prefix = ""
+            prefix = self.prefix = ""
             if not any(n.startswith(("train/", "test/")) for n in names):
                 tops = {n.split("/", 1)[0] for n in names if "/" in n}
                 for top in sorted(tops):
                     if any(n.startswith(f"{top}/train/") for n in names):
-                        prefix = top + "/"
+                        prefix = self.prefix = top + "/"
                         break
             self.files = {}
             for n in names:
@@ -201,6 +201,12 @@ class _Tree:
         if self.zip is not None:
             return self.zip.read(name)
         return Path(name).read_bytes()
+
+    def relative(self, name: str) -> str:
+        """A file's path under the root (train/<class>/<file>): its origin in a run's per-example record."""
+        if self.zip is not None:
+            return name[len(self.prefix) :]
+        return Path(name).relative_to(self.root).as_posix()
 
     def where(self, name: str) -> str:
         return f"{self.root}:{name}" if self.zip is not None else name
@@ -240,7 +246,7 @@ def load_imagefolder(root):
             if not files:
                 raise DataError(f"dataset.root: {root}: {split}/{c}/ is empty (every class folder needs images)")
 
-    out = {}
+    out, origins = {}, None
     for split in ("train", "test"):
         items = [(name, classes.index(c)) for c in sorted(tree.files[split]) for name in sorted(tree.files[split][c])]
         for name, _ in items:
@@ -263,13 +269,15 @@ def load_imagefolder(root):
                 "all images must share one size"
             )
         out[split] = (np.stack(images), np.array([y for _, y in items], dtype=np.int64))
+        if split == "train":
+            origins = np.array([tree.relative(name) for name, _ in items])
     if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
         raise DataError(
             f"dataset.root: {root}: train images are {out['train'][0].shape[1:]} "
             f"but test images are {out['test'][0].shape[1:]}"
         )
     prov = {"source": "imagefolder", "root": str(Path(root).resolve())}
-    return out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes, prov
+    return out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes, prov, origins
 
 
 # ----------------------------------------------------------------------------
@@ -301,23 +309,25 @@ def load_source(
     test_fraction: float = 0.2,
     download: bool = False,
 ) -> dict:
-    """A dataset as arrays (x_train, y_train, x_test, y_test, classes, provenance), seeded subsets taken.
+    """A dataset as arrays (x_train, y_train, x_test, y_test, classes, provenance, origin_train), seeded subsets
+    taken. origin_train: where each training image came from (its index in the source's training split, or
+    its file path under an image folder's root), for the runs' per-example records.
 
     The one loader of the package: `prepare` stores its result as the base artifact, and the
     standalone commands (bench, kernels, theorem) use it directly.
     """
     if source == "digits":
-        xtr, ytr, xte, yte, classes, prov = load_digits(test_fraction, seed)
+        xtr, ytr, xte, yte, classes, prov, otr = load_digits(test_fraction, seed)
     elif source == "cifar10":
-        xtr, ytr, xte, yte, classes, prov = load_cifar10(root, download)
+        xtr, ytr, xte, yte, classes, prov, otr = load_cifar10(root, download)
     elif source in TORCHVISION_CLASSES:
-        xtr, ytr, xte, yte, classes, prov = load_torchvision(source, root, download)
+        xtr, ytr, xte, yte, classes, prov, otr = load_torchvision(source, root, download)
     elif source == "imagefolder":
         if not root:
             raise DataError(
                 "dataset.root: required for imagefolder (a folder or .zip with train/<class>/* and test/<class>/*)"
             )
-        xtr, ytr, xte, yte, classes, prov = load_imagefolder(root)
+        xtr, ytr, xte, yte, classes, prov, otr = load_imagefolder(root)
     else:
         raise DataError(
             f"dataset.source: {source!r} is unknown (allowed: digits, cifar10, "
@@ -326,11 +336,19 @@ def load_source(
     rng = np.random.default_rng([seed, 1])
     if train_size:
         i = balanced_subset(ytr, train_size, len(classes), rng, "train")
-        xtr, ytr = xtr[i], ytr[i]
+        xtr, ytr, otr = xtr[i], ytr[i], otr[i]
     if test_size:
         i = balanced_subset(yte, test_size, len(classes), rng, "test")
         xte, yte = xte[i], yte[i]
-    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": classes, "provenance": prov}
+    return {
+        "x_train": xtr,
+        "y_train": ytr,
+        "x_test": xte,
+        "y_test": yte,
+        "classes": classes,
+        "provenance": prov,
+        "origin_train": otr,  # each training image's index in the source's training split, or its file path
+    }
 
 
 def prepare(cfg: dict) -> Path:
@@ -354,5 +372,13 @@ def prepare(cfg: dict) -> Path:
         "provenance": prov,
     }
     out = base_artifact(cfg)
-    save_npz(out, meta, x_train=np.ascontiguousarray(xtr), y_train=ytr, x_test=np.ascontiguousarray(xte), y_test=yte)
+    save_npz(
+        out,
+        meta,
+        x_train=np.ascontiguousarray(xtr),
+        y_train=ytr,
+        x_test=np.ascontiguousarray(xte),
+        y_test=yte,
+        origin_train=np.asarray(d["origin_train"]),
+    )
     return out

@@ -10,7 +10,8 @@ pickle), one row per recorded training example, in the order of the run's traini
     index          int64    its position in the run's training set (the artifact's order)
     origin         int64 | str   where it came from: its index in the source's training split (digits:
                    sklearn's load_digits; torchvision datasets: the official training set), or its file path
-                   (an image folder: relative to dataset.root; a streamed tree: relative to its root)
+                   (an image folder: relative to dataset.root; a streamed tree: relative to its root, stored
+                   as UTF-8 bytes, a quarter of numpy's str; read_record gives str)
     label          int64    the label it was trained on (possibly corrupted)
     label_true     int64    the base artifact's label; label != label_true: a corrupted example
     learned_epoch  int32    the epoch (1-based) from which it is classified as `label` at every evaluation
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..files import load_npz, save_npz
+from ..files import load_npz, read_array, read_meta, save_npz
 
 EXAMPLES = "examples.npz"
 VERSION = 1
@@ -76,6 +77,8 @@ def read_record(folder) -> tuple[dict, dict] | None:
     missing = [f for f in FIELDS if f not in arrays]
     if meta.get("kind") != "examples" or missing:
         raise ArtifactError(f"{path}: not a run's per-example record (kind {meta.get('kind')!r}, missing {missing})")
+    if arrays["origin"].dtype.kind == "S":
+        arrays["origin"] = np.char.decode(arrays["origin"], "utf-8")
     return meta, arrays
 
 
@@ -193,12 +196,28 @@ class ExampleRecord:
         }
 
 
-def record_arrays(record: ExampleRecord, epochs: int, *, index, origin, label, label_true, state=None) -> dict:
-    """Every field of examples.npz: the record's scores with each recorded example's index, origin and labels."""
-    return {
+def base_origins(base_path, n: int) -> tuple[np.ndarray, str]:
+    """(each training example's origin, what the origins refer to) from the base artifact (data.sources.prepare
+    stores them): sklearn's or torchvision's dataset, or the image folder's root. A base artifact made before
+    origins were stored: the example's index in the artifact."""
+    origin = read_array(base_path, "origin_train", None)
+    prov = read_meta(base_path).get("provenance", {})
+    source = prov.get("origin") or prov.get("root") or prov.get("source", "")
+    return (np.arange(n), f"{base_path} (index)") if origin is None else (origin, source)
+
+
+def finished(
+    record: ExampleRecord, run_id: str, epochs: int, *, index, origin, label, label_true, meta: dict, state=None
+):
+    """(meta, arrays) of a finished run's examples.npz: the record's scores after `epochs` evaluations, with
+    each recorded example's index, origin and labels; `meta`: classes, source, n_train."""
+    origin = np.asarray(origin)
+    arrays = {
         "index": np.asarray(index, dtype=np.int64),
-        "origin": np.asarray(origin),
+        "origin": origin,
         "label": np.asarray(label, dtype=np.int64),
         "label_true": np.asarray(label_true, dtype=np.int64),
         **record.arrays(epochs, state),
     }
+    kind = "path" if origin.dtype.kind in "US" else "index"
+    return {"run": run_id, "epochs": epochs, "origin": kind, **meta}, arrays

@@ -32,14 +32,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data.corrupt import load_corrupted
 from ..data.preprocess import augmentations, prepare_all, prepare_batch
 from ..models import build_model, check_model, count_parameters, is_user_code, parse, traits
-from ..plan import Run, run_dir, training_for
+from ..plan import Run, base_artifact, run_dir, training_for
 from ..plan.packs import check_packable
 from ..plan.settings import ENGINE_SOURCES, fingerprint, run_settings
+from .examples import ExampleRecord, base_origins, finished
 from .metrics import evaluate
 from .pack import Single, Stacked
 from .run import (
@@ -74,6 +76,8 @@ class Member:
     x_test: torch.Tensor
     y_test: torch.Tensor
     gen: torch.Generator  # permutations and random augmentation
+    record: ExampleRecord  # the per-example record (rethinking.engine.examples)
+    about: dict  # what its examples.npz says besides the record: origins, classes, source
     progress: Progress = field(default_factory=Progress)
     clock: Clock = field(default_factory=Clock)
 
@@ -118,6 +122,7 @@ def _members(cfg: dict, runs: list[Run], settings: list[dict], device) -> tuple[
     crop = cfg["preprocess"]["crop"]
     augment = augmentations(runs[0].regs)
     loaded, images, members, models = {}, {}, [], []
+    origins = source = None
     for run, s in zip(runs, settings):
         if run.corruption not in loaded:
             meta, arr = load_corrupted(cfg, run.corruption)
@@ -138,6 +143,9 @@ def _members(cfg: dict, runs: list[Run], settings: list[dict], device) -> tuple[
                 },
             )
         d = loaded[run.corruption]
+        n = len(d["y_train"])
+        if origins is None:
+            origins, source = base_origins(base_artifact(cfg), n)
         c, h, w = d["x_uint8"].shape[1:]
         in_shape, n_classes = (c, crop or h, crop or w), len(d["meta"]["classes"])
         if is_user_code(run.model) or parse(run.model).kind == "torchvision":  # 2 x K logits, or one line
@@ -161,6 +169,8 @@ def _members(cfg: dict, runs: list[Run], settings: list[dict], device) -> tuple[
                 x_test=d["x_test"],
                 y_test=d["y_test"],
                 gen=torch.Generator(device=device).manual_seed(run.seed),
+                record=ExampleRecord(n, s["max_epochs"], device),
+                about=dict(origin=origins, classes=d["meta"]["classes"], source=source),
             )
         )
     return members, models
@@ -201,6 +211,7 @@ def _resume(packer, members: list[Member], log) -> None:
             continue
         packer.load_member(k, ck["model"], ck["optimizer"], ck["processes"][0])
         m.gen.set_state(ck["generator"])
+        m.record.load(ck["examples"])
         m.progress = Progress.load(ck["progress"])
         log(f"{m.run.id}: resuming after epoch {m.progress.epoch} (step {m.progress.step})")
 
@@ -293,7 +304,9 @@ def _end_epoch(m: Member, packer, i: int, lr: float, batch_acc: float, eval_batc
     p = m.progress
     p.epoch += 1
     net = packer.member(i)
-    train = evaluate(net, _batches(m.x_train, m.y_train, m.y_true, eval_batch_size), metrics=True)
+    m.record.begin(p.epoch)
+    train = evaluate(net, _batches(m.x_train, m.y_train, m.y_true, eval_batch_size), metrics=True, record=m.record)
+    m.record.end()
     test = evaluate(net, _batches(m.x_test, m.y_test, None, eval_batch_size))
     metrics = {k: v for k, v in train.items() if k not in ("loss", "acc", "correct", "n")}
     row = {
@@ -326,6 +339,7 @@ def _end_epoch(m: Member, packer, i: int, lr: float, batch_acc: float, eval_batc
         p,
         [rng_state(device)],
         generator=m.gen.get_state(),
+        examples=m.record.state(),
     )
 
 
@@ -333,7 +347,20 @@ def _finish(m: Member, facts: RunFacts, log) -> None:
     """Write a finished member's epochs.csv, steps.csv and summary.json."""
     m.progress.elapsed = m.clock()
     n_corrupted = int((m.y_train != m.y_true).sum())
-    write_summary(m.out, m.run, m.settings, m.progress, replace(facts, n_corrupted=n_corrupted), log=log)
+    n = len(m.y_train)
+    examples = finished(
+        m.record,
+        m.run.id,
+        m.progress.epoch,
+        index=np.arange(n),
+        origin=m.about["origin"],
+        label=m.y_train.cpu().numpy(),
+        label_true=m.y_true.cpu().numpy(),
+        meta=dict(classes=m.about["classes"], source=m.about["source"], n_train=n),
+    )
+    write_summary(
+        m.out, m.run, m.settings, m.progress, replace(facts, n_corrupted=n_corrupted), log=log, examples=examples
+    )
 
 
 def _progress_bar(total: int, initial: int, name: str, size: int):

@@ -94,13 +94,14 @@ register(
 )
 
 
-def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = False) -> dict:
+def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = False, record=None) -> dict:
     """Mean loss, top-1 (and top-`topk`) accuracy and the number top-1 correct over `batches`, in eval mode,
     in fp32: no autocast even where the steps train in bf16, and no TF32 (precision.exact_float32), since
     the stop rule needs every training example right and bf16 logits tie and flip small margins.
 
     `batches` yields (x, y, y_true) device tensors (x ready for the model; y_true None on a split whose labels
-    are not corrupted). With `metrics`, every registered metric's columns, from the same forward pass.
+    are not corrupted). With `metrics`, every registered metric's columns, from the same forward pass; with a
+    `record` (rethinking.engine.examples.ExampleRecord), each batch's logits go to it too.
     `reduce` sums a float64 vector over the processes of a run (streamed engine; None: one process).
     Returns {"loss", "acc", "correct", "n", ["top5"], **metric columns}."""
     import torch
@@ -115,6 +116,8 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
             logits = model(x)
             if isinstance(logits, tuple):  # a model with an auxiliary head gives (main, aux) in train mode only
                 logits = logits[0]
+            if record is not None:
+                record.add(logits, y)
             top = logits.float().topk(min(topk, logits.shape[1]), dim=1).indices if topk > 1 else None
             pred = logits.argmax(1) if top is None else top[:, 0]
             parts = [F.cross_entropy(logits.float(), y, reduction="sum").double(), (pred == y).sum().double()]

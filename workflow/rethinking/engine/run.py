@@ -29,12 +29,13 @@ from pathlib import Path
 from .. import __version__
 from ..files import load_checkpoint as _load_checkpoint
 from ..files import remove_stale_temps, save_torch, write_json, write_rows
+from .examples import write_record
 from .metrics import metric_columns
 from .slots import Slot, claim_gpu, lock_runs
 
 CHECKPOINT = "checkpoint.pt"
 # what a resume reads from a checkpoint besides its fingerprint
-CHECKPOINT_KEYS = ("model", "optimizer", "progress", "processes")
+CHECKPOINT_KEYS = ("model", "optimizer", "progress", "processes", "examples")
 STATUSES = ("fitted", "max_epochs", "diverged")  # how a run ends: fitted, stopped at the epoch limit, diverged
 
 
@@ -334,12 +335,17 @@ class RunFacts:
     processes: int = 1
 
 
-def write_summary(out: Path, run, settings: dict, p: Progress, facts: RunFacts, *, log, extra=None) -> dict:
-    """Write a finished run's epochs.csv, steps.csv and, last, summary.json (its presence means the run is
-    finished). The same keys from both engines; `extra` adds an engine's own (the streamed top-5).
+def write_summary(
+    out: Path, run, settings: dict, p: Progress, facts: RunFacts, *, log, extra=None, examples=None
+) -> dict:
+    """Write a finished run's examples.npz (`examples`: its (meta, arrays), rethinking.engine.examples),
+    epochs.csv, steps.csv and, last, summary.json (its presence means the run is finished). The same keys
+    from both engines; `extra` adds an engine's own (the streamed top-5).
     `cpu_time`, `max_rss_mb` and `process_wall_time` are the training process's since it started
     (process_usage): for a pack, the one process of all its members, up to this member's end; for a run of
     several processes, process 0's; after a resume, the resuming process's only (`wall_time` adds up)."""
+    if examples is not None:
+        write_record(out, *examples)
     write_epochs(out / "epochs.csv", p.epochs_rows)
     write_steps(out / "steps.csv", p.steps_rows)
     last = p.epochs_rows[-1]

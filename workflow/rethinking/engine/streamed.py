@@ -63,6 +63,7 @@ from ..models import count_parameters, traits
 from ..models.inception_v3 import build_stream_model, loss_of
 from ..plan import Run, run_dir, training_for
 from ..plan.settings import STREAM_ENGINE_SOURCES, fingerprint, stream_settings, train_command
+from .examples import ExampleRecord, finished
 from .metrics import evaluate
 from .optim import SGD
 from .run import (
@@ -212,6 +213,14 @@ class _Run:
         self.eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, raw=raw)
         self.test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, raw=raw)
         self.train_eval_idx = train_eval_indices(self.n_train, s["train_eval_size"], run.seed)
+        # the per-example record of the evaluated training images; this process evaluates every world-th one
+        n_eval = len(self.train_eval_idx)
+        self.record = ExampleRecord(
+            n_eval,
+            s["max_epochs"],
+            device,
+            positions=None if procs.world == 1 else np.arange(procs.rank, n_eval, procs.world),
+        )
         # --- model and optimizer: process 0's initialization (the same seed everywhere), then a stream per process
         torch.manual_seed(run.seed)
         self.model = build_stream_model(
@@ -259,11 +268,13 @@ class _Run:
         self.loss_sum.fill_(mine["loss_sum"])
         self.correct.fill_(mine["correct"])
         self.seen = mine["seen"]
+        self.record.load(ck["examples"])
         self.p = Progress.load(ck["progress"])
         log(f"{self.run.id}: resuming after epoch {self.p.epoch}, batch {self.p.batch} (step {self.p.step})")
 
-    def save(self, clock: Clock) -> None:
-        """Every process hands process 0 its random state and partial sums; process 0 writes the file."""
+    def save(self, clock: Clock) -> dict:
+        """Every process hands process 0 its random state and partial sums, and every process's rows of the
+        per-example record go to all; process 0 writes the file. Returns the whole record."""
         self.p.elapsed = clock()
         mine = {
             **rng_state(self.procs.device),
@@ -272,10 +283,33 @@ class _Run:
             "seen": self.seen,
         }
         everyone = self.procs.gather(mine)
+        record = self.record.state(reduce=self.procs.sum if self.procs.world > 1 else None)
         if self.procs.rank == 0:
             save_checkpoint(
-                self.out, self.fingerprint, self.model.state_dict(), self.opt.state_dict(), self.p, everyone
+                self.out,
+                self.fingerprint,
+                self.model.state_dict(),
+                self.opt.state_dict(),
+                self.p,
+                everyone,
+                examples=record,
             )
+        return record
+
+    def examples(self, state: dict) -> tuple[dict, dict]:
+        """(meta, arrays) of the run's examples.npz from the whole record (`state`, as the last save gathered it)."""
+        d, idx = self.d, self.train_eval_idx
+        return finished(
+            self.record,
+            self.run.id,
+            self.p.epoch,
+            index=idx,
+            origin=np.asarray(d["train_files"])[idx],
+            label=np.asarray(d["y_train"])[idx],
+            label_true=np.asarray(d["y_train_true"])[idx],
+            meta=dict(classes=d["classes"], source=str(d["root"]), n_train=self.n_train),
+            state=state,
+        )
 
 
 def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
@@ -284,10 +318,13 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
     steps_per_epoch = len(epoch_batches(r.n_train, 0, run.seed, 0, procs.world, s["batch_size"] // procs.world))
     clock = Clock(r.p.elapsed)
     autocast = autocast_for(procs.device)
+    record = None
     while r.p.running(s["max_epochs"]):
         lr = learning_rate(r.p.epoch, s["lr"], s["lr_decay"], s["lr_decay_images"], r.n_train)
         _train_epoch(r, lr, t, steps_per_epoch, autocast, clock, log)
-        _end_epoch(r, lr, t, clock, log)
+        record = _end_epoch(r, lr, t, clock, log)
+    if record is None:  # resumed finished: the record as the checkpoint holds it
+        record = r.record.state(reduce=procs.sum if procs.world > 1 else None)
     if procs.rank == 0:
         # among the evaluated images
         n_corrupted = int((r.d["y_train"] != r.d["y_train_true"])[r.train_eval_idx].sum())
@@ -313,6 +350,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
             facts,
             log=log,
             extra={"train_top5": 100 * last["train_top5"], "test_top5": 100 * last["test_top5"]},
+            examples=r.examples(record),
         )
     return r.out
 
@@ -381,20 +419,24 @@ def _eval_batches(
         n += len(y)
 
 
-def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> None:
-    """Evaluate the training set (its `train_eval_size` images, with every registered metric) and the test
-    set, top-1 and top-5, each process a share, summed; close the epoch (row, divergence, fit); checkpoint."""
+def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> dict:
+    """Evaluate the training set (its `train_eval_size` images, with every registered metric and the
+    per-example record) and the test set, top-1 and top-5, each process a share, summed; close the epoch
+    (row, divergence, fit); checkpoint. Returns the whole record as the checkpoint holds it."""
     p, procs = r.p, r.procs
     p.epoch, p.batch = p.epoch + 1, 0
     procs.sync_buffers(r.model)
     ev = dict(procs=procs, batch_size=t["eval_batch_size"], workers=t["workers"], channels_last=r.channels_last)
+    r.record.begin(p.epoch)
     train = evaluate(
         r.model,
         _eval_batches(r.eval_train, r.train_eval_idx, y_true=r.d["y_train_true"], **ev),
         topk=5,
         reduce=procs.sum,
         metrics=True,
+        record=r.record,
     )
+    r.record.end()
     test = evaluate(r.model, _eval_batches(r.test_set, np.arange(len(r.test_set)), **ev), topk=5, reduce=procs.sum)
     counts = procs.sum(torch.tensor([int(r.correct), r.seen], device=procs.device, dtype=torch.int64)).tolist()
     r.correct.zero_()
@@ -420,4 +462,4 @@ def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> None:
         f"top-1 {100 * train['acc']:.2f}% test top-1 {100 * test['acc']:.2f}% top-5 {100 * test['top5']:.2f}%"
     )
     close_epoch(p, row, train["correct"], len(r.train_eval_idx), name=r.run.id, log=log)
-    r.save(clock)
+    return r.save(clock)
