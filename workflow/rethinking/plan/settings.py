@@ -19,8 +19,16 @@ MODEL_SOURCES = tuple(f"models/{p.name}" for p in sorted((PACKAGE / "models").gl
 
 
 # what both engines share (rethinking.engine.run: the stop rule, the schedule, checkpoints, summaries;
-# .metrics: the evaluation and every per-epoch metric), the optimizer, fp32 evaluation and the models
-SHARED_ENGINE_SOURCES = ("engine/run.py", "engine/metrics.py", "engine/optim.py", "engine/precision.py", *MODEL_SOURCES)
+# .metrics: the evaluation and every per-epoch metric; .examples: the per-example record), the optimizer, fp32
+# evaluation and the models
+SHARED_ENGINE_SOURCES = (
+    "engine/run.py",
+    "engine/metrics.py",
+    "engine/examples.py",
+    "engine/optim.py",
+    "engine/precision.py",
+    *MODEL_SOURCES,
+)
 # a change to any of these invalidates checkpoints (a user's model file: run_settings' model_source)
 ENGINE_SOURCES = ("engine/loop.py", "engine/pack.py", "data/preprocess.py", *SHARED_ENGINE_SOURCES)
 
