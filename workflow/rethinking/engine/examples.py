@@ -166,7 +166,9 @@ class ExampleRecord:
         for name in _STATE:
             t = getattr(self, name)
             if reduce is not None:
-                wide = t.to(torch.float64 if t.is_floating_point() else torch.int64)
+                # bytes stay bytes (only one process has a row non-zero: the sum cannot overflow)
+                byte = t.dtype in (torch.uint8, torch.bool)
+                wide = t.to(torch.float64 if t.is_floating_point() else torch.uint8 if byte else torch.int64)
                 if own is not None:
                     wide = torch.where(own.view(-1, *([1] * (wide.dim() - 1))), wide, torch.zeros_like(wide))
                 t = reduce(wide).to(t.dtype)
