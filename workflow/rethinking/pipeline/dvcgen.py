@@ -35,7 +35,9 @@ from .stages import DVC, Plan, Stage, grid_stamp, plan, stages_for
 
 __all__ = ["generate", "write", "check", "stage_key", "grid_stamp"]
 
-GROUPS = {"model": "user_model"}  # a per-run input only some runs have -> a foreach stage of their own
+# a per-job input only some jobs have -> a foreach stage of their own: a user's model file (train_user_model),
+# a label file (corrupt_label_file)
+GROUPS = {"model": "user_model", "labels": "label_file"}
 
 
 def stage_key(run_id: str) -> str:
