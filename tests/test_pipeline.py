@@ -133,14 +133,15 @@ def dvc_stages(doc: dict) -> dict:
 
 def dvc_name(job: dict, stages: dict) -> str | None:
     """The DVC stage of a Snakemake job: train <-> train@<run> or train_user_model@<run>, corrupt <->
-    corrupt@<corruption>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
+    corrupt@<corruption> or corrupt_label_file@<corruption>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
     if job["rule"] in ("all", "jobs"):
         return None
     if job["rule"] == "train":
         key = stage_key(job["wildcards"]["run"])
         return next((n for n in (f"train@{key}", f"train_user_model@{key}") if n in stages), f"train@{key}")
     if job["rule"] == "corrupt":
-        return f"corrupt@{job['wildcards']['corruption']}"
+        key = job["wildcards"]["corruption"]
+        return next((n for n in (f"corrupt@{key}", f"corrupt_label_file@{key}") if n in stages), f"corrupt@{key}")
     return job["rule"]
 
 
