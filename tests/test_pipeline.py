@@ -133,7 +133,8 @@ def dvc_stages(doc: dict) -> dict:
 
 def dvc_name(job: dict, stages: dict) -> str | None:
     """The DVC stage of a Snakemake job: train <-> train@<run> or train_user_model@<run>, corrupt <->
-    corrupt@<corruption> or corrupt_label_file@<corruption>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
+    corrupt@<corruption> or corrupt_label_file@<corruption>, train_pack_N and the others by name; None for
+    Snakemake's own (all, jobs)."""
     if job["rule"] in ("all", "jobs"):
         return None
     if job["rule"] == "train":

@@ -30,8 +30,6 @@ SUFFIXES = (".npy", ".csv", ".pt")
 def _integers(path: Path, values, what: str) -> np.ndarray:
     """`values` as a 1-d int64 array, or a DataError naming the file."""
     arr = np.asarray(values)
-    if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise DataError(f"{path}: {what} has dtype {arr.dtype}, expected integer class labels")
     if arr.ndim != 1:
@@ -90,8 +88,9 @@ def _read_pt(path: Path, key: str | None) -> np.ndarray:
         with torch.serialization.safe_globals(_safe_numpy_globals()):
             data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, ...: all mean refused)
-        found = re.search(r"(Unsupported global: GLOBAL \S+|Can only build [^\n]*?but got [^\n]*)", str(exc))
-        why = found.group(1) if found else type(exc).__name__
+        pattern = r"(unsupported GLOBAL \S+|Unsupported global: GLOBAL \S+|Can only build [^\n]*?but got [^\n]*)"
+        found = re.search(pattern, str(exc))
+        why = found.group(1).rstrip(".") if found else type(exc).__name__
         raise DataError(
             f"{path}: refused by torch.load(weights_only=True) ({why}); expected a dict of integer numpy arrays "
             "such as CIFAR-10N's CIFAR-10_human.pt"
