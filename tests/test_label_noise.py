@@ -20,6 +20,7 @@ from rethinking.data.sources import prepare
 from rethinking.errors import ConfigError, DataError
 from rethinking.files import load_npz, sha256, write_csv
 from rethinking.pipeline.dvcgen import generate
+from rethinking.pipeline.stages import stage
 from rethinking.plan import corruptions
 from rethinking.plan.draws import pairflip_labels
 
@@ -374,6 +375,11 @@ def test_snakemake_and_dvc_see_the_label_file_and_the_options(tmp_path):
         has_file = str(tmp_path / "y.npy") in inputs[cid]
         assert has_file == (cid == "label-file") == (str(tmp_path / "y.npy") in st["deps"])
     assert set(doc["stages"]) >= {"corrupt", "corrupt_label_file"}
+    # Snakemake reruns a corrupt job when its own kind's options change (the rule's params.settings)
+    cfg = rc.load(params)
+    settings = stage("corrupt", cfg).settings
+    assert settings(cfg, "pairflip-0.4") == {"map": {"3": "5"}} and settings(cfg, "true-labels") == {}
+    assert settings(cfg, "label-file") == {"path": str(tmp_path / "y.npy"), "key": None}
     for name in ("corrupt", "corrupt_label_file"):
         assert doc["stages"][name]["do"]["params"] == [{str(params): ["corruption_options"]}]
     # and its memorization plots
