@@ -387,3 +387,26 @@ def test_snakemake_and_dvc_see_the_label_file_and_the_options(tmp_path):
         "memorization_digits-train100-test50__label-file__mlp_1x512__none__seed0",
         "memorization_digits-train100-test50__pairflip-0.4__mlp_1x512__none__seed0",
     }
+
+
+def test_the_readme_recipe_for_a_kind_without_options_still_works(tmp_path):
+    """README "Add a corruption kind": a four-argument draw and a free seed key (7; 5 and 6 are the new kinds')."""
+
+    def invert(rng, base, level, num_classes):
+        return {"x_train": 255 - base["x_train"], "x_test": 255 - base["x_test"]}
+
+    corruptions.register(
+        corruptions.CorruptionKind(
+            "inverted_pixels", seed_key=7, touches="pixels", draw=invert, epoch_factor=1.0, legend="inverted pixels"
+        )
+    )
+    try:
+        cfg = rc.load(_params(tmp_path, ["inverted_pixels"], train_size=100, test_size=50))
+        prepare(cfg)
+        c = rc.Corruption.make("inverted_pixels")
+        _, base = load_npz(rc.base_artifact(cfg))
+        _, arrays = load_npz(corrupt(cfg, c))
+        np.testing.assert_array_equal(arrays["x_train"], 255 - base["x_train"])
+        assert corruptions.options_for(cfg, "inverted_pixels") == {}
+    finally:
+        corruptions.unregister("inverted_pixels")

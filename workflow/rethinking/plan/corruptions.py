@@ -13,6 +13,18 @@ Section 2 of the paper, in registry order (the figures' order):
   match the training set, per channel: what is stored (rounded and clipped to 0..255), not the
   Gaussian before clipping. Pixel corruptions keep the true labels.
 
+Not in the paper (README "Real and structured label noise"):
+- pairflip at level p (params' `levels`, p = 0 the true labels): each training label independently with
+  probability p moved to one fixed other class, the next one ((c + 1) mod K) or as its `map` option says by
+  class names (a class not named keeps its labels). Not on Fig. 1b/1c's axis (paper_axis=False).
+- label_file: the training labels read from a file (plan.label_files: .npy, .csv, a CIFAR-10N .pt), its
+  `path` (relative to the params file's folder) and `key` options; the file is an input of its corrupt job
+  and its path, SHA-256 and key are in the artifact's meta.
+
+Options: a kind declares the options it takes (`options`, with defaults) and checks them (`check`); params
+give them in one section, corruption_options.<kind>, read by options_for, and the draw gets them as a fifth
+argument. A kind without options keeps the four-argument draw.
+
 An entry is everything the pipeline knows of a kind; nothing else names one. The params schema's list
 of kinds (filled in when params are loaded, plan.params), Corruption's ids (plan.grid), the `corrupt`
 stage (rethinking.data.corrupt), the jobs' order (plan.packs) and the figures' legends
@@ -28,7 +40,7 @@ Adding one (the README's "Extending the pipeline"):
     def invert(rng, base, level, num_classes):       # numpy arrays of the base artifact -> what replaces them
         return {"x_train": 255 - base["x_train"], "x_test": 255 - base["x_test"]}
 
-    register(CorruptionKind("inverted_pixels", seed_key=5, touches="pixels", draw=invert,
+    register(CorruptionKind("inverted_pixels", seed_key=7, touches="pixels", draw=invert,
                             epoch_factor=1.0, legend="inverted pixels"))
 
 No torch here and no scipy at import (the draws import it inside the Gaussian's solve): the Snakemake
