@@ -410,3 +410,39 @@ def test_the_readme_recipe_for_a_kind_without_options_still_works(tmp_path):
         assert corruptions.options_for(cfg, "inverted_pixels") == {}
     finally:
         corruptions.unregister("inverted_pixels")
+
+
+@pytest.mark.slow
+def test_snakemake_remakes_only_what_an_option_or_the_label_file_changes(project):
+    """A real run of both kinds in a clone, then dry runs: a new pairflip map remakes pairflip's artifact (and
+    what follows it) only, new contents of the label file the label file's only."""
+    from test_pipeline import dry_run_jobs, sh
+
+    options = {"label_file": {"path": "y.npy"}, "pairflip": {"map": {"3": "5", "5": "3"}}}
+    params = _params(
+        project / "config", ["pairflip", "label_file"], options, levels=[0.5], train_size=100, test_size=50
+    )
+    raw = yaml.safe_load(params.read_text())
+    raw["results_dir"] = "results/label-noise-test"
+    raw["training"].update(batch_size=25, log_every=2, pack=1)
+    params.write_text(yaml.safe_dump(raw))
+    rel = params.relative_to(project)
+    sh(f"python -m rethinking prepare --params {rel}", project)
+    _, base = load_npz(next((project / "results/label-noise-test/data").glob("*/base.npz")))
+    np.save(project / "config" / "y.npy", (base["y_train"] + (np.arange(100) < 20)) % 10)
+    sh(f"snakemake --cores 2 --configfile {rel}", project)
+    mem = pd.read_csv(project / "results/label-noise-test/tables/memorization.csv")
+    assert set(mem["corruption_kind"]) == {"pairflip", "label_file"}
+
+    def remade():
+        jobs = dry_run_jobs(sh(f"snakemake -n -p --configfile {rel}", project).stdout)
+        return {j["wildcards"]["corruption"] for j in jobs if j["rule"] == "corrupt"}
+
+    assert remade() == set()
+    raw["corruption_options"]["pairflip"]["map"] = {"3": "8", "8": "3"}
+    params.write_text(yaml.safe_dump(raw))
+    assert remade() == {"pairflip-0.5"}
+    raw["corruption_options"]["pairflip"]["map"] = {"3": "5", "5": "3"}
+    params.write_text(yaml.safe_dump(raw))
+    np.save(project / "config" / "y.npy", base["y_train"])
+    assert remade() == {"label-file"}
