@@ -17,7 +17,15 @@ from golden import artifact_digest
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "golden" / "tiny.json").read_text())["artifacts"]
 # today's kinds and their seed keys: part of every artifact's seed, never to change
-SEED_KEYS = {"true_labels": 0, "labels": 1, "shuffled_pixels": 2, "random_pixels": 3, "gaussian": 4}
+SEED_KEYS = {
+    "true_labels": 0,
+    "labels": 1,
+    "shuffled_pixels": 2,
+    "random_pixels": 3,
+    "gaussian": 4,
+    "pairflip": 5,
+    "label_file": 6,
+}
 
 
 def _sha(path) -> str:
@@ -179,7 +187,7 @@ def test_a_removed_kind_is_unknown_again(toy_kinds):
     with pytest.raises(
         rc.ConfigError,
         match=r"grid\[0\]\.corruptions\[0\].*allowed: true_labels, labels, "
-        r"random_labels, shuffled_pixels, random_pixels, gaussian, inverted",
+        r"random_labels, shuffled_pixels, random_pixels, gaussian, pairflip, label_file, inverted",
     ):
         rc.validate(raw)
     with pytest.raises(rc.ConfigError, match="not a corruption id"):

@@ -67,7 +67,8 @@ def test_the_rules_import_neither_torch_nor_pandas():
         "    for s in stages.stages_for(cfg):\n"
         "        for v in s.jobs(p):\n"
         "            s.inputs(p, v), s.outputs(p, v), s.cmd(cfg, path, v), s.code_paths(cfg)\n"
-        "            s.job_file(p, v, 'logs', '.log'), s.settings and [s.settings(cfg, p.run_by_id[r]) for r in v]\n"
+        "            s.job_file(p, v, 'logs', '.log')\n"
+        "            s.settings and [s.settings(cfg, p.run_by_id[r] if s.wildcard == 'run' else r) for r in v]\n"
         "torch = loaded(['torch'])\n"
         "for path in sys.argv[1:]:\n"
         "    dvcgen.generate(path); stages.expected_jobs(rc.load(path))\n"
@@ -133,14 +134,16 @@ def dvc_stages(doc: dict) -> dict:
 
 def dvc_name(job: dict, stages: dict) -> str | None:
     """The DVC stage of a Snakemake job: train <-> train@<run> or train_user_model@<run>, corrupt <->
-    corrupt@<corruption>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
+    corrupt@<corruption> or corrupt_label_file@<corruption>, train_pack_N and the others by name; None for
+    Snakemake's own (all, jobs)."""
     if job["rule"] in ("all", "jobs"):
         return None
     if job["rule"] == "train":
         key = stage_key(job["wildcards"]["run"])
         return next((n for n in (f"train@{key}", f"train_user_model@{key}") if n in stages), f"train@{key}")
     if job["rule"] == "corrupt":
-        return f"corrupt@{job['wildcards']['corruption']}"
+        key = job["wildcards"]["corruption"]
+        return next((n for n in (f"corrupt@{key}", f"corrupt_label_file@{key}") if n in stages), f"corrupt@{key}")
     return job["rule"]
 
 

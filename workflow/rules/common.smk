@@ -69,6 +69,11 @@ def run_settings_json(wildcards):
     return json.dumps(stage("train", CFG).settings(CFG, RUN_BY_ID[wildcards.run]), sort_keys=True)
 
 
+def corruption_settings_json(wildcards):
+    """A corrupt job's kind's options (corruption_options): an edit reruns only that kind's artifacts."""
+    return json.dumps(stage("corrupt", CFG).settings(CFG, wildcards.corruption), sort_keys=True)
+
+
 def pack_settings_json(pack):
     """The settings of a pack's runs: an edit reruns the packs it changes."""
     return json.dumps([stage("train", CFG).settings(CFG, r) for r in pack], sort_keys=True)

@@ -30,5 +30,6 @@ rule corrupt:
         "../envs/rethinking.yaml"
     params:
         file=PARAMS,
+        settings=corruption_settings_json,
     shell:
         stage_shell("corrupt")

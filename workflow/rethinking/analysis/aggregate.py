@@ -15,9 +15,10 @@
 - metrics.json     the headline numbers per model (and run counts by state), for `dvc metrics show`
                    and `dvc exp show` (see metrics())
 - memorization.csv  memorization under label noise: per epoch of every label-corrupted run
-                   (labels at p > 0, random labels), the training set split by its labels
-                   (clean_acc, noisy_memorized, noisy_true, percent; blank for run folders
-                   written before the engines recorded them) beside train and test accuracy
+                   (labels at p > 0, random labels, pairflip at p > 0, a label file), the training
+                   set split by its labels (clean_acc, noisy_memorized, noisy_true, percent; blank
+                   for run folders written before the engines recorded them) beside train and test
+                   accuracy; `corruption_kind` and `level` (blank for a label file) say which noise
 - early_stopping.csv  per label-corrupted run (and the true-label runs of the same model and
                    regularizers, at level 0): the best test accuracy over its epochs, where it was,
                    the final one and the gap, with the mean over the seeds of a cell when they all
@@ -44,7 +45,8 @@ from ..engine.metrics import metric_columns
 from ..errors import ArtifactError
 from ..files import read_meta
 from ..lazy import lazy_module
-from ..plan import base_artifact, expand_runs, is_streamed, run_dir
+from ..plan import Corruption, base_artifact, expand_runs, is_streamed, run_dir
+from ..plan.corruptions import corrupts_labels, kind_of, kinds
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
@@ -272,6 +274,7 @@ def memorization_columns() -> list[str]:
         "regularizers",
         "variant",
         "corruption",
+        "corruption_kind",
         "level",
         "seed",
         "status",
@@ -289,6 +292,7 @@ EARLY_STOPPING_COLUMNS = [
     "regularizers",
     "variant",
     "corruption",
+    "corruption_kind",
     "level",
     "seed",
     "status",
@@ -304,8 +308,24 @@ EARLY_STOPPING_COLUMNS = [
 
 
 def _label_corrupted(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose labels are corrupted: labels at a level p > 0, random labels."""
-    return runs[runs["label_level"].fillna(0) > 0]
+    """The runs whose labels are corrupted: labels at a level p > 0, random labels, pairflip at p > 0, a label
+    file (plan.corruptions.corrupts_labels)."""
+    noisy = [corrupts_labels(c.kind, c.level) for c in map(Corruption.parse, runs["corruption"])]
+    return runs[pd.Series(noisy, index=runs.index, dtype=bool)]
+
+
+def noise_of(corruption_id: str) -> tuple[str, float]:
+    """(kind, level) of a run's corruption in the memorization tables: the kind's level where it takes levels
+    (labels, random labels at 1, pairflip), 0 for the true labels, blank (NaN) for a kind without levels (a
+    label file). Rows are grouped by kind and level, so labels and pairflip at one level are never averaged."""
+    c = Corruption.parse(corruption_id)
+    return c.kind, (c.level if kind_of(c.kind).levels or c.kind == "true_labels" else float("nan"))
+
+
+def _kind_order(frame: pd.DataFrame) -> pd.Series:
+    """A row's kind's place in the registry (its order in the figures)."""
+    order = {k.name: i for i, k in enumerate(kinds())}
+    return frame["corruption_kind"].map(order)
 
 
 def _epochs(cfg: dict, run_id: str) -> pd.DataFrame:
@@ -334,11 +354,14 @@ def memorization(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
         f["train_acc"], f["test_acc"] = 100 * f["train_acc"], 100 * f["test_acc"]
         for k in ("model", "regularizers", "variant", "corruption", "seed", "status"):
             f[k] = r[k]
-        f["level"] = r["label_level"]
+        f["corruption_kind"], f["level"] = noise_of(r["corruption"])
         frames.append(f[columns])
     if not frames:
         return pd.DataFrame(columns=columns)
-    return _sorted(pd.concat(frames, ignore_index=True), ["model", "regularizers", "variant", "level", "seed", "epoch"])
+    table = pd.concat(frames, ignore_index=True)
+    table["_k"] = _kind_order(table)
+    keys = ["model", "regularizers", "variant", "_k", "level", "seed", "epoch"]
+    return _sorted(table, keys).drop(columns="_k")
 
 
 @table("early_stopping.csv")
@@ -364,7 +387,7 @@ def early_stopping(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
         f = _epochs(cfg, r["run"])
         test = 100 * f["test_acc"].astype(float)
         row = {k: r[k] for k in ("model", "regularizers", "variant", "corruption", "seed", "status", "epochs")}
-        row["level"] = r["label_level"]
+        row["corruption_kind"], row["level"] = noise_of(r["corruption"])
         if r["status"] != "diverged" and test.notna().any():
             best = test.idxmax()  # the first epoch with the highest test accuracy
             row.update(
@@ -389,7 +412,8 @@ def early_stopping(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
     table.loc[mixed, [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")]] = np.nan
     for k in ("best_epoch", "best_step"):
         table[k] = table[k].astype("Int64")
-    return _sorted(table, ["model", "regularizers", "variant", "level", "seed"])
+    table["_k"] = _kind_order(table)
+    return _sorted(table, ["model", "regularizers", "variant", "_k", "level", "seed"]).drop(columns="_k")
 
 
 def _one_state_mean(runs: pd.DataFrame, column: str) -> float | None:

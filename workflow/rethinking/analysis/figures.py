@@ -14,10 +14,12 @@
   label-corrupted run, against thousand steps, the accuracy on the training
   examples whose label is intact, the share of the corrupted ones predicted as
   their wrong label (memorized) and as their original label, and the test
-  accuracy; a row of panels per model x regularizers, a panel per level.
+  accuracy; a row of panels per model x regularizers, a panel per label noise
+  (kind and level: labels and pairflip at one level are two panels).
 - early_stopping: the best test accuracy over the epochs against the one at the
   end of training, against label corruption, a panel per model x regularizers
-  (beside Fig. 1c: what early stopping would have kept).
+  (beside Fig. 1c: what early stopping would have kept); pairflip's levels as
+  series of their own, a label file (no level) in the table only.
 - fig2a (streamed datasets, ImageNet only): top-1 training and test accuracy
   against thousand steps of the true-label runs with and without augmentation,
   weight decay and dropout, the cumulative best test accuracy shaded (the
@@ -29,7 +31,9 @@ nothing is averaged across those states:
   true-label run's, a lower bound on its time to fit; Fig. 1c: at its test error when it stopped;
   Table 4: at its training accuracy when it stopped);
 - diverged: crosses on the bottom of the axes (its numbers are blank) or at the end of its curve;
-each with a legend entry. Fig. 1b/1c draw lines only for models with intermediate label levels
+each with a legend entry. Fig. 1b/1c's axis is the paper's label corruption (`labels`: uniform noise); pairflip
+runs are not on it (convergence.csv keeps them, label_level blank) but in the memorization and early-stopping
+figures as their own panels and series. Fig. 1b/1c draw lines only for models with intermediate label levels
 (0 < p < 1); the others (Table 1's levels 0 and 1 only) are markers. Curves (Fig. 1a, 2b) are means over
 the seeds up to the step the first seed stops, each seed on its own thin line after that, the end of every
 seed marked by its state.
@@ -47,13 +51,16 @@ import numpy as np
 
 from ..lazy import lazy_module
 from ..plan import Corruption, is_streamed
+from ..plan.corruptions import kind_of as corruption_kind
 from ..plan.corruptions import kinds as corruption_kinds
-from .aggregate import t_interval
+from ..plan.corruptions import names as _kind_names
+from .aggregate import noise_of, t_interval
 from .outputs import entries, figure, has_section5, optional, produce
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
 
 pd = lazy_module("pandas")
+KIND_NAMES = set(_kind_names())
 
 # Fig. 1a's curves: every registered corruption kind (at level 1 where it takes levels: random labels), in the
 # registry's order, by corruption id, and its legend (plan.corruptions)
@@ -589,6 +596,25 @@ def _cells(d: pd.DataFrame) -> list[tuple[str, str, str]]:
     return sorted(cells, key=lambda c: (order.get(c[0], len(order)), c[0], c[1] != "none", c[1], c[2]))
 
 
+def _noise_panels(g: pd.DataFrame) -> list[str]:
+    """The corruptions of a memorization row's panels, one each (labels and pairflip at one level apart), in the
+    registry's order, then by level; a label file (no level) after its kind's place."""
+    order = {k.name: i for i, k in enumerate(corruption_kinds())}
+    first = g.drop_duplicates("corruption")
+    pairs = zip(first["corruption_kind"], first["level"])
+    key = [(order.get(k, len(order)), -1.0 if pd.isna(v) else v) for k, v in pairs]
+    return [c for _, c in sorted(zip(key, first["corruption"]))]
+
+
+def _noise_title(row) -> str:
+    """A panel's noise: `p = 0.4` for labels (the paper's), `pair flips, p = 0.4`, `labels from a file`."""
+    kind = row["corruption_kind"]
+    if kind == "labels":
+        return f"p = {row['level']:g}"
+    legend = (corruption_kind(kind).legend or kind.replace("_", " ")) if kind in KIND_NAMES else kind
+    return legend if pd.isna(row["level"]) else f"{legend}, p = {row['level']:g}"
+
+
 def _cell_title(model: str, regs: str, variant: str) -> str:
     return f"{MODEL_LABEL.get(model, model)}, {_regularizer_label(regs)}" + (f" ({variant})" if variant else "")
 
@@ -599,7 +625,8 @@ def _cell_title(model: str, regs: str, variant: str) -> str:
     caption="""\
 Memorization under label noise (not in the paper; Arpit et al., ICML 2017):
 for every label-corrupted run, a row of panels per model and regularizers and
-a panel per corruption level, against thousand steps, from the evaluation of
+a panel per label noise (random labels at each level p; pair flips at each
+level and labels from a file, where the grid has them), against thousand steps, from the evaluation of
 the whole training set after each epoch: the accuracy on the examples whose
 label is intact (a label the random draw gave back unchanged counts as intact),
 the share of the corrupted examples predicted as their assigned (wrong) label
@@ -625,9 +652,14 @@ def memorization(mem: pd.DataFrame):
 
     d = mem.copy()
     d["variant"] = d["variant"].fillna("") if len(d) else d["variant"]
+    if "corruption_kind" not in d:  # a table written before the column
+        d["corruption_kind"] = [noise_of(c)[0] for c in d["corruption"]]
     cells = _cells(d)
     ncols = max(
-        [d[(d["model"] == m) & (d["regularizers"] == r) & (d["variant"] == v)]["level"].nunique() for m, r, v in cells]
+        [
+            d.loc[(d["model"] == m) & (d["regularizers"] == r) & (d["variant"] == v), "corruption"].nunique()
+            for m, r, v in cells
+        ]
         or [1]
     )
     fig, axes = plt.subplots(
@@ -636,12 +668,12 @@ def memorization(mem: pd.DataFrame):
     colors = _palette(list(SPLIT_SERIES))
     for i, (model, regs, variant) in enumerate(cells):
         g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
-        levels = sorted(g["level"].unique())
+        panels = _noise_panels(g)
         for j, ax in enumerate(axes[i]):
-            if j >= len(levels):
+            if j >= len(panels):
                 ax.set_axis_off()
                 continue
-            p = g[g["level"] == levels[j]].copy()
+            p = g[g["corruption"] == panels[j]].copy()
             p["thousand steps"] = p["step"] / 1000.0
             for column, label in SPLIT_SERIES.items():
                 if p[column].notna().any():
@@ -657,7 +689,7 @@ def memorization(mem: pd.DataFrame):
                     fontsize="x-small",
                     gid="no-split",
                 )
-            ax.set_title(f"{_cell_title(model, regs, variant)}: p = {levels[j]:g}", fontsize="small")
+            ax.set_title(f"{_cell_title(model, regs, variant)}: {_noise_title(p.iloc[0])}", fontsize="small")
             ax.set_ylim(0, 102)
             # one step axis per model: with and without regularizers side by side at the same scale
             ax.set_xlim(0, 1.02 * d.loc[d["model"] == model, "step"].max() / 1000.0)
@@ -695,6 +727,9 @@ the same gap on ImageNet (63.16% best, 59.80% at the end).
 The line is the mean over the fitted seeds; open circles: runs stopped at the
 epoch limit, at their numbers then; crosses on the bottom: diverged runs (no
 value). Lines only where a model has levels strictly between 0 and 1.
+Pair flips (pairflip) are series of their own ("... (pair flips)"), never
+averaged with random labels at the same level; labels from a file have no
+level and are in tables/early_stopping.csv only.
 """,
 )
 def early_stopping(es: pd.DataFrame):
@@ -707,13 +742,12 @@ def early_stopping(es: pd.DataFrame):
     cells = _cells(d)
     fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.6 * max(len(cells), 1), 3.2), squeeze=False, sharey=True)
     series = {"best_test_acc": "best during training", "final_test_acc": "at the end of training"}
-    colors = _palette(list(series.values()))
+    if "corruption_kind" not in d:  # a table written before the column
+        d["corruption_kind"] = [noise_of(c)[0] for c in d["corruption"]]
+    colors = _palette(list(dict.fromkeys(_early_stopping_series(d, series)["model"])))
     for j, (ax, (model, regs, variant)) in enumerate(zip(axes[0], cells)):
         g = d[(d["model"] == model) & (d["regularizers"] == regs) & (d["variant"] == variant)]
-        long = pd.concat(
-            [g.assign(model=label, test_acc=g[column]) for column, label in series.items()], ignore_index=True
-        )
-        long["label_level"] = long["level"]
+        long = _early_stopping_series(g, series)
         long["_mean"] = long["status"] == "fitted"
         _by_state(ax, long, "test_acc", colors, _line_models(long))
         ax.set_title(_cell_title(model, regs, variant), fontsize="small")
@@ -727,6 +761,23 @@ def early_stopping(es: pd.DataFrame):
         _empty(axes[0][0], "no label-corruption runs")
     fig.suptitle("Early stopping: the best test accuracy during training and at its end", y=1.02)
     return fig
+
+
+def _early_stopping_series(g: pd.DataFrame, series: dict) -> pd.DataFrame:
+    """early_stopping.csv's rows as the figure's series (column `model`, x `label_level`): best and final test
+    accuracy per label-noise kind with levels, the true-label runs (level 0) in each; `labels`'s series keep
+    their names, pairflip's add the kind's legend ("best during training (pair flips)"). Kinds without levels (a
+    label file) have no place on the axis: they are in the table only."""
+    with_levels = [k for k in dict.fromkeys(g["corruption_kind"]) if k != "true_labels" and k in KIND_NAMES]
+    with_levels = [k for k in with_levels if corruption_kind(k).levels] or ["labels"]
+    parts = []
+    for kind in with_levels:
+        rows = g[g["corruption_kind"].isin([kind, "true_labels"])]
+        suffix = "" if kind == "labels" else f" ({corruption_kind(kind).legend or kind})"
+        parts += [rows.assign(model=label + suffix, test_acc=rows[column]) for column, label in series.items()]
+    long = pd.concat(parts, ignore_index=True)
+    long["label_level"] = long["level"]
+    return long
 
 
 def kernel_curve(noise: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -2,8 +2,9 @@
 
 What each corruption kind does, its seed and its draw are its entry in the registry,
 rethinking.plan.corruptions (the draws themselves: rethinking.plan.draws); this stage reads the base
-artifact, asks the kind's draw for the arrays it replaces and writes the artifact, the same way for
-every kind.
+artifact, asks the kind's draw for the arrays it replaces (with the kind's options from params'
+corruption_options, where it takes any, and the base's class names as base["classes"]) and writes the
+artifact, the same way for every kind; a kind's `describe` adds what its meta records of its options.
 
 A label-only corruption stores labels and a reference (path and SHA-256) to
 its base artifact, never a second copy of the images. Which training labels
@@ -64,7 +65,15 @@ def corrupt(cfg: dict, corruption: Corruption) -> Path:
     base_path = base_artifact(cfg)
     meta, base = load_npz(base_path, rebuild_hint="`python -m rethinking prepare`")
     kind = registry.kind_of(corruption.kind)
-    drawn = registry.draw(corruption.kind, corruption.level, base, len(meta["classes"]), cfg["dataset"]["seed"])
+    options = registry.options_for(cfg, corruption.kind)  # {} for a kind without options
+    drawn = registry.draw(
+        corruption.kind,
+        corruption.level,
+        {**base, "classes": meta["classes"]},
+        len(meta["classes"]),
+        cfg["dataset"]["seed"],
+        options,
+    )
     out = {"y_train": base["y_train"], "y_test": base["y_test"], **drawn}
     info = {
         "kind": "corrupted",
@@ -77,6 +86,8 @@ def corrupt(cfg: dict, corruption: Corruption) -> Path:
     }
     if "y_train" in drawn:
         info["labels_changed"] = float(np.mean(out["y_train"] != base["y_train"]))
+    if kind.describe is not None:
+        info.update(kind.describe(options))  # a label file's path, SHA-256 and key; a pairflip map
     if kind.touches == "labels":
         info["base"] = {"path": str(base_path), "sha256": sha256(base_path)}
     path = corrupted_artifact(cfg, corruption)

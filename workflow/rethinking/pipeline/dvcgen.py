@@ -30,12 +30,15 @@ from ..engine.metrics import metric_columns
 from ..errors import ConfigError
 from ..files import write_text
 from ..plan import expand_runs, load, run_dir, runs_root
+from ..plan.corruptions import corrupts_labels
 from ..plan.packs import check_models
 from .stages import DVC, Plan, Stage, grid_stamp, plan, stages_for
 
 __all__ = ["generate", "write", "check", "stage_key", "grid_stamp"]
 
-GROUPS = {"model": "user_model"}  # a per-run input only some runs have -> a foreach stage of their own
+# a per-job input only some jobs have -> a foreach stage of their own: a user's model file (train_user_model),
+# a label file (corrupt_label_file)
+GROUPS = {"model": "user_model", "labels": "label_file"}
 
 
 def stage_key(run_id: str) -> str:
@@ -133,7 +136,8 @@ def generate(params_path: str) -> str:
 
 
 def _memorization_plots(cfg: dict, runs) -> list:
-    """Top-level `dvc plots`: per label-corrupted run (labels at p > 0, random labels), its memorization curves,
+    """Top-level `dvc plots`: per label-corrupted run (labels or pairflip at p > 0, random labels, a label file),
+    its memorization curves,
     epochs.csv's columns of every registered per-epoch metric (rethinking.engine.metrics.metric_columns,
     percent) against steps."""
     return [
@@ -147,7 +151,7 @@ def _memorization_plots(cfg: dict, runs) -> list:
             }
         }
         for r in runs
-        if (r.corruption.label_level or 0) > 0
+        if corrupts_labels(r.corruption.kind, r.corruption.level)
     ]
 
 

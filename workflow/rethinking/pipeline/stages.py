@@ -27,8 +27,10 @@ from ..files import write_text
 from ..models import model_file
 from ..plan import (
     CORRUPT_SOURCES,
+    Corruption,
     base_artifact,
     corrupted_artifact,
+    corruptions,
     corruptions_of,
     expand_runs,
     is_streamed,
@@ -95,7 +97,7 @@ class Stage:
     tools: tuple[str, ...] = (SNAKEMAKE, DVC)
     command: str = ""  # the CLI command (default: the stage's name)
     launch: Callable[[dict], str] = lambda cfg: "python"
-    settings: Callable | None = None  # (cfg, run) -> dict: a run's own settings (Snakemake)
+    settings: Callable | None = None  # (cfg, job's value) -> dict: a run's (a corruption's) own settings (Snakemake)
 
     def exists_for(self, cfg: dict, tool: str | None = None) -> bool:
         return (self.when is None or bool(self.when(cfg))) and (tool is None or tool in self.tools)
@@ -161,6 +163,20 @@ def _model_files(plan: Plan, runs) -> list[str]:
     """A user's model file is an input of exactly the runs of that model."""
     base = plan.cfg.get("_params_dir")
     return sorted({str(f) for r in runs if (f := model_file(r.model, base)) is not None})
+
+
+def _corrupt_inputs(plan: Plan, values: tuple) -> dict:
+    """The base artifact, and the files the kind's draw reads (label_file's labels: its job only)."""
+    inputs = {"base": [str(base_artifact(plan.cfg))]}
+    if values and "{" not in values[0] and "$" not in values[0]:
+        if files := corruptions.input_files(plan.cfg, Corruption.parse(values[0]).kind):
+            inputs["labels"] = files
+    return inputs
+
+
+def _corrupt_settings(cfg: dict, corruption_id: str) -> dict:
+    """A corrupt job's own options (Snakemake reruns the jobs whose kind's options changed)."""
+    return corruptions.options_for(cfg, Corruption.parse(corruption_id).kind)
 
 
 def _train_inputs(plan: Plan, values: tuple) -> dict:
@@ -240,9 +256,11 @@ STAGES: tuple[Stage, ...] = (
         wildcard="corruption",
         args="--corruption {corruption}",
         code=lambda cfg: CORRUPT_SOURCES,
-        inputs=lambda p, v: {"base": [str(base_artifact(p.cfg))]},
+        params=("corruption_options",),
+        inputs=_corrupt_inputs,
         outputs=lambda p, v: [Out(str(base_artifact(p.cfg).parent / f"{v[0]}.npz"))],
         jobs=lambda p: [(c.id,) for c in corruptions_of(p.runs)],
+        settings=_corrupt_settings,
     ),
     # in-memory datasets: one job per run, or per pack of training.pack (rethinking.engine.pack)
     _train_stage(args="--run {run}", when=_not_streamed, code=lambda cfg: ENGINE_SOURCES, settings=run_settings),

@@ -2,7 +2,8 @@
 
 - params.py    load and validate a params file, fill in defaults
 - datasets.py  what is known of a data source without reading it; its id; whether its paths exist
-- corruptions.py  the corruption kinds' registry: names, seeds, draws (draws.py), job costs, legends
+- corruptions.py  the corruption kinds' registry: names, seeds, draws (draws.py), options, job costs, legends
+- label_files.py  the label_file kind's reader (.npy, .csv, CIFAR-10N .pt; torch only to read a .pt)
 - grid.py      corruptions, runs and run ids, each run's training settings
 - paths.py     where every artifact and output lives
 - settings.py  what decides a run's result (its checkpoint's fingerprint)

@@ -24,6 +24,19 @@ def corrupt_labels(y: np.ndarray, p: float, num_classes: int, rng: np.random.Gen
     return np.where(replace, drawn, y).astype(np.int64)
 
 
+def pairflip_labels(y: np.ndarray, p: float, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each label c independently with probability p moved to its class's fixed other class target[c]
+    (class-conditional "pair" noise); a class that maps to itself keeps its label. One uniform draw per label."""
+    y = np.asarray(y)
+    move = rng.random(len(y)) < p
+    return np.where(move, np.asarray(target)[y], y).astype(np.int64)
+
+
+def next_class_map(num_classes: int) -> np.ndarray:
+    """The default pairflip map: class c to (c + 1) mod num_classes."""
+    return (np.arange(num_classes) + 1) % num_classes
+
+
 def shuffle_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """Every image of x (N x C x H x W) with its pixel positions permuted by perm (channels move together)."""
     n, c, h, w = x.shape

@@ -15,7 +15,7 @@ import yaml
 
 from ..errors import ConfigError, ModelError
 from ..models import MIN_IMAGE_SIZE, model_file, parse, run_name
-from .corruptions import label_names, takes_levels
+from .corruptions import check_options, label_names, takes_levels
 from .corruptions import names as corruption_names
 from .datasets import STREAMED_SOURCES, is_streamed
 from .grid import DEFAULT_LR
@@ -39,6 +39,9 @@ DEFAULTS = {
     "results_dir": "results",
     "paper_tolerance": {"train_acc": 1.0, "test_acc": 3.0},
     "section5": None,
+    # per corruption kind that takes options (plan.corruptions: label_file, pairflip), its options; each kind
+    # fills in its own defaults (CorruptionKind.options)
+    "corruption_options": {},
     "seeds": [0],
     "dataset": {
         "source": "digits",
@@ -249,6 +252,10 @@ def _check_semantics(cfg: dict, source: str) -> None:
                 f"{source}: {where}: 'variant' and 'training' go together "
                 "(a variant names the training overrides of its group)"
             )
+    try:
+        check_options(cfg, {k for group in cfg["grid"] for k in group["corruptions"]})
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if is_streamed(cfg):
         _check_streamed(cfg, source)
     else:
