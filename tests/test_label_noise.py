@@ -25,6 +25,7 @@ from rethinking.plan import corruptions
 from rethinking.plan.draws import pairflip_labels
 
 from conftest import REPO, call_cli
+from golden import artifact_digest
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10N_MAP = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
@@ -275,7 +276,8 @@ def test_a_pairflip_map_naming_no_class_is_refused(tmp_path):
 
 
 def test_existing_artifacts_keep_their_bytes_with_the_new_kinds_in_the_grid(tmp_path, monkeypatch):
-    """config/tiny.yaml's artifacts, with pairflip and options added to its params, as recorded (golden)."""
+    """config/tiny.yaml's artifacts, with pairflip and options added to its params, hold the arrays recorded
+    (golden digests)."""
     golden = json.loads((REPO / "tests" / "data" / "golden" / "tiny.json").read_text())["artifacts"]
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -288,7 +290,7 @@ def test_existing_artifacts_keep_their_bytes_with_the_new_kinds_in_the_grid(tmp_
     got = {}
     for c in [None, *rc.corruptions_of(rc.expand_runs(cfg))]:
         p = rc.base_artifact(cfg) if c is None else corrupt(cfg, c)
-        got[p.relative_to(data).as_posix()] = sha256(p)
+        got[p.relative_to(data).as_posix()] = artifact_digest(p)
     assert {k: got[k] for k in golden} == golden and "digits-train100-test50/pairflip-0.5.npz" in got
 
 
