@@ -48,6 +48,9 @@ from ..plan import base_artifact, expand_runs, is_streamed, run_dir
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
+from .scores import Records
+from .stats import ci95, t_interval  # noqa: F401  (t_interval: the figures read it from here)
+from .stats import spread as _spread
 
 pd = lazy_module("pandas")
 
@@ -94,29 +97,6 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run and seed: its summary."""
     return runs
-
-
-def _spread(values: pd.Series) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-
-
-def ci95(values) -> float:
-    """Half-width of the 95% t-interval of the mean (NaN for one value)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
-def t_interval(values) -> tuple[float, float]:
-    """The 95% t-interval of the mean, as seaborn's `errorbar` callable wants it."""
-    v = np.asarray(values, dtype=float)
-    half = ci95(v)
-    m = float(np.nanmean(v))
-    return (m, m) if np.isnan(half) else (m - half, m + half)
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
@@ -504,5 +484,10 @@ def table2_files(runs: pd.DataFrame, meta: dict):
 def aggregate(cfg: dict) -> Path:
     """Every table entry of the stage, from the grid's run folders."""
     runs = load_summaries(cfg)
-    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)))
+    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)), records=Records(cfg))
     return tables_dir(cfg)
+
+
+# the per-example tables and figures are entries of this stage too (from the runs' examples.npz); imported last,
+# so that they are written after the tables above
+from . import example_figures, examples  # noqa: E402, F401

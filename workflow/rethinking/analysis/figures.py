@@ -50,6 +50,7 @@ from ..plan import Corruption, is_streamed
 from ..plan.corruptions import kinds as corruption_kinds
 from .aggregate import t_interval
 from .outputs import entries, figure, has_section5, optional, produce
+from .plotting import MODEL_LABEL
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
 
@@ -59,14 +60,6 @@ pd = lazy_module("pandas")
 # registry's order, by corruption id, and its legend (plan.corruptions)
 CORRUPTION_ORDER = [Corruption.make(k.name, 1.0).id for k in corruption_kinds()]
 CORRUPTION_LABEL = {Corruption.make(k.name, 1.0).id: k.legend or k.name.replace("_", " ") for k in corruption_kinds()}
-MODEL_LABEL = {
-    "inception": "Inception",
-    "inception_nobn": "Inception w/o BatchNorm",
-    "alexnet": "AlexNet",
-    "mlp_1x512": "MLP 1x512",
-    "mlp_3x512": "MLP 3x512",
-    "inception_v3": "Inception V3",
-}
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:

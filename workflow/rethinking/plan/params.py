@@ -40,6 +40,8 @@ DEFAULTS = {
     "paper_tolerance": {"train_acc": 1.0, "test_acc": 3.0},
     "section5": None,
     "seeds": [0],
+    # the per-example tables and figures (rethinking.analysis.examples, example_figures)
+    "examples": {"suspects": 50, "map_level": 0.4, "images": 10},
     "dataset": {
         "source": "digits",
         "root": None,
