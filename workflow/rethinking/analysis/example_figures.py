@@ -8,7 +8,7 @@ records: its `records` context) rather than of `figures` (which reads tables onl
 - learned_epochs  the share of intact and of corrupted examples learned for good by each epoch, per model and
                   label level (their cumulative distribution; never-learned examples keep a curve below 1)
 - detection_roc   ROC curves of flagging the corrupted labels by each score, per model and level
-- suspects        the most suspect images by AUM (suspects.csv) per model at the map level, each titled with the
+- suspect_images  the most suspect images by AUM (suspects.csv) per model at the map level, each titled with the
                   label it was trained on and its original label
 
 Figures use the runs without regularizers or variants (as Fig. 1) and one run per model and level (the lowest
@@ -158,6 +158,7 @@ def learned_epochs(runs: pd.DataFrame, records: Records):
                 if share is not None:
                     ax.step(epochs, share, where="post", color=palette[level], linestyle=style, linewidth=1.3)
         ax.set(xscale="log", xlabel="epoch", ylabel="share learned for good", ylim=(-0.02, 1.02))
+        ax.xaxis.set_major_formatter(plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(_model(model), fontsize="medium")
     from matplotlib.lines import Line2D
 
@@ -211,9 +212,9 @@ def detection_roc(runs: pd.DataFrame, records: Records):
             ax.set_title(f"{_model(model)}, p = {level:g} (seed {r['seed']})", fontsize="small")
             ax.legend(fontsize="x-small", loc="lower right", title="AUC", title_fontsize="x-small")
             ax.set(xlim=(0, 1), ylim=(0, 1.01))
-        axes[i, 0].set_ylabel("corrupted labels found")
+        axes[i, 0].set_ylabel("share of corrupted labels found")
     for ax in axes[-1]:
-        ax.set_xlabel("intact labels flagged")
+        ax.set_xlabel("share of intact labels flagged")
     fig.tight_layout()
     return fig
 
@@ -241,7 +242,7 @@ def _title(row) -> tuple[str, str]:
 
 
 @figure(
-    "suspects",
+    "suspect_images",
     stage="aggregate",
     inputs=("suspects.csv",),
     category="Figures",
@@ -288,5 +289,9 @@ def suspects_figure(table: pd.DataFrame, cfg: dict, runs: pd.DataFrame, records:
                 )
             text, color = _title(row)
             ax.set_title(text, fontsize=7.5, color=color, linespacing=1.1)
+    fig.suptitle(
+        "most suspect first (lowest AUM, mean over seeds); red: the corruption changed the label, black: its own label",
+        fontsize="small",
+    )
     fig.tight_layout()
     return fig
