@@ -77,6 +77,15 @@ def test_a_run_folder_without_a_record_is_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1 and says in proc.stderr, proc.stderr
 
 
+def test_a_negative_top_is_one_line(folder):
+    out, _ = folder
+    proc = call_cli("examples", out, "--top", "-3", cwd=out.parent)
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "error: --top: -3 is negative (a number of examples, or 0 for every example)"
+    )
+
+
 def test_an_unknown_score_is_refused(folder):
     out, _ = folder
     proc = run_cli("examples", out, "--by", "margin", cwd=out.parent)

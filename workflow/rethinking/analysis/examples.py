@@ -315,8 +315,10 @@ def ranked(folder, by: str = "aum", top: int | None = 20) -> pd.DataFrame:
     from pathlib import Path
 
     from ..engine.examples import EXAMPLES, read_record
-    from ..errors import ArtifactError
+    from ..errors import ArtifactError, ConfigError
 
+    if top is not None and top < 0:
+        raise ConfigError(f"--top: {top} is negative (a number of examples, or 0 for every example)")
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such run folder")
