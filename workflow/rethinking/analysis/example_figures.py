@@ -293,5 +293,5 @@ def suspects_figure(table: pd.DataFrame, cfg: dict, runs: pd.DataFrame, records:
         "most suspect first (lowest AUM, mean over seeds); red: the corruption changed the label, black: its own label",
         fontsize="small",
     )
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     return fig
