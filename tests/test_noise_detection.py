@@ -408,3 +408,15 @@ def test_params_examples_defaults_and_errors():
     for bad, key in (({"suspects": 0}, "suspects"), ({"map_level": 1.5}, "map_level"), ({"k": 1}, "examples")):
         with pytest.raises(ConfigError, match=key):
             rc.validate({"examples": bad, "grid": cfg["grid"]})
+
+
+def test_a_streamed_dataset_shows_the_files_names_instead_of_images(made):
+    cfg, runs, read = made
+    streamed = {**cfg, "dataset": {**cfg["dataset"], "source": "imagenet"}}
+    assert XF.train_images(streamed) is None
+    sus = read("suspects.csv")
+    sus["origin"] = [f"train/n0144/img_{i}.JPEG" for i in sus["index"]]
+    fig = XF.suspects_figure(sus, streamed, runs, S.Records(cfg))
+    assert not any(ax.images for ax in fig.axes)
+    first = sus[(sus["model"] == "mlp_1x512") & (sus["corruption"] == "labels-0.4")].iloc[0]
+    assert fig.axes[0].texts[0].get_text() == f"img_{first['index']}.JPEG"
