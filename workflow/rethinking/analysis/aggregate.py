@@ -25,6 +25,9 @@
 - table2.csv/.md   Table 2 (ImageNet; only for streamed datasets): top-1 train,
                    top-1 and top-5 test accuracy per labels x regularizers, the
                    paper's numbers beside ours
+- noise_detection.csv, example_agreement.csv, suspects.csv, example_metrics.json and the figures
+                   data_map, learned_epochs, detection_roc, suspect_images: from the runs' per-example
+                   records (examples.npz), in rethinking.analysis.examples and example_figures
 Spreads are the sample standard deviation over seeds (sd) and the half-width
 of the 95% t-interval of the mean (ci95).
 
@@ -49,7 +52,7 @@ from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
 from .scores import Records
-from .stats import ci95, t_interval  # noqa: F401  (t_interval: the figures read it from here)
+from .stats import ci95, t_interval  # noqa: F401  (analysis/stats.py; t_interval: read from here by the figures)
 from .stats import spread as _spread
 
 pd = lazy_module("pandas")
@@ -482,7 +485,8 @@ def table2_files(runs: pd.DataFrame, meta: dict):
 
 
 def aggregate(cfg: dict) -> Path:
-    """Every table entry of the stage, from the grid's run folders."""
+    """Every entry of the stage (tables, and the figures drawn from the per-example records), from the grid's run
+    folders."""
     runs = load_summaries(cfg)
     produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)), records=Records(cfg))
     return tables_dir(cfg)
