@@ -87,6 +87,17 @@ def cmd_jobs(args):
     print(jobs(cfg, expected_jobs(cfg)))
 
 
+def cmd_examples(args):
+    from .analysis.examples import ranked
+
+    frame = ranked(args.run_folder, args.by, args.top)
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    shown = frame.assign(learned_epoch=[str(e) if e > 0 else "never" for e in frame["learned_epoch"]])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
 def cmd_runs(args):
     cfg = load(args.params)
     for run in expand_runs(cfg):
@@ -294,6 +305,22 @@ def _add_tools(sub) -> None:
     p.add_argument("--shape", default="3x28x28", help="CxHxW (default 3x28x28, the paper's CIFAR-10 crop)")
     p.add_argument("--classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
+
+    from .analysis.scores import SCORES
+
+    p = sub.add_parser("examples", help="a run's training examples, most likely mislabeled first (examples.npz)")
+    p.add_argument("run_folder", help="a finished run's folder: results/runs/<run id>")
+    p.add_argument(
+        "--by",
+        default="aum",
+        choices=list(SCORES),
+        help="the score to rank by, most suspect first: "
+        + "; ".join(f"{s.name}: {s.text}" for s in SCORES.values())
+        + " (default: aum)",
+    )
+    p.add_argument("--top", type=int, default=20, help="how many (default 20; 0: every example)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    p.set_defaults(func=cmd_examples)
 
     p = sub.add_parser("bench", help="engine images/s against a conventional DataLoader loop")
     p.add_argument("--model", nargs="+", default=["mlp_1x512"], help="one or more models (see `models`)")

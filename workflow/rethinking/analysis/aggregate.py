@@ -26,6 +26,9 @@
 - table2.csv/.md   Table 2 (ImageNet; only for streamed datasets): top-1 train,
                    top-1 and top-5 test accuracy per labels x regularizers, the
                    paper's numbers beside ours
+- noise_detection.csv, example_agreement.csv, suspects.csv, example_metrics.json and the figures
+                   data_map, learned_epochs, detection_roc, suspect_images: from the runs' per-example
+                   records (examples.npz), in rethinking.analysis.examples and example_figures
 Spreads are the sample standard deviation over seeds (sd) and the half-width
 of the 95% t-interval of the mean (ci95).
 
@@ -50,6 +53,9 @@ from ..plan.corruptions import corrupts_labels, kind_of, kinds
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
+from .scores import Records
+from .stats import ci95, t_interval  # noqa: F401  (analysis/stats.py; t_interval: read from here by the figures)
+from .stats import spread as _spread
 
 pd = lazy_module("pandas")
 
@@ -96,29 +102,6 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run and seed: its summary."""
     return runs
-
-
-def _spread(values: pd.Series) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-
-
-def ci95(values) -> float:
-    """Half-width of the 95% t-interval of the mean (NaN for one value)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
-def t_interval(values) -> tuple[float, float]:
-    """The 95% t-interval of the mean, as seaborn's `errorbar` callable wants it."""
-    v = np.asarray(values, dtype=float)
-    half = ci95(v)
-    m = float(np.nanmean(v))
-    return (m, m) if np.isnan(half) else (m - half, m + half)
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
@@ -526,7 +509,13 @@ def table2_files(runs: pd.DataFrame, meta: dict):
 
 
 def aggregate(cfg: dict) -> Path:
-    """Every table entry of the stage, from the grid's run folders."""
+    """Every entry of the stage (tables, and the figures drawn from the per-example records), from the grid's run
+    folders."""
     runs = load_summaries(cfg)
-    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)))
+    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)), records=Records(cfg))
     return tables_dir(cfg)
+
+
+# the per-example tables and figures are entries of this stage too (from the runs' examples.npz); imported last,
+# so that they are written after the tables above
+from . import example_figures, examples  # noqa: E402, F401

@@ -56,6 +56,7 @@ from ..plan.corruptions import kinds as corruption_kinds
 from ..plan.corruptions import names as _kind_names
 from .aggregate import noise_of, t_interval
 from .outputs import entries, figure, has_section5, optional, produce
+from .plotting import MODEL_LABEL
 from .plotting import empty as _empty
 from .plotting import plot_libs as _plot_libs
 
@@ -66,14 +67,6 @@ KIND_NAMES = set(_kind_names())
 # registry's order, by corruption id, and its legend (plan.corruptions)
 CORRUPTION_ORDER = [Corruption.make(k.name, 1.0).id for k in corruption_kinds()]
 CORRUPTION_LABEL = {Corruption.make(k.name, 1.0).id: k.legend or k.name.replace("_", " ") for k in corruption_kinds()}
-MODEL_LABEL = {
-    "inception": "Inception",
-    "inception_nobn": "Inception w/o BatchNorm",
-    "alexnet": "AlexNet",
-    "mlp_1x512": "MLP 1x512",
-    "mlp_3x512": "MLP 3x512",
-    "inception_v3": "Inception V3",
-}
 
 
 def figures_for(cfg: dict) -> tuple[str, ...]:

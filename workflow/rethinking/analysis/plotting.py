@@ -12,6 +12,15 @@ from pathlib import Path
 
 from ..files import atomic_path
 
+MODEL_LABEL = {  # the models' names in the figures (others: the entry as written)
+    "inception": "Inception",
+    "inception_nobn": "Inception w/o BatchNorm",
+    "alexnet": "AlexNet",
+    "mlp_1x512": "MLP 1x512",
+    "mlp_3x512": "MLP 3x512",
+    "inception_v3": "Inception V3",
+}
+
 
 def plot_libs():
     """pyplot (Agg backend) and seaborn, imported when a figure is drawn."""

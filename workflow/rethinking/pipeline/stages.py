@@ -275,8 +275,20 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "aggregate",
-        params=("paper_tolerance",),
-        code=lambda cfg: (*OUTPUTS_CODE, "analysis/aggregate.py", "analysis/paper.py"),
+        params=("paper_tolerance", "examples"),
+        # the per-example records (examples.npz) are not listed as inputs: run folders made before them have none,
+        # and a finished run writes its record before summary.json, which is an input
+        code=lambda cfg: (
+            *OUTPUTS_CODE,
+            "analysis/aggregate.py",
+            "analysis/paper.py",
+            "analysis/stats.py",
+            "analysis/scores.py",
+            "analysis/examples.py",
+            "analysis/example_figures.py",
+            "analysis/plotting.py",
+            "engine/examples.py",
+        ),
         inputs=lambda p, v: {
             "runs": [f"{runs_root(p.cfg)}/{r.id}/{f}" for r in p.runs for f in RUN_FILES],
             "base": [str(base_artifact(p.cfg))],

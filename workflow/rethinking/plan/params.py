@@ -43,6 +43,8 @@ DEFAULTS = {
     # fills in its own defaults (CorruptionKind.options)
     "corruption_options": {},
     "seeds": [0],
+    # the per-example tables and figures (rethinking.analysis.examples, example_figures)
+    "examples": {"suspects": 50, "map_level": 0.4, "images": 10},
     "dataset": {
         "source": "digits",
         "root": None,
