@@ -203,6 +203,7 @@ def test_noise_detection_is_the_direct_computation(made):
             ),
             "confidence": -a["confidence"],
             "loss": a["final_loss"],
+            "correctness": -correct_matrix(a["correct_bits"], meta["epochs"]).mean(1),
         }[row["score"]]
         assert row["n_corrupted"] == noisy.sum() and row["n_examples"] == len(noisy)
         assert row["roc_auc"] == pytest.approx(roc_auc_score(noisy, s))

@@ -83,6 +83,16 @@ register(Score("learned", _learned, "epoch from which it is classified as its la
 register(Score("forgetting", _forgetting, "forgetting events (Toneva et al. 2019); never right once: epochs + 1"))
 register(Score("confidence", lambda a, m: -a["confidence"], "mean probability of its label over epochs, negated"))
 register(Score("loss", lambda a, m: a["final_loss"], "cross-entropy of its label at the last evaluation"))
+# data maps' third coordinate (Swayamdipta et al. 2020), from the per-epoch bits: on the default experiment it
+# finds the corrupted labels at level 0.8 where the AUM's mean margin, which the late (memorized) epochs'
+# large logits dominate, no longer does (README, "Which of my labels are wrong?")
+register(
+    Score(
+        "correctness",
+        lambda a, m: -correct_matrix(a["correct_bits"], int(m["epochs"])).mean(1),
+        "share of the evaluations at which it was classified as its label (data maps), negated",
+    )
+)
 
 
 # ----------------------------------------------------------------------------------------- ranks and detection

@@ -23,6 +23,7 @@ from ..analysis import aggregate, figures  # noqa: F401  (their tables and figur
 from ..analysis.aggregate import RUN_FILES
 from ..analysis.jobs import Job
 from ..analysis.outputs import check_inputs, entries, has_section5, inputs_of
+from ..engine.examples import EXAMPLES
 from ..files import write_text
 from ..models import model_file
 from ..plan import (
@@ -191,8 +192,10 @@ PLOTS = {"epochs.csv": {"x": "step", "y": "test_acc"}, "steps.csv": {"x": "step"
 
 
 def _train_outputs(plan: Plan, values: tuple) -> list:
-    """Every file of each run the job trains (aggregate reads them); DVC draws the curves."""
-    return [Out(f"{runs_root(plan.cfg)}/{v}/{f}", plot=PLOTS.get(f)) for v in values for f in RUN_FILES]
+    """Every file of each run the job trains (aggregate reads them; the per-example record, examples.npz, too, but
+    it is no declared input of aggregate, so that run folders made before it still aggregate); DVC draws the
+    curves."""
+    return [Out(f"{runs_root(plan.cfg)}/{v}/{f}", plot=PLOTS.get(f)) for v in values for f in (*RUN_FILES, EXAMPLES)]
 
 
 def _final_outputs(plan: Plan, values: tuple = ()) -> dict:
