@@ -38,9 +38,9 @@ def _logging_adds(monkeypatch) -> list:
     seen = []
     real = ex.ExampleRecord.add
 
-    def add(self, logits, y):
+    def add(self, logits, y, right=None):
         seen.append((self.epoch, logits.detach().double().cpu().numpy(), y.cpu().numpy()))
-        real(self, logits, y)
+        real(self, logits, y, right)
 
     monkeypatch.setattr(ex.ExampleRecord, "add", add)
     return seen

@@ -59,7 +59,8 @@ FIELDS = (
     "correct_bits",
 )
 # the running state on the device, as a checkpoint holds it (`ExampleRecord.state`)
-_STATE = ("sum_p", "sum_p2", "sum_margin", "learned", "forgetting", "correct", "loss", "bits")
+# sums: n x 3 float64 (probability of the label, its square, margin over epochs); loss (the last); bits
+_STATE = ("sums", "loss", "bits")
 
 
 def correct_matrix(bits: np.ndarray, epochs: int) -> np.ndarray:
@@ -93,78 +94,76 @@ class ExampleRecord:
 
     `positions`: the record rows this process evaluates, in its evaluation order (None: all n, in order; a
     process of a multi-process run: its share). Per epoch: `begin(epoch)`, then `add(logits, y)` for every
-    evaluated batch, in order (evaluate does it), then `end()`, which checks every row of the share was seen."""
+    evaluated batch, in order (evaluate does it: two small reductions of the logits it has), then `end()`,
+    which checks that every row of the share was seen and folds the epoch into the sums."""
 
     def __init__(self, n: int, max_epochs: int, device, positions=None):
         import torch
 
         self.n, self.max_epochs, self.device = n, max_epochs, device
-        f64, i32 = dict(dtype=torch.float64, device=device), dict(dtype=torch.int32, device=device)
-        self.sum_p, self.sum_p2, self.sum_margin = (torch.zeros(n, **f64) for _ in range(3))
-        self.learned = torch.zeros(n, **i32)  # 0 while not right at the last evaluation (epochs are 1-based)
-        self.forgetting = torch.zeros(n, **i32)
-        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
+        self.sums = torch.zeros(n, 3, dtype=torch.float64, device=device)
         self.loss = torch.zeros(n, dtype=torch.float32, device=device)
+        # right or wrong at every evaluation: the learned epoch, the forgetting events and the last correctness are
+        # read from them at the end (`arrays`), no running state of their own
         self.bits = torch.zeros(n, (max_epochs + 7) // 8, dtype=torch.uint8, device=device)
         self.positions = None if positions is None else torch.as_tensor(positions, dtype=torch.int64, device=device)
+        # this epoch's values of this process's share, filled batch by batch, folded into the sums by `end`
+        share = n if positions is None else len(self.positions)
+        self._log_p = torch.zeros(share, dtype=torch.float32, device=device)  # log-probability of the label
+        self._margin = torch.zeros(share, dtype=torch.float32, device=device)
+        self._right = torch.zeros(share, dtype=torch.bool, device=device)
         self.epoch, self.cursor = 0, 0
 
     def begin(self, epoch: int) -> None:
         """Epoch `epoch` (1-based) is about to be evaluated."""
         self.epoch, self.cursor = epoch, 0
 
-    def add(self, logits, y) -> None:
-        """One evaluated batch: its fp32 logits (B x K) and assigned labels, the next B rows of this share."""
-        import torch
-
-        b = len(y)
-        rows = (
-            slice(self.cursor, self.cursor + b)
-            if self.positions is None
-            else self.positions[self.cursor : self.cursor + b]
-        )
-        self.cursor += b
-        logits = logits.float()
-        log_p = torch.log_softmax(logits, 1).gather(1, y[:, None])[:, 0]
-        p = log_p.exp().double()
-        mine = logits.gather(1, y[:, None])[:, 0]
-        top = logits.topk(min(2, logits.shape[1]), dim=1)
-        others = top.values[:, 1] if logits.shape[1] > 1 else torch.full_like(mine, float("-inf"))
-        # the largest other logit: the top one unless it is the label's own (argmax ties: equal values anyway)
-        other = torch.where(top.indices[:, 0] == y, others, top.values[:, 0])
-        right = logits.argmax(1) == y  # as evaluate and the stop rule count it
-        self.sum_p[rows] += p
-        self.sum_p2[rows] += p * p
-        self.sum_margin[rows] += (mine - other).double()
-        self.forgetting[rows] += (self.correct[rows] & ~right).int()
-        learned = self.learned[rows]
-        self.learned[rows] = torch.where(right, torch.where(learned == 0, self.epoch, learned), 0).int()
-        self.correct[rows] = right
-        self.loss[rows] = -log_p
-        e = self.epoch - 1
-        self.bits[rows, e // 8] |= right.to(torch.uint8) << (e % 8)
+    def add(self, logits, y, right=None) -> None:
+        """One evaluated batch: its logits (B x K), assigned labels and which of them the prediction hits (as
+        evaluate counts them for train_acc and the stop rule; None: argmax), the next B rows of this share."""
+        rows = slice(self.cursor, self.cursor + len(y))
+        self.cursor += len(y)
+        z = logits.float()
+        mine = z.gather(1, y[:, None])[:, 0]
+        self._log_p[rows] = mine - z.logsumexp(1)  # log_softmax's value at the label, at a fifth of its cost
+        # the largest other logit: every logit but the label's (ties with the label's give a margin of 0)
+        self._margin[rows] = mine - z.scatter(1, y[:, None], float("-inf")).amax(1)
+        self._right[rows] = z.argmax(1) == y if right is None else right
 
     def end(self) -> None:
-        share = self.n if self.positions is None else len(self.positions)
+        """The epoch's values of the share into the running sums, once per epoch for every batch."""
+        import torch
+
+        share = len(self._right)
         if self.cursor != share:
             raise RuntimeError(
                 f"example record: {self.cursor} examples evaluated at epoch {self.epoch}, expected {share}"
             )
+        rows = slice(None) if self.positions is None else self.positions
+        p = self._log_p.exp().double()
+        self.sums[rows] += torch.stack([p, p * p, self._margin.double()], 1)
+        self.loss[rows] = -self._log_p
+        e = self.epoch - 1
+        self.bits[rows, e // 8] |= self._right.to(torch.uint8) << (e % 8)
 
     # ------------------------------------------------------------------ checkpoint and file
 
     def state(self, reduce=None) -> dict:
-        """The sums as CPU tensors for a checkpoint. `reduce` (a multi-process run): the sum over the processes,
-        each giving its own rows only (the others' are zero in it), so every process gets the whole record."""
+        """The record for a checkpoint: {"layout": [(name, dtype, shape)], "data": one uint8 CPU tensor} (one
+        tensor: the checkpoint after every epoch pays for one record, not five), the bits so far only.
+        `reduce` (a multi-process run): the sum over the processes, each giving its own rows only (the others'
+        are zero in it), so every process gets the whole record."""
         import torch
 
-        out = {}
         own = None
         if reduce is not None and self.positions is not None:
             own = torch.zeros(self.n, dtype=torch.bool, device=self.device)
             own[self.positions] = True
+        layout, parts = [], []
         for name in _STATE:
             t = getattr(self, name)
+            if name == "bits":
+                t = t[:, : (self.epoch + 7) // 8]
             if reduce is not None:
                 # bytes stay bytes (only one process has a row non-zero: the sum cannot overflow)
                 byte = t.dtype in (torch.uint8, torch.bool)
@@ -172,30 +171,66 @@ class ExampleRecord:
                 if own is not None:
                     wide = torch.where(own.view(-1, *([1] * (wide.dim() - 1))), wide, torch.zeros_like(wide))
                 t = reduce(wide).to(t.dtype)
-            out[name] = t.detach().cpu().clone()
+            layout.append((name, str(t.dtype).removeprefix("torch."), list(t.shape)))
+            part = t.detach().contiguous().view(torch.uint8).reshape(-1)
+            parts += [part, part.new_zeros(-len(part) % 8)]  # every part 8-byte aligned, to view as its dtype
+        return {"layout": layout, "data": torch.cat(parts).cpu()}
+
+    @staticmethod
+    def tensors(state: dict) -> dict:
+        """The named CPU tensors of a `state`."""
+        import torch
+
+        out, at = {}, 0
+        for name, dtype, shape in state["layout"]:
+            kind = getattr(torch, dtype)
+            size = int(np.prod(shape)) * torch.empty(0, dtype=kind).element_size()
+            out[name] = state["data"][at : at + size].view(kind).reshape(shape)
+            at += size + (-size % 8)
         return out
 
     def load(self, state: dict) -> None:
         """Back from `state` (a checkpoint's): every process holds the whole record, and goes on with its rows."""
+        saved = self.tensors(state)
         for name in _STATE:
-            getattr(self, name).copy_(state[name].to(self.device))
+            t = getattr(self, name)
+            t[:, : saved[name].shape[1]].copy_(saved[name]) if name == "bits" else t.copy_(saved[name])
 
     def arrays(self, epochs: int, state: dict | None = None) -> dict:
         """The record's fields after `epochs` evaluations (FIELDS but index, origin and labels), as numpy."""
-        s = state or self.state()
-        e = max(epochs, 1)
-        mean = s["sum_p"].numpy() / e
-        var = np.maximum(s["sum_p2"].numpy() / e - mean * mean, 0.0)
+        s = self.tensors(state or self.state())
+        sums = s["sums"].numpy() / max(epochs, 1)
+        mean = sums[:, 0]
+        var = np.maximum(sums[:, 1] - mean * mean, 0.0)
+        bits = np.ascontiguousarray(s["bits"].numpy()[:, : (epochs + 7) // 8])
         return {
-            "learned_epoch": np.where(s["learned"].numpy() > 0, s["learned"].numpy(), -1).astype(np.int32),
-            "forgetting": s["forgetting"].numpy().astype(np.int32),
+            **from_bits(bits, epochs),
             "confidence": mean.astype(np.float32),
             "variability": np.sqrt(var).astype(np.float32),
-            "aum": (s["sum_margin"].numpy() / e).astype(np.float32),
-            "final_correct": s["correct"].numpy().astype(bool),
+            "aum": sums[:, 2].astype(np.float32),
             "final_loss": s["loss"].numpy().astype(np.float32),
-            "correct_bits": np.ascontiguousarray(s["bits"].numpy()[:, : (epochs + 7) // 8]),
+            "correct_bits": bits,
         }
+
+
+def from_bits(bits: np.ndarray, epochs: int) -> dict:
+    """The learned epoch (-1: never), the forgetting events and the last correctness, from the correctness bits."""
+    n = len(bits)
+    if epochs == 0:
+        return {
+            "learned_epoch": np.full(n, -1, np.int32),
+            "forgetting": np.zeros(n, np.int32),
+            "final_correct": np.zeros(n, bool),
+        }
+    right = correct_matrix(bits, epochs)
+    wrong = ~right
+    last_wrong = epochs - 1 - np.argmax(wrong[:, ::-1], axis=1)  # 0-based epoch of the last wrong evaluation
+    learned = np.where(wrong.any(1), last_wrong + 2, 1)  # the epoch after it (1-based), or the first
+    return {
+        "learned_epoch": np.where(right[:, -1], learned, -1).astype(np.int32),
+        "forgetting": (right[:, :-1] & wrong[:, 1:]).sum(1).astype(np.int32),
+        "final_correct": right[:, -1].copy(),
+    }
 
 
 def base_origins(base_path, n: int) -> tuple[np.ndarray, str]:

@@ -101,7 +101,7 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
 
     `batches` yields (x, y, y_true) device tensors (x ready for the model; y_true None on a split whose labels
     are not corrupted). With `metrics`, every registered metric's columns, from the same forward pass; with a
-    `record` (rethinking.engine.examples.ExampleRecord), each batch's logits go to it too.
+    `record` (rethinking.engine.examples.ExampleRecord), each batch's logits and top-1 hits go to it too.
     `reduce` sums a float64 vector over the processes of a run (streamed engine; None: one process).
     Returns {"loss", "acc", "correct", "n", ["top5"], **metric columns}."""
     import torch
@@ -116,10 +116,10 @@ def evaluate(model, batches, *, topk: int = 1, reduce=None, metrics: bool = Fals
             logits = model(x)
             if isinstance(logits, tuple):  # a model with an auxiliary head gives (main, aux) in train mode only
                 logits = logits[0]
-            if record is not None:
-                record.add(logits, y)
             top = logits.float().topk(min(topk, logits.shape[1]), dim=1).indices if topk > 1 else None
             pred = logits.argmax(1) if top is None else top[:, 0]
+            if record is not None:
+                record.add(logits, y, pred == y)
             parts = [F.cross_entropy(logits.float(), y, reduction="sum").double(), (pred == y).sum().double()]
             if top is not None:
                 parts.append((top == y[:, None]).any(1).sum().double())
