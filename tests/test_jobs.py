@@ -51,7 +51,7 @@ def test_expected_jobs_name_the_rules_benchmark_files(cfg):
     assert sorted(j.name for j in by_stage["corrupt"]) == sorted(c.id for c in rc.corruptions_of(runs))
     assert {j.file.as_posix() for j in by_stage["train"]} == {f"results/benchmarks/train/{r.id}.tsv" for r in runs}
     assert all(len(j.runs) == 1 for j in by_stage["train"])
-    for stage in ("aggregate", "figures", "kernels", "theorem"):  # section5 is on in tiny.yaml
+    for stage in ("aggregate", "records", "figures", "kernels", "theorem"):  # section5 is on in tiny.yaml
         assert [j.file.as_posix() for j in by_stage[stage]] == [f"results/benchmarks/{stage}.tsv"]
     # a pack of training.pack is one job, train_pack_<n>'s benchmark file named after the pack
     packed = expected_jobs(cfg, packs=[runs[:3], *([r] for r in runs[3:])])
@@ -75,7 +75,17 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     assert list(detail.columns) == DETAIL_COLUMNS and len(detail) == len(jobs)
     table = stage_table(detail).set_index("stage")
     assert list(table.reset_index().columns) == COLUMNS
-    assert list(table.index) == ["prepare", "corrupt", "train", "aggregate", "figures", "kernels", "theorem", "total"]
+    assert list(table.index) == [
+        "prepare",
+        "corrupt",
+        "train",
+        "aggregate",
+        "records",
+        "figures",
+        "kernels",
+        "theorem",
+        "total",
+    ]
     n = len(train)
     assert table.loc["train", ["jobs", "missing", "runs"]].tolist() == [n, 0, n]
     assert table.loc["train", "wall_s"] == pytest.approx(sum(10.0 + k for k in range(n)))
@@ -85,11 +95,11 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     assert table.loc["corrupt", "wall_s"] == pytest.approx(len(corrupt) - 1)
     assert math.isnan(table.loc["aggregate", "cpu_s"]) and table.loc["aggregate", "wall_s"] == 3.0
     assert table.loc["figures", ["wall_s", "cpu_s", "max_rss_mb"]].tolist() == [7.0, 5.0, 220.0]
-    for stage in ("kernels", "theorem"):  # no file at all: a row that says so, no numbers
+    for stage in ("records", "kernels", "theorem"):  # no file at all: a row that says so, no numbers
         assert table.loc[stage, ["jobs", "missing"]].tolist() == [0, 1]
         assert math.isnan(table.loc[stage, "wall_s"]) and pd.isna(table.loc[stage, "source"])
     total = table.loc["total"]
-    assert total["jobs"] == len(jobs) - 3 and total["missing"] == 3 and total["source"] == "benchmark"
+    assert total["jobs"] == len(jobs) - 4 and total["missing"] == 4 and total["source"] == "benchmark"
     assert total["wall_s"] == pytest.approx(table["wall_s"].drop("total").sum())
     assert total["max_rss_mb"] == pytest.approx(700.0 + n - 1)
     # a benchmark file of a run no longer in the grid is not read

@@ -20,6 +20,7 @@ from rethinking.analysis import example_figures as XF
 from rethinking.analysis import examples as X
 from rethinking.analysis import scores as S
 from rethinking.analysis.outputs import entries
+from rethinking.analysis.records import records
 from rethinking.data.corrupt import corrupt, load_corrupted
 from rethinking.data.sources import prepare
 from rethinking.engine.examples import EXAMPLES, correct_matrix, read_record, write_record
@@ -171,7 +172,8 @@ def write_runs(cfg, old=(OLD,), record=True):
 def made(tmp_path_factory):
     cfg = _grid(tmp_path_factory.mktemp("examples"))
     write_runs(cfg)
-    tables = ag.aggregate(cfg)
+    ag.aggregate(cfg)
+    tables = records(cfg)
     read = lambda name: pd.read_csv(tables / name, dtype={"variant": str}, keep_default_na=True)  # noqa: E731
     runs = ag.load_summaries(cfg)
     return cfg, runs, read
@@ -287,7 +289,7 @@ def test_example_metrics_are_the_headline_per_model(made):
     assert got["mlp_3x512"] == {"aum_roc_auc": pytest.approx(round(aum.mean(), 4)), "levels": 2}
     assert got["mlp_1x512"] == {"aum_roc_auc": None, "levels": 2}  # random labels: seeds in mixed states
     assert got["records"] == {"runs_with_record": len(runs) - 1, "runs_without_record": 1}
-    entry = [e for e in entries("aggregate") if e.name == "example_metrics.json"][0]
+    entry = [e for e in entries("records") if e.name == "example_metrics.json"][0]
     assert entry.metrics
 
 
@@ -297,6 +299,7 @@ def test_old_run_folders_aggregate_without_records(tmp_path):
     cfg = _grid(tmp_path)
     write_runs(cfg, record=False)
     tables = ag.aggregate(cfg)
+    assert records(cfg) == tables
     assert len(pd.read_csv(tables / "runs.csv")) == len(rc.expand_runs(cfg))
     assert len(pd.read_csv(tables / "memorization.csv"))
     for name, columns in (
@@ -317,7 +320,7 @@ def test_a_damaged_record_is_one_line_naming_it(tmp_path):
     write_runs(cfg)
     run = rc.expand_runs(cfg)[0]
     (rc.run_dir(cfg, run) / EXAMPLES).write_bytes(b"not a zip")
-    proc = call_cli("aggregate", "--params", _params_file(tmp_path, cfg), cwd=tmp_path)
+    proc = call_cli("records", "--params", _params_file(tmp_path, cfg), cwd=tmp_path)
     assert proc.returncode == 2 and EXAMPLES in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -73,6 +73,12 @@ def cmd_aggregate(args):
     print(aggregate(load(args.params)))
 
 
+def cmd_records(args):
+    from .analysis.records import records
+
+    print(records(load(args.params)))
+
+
 def cmd_figures(args):
     from .analysis.figures import figures
 
@@ -273,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in [
         ("aggregate", cmd_aggregate, "run folders -> tables"),
+        ("records", cmd_records, "the runs' per-example records -> which labels are wrong (tables, figures)"),
         ("figures", cmd_figures, "tables -> figures"),
         ("jobs", cmd_jobs, "benchmark files (or run summaries) -> per-stage time and memory"),
         ("runs", cmd_runs, "list the runs the config expands to, one per line"),

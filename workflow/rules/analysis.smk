@@ -1,5 +1,6 @@
-# aggregate and figures: their outputs are the registry's tables and figures (rethinking.analysis.outputs), with
-# the captions the report shows; figures reads the tables its entries name.
+# aggregate, records and figures: their outputs are the registry's tables and figures (rethinking.analysis.outputs),
+# with the captions the report shows; figures reads the tables its entries name. records (the per-example tables and
+# figures) runs beside aggregate once the runs are done.
 
 
 rule aggregate:
@@ -18,6 +19,24 @@ rule aggregate:
         settings=settings_json("aggregate"),
     shell:
         stage_shell("aggregate")
+
+
+rule records:
+    input:
+        **stage_inputs("records"),
+    output:
+        stage_outputs("records"),
+    log:
+        job_file("records", "logs"),
+    benchmark:
+        job_file("records", "benchmarks")
+    conda:
+        "../envs/rethinking.yaml"
+    params:
+        file=PARAMS,
+        settings=settings_json("records"),
+    shell:
+        stage_shell("records")
 
 
 rule figures:

@@ -53,7 +53,6 @@ from ..plan.corruptions import corrupts_labels, kind_of, kinds
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
-from .scores import Records
 from .stats import ci95, t_interval  # noqa: F401  (analysis/stats.py; t_interval: read from here by the figures)
 from .stats import spread as _spread
 
@@ -509,13 +508,8 @@ def table2_files(runs: pd.DataFrame, meta: dict):
 
 
 def aggregate(cfg: dict) -> Path:
-    """Every entry of the stage (tables, and the figures drawn from the per-example records), from the grid's run
-    folders."""
+    """Every entry of the stage, from the grid's run folders. (The per-example tables and figures, from the runs'
+    examples.npz, are the `records` stage's: rethinking.analysis.records.)"""
     runs = load_summaries(cfg)
-    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)), records=Records(cfg))
+    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)))
     return tables_dir(cfg)
-
-
-# the per-example tables and figures are entries of this stage too (from the runs' examples.npz); imported last,
-# so that they are written after the tables above
-from . import example_figures, examples  # noqa: E402, F401

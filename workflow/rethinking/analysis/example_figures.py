@@ -76,8 +76,7 @@ def _grid(n: int, ncols: int, size: tuple[float, float]):
 
 @figure(
     "data_map",
-    stage="aggregate",
-    category="Figures",
+    stage="records",
     caption="""\
 Data maps (Swayamdipta et al. 2020) of label-corrupted training sets: each
 training example's mean probability of its label over the epochs (confidence)
@@ -126,8 +125,7 @@ def _learned_share(recs: list, mask_of, epochs: np.ndarray) -> np.ndarray | None
 
 @figure(
     "learned_epochs",
-    stage="aggregate",
-    category="Figures",
+    stage="records",
     caption="""\
 When the training examples are learned for good (classified as their label at
 every evaluation from then on): the share of the intact (solid) and of the
@@ -173,8 +171,7 @@ def learned_epochs(runs: pd.DataFrame, records: Records):
 
 @figure(
     "detection_roc",
-    stage="aggregate",
-    category="Figures",
+    stage="records",
     caption="""\
 Finding the corrupted labels from one training run: ROC curves of flagging the
 examples whose label was corrupted by each per-example score (aum: area under
@@ -243,7 +240,7 @@ def _title(row) -> tuple[str, str]:
 
 @figure(
     "suspect_images",
-    stage="aggregate",
+    stage="records",
     inputs=("suspects.csv",),
     category="Figures",
     caption="""\

@@ -108,6 +108,7 @@ def over_seeds(frame: pd.DataFrame, keys: list[str], stats) -> pd.DataFrame:
 
 @table(
     "noise_detection.csv",
+    stage="records",
     caption="""\
 How well each per-example score of the runs' records finds the corrupted labels
 (label != original label), per run whose training set holds both: ROC-AUC,
@@ -164,6 +165,7 @@ def _pairs(by_run: list) -> list:
 
 @table(
     "example_agreement.csv",
+    stage="records",
     caption="""\
 How alike two runs on the same corrupted training set rank its examples:
 Spearman's rank correlation of each per-example score (learned epoch, AUM, ...)
@@ -252,6 +254,7 @@ def cell_suspects(recs: list, k: int, names: list[str] | None) -> pd.DataFrame:
 
 @table(
     "suspects.csv",
+    stage="records",
     caption="""\
 The training examples most likely mislabeled, per grid cell on the label axis
 (true labels, labels corrupted at p, random labels): the ``examples.suspects``
@@ -282,7 +285,7 @@ def suspects(cfg: dict, runs: pd.DataFrame, records: Records, meta: dict) -> pd.
     return frame.sort_values([*CELL[:3], "level", "corruption", "rank"], kind="stable").reset_index(drop=True)
 
 
-@table("example_metrics.json", inputs=("noise_detection.csv",), metrics=True)
+@table("example_metrics.json", stage="records", inputs=("noise_detection.csv",), metrics=True)
 def example_metrics(detected: pd.DataFrame, runs: pd.DataFrame, records: Records) -> dict:
     """The headline for `dvc metrics show` / `dvc exp show`: per model, from its runs without regularizers or
     variants, `aum_roc_auc`, the mean over the label-corrupted cells (levels) of the AUM's ROC-AUC averaged over

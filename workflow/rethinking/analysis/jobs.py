@@ -21,7 +21,7 @@ a benchmark file of a job no longer in the grid is not read.
                    the peak of a pack's members), io_in_mb, io_out_mb, mean_load (benchmarks only)
                    and the file read (missing jobs: source `missing`, the file expected, no numbers)
 - jobs.csv         one row per stage of the grid (prepare, corrupt, train (single runs and packs
-                   together), aggregate, figures, kernels, theorem): jobs measured, missing, runs,
+                   together), aggregate, records, figures, kernels, theorem): jobs measured, missing, runs,
                    wall_s and cpu_s (sums over the jobs: job-seconds, not the pipeline's elapsed time,
                    as jobs run side by side), max_rss_mb (the largest job's), source; and a `total` row
 """

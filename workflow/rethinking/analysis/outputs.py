@@ -19,7 +19,8 @@ from the same entries (rethinking.pipeline.stages), so an entry is all a new out
 - Its positional parameters take its `inputs`, tables (file names under tables/) in that order: the value
   made in the same command, else the file read (CSV as a DataFrame, JSON as a dict). `optional(file, when)`
   is an input it can do without: None where `when(cfg)` is false or the file is not there. Its other
-  parameters are filled by name from what the stage gives (aggregate: cfg, runs, meta; figures: cfg;
+  parameters are filled by name from what the stage gives (aggregate: cfg, runs, meta; records: cfg, runs,
+  meta, records; figures: cfg;
   kernels: cfg, data, meta, device; theorem: cfg, data).
 - `when(cfg)`: the output exists only for configs where it holds (is_streamed, has_section5).
 - `caption`: reStructuredText for `snakemake --report` (the entry's first file; no caption: not in the report).
@@ -38,7 +39,13 @@ from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError
 
-CATEGORIES = {"aggregate": "Tables", "figures": "Figures", "kernels": "Section 5", "theorem": "Section 5"}
+CATEGORIES = {
+    "aggregate": "Tables",
+    "figures": "Figures",
+    "records": "Which labels are wrong",
+    "kernels": "Section 5",
+    "theorem": "Section 5",
+}
 
 
 def has_section5(cfg: dict) -> bool:

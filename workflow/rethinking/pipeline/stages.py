@@ -7,7 +7,7 @@ A Stage's functions take a Plan (the params file expanded) and a job's values: (
 values of its wildcard otherwise (one corruption id; one run id, or the ids of a pack's runs). Called with
 the wildcard itself ("{run}"), `outputs` gives Snakemake's patterns; with "${item.run}", DVC's foreach text.
 
-The outputs of aggregate, figures, kernels and theorem are the registry's entries of that stage
+The outputs of aggregate, records, figures, kernels and theorem are the registry's entries of that stage
 (rethinking.analysis.outputs), with their captions for the Snakemake report and their DVC metrics flags.
 No torch, pandas, seaborn or scipy here, nor in what this imports: every Snakemake start parses the rules.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ..analysis import aggregate, figures  # noqa: F401  (their tables and figures: registry entries)
+from ..analysis import aggregate, figures, records  # noqa: F401  (their tables and figures: registry entries)
 from ..analysis.aggregate import RUN_FILES
 from ..analysis.jobs import Job
 from ..analysis.outputs import check_inputs, entries, has_section5, inputs_of
@@ -203,10 +203,18 @@ def _final_outputs(plan: Plan, values: tuple = ()) -> dict:
     done = [
         o.path
         for s in STAGES
-        if s.name in ("aggregate", "figures", "kernels", "theorem") and s.exists_for(plan.cfg, SNAKEMAKE)
+        if s.name in ("aggregate", "records", "figures", "kernels", "theorem") and s.exists_for(plan.cfg, SNAKEMAKE)
         for o in s.outputs(plan, ())
     ]
     return {"done": done}
+
+
+def _runs_and_base(plan: Plan, values: tuple = ()) -> dict:
+    """What aggregate and records read: every run's files (RUN_FILES) and the base artifact."""
+    return {
+        "runs": [f"{runs_root(plan.cfg)}/{r.id}/{f}" for r in plan.runs for f in RUN_FILES],
+        "base": [str(base_artifact(plan.cfg))],
+    }
 
 
 def _grid_stamp(plan: Plan, values: tuple = ()) -> list:
@@ -278,13 +286,21 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "aggregate",
-        params=("paper_tolerance", "examples"),
-        # the per-example records (examples.npz) are not listed as inputs: run folders made before them have none,
-        # and a finished run writes its record before summary.json, which is an input
+        params=("paper_tolerance",),
+        code=lambda cfg: (*OUTPUTS_CODE, "analysis/aggregate.py", "analysis/paper.py", "analysis/stats.py"),
+        inputs=_runs_and_base,
+        outputs=_registry_outputs("aggregate"),
+    ),
+    # the per-example records (examples.npz) are not listed as inputs: run folders made before them have none,
+    # and a finished run writes its record before summary.json, which is an input. Beside aggregate, not in it:
+    # Snakemake runs the two side by side once the runs are done
+    Stage(
+        "records",
+        params=("examples",),
         code=lambda cfg: (
             *OUTPUTS_CODE,
+            "analysis/records.py",
             "analysis/aggregate.py",
-            "analysis/paper.py",
             "analysis/stats.py",
             "analysis/scores.py",
             "analysis/examples.py",
@@ -292,11 +308,8 @@ STAGES: tuple[Stage, ...] = (
             "analysis/plotting.py",
             "engine/examples.py",
         ),
-        inputs=lambda p, v: {
-            "runs": [f"{runs_root(p.cfg)}/{r.id}/{f}" for r in p.runs for f in RUN_FILES],
-            "base": [str(base_artifact(p.cfg))],
-        },
-        outputs=_registry_outputs("aggregate"),
+        inputs=_runs_and_base,
+        outputs=_registry_outputs("records"),
     ),
     Stage(
         "figures",
