@@ -285,10 +285,17 @@ def test_example_metrics_are_the_headline_per_model(made):
     cfg, runs, read = made
     got = json.loads((ag.tables_dir(cfg) / "example_metrics.json").read_text())
     t = read("noise_detection.csv")
-    aum = t[(t["score"] == "aum") & (t["model"] == "mlp_3x512")].groupby("corruption")["roc_auc"].mean()
-    assert got["mlp_3x512"] == {"aum_roc_auc": pytest.approx(round(aum.mean(), 4)), "levels": 2}
-    assert got["mlp_1x512"] == {"aum_roc_auc": None, "levels": 2}  # random labels: seeds in mixed states
+    aum = t[(t["score"] == "aum") & (t["corruption"] == "labels-0.4")].groupby("model")["roc_auc"].mean()
+    # random labels are left out (their intact labels are coincidences): labels-0.4 is each model's one level
+    for model in ("mlp_1x512", "mlp_3x512"):
+        assert got[model] == {"aum_roc_auc": pytest.approx(round(aum[model], 4)), "levels": 1}
     assert got["records"] == {"runs_with_record": len(runs) - 1, "runs_without_record": 1}
+    # a level whose seeds ended in different states: no headline number for the model
+    mixed = t.copy()
+    cell = (mixed["model"] == "mlp_1x512") & (mixed["corruption"] == "labels-0.4")
+    mixed.loc[cell, "cell_status"], mixed.loc[cell, "roc_auc_mean"] = "mixed", np.nan
+    again = X.example_metrics(mixed, runs, S.Records(cfg))
+    assert again["mlp_1x512"] == {"aum_roc_auc": None, "levels": 1} and again["mlp_3x512"] == got["mlp_3x512"]
     entry = [e for e in entries("records") if e.name == "example_metrics.json"][0]
     assert entry.metrics
 

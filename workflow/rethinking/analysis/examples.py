@@ -290,10 +290,12 @@ def example_metrics(detected: pd.DataFrame, runs: pd.DataFrame, records: Records
     """The headline for `dvc metrics show` / `dvc exp show`: per model, from its runs without regularizers or
     variants, `aum_roc_auc`, the mean over the label-corrupted cells (levels) of the AUM's ROC-AUC averaged over
     seeds (None when a cell's seeds ended in different states, as metrics.json), and `levels` (how many cells).
+    Random labels (level 1) are left out: the labels its draw gave back are coincidences, with nothing to find.
     `records`: how many of the grid's runs have a per-example record and how many were trained before it."""
     out: dict = {}
     d = detected.assign(variant=detected["variant"].fillna(""))
     plain = d[(d["regularizers"] == "none") & (d["variant"] == "") & (d["score"] == "aum")]
+    plain = plain[~(plain["level"] >= 1.0)]  # random labels: its intact labels are the draw's coincidences
     for model, group in plain.groupby("model", sort=True):
         cells = group.groupby("corruption", sort=False).first()
         mixed = (cells["cell_status"] == "mixed").any() or cells["roc_auc_mean"].isna().any()
