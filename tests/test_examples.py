@@ -1,7 +1,10 @@
 """The per-example record (rethinking.engine.examples): its scores against a direct numpy computation from a
 run's logits, exact resumes, packs and the streamed engine, origins, and old artifacts."""
 
+import io
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,7 +16,7 @@ from rethinking.engine import loop as tr
 from rethinking.errors import ArtifactError
 from rethinking.files import load_npz, save_npz
 
-from conftest import REPO, check_record, make_image_folder, reference_record, train_until_killed
+from conftest import REPO, call_cli, check_record, make_image_folder, reference_record, train_until_killed
 
 FLOATS = ("confidence", "variability", "aum", "final_loss")
 EXACT = ("index", "origin", "label", "label_true", "learned_epoch", "forgetting", "final_correct", "correct_bits")
@@ -133,6 +136,12 @@ def test_an_image_folder_records_file_paths(tmp_path):
     for origin, label in zip(arrays["origin"], arrays["label_true"]):
         split, cls, name = origin.split("/")
         assert split == "train" and (root / origin).is_file() and meta["classes"][label] == cls
+    # `examples` lists them, most suspect first: the files to open
+    proc = call_cli("examples", str(out), "--top", "0", "--csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = pd.read_csv(io.StringIO(proc.stdout))
+    assert sorted(listed["origin"]) == sorted(arrays["origin"]) and len(listed) == 18
+    assert set(listed["original"]) == {"cat", "dog", "frog"}
 
 
 def test_a_base_artifact_without_origins_gives_indices(tmp_path):
