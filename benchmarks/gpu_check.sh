@@ -33,14 +33,17 @@
 # settings. Steps whose input is missing (an earlier step failed) are skipped.
 #
 # On the device (the lead's session, from the repository root here):
-#   cp /work/shared/data/cifar10-jpeg.zip data/          # data/ is ignored; the zip is 62.3 MiB
+#   python3 benchmarks/gpu_check_params.py trim /work/shared/data/cifar10-jpeg.zip data/cifar10-jpeg.zip 4500
+#                                                         # data/ is ignored: 45,000 of the 50,000 training
+#                                                         # images and every test image, 56.9 MiB (the whole
+#                                                         # zip, 62.3 MiB, left no room for the tree to grow)
 #   echo /.whl/ >> .git/info/exclude                      # the H200 image lacks jsonschema:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl jsonschema jsonschema-specifications referencing rpds-py      # about 0.5 MiB
 #   bash benchmarks/gpu_check.sh --carry-size             # what travels; must stay under 64 MiB
 # then run: command "bash benchmarks/gpu_check.sh", carry ["data/cifar10-jpeg.zip", ".whl"],
-# timeout_s 540. Carry nothing else large: tree (~0.6 MiB) + zip + wheels is ~63.4 of the 64 MiB.
+# timeout_s 540. Carry nothing else large: tree (~1.3 MiB) + zip + wheels is ~58.7 of the 64 MiB.
 # With the machine's start (1-2 min) a call costs ~10 of the session's 15 device minutes; for a
 # rerun inside what is left, pass a smaller budget: command "bash benchmarks/gpu_check.sh --total 240".
 # Exit status: 0 when every step succeeded, 1 when one failed or timed out, 128+N when stopped by signal N.

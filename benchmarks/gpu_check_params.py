@@ -15,6 +15,9 @@ python benchmarks/gpu_check_params.py carry [PATH ...]
     the bytes the device tool would carry: the working tree git lists (tracked and untracked, not
     ignored) plus each PATH (the ignored paths to name in `carry`); exits 3 when a PATH is missing
     or the total is over the tool's 64 MiB.
+python benchmarks/gpu_check_params.py trim SRC_ZIP DST_ZIP PER_CLASS
+    a copy of an image-folder zip with PER_CLASS training images of each class and every test image
+    (the JPEG CIFAR-10 at 4,500 per class: 56.9 MiB of the full 62.3, so the carry fits as the tree grows).
 """
 
 from __future__ import annotations
@@ -184,6 +187,24 @@ def carry(paths: list[str]) -> int:
     return 3 if total > CARRY_LIMIT else rc
 
 
+def trim(src: str, dst: str, per_class: str) -> None:
+    """A copy of an image-folder zip with the first `per_class` training images of each class (by name) and
+    every test image: the JPEG CIFAR-10 (62.3 MiB) with 4,500 per class is 56.9 MiB, so the carry keeps room
+    for the working tree as it grows."""
+    import zipfile
+
+    keep, counts = int(per_class), {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            parts = info.filename.split("/")
+            if parts[0] == "train" and len(parts) == 3 and parts[2]:
+                counts[parts[1]] = counts.get(parts[1], 0) + 1
+                if counts[parts[1]] > keep:
+                    continue
+            zout.writestr(info, zin.read(info))
+    print(f"{dst}: {min(keep, max(counts.values(), default=0))} training images per class of {len(counts)}")
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "make":
@@ -194,6 +215,8 @@ def main(argv: list[str]) -> int:
         merge_bench(*args)
     elif cmd == "carry":
         return carry(args)
+    elif cmd == "trim":
+        trim(*args)
     else:
         print(__doc__)
         return 2

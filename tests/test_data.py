@@ -18,11 +18,13 @@ SHARED_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def test_digits_stratified_seeded_split():
-    xtr, ytr, xte, yte, classes, _ = load_digits(0.2, seed=0)
+    xtr, ytr, xte, yte, classes, _, origin = load_digits(0.2, seed=0)
     assert xtr.shape[1:] == (1, 8, 8) and xtr.dtype == np.uint8 and xtr.max() == 255
     assert len(ytr) + len(yte) == 1797 and len(yte) == 360
     assert classes == [str(i) for i in range(10)]
     assert np.bincount(yte).min() >= 35  # stratified
+    # each training image's origin: its index in load_digits, in the split's (sorted) order
+    assert len(origin) == len(ytr) and (np.diff(origin) > 0).all() and origin.max() < 1797
     again = load_digits(0.2, seed=0)
     np.testing.assert_array_equal(again[1], ytr)
     assert not np.array_equal(load_digits(0.2, seed=1)[1], ytr)
@@ -41,10 +43,12 @@ def test_imagefolder_rgb(tmp_path, as_zip):
     root = make_image_folder(tmp_path / "tree", size=(10, 6))
     if as_zip:
         root = _zip_dir(root, tmp_path / "tree.zip", top="cifar/")
-    xtr, ytr, xte, yte, classes, _ = load_imagefolder(root)
+    xtr, ytr, xte, yte, classes, _, origin = load_imagefolder(root)
     assert classes == ["cat", "dog", "frog"]
     assert xtr.shape == (18, 3, 6, 10) and xte.shape == (9, 3, 6, 10)
     assert list(np.bincount(ytr)) == [6, 6, 6]
+    # each training image's origin: its path under the root (inside the zip: under its top folder)
+    assert list(origin) == [f"train/{c}/{i:04d}.png" for c in classes for i in range(6)]
 
 
 def test_imagefolder_grayscale_stays_one_channel(tmp_path):

@@ -15,7 +15,7 @@ from rethinking.section5.implicit import (
 
 @pytest.fixture(scope="module")
 def frame():
-    xtr, ytr, xte, yte, _, _ = load_digits(0.2, seed=0)
+    xtr, ytr, xte, yte, _, _, _ = load_digits(0.2, seed=0)
     data = {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
     return implicit_bias_experiment(data, n=20, features="pixels", steps=20000, seed=0)
 
@@ -65,7 +65,7 @@ def test_sgd_vector_targets_and_minibatches():
 
 
 def test_overdetermined_is_refused():
-    xtr, ytr, xte, yte, _, _ = load_digits(0.2, seed=0)
+    xtr, ytr, xte, yte, _, _, _ = load_digits(0.2, seed=0)
     with pytest.raises(ValueError, match="underdetermined"):
         implicit_bias_experiment({"x_train": xtr, "y_train": ytr}, n=100, features="pixels", steps=10)
 

@@ -325,7 +325,9 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run):
     records = slurm_run["records"]
     last = {r["JobIDRaw"]: r for r in records}  # a job's final record
     # the jobs Snakemake planned (its job stats) are exactly the cut grid's, and each was one sbatch job
-    assert slurm_run["expected"] == Counter(prepare=1, corrupt=2, train=1, train_pack_1=1, aggregate=1, figures=1)
+    assert slurm_run["expected"] == Counter(
+        prepare=1, corrupt=2, train=1, train_pack_1=1, aggregate=1, records=1, figures=1
+    )
     assert Counter(rule_of(r["Comment"]) for r in last.values()) == slurm_run["expected"]
     for r in last.values():
         rule = rule_of(r["Comment"])
