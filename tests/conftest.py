@@ -388,3 +388,11 @@ def check_record(folder, *, rtol=1e-5) -> dict:
     np.testing.assert_array_equal(learned, a["learned_epoch"])
     assert ((a["confidence"] >= 0) & (a["confidence"] <= 1) & (a["variability"] >= 0)).all()
     return meta, a
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test draws without saving them (the tests that read a figure's axes) are closed after it."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
