@@ -36,6 +36,10 @@ BACKGROUND_STARTERS: dict = {}  # fixture name -> starter(workdir) -> object wit
 _STARTED: dict = {}
 
 
+# the stages whose jobs Snakemake runs for config/tiny.yaml, in pipeline order (jobs.csv's rows, then `total`)
+JOB_STAGES = ["prepare", "corrupt", "train", "aggregate", "records", "figures", "kernels", "theorem"]
+
+
 def background(name: str, starter) -> None:
     """Register `starter(workdir)`: called once at the session's start when a selected test uses the fixture
     `name`; returns an object whose .wait() gives the run's result (a Pipeline, or a Thread-like one)."""

@@ -14,7 +14,7 @@ from rethinking.engine.run import process_usage
 from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import pack_name
 
-from conftest import tiny_params
+from conftest import JOB_STAGES, tiny_params
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -75,17 +75,7 @@ def test_stage_table_sums_the_benchmark_files_there_are(cfg):
     assert list(detail.columns) == DETAIL_COLUMNS and len(detail) == len(jobs)
     table = stage_table(detail).set_index("stage")
     assert list(table.reset_index().columns) == COLUMNS
-    assert list(table.index) == [
-        "prepare",
-        "corrupt",
-        "train",
-        "aggregate",
-        "records",
-        "figures",
-        "kernels",
-        "theorem",
-        "total",
-    ]
+    assert list(table.index) == [*JOB_STAGES, "total"]
     n = len(train)
     assert table.loc["train", ["jobs", "missing", "runs"]].tolist() == [n, 0, n]
     assert table.loc["train", "wall_s"] == pytest.approx(sum(10.0 + k for k in range(n)))

@@ -17,7 +17,7 @@ from rethinking.pipeline.dvcgen import generate, stage_key
 from rethinking.pipeline.stages import expected_jobs
 from rethinking.plan.packs import SECTION5_PRIORITY, job_priority, pack_name, plan_packs
 
-from conftest import REPO, clone_project, copy_of, run_cli, tree_files
+from conftest import JOB_STAGES, REPO, clone_project, copy_of, run_cli, tree_files
 
 TINY_RESULTS = "results/tiny"
 SNAKEMAKE_ONLY = ("tables/jobs.csv", "tables/jobs_detail.csv")  # rule jobs: no DVC stage
@@ -309,16 +309,7 @@ def _check_jobs(root, runs):
     expected = expected_jobs(cfg)
     packs = plan_packs(cfg, rc.expand_runs(cfg))
     assert sorted(map(len, packs)) == [1, 1, 3, 3]  # the six MLP 1x512 runs in two packs
-    assert {j.stage for j in expected} == {
-        "prepare",
-        "corrupt",
-        "train",
-        "aggregate",
-        "records",
-        "figures",
-        "kernels",
-        "theorem",
-    }
+    assert {j.stage for j in expected} == set(JOB_STAGES)
     for path in [j.file for j in expected] + [benchmarks_dir(cfg) / "jobs.tsv"]:
         header, *rows = (root / path).read_text().splitlines()
         assert (
@@ -330,17 +321,7 @@ def _check_jobs(root, runs):
         if len(pack) > 1:  # a pack's job has one log, named after it
             assert (root / TINY_RESULTS / "logs" / "train" / f"{pack_name(pack)}.log").is_file()
     jobs = pd.read_csv(root / TINY_RESULTS / "tables/jobs.csv").set_index("stage")
-    assert list(jobs.index) == [
-        "prepare",
-        "corrupt",
-        "train",
-        "aggregate",
-        "records",
-        "figures",
-        "kernels",
-        "theorem",
-        "total",
-    ]
+    assert list(jobs.index) == [*JOB_STAGES, "total"]
     assert (jobs["wall_s"] > 0).all() and (jobs["missing"] == 0).all() and (jobs["source"] == "benchmark").all()
     assert jobs.loc["train", "jobs"] == len(packs) and jobs.loc["train", "runs"] == len(runs)
     assert jobs.loc["total", "jobs"] == len(expected)

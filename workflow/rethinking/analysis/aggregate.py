@@ -53,7 +53,7 @@ from ..plan.corruptions import corrupts_labels, kind_of, kinds
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
 from .paper import compare, comparison_header, is_cifar10, run_flags, table2
-from .stats import ci95, t_interval  # noqa: F401  (analysis/stats.py; t_interval: read from here by the figures)
+from .stats import ci95, over_seeds, t_interval  # noqa: F401  (analysis/stats.py; t_interval: read from here by the figures)
 from .stats import spread as _spread
 
 pd = lazy_module("pandas")
@@ -382,16 +382,7 @@ def early_stopping(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=EARLY_STOPPING_COLUMNS)
     table[list(EARLY_STOPPING_STATS)] = table[list(EARLY_STOPPING_STATS)].astype(float)
-    cell = ["model", "regularizers", "variant", "corruption"]
-    g = table.groupby(cell, sort=False)
-    table["cell_status"] = g["status"].transform(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
-    table["seeds"] = g["seed"].transform("count")
-    for v in EARLY_STOPPING_STATS:
-        table[f"{v}_mean"] = g[v].transform("mean")
-        table[f"{v}_sd"] = g[v].transform(_spread)
-        table[f"{v}_ci95"] = g[v].transform(ci95)
-    mixed = table["cell_status"] == "mixed"
-    table.loc[mixed, [f"{v}_{s}" for v in EARLY_STOPPING_STATS for s in ("mean", "sd", "ci95")]] = np.nan
+    table = over_seeds(table, ["model", "regularizers", "variant", "corruption"], EARLY_STOPPING_STATS)
     for k in ("best_epoch", "best_step"):
         table[k] = table[k].astype("Int64")
     table["_k"] = _kind_order(table)

@@ -24,7 +24,7 @@ import numpy as np
 from ..lazy import lazy_module
 from .outputs import table
 from .scores import Records, class_names, detection, label_name, score_names, spearman, suspicion
-from .stats import ci95, spread
+from .stats import over_seeds
 
 pd = lazy_module("pandas")
 
@@ -90,20 +90,6 @@ def recorded(runs: pd.DataFrame, records: Records, diverged: bool = True) -> lis
 
 def _keys(r) -> dict:
     return {**{k: r[k] for k in CELL}, "level": r["label_level"], "seed": r["seed"], "status": r["status"]}
-
-
-def over_seeds(frame: pd.DataFrame, keys: list[str], stats) -> pd.DataFrame:
-    """The cell columns of a per-seed table: `cell_status` (the state every seed ended in, or "mixed"), `seeds`,
-    and the mean, sd and ci95 of each of `stats` over the seeds, blank where the states are mixed."""
-    g = frame.groupby(keys, sort=False, dropna=False)
-    frame["cell_status"] = g["status"].transform(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
-    frame["seeds"] = g["seed"].transform("count")
-    for v in stats:
-        frame[f"{v}_mean"] = g[v].transform("mean")
-        frame[f"{v}_sd"] = g[v].transform(spread)
-        frame[f"{v}_ci95"] = g[v].transform(ci95)
-    frame.loc[frame["cell_status"] == "mixed", [f"{v}_{s}" for v in stats for s in ("mean", "sd", "ci95")]] = np.nan
-    return frame
 
 
 @table(

@@ -28,3 +28,18 @@ def t_interval(values) -> tuple[float, float]:
     half = ci95(v)
     m = float(np.nanmean(v))
     return (m, m) if np.isnan(half) else (m - half, m + half)
+
+
+def over_seeds(frame, keys: list[str], stats):
+    """The cell columns of a per-seed table: `cell_status` (the state every seed ended in, or "mixed"), `seeds`,
+    and the mean, sd and ci95 of each of `stats` over the seeds, blank where the states are mixed (the tables'
+    rule: never an average across runs that ended differently)."""
+    g = frame.groupby(keys, sort=False, dropna=False)
+    frame["cell_status"] = g["status"].transform(lambda s: s.iloc[0] if s.nunique() == 1 else "mixed")
+    frame["seeds"] = g["seed"].transform("count")
+    for v in stats:
+        frame[f"{v}_mean"] = g[v].transform("mean")
+        frame[f"{v}_sd"] = g[v].transform(spread)
+        frame[f"{v}_ci95"] = g[v].transform(ci95)
+    frame.loc[frame["cell_status"] == "mixed", [f"{v}_{s}" for v in stats for s in ("mean", "sd", "ci95")]] = np.nan
+    return frame

@@ -2,8 +2,10 @@
 
 Both engines (and every member of a pack) keep it from the evaluation of the training set after every epoch
 (rethinking.engine.metrics.evaluate, eval mode, fp32): the same forward pass as the epoch's accuracy, no
-other. Running sums live on the device, O(n) memory; a checkpoint holds them whole (`state`), so a resumed
-run ends with exactly the record of an uninterrupted one. A finished run writes them as `examples.npz` in its
+other. Running sums (of the label's probability, its square and the margin), the last loss and the per-epoch
+correctness bits live on the device, O(n) memory; the learned epoch, the forgetting events and the last
+correctness are read from the bits when the record is written (`from_bits`). A checkpoint holds the record
+whole (`state`), so a resumed run ends with exactly the record of an uninterrupted one. A finished run writes them as `examples.npz` in its
 folder, before summary.json (rethinking.engine.run.write_summary): a plain npz (rethinking.files.save_npz, no
 pickle), one row per recorded training example, in the order of the run's training set:
 
