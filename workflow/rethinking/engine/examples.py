@@ -5,9 +5,10 @@ Both engines (and every member of a pack) keep it from the evaluation of the tra
 other. Running sums (of the label's probability, its square and the margin), the last loss and the per-epoch
 correctness bits live on the device, O(n) memory; the learned epoch, the forgetting events and the last
 correctness are read from the bits when the record is written (`from_bits`). A checkpoint holds the record
-whole (`state`), so a resumed run ends with exactly the record of an uninterrupted one. A finished run writes them as `examples.npz` in its
-folder, before summary.json (rethinking.engine.run.write_summary): a plain npz (rethinking.files.save_npz, no
-pickle), one row per recorded training example, in the order of the run's training set:
+whole (`state`), so a resumed run ends with exactly the record of an uninterrupted one. A finished run writes
+it as `examples.npz` in its folder, before summary.json (rethinking.engine.run.write_summary): a plain npz
+(rethinking.files.save_npz, no pickle), one row per recorded training example, in the order of the run's
+training set:
 
     index          int64    its position in the run's training set (the artifact's order)
     origin         int64 | str   where it came from: its index in the source's training split (digits:
