@@ -122,6 +122,19 @@ def test_resnet18_is_the_cifar_style_resnet18():
     assert check_model("resnet18", (1, 7, 7), 3)["parameters"] == 11_173_962 - 2 * 64 * 9 - 513 * 7
 
 
+def test_resnet18_width_family_is_nakkirans():
+    """resnet18_k<k>: k, 2k, 4k, 8k channels; k = 64 is resnet18 (the published 11,173,962), fewer below."""
+    counts = [count_parameters(build_model(f"resnet18_k{k}", (3, 32, 32), 10)) for k in (1, 2, 4, 8, 16, 32, 64)]
+    assert counts[-1] == 11_173_962 == count_parameters(build_model("resnet18", (3, 32, 32), 10))
+    assert all(a < b for a, b in zip(counts, counts[1:])) and counts[0] == 2_991
+    k64, builtin = build_model("resnet18_k64", (3, 32, 32), 10), build_model("resnet18", (3, 32, 32), 10)
+    assert [(n, p.shape) for n, p in k64.named_parameters()] == [(n, p.shape) for n, p in builtin.named_parameters()]
+    assert parse("resnet18_k16").kind == "resnet" and run_name("resnet18_k16") == "resnet18_k16"
+    for bad in ("resnet18_k0", "resnet18_k", "resnet18_k01"):
+        with pytest.raises(ModelError, match="is not a model"):
+            parse(bad)
+
+
 def test_torchvision_entries_are_built_untrained_with_the_grids_dropout():
     assert run_name("torchvision.mobilenet_v3_small") == "tv-mobilenet_v3_small"
     plain = check_model("torchvision.mobilenet_v3_small", (3, 32, 32), 7)

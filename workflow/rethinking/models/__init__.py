@@ -7,7 +7,8 @@ An entry is one of:
   (inception.py: the small Inception of the paper's appendix); ``inception_v3`` (inception_v3.py) for
   streamed image trees;
 - ``mlp_<depth>x<width>``: any depth >= 1 and width >= 1 (capacity sweeps);
-- ``resnet18`` (resnet.py): the CIFAR-style ResNet-18;
+- ``resnet18`` (resnet.py): the CIFAR-style ResNet-18; ``resnet18_k<k>`` its width family (k channels in the
+  first stage, 2k, 4k, 8k after; k = 64 is resnet18: Nakkiran et al.'s model-wise double descent);
 - ``torchvision.<name>``: a classification model of torchvision.models, built untrained;
 - a user's factory, ``path/to/file.py:function`` (relative to the params file's folder or the working
   directory) or ``package.module:function``: called as ``function(in_shape=(C, H, W), num_classes=K)``
@@ -20,7 +21,7 @@ BUILTIN.
 
 Trainable parameter counts at ``in_shape=(3, 28, 28)``, 10 classes (the paper's 28x28 CIFAR-10 crop):
 mlp_1x512 1,209,866; mlp_3x512 1,735,178; alexnet 1,387,786; inception and inception_nobn 1,649,402.
-resnet18 at 3x32x32: 11,173,962. Dropout (``dropout > 0``) never changes a count.
+resnet18 (and resnet18_k64) at 3x32x32: 11,173,962. Dropout (``dropout > 0``) never changes a count.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ BUILTIN = {
     "inception_v3": ("inception_v3", "build"),
 }
 MLP = re.compile(r"mlp_([1-9][0-9]*)x([1-9][0-9]*)")
+RESNET = re.compile(r"resnet18_k([1-9][0-9]*)")  # Nakkiran et al.'s width family: k channels in the first stage
 TORCHVISION = "torchvision."
 FACTORY = re.compile(r"(?P<target>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KINDS = (
     "the paper's five (mlp_1x512, mlp_3x512, alexnet, inception, inception_nobn), mlp_<depth>x<width>, "
-    "resnet18, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
+    "resnet18, resnet18_k<width>, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
     "package.module:function"
 )
 
@@ -63,7 +65,7 @@ KINDS = (
 @dataclass(frozen=True)
 class Spec:
     entry: str
-    kind: str  # builtin | mlp | torchvision | file | module
+    kind: str  # builtin | mlp | resnet | torchvision | file | module
     target: str = ""  # builtin or torchvision name, file path as written, module name
     func: str = ""  # the factory's function
 
@@ -74,9 +76,10 @@ def parse(entry) -> Spec:
         raise ModelError(f"{entry!r} is not a model entry (a string: {KINDS})")
     if entry in BUILTIN or entry in PAPER_MODELS:
         return Spec(entry, "builtin", entry)
-    m = MLP.fullmatch(entry)
-    if m:
+    if MLP.fullmatch(entry):
         return Spec(entry, "mlp", entry)
+    if RESNET.fullmatch(entry):
+        return Spec(entry, "resnet", entry)
     if entry.startswith(TORCHVISION):
         name = entry[len(TORCHVISION) :]
         if not IDENTIFIER.fullmatch(name):
@@ -103,7 +106,7 @@ def run_name(entry: str) -> str:
     """The model's part of a run id, a valid folder name: the entry itself for built-in models and
     MLPs, tv-<name> for torchvision.<name>, <function>-<8 hex digits of the entry's hash> for a factory."""
     spec = parse(entry)
-    if spec.kind in ("builtin", "mlp"):
+    if spec.kind in ("builtin", "mlp", "resnet"):
         return entry
     if spec.kind == "torchvision":
         return f"tv-{spec.target}"
@@ -179,6 +182,10 @@ def build_model(entry: str, in_shape, num_classes: int = 10, dropout: float = 0.
         return getattr(importlib.import_module(f"{__name__}.{module}"), builder)(in_shape, num_classes, dropout)
     if spec.kind == "mlp":
         return _mlp(entry, in_shape, num_classes, dropout)
+    if spec.kind == "resnet":
+        from .resnet import resnet18
+
+        return resnet18(in_shape, num_classes, dropout, width=int(RESNET.fullmatch(entry)[1]))
     if spec.kind == "torchvision":
         return _torchvision(spec, in_shape, num_classes, dropout)
     return _factory(spec, in_shape, num_classes, dropout, base)
