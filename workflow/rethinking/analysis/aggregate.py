@@ -504,3 +504,8 @@ def aggregate(cfg: dict) -> Path:
     runs = load_summaries(cfg)
     produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)))
     return tables_dir(cfg)
+
+
+# the interpolation threshold of width sweeps (capacity.csv) and its figure: registry entries of this stage and
+# of the figures stage; imported last, so that capacity.csv is written after the tables above
+from . import capacity  # noqa: E402, F401

@@ -287,7 +287,13 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "aggregate",
         params=("paper_tolerance",),
-        code=lambda cfg: (*OUTPUTS_CODE, "analysis/aggregate.py", "analysis/paper.py", "analysis/stats.py"),
+        code=lambda cfg: (
+            *OUTPUTS_CODE,
+            "analysis/aggregate.py",
+            "analysis/paper.py",
+            "analysis/stats.py",
+            "analysis/capacity.py",
+        ),
         inputs=_runs_and_base,
         outputs=_registry_outputs("aggregate"),
     ),
@@ -313,7 +319,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "figures",
-        code=lambda cfg: (*OUTPUTS_CODE, "analysis/figures.py", "analysis/plotting.py"),
+        code=lambda cfg: (*OUTPUTS_CODE, "analysis/figures.py", "analysis/plotting.py", "analysis/capacity.py"),
         inputs=lambda p, v: {"tables": [p.path("tables", f) for f in inputs_of("figures", p.cfg)]},
         outputs=_registry_outputs("figures"),
     ),

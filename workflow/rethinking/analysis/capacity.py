@@ -1,0 +1,176 @@
+"""How much capacity memorization takes: the interpolation threshold of a model family (issue #24).
+
+A width family is the models of one grid whose names differ only in a width: ``mlp_<depth>x<width>`` (family
+``mlp_<depth>x``) and ``resnet18_k<k>`` (family ``resnet18_k``). For each family x training set x corruption x
+regularizers x variant with at least two widths, `capacity.csv` gives the smallest width whose runs all fit
+their training set within the epoch budget, the largest width below it whose runs did not (none fitted, or
+the seeds disagreed: "mixed"), their parameter counts, and beside them Theorem 1's 2n + d (a depth-2 ReLU
+network with that many weights fits any labels of n points in d dimensions) and n x K (Belkin et al.'s
+interpolation threshold of a network of K outputs). States are never interpolated: a family where every width
+fitted says "all fitted", one where none did "no width fitted", and the widths in between are listed as they
+ended. The figure (`double_descent`) draws train and test error against width from runs.csv.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ..lazy import lazy_module
+from .outputs import figure, table
+
+pd = lazy_module("pandas")
+
+FAMILIES = (
+    (re.compile(r"(mlp_[1-9][0-9]*x)([1-9][0-9]*)"), "{family}{width}"),
+    (re.compile(r"(resnet18_k)([1-9][0-9]*)"), "{family}{width}"),
+)
+CAPACITY_COLUMNS = [
+    "family",
+    "dataset",
+    "n_train",
+    "d",
+    "classes",
+    "corruption",
+    "level",
+    "regularizers",
+    "variant",
+    "widths",
+    "state",
+    "fit_width",
+    "fit_parameters",
+    "nofit_width",
+    "nofit_parameters",
+    "mixed_widths",
+    "theorem1_2n_plus_d",
+    "n_times_k",
+    "fit_parameters_over_2n_plus_d",
+]
+
+
+def family_of(model: str) -> tuple[str, int] | None:
+    """(family, width) of a model name in a width family; None for any other model."""
+    for pattern, _ in FAMILIES:
+        m = pattern.fullmatch(str(model))
+        if m:
+            return m[1], int(m[2])
+    return None
+
+
+def has_width_sweep(cfg: dict) -> bool:
+    """The grid trains some family at two widths or more (the capacity outputs exist only then)."""
+    widths: dict[str, set] = {}
+    for group in cfg.get("grid", []):
+        for model in group.get("models", []):
+            found = family_of(model)
+            if found:
+                widths.setdefault(found[0], set()).add(found[1])
+    return any(len(w) > 1 for w in widths.values())
+
+
+def _width_states(group) -> list[tuple[int, str, int]]:
+    """(width, how its seeds ended: fitted | not fitted | mixed, parameters), by width."""
+    out = []
+    for width, runs in group.groupby("width", sort=True):
+        fitted = runs["status"] == "fitted"
+        state = "fitted" if fitted.all() else "not fitted" if not fitted.any() else "mixed"
+        out.append((int(width), state, int(runs["parameters"].iloc[0])))
+    return out
+
+
+def _threshold(states: list[tuple[int, str, int]]) -> dict:
+    """The smallest width from which every width fitted, and the largest below it that did not."""
+    fit = None
+    for i in range(len(states) - 1, -1, -1):  # from the widest down, while every width fitted
+        if states[i][1] != "fitted":
+            break
+        fit = i
+    row = {"mixed_widths": " ".join(str(w) for w, s, _ in states if s == "mixed")}
+    if fit is None:
+        return {**row, "state": "no width fitted"}
+    below = states[fit - 1] if fit > 0 else None
+    row.update(fit_width=states[fit][0], fit_parameters=states[fit][2])
+    if below is None:
+        return {**row, "state": "all fitted"}
+    row.update(nofit_width=below[0], nofit_parameters=below[2], state=f"threshold ({below[1]} below)")
+    return row
+
+
+@table(
+    "capacity.csv",
+    when=has_width_sweep,
+    caption="""\
+The interpolation threshold of each width family (MLP widths, ResNet-18 widths k): per training set, label
+corruption and regularizers, the smallest width whose runs all fit the training set within the epoch budget
+and the largest width below it that did not (none of its seeds fitted, or they disagreed: mixed), with their
+parameter counts beside Theorem 1's 2n + d and n x K. "no width fitted" and "all fitted" say when the sweep
+does not bracket the threshold.
+""",
+)
+def capacity(runs, meta: dict):
+    frame = runs.assign(variant=runs["variant"].fillna(""))
+    found = [family_of(m) for m in frame["model"]]
+    frame = frame.assign(family=[f[0] if f else None for f in found], width=[f[1] if f else None for f in found])
+    frame = frame[frame["family"].notna()].astype({"width": int})
+    keys = ["family", "dataset", "n_train", "corruption", "level", "regularizers", "variant"]
+    rows = []
+    for key, group in frame.groupby(keys, sort=True, dropna=False):
+        if group["width"].nunique() < 2:
+            continue
+        n, d = int(key[2]), math.prod(int(v) for v in group["input_shape"].iloc[0])
+        k = len(meta["classes"])
+        row = dict(zip(keys, key), d=d, classes=k, widths=" ".join(str(w) for w in sorted(group["width"].unique())))
+        row.update(_threshold(_width_states(group)), theorem1_2n_plus_d=2 * n + d, n_times_k=n * k)
+        if "fit_parameters" in row:
+            row["fit_parameters_over_2n_plus_d"] = row["fit_parameters"] / (2 * n + d)
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=CAPACITY_COLUMNS)
+
+
+@figure(
+    "double_descent",
+    inputs=("runs.csv", "capacity.csv"),
+    when=has_width_sweep,
+    caption="""\
+Train and test error (%) against width (log axis) per width family, one line per label-corruption level:
+the mean over the seeds of each width, open markers where a width's runs stopped at the epoch limit without
+fitting, crosses where one diverged (never averaged in); the dotted line marks the interpolation threshold of
+capacity.csv (the smallest width from which every run fitted) at each level.
+""",
+)
+def double_descent(runs, cap):
+    from .plotting import plot_libs
+
+    plt, _ = plot_libs()
+    frame = runs.assign(fam=[family_of(m) for m in runs["model"]])
+    frame = frame[frame["fam"].notna()]
+    frame = frame.assign(family=[f[0] for f in frame["fam"]], width=[f[1] for f in frame["fam"]])
+    families = [f for f in sorted(frame["family"].unique()) if frame[frame["family"] == f]["width"].nunique() > 1]
+    fig, axes = plt.subplots(1, max(len(families), 1), figsize=(5.5 * max(len(families), 1), 4), squeeze=False)
+    for ax, fam in zip(axes[0], families):
+        _draw_family(ax, frame[frame["family"] == fam], cap[cap["family"] == fam] if len(cap) else cap, plt)
+        ax.set_title(f"{fam}<width>")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_family(ax, frame, cap, plt) -> None:
+    levels = sorted(frame["level"].fillna(0).unique())
+    colours = plt.cm.viridis([i / max(len(levels) - 1, 1) for i in range(len(levels))])
+    for colour, level in zip(colours, levels):
+        runs = frame[frame["level"].fillna(0) == level]
+        ok = runs[runs["status"] != "diverged"]
+        mean = ok.groupby("width")[["train_acc", "test_acc"]].mean().sort_index()
+        ax.plot(mean.index, 100 - mean["test_acc"], "-o", color=colour, label=f"test, p = {level:g}")
+        ax.plot(mean.index, 100 - mean["train_acc"], "--", color=colour, alpha=0.6, label=f"train, p = {level:g}")
+        stopped = runs[runs["status"] == "max_epochs"]
+        ax.scatter(stopped["width"], 100 - stopped["test_acc"], facecolors="none", edgecolors=colour, zorder=3)
+        gone = runs[runs["status"] == "diverged"]
+        ax.scatter(gone["width"], [100] * len(gone), marker="x", color=colour, zorder=3)
+        at = cap[(cap["level"].fillna(0) == level)]["fit_width"].dropna() if len(cap) else []
+        for w in at:
+            ax.axvline(w, color=colour, linestyle=":", alpha=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("error (%)")
+    ax.legend(fontsize=7)
