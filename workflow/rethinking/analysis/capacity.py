@@ -132,10 +132,11 @@ def capacity(runs, meta: dict):
     inputs=("runs.csv", "capacity.csv"),
     when=has_width_sweep,
     caption="""\
-Train and test error (%) against width (log axis) per width family, one line per label-corruption level:
-the mean over the seeds of each width, open markers where a width's runs stopped at the epoch limit without
-fitting, crosses where one diverged (never averaged in); the dotted line marks the interpolation threshold of
-capacity.csv (the smallest width from which every run fitted) at each level.
+Train (dashed) and test (solid) error (%) against width (log axis) per width family, one colour per
+label-corruption level: the mean over the seeds of each width; each run's test error as a filled marker where
+it fitted its training set, an open one where it stopped at the epoch limit without fitting, a cross at the top
+where it diverged (never averaged in); the dotted line marks the interpolation threshold of capacity.csv (the
+smallest width from which every run fitted) at each level.
 """,
 )
 def double_descent(runs, cap):
@@ -161,10 +162,11 @@ def _draw_family(ax, frame, cap, plt) -> None:
         runs = frame[frame["level"].fillna(0) == level]
         ok = runs[runs["status"] != "diverged"]
         mean = ok.groupby("width")[["train_acc", "test_acc"]].mean().sort_index()
-        ax.plot(mean.index, 100 - mean["test_acc"], "-o", color=colour, label=f"test, p = {level:g}")
+        ax.plot(mean.index, 100 - mean["test_acc"], "-", color=colour, label=f"test, p = {level:g}")
         ax.plot(mean.index, 100 - mean["train_acc"], "--", color=colour, alpha=0.6, label=f"train, p = {level:g}")
-        stopped = runs[runs["status"] == "max_epochs"]
-        ax.scatter(stopped["width"], 100 - stopped["test_acc"], facecolors="none", edgecolors=colour, zorder=3)
+        fitted, stopped = runs[runs["status"] == "fitted"], runs[runs["status"] == "max_epochs"]
+        ax.scatter(fitted["width"], 100 - fitted["test_acc"], color=colour, zorder=3)
+        ax.scatter(stopped["width"], 100 - stopped["test_acc"], facecolors="white", edgecolors=colour, zorder=3)
         gone = runs[runs["status"] == "diverged"]
         ax.scatter(gone["width"], [100] * len(gone), marker="x", color=colour, zorder=3)
         at = cap[(cap["level"].fillna(0) == level)]["fit_width"].dropna() if len(cap) else []
