@@ -75,3 +75,26 @@ def test_families_and_which_grids_sweep_a_width():
     grid = lambda *models: {"grid": [{"models": list(models)}]}  # noqa: E731
     assert has_width_sweep(grid("mlp_1x16", "mlp_1x32")) and has_width_sweep(grid("resnet18_k4", "resnet18_k8"))
     assert not has_width_sweep(grid("mlp_1x512", "mlp_3x512", "alexnet"))  # the default experiment: one each
+
+
+def test_a_family_entry_expands_to_its_widths_with_todays_run_ids():
+    from rethinking import plan as rc
+    from rethinking.errors import ConfigError
+
+    def grid(*models):
+        return rc.validate(
+            {
+                "dataset": {"source": "digits"},
+                "grid": [{"name": "w", "models": list(models), "corruptions": ["true_labels"]}],
+            }
+        )
+
+    cfg = grid({"family": "mlp_1x", "widths": [16, 64]}, "alexnet", {"family": "resnet18", "widths": [4]})
+    assert cfg["grid"][0]["models"] == ["mlp_1x16", "mlp_1x64", "alexnet", "resnet18_k4"]
+    listed = grid("mlp_1x16", "mlp_1x64", "alexnet", "resnet18_k4")
+    assert [r.id for r in rc.expand_runs(cfg)] == [r.id for r in rc.expand_runs(listed)]  # the same runs, ids
+    assert has_width_sweep(cfg)
+    with pytest.raises(ConfigError, match=r"grid\[0\]\.models\[0\]: family 'alexnet' is not a width family"):
+        grid({"family": "alexnet", "widths": [2]})
+    with pytest.raises(ConfigError, match=r"grid\[0\]\.models\[0\]"):
+        grid({"family": "mlp_1x", "widths": [0]})

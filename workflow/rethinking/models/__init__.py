@@ -98,6 +98,24 @@ def parse(entry) -> Spec:
     raise ModelError(f"{entry!r} is not a model (an entry is one of: {KINDS})")
 
 
+FAMILIES = {"mlp": "mlp_<depth>x (MLPs of that depth)", "resnet18": "resnet18 (resnet18_k<width>)"}
+
+
+def family_member(family: str, width: int) -> str:
+    """The model entry of a width family at `width` (the grid's `{family: ..., widths: [...]}`): family
+    mlp_<depth>x gives mlp_<depth>x<width>, resnet18 (or resnet18_k) gives resnet18_k<width>."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ModelError(f"width {width!r} is not a positive integer")
+    if re.fullmatch(r"mlp_[1-9][0-9]*x", str(family)):
+        return f"{family}{width}"
+    if family in ("resnet18", "resnet18_k"):
+        return f"resnet18_k{width}"
+    raise ModelError(
+        f"family {family!r} is not a width family (one of: {', '.join(FAMILIES.values())}); a user's model "
+        "at several widths: list its entries"
+    )
+
+
 def short_hash(entry: str) -> str:
     return hashlib.sha256(entry.encode()).hexdigest()[:8]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, ModelError
-from ..models import MIN_IMAGE_SIZE, model_file, parse, run_name
+from ..models import MIN_IMAGE_SIZE, family_member, model_file, parse, run_name
 from .corruptions import check_options, label_names, takes_levels
 from .corruptions import names as corruption_names
 from .datasets import STREAMED_SOURCES, is_streamed
@@ -159,6 +159,7 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
         cfg["section5"] = _merge(SECTION5_DEFAULTS, cfg["section5"])
     if "grid" not in cfg:
         raise ConfigError(f"{source}: grid: missing; list at least one group of models x corruptions")
+    _expand_families(cfg, source)
     _check_semantics(cfg, source)
     return cfg
 
@@ -173,6 +174,22 @@ def _non_finite(node, path=()):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from _non_finite(v, path + (i,))
+
+
+def _expand_families(cfg: dict, source: str) -> None:
+    """A `{family: ..., widths: [...]}` entry of a group's models becomes the family's model at each width
+    (rethinking.models.family_member), in place: everything after params sees model names only."""
+    for i, group in enumerate(cfg["grid"]):
+        names = []
+        for j, model in enumerate(group["models"]):
+            if not isinstance(model, dict):
+                names.append(model)
+                continue
+            try:
+                names += [family_member(model["family"], w) for w in model["widths"]]
+            except ModelError as exc:
+                raise ConfigError(f"{source}: grid[{i}].models[{j}]: {exc}") from None
+        group["models"] = names
 
 
 def _check_models(cfg: dict, source: str) -> None:
