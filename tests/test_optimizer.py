@@ -1,0 +1,241 @@
+"""training.optimizer: the engine's Adam against torch.optim.Adam, its checkpoints and exact resumes, the
+params that choose it, and the default (sgd) runs' settings left as they were."""
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from rethinking import plan as rc
+from rethinking.data.corrupt import corrupt
+from rethinking.data.sources import prepare
+from rethinking.engine import loop as tr
+from rethinking.engine.optim import SGD, Adam, make_optimizer
+from rethinking.errors import ConfigError
+from rethinking.files import load_npz
+from rethinking.plan.packs import check_packable, plan_packs
+from rethinking.plan.settings import ENGINE_SOURCES, fingerprint, run_settings
+
+from conftest import REPO, train_until_killed
+
+HYPER = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 5e-4}
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def _train(model, opt, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _same_params(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("kind", [{"fused": True}, {"foreach": True}, {"foreach": False}])
+def test_adam_is_torch_optim_adam(kind):
+    """The fused kernel's update to the bit; torch's foreach and per-tensor Adam (other op orders) to
+    float rounding."""
+    ours, theirs = _model(), _model()
+    _train(ours, Adam(ours.parameters(), **HYPER), 6)
+    _train(theirs, torch.optim.Adam(theirs.parameters(), **HYPER, **kind), 6)
+    if kind.get("fused"):
+        assert _same_params(ours, theirs)
+    else:
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # and not trivially: the weights moved, and weight decay is in the update (L2, as torch's Adam)
+    assert not _same_params(ours, _model())
+    other = _model()
+    _train(other, Adam(other.parameters(), **{**HYPER, "weight_decay": 0.0}), 6)
+    assert not _same_params(ours, other)
+
+
+def test_adam_state_dict_is_torch_format_and_resumes_in_either():
+    ours, theirs = _model(), _model()
+    opt = Adam(ours.parameters(), **HYPER)
+    ref = torch.optim.Adam(theirs.parameters(), **HYPER, fused=True)
+    _train(ours, opt, 3)
+    _train(theirs, ref, 3)
+    mine, torch_sd = opt.state_dict(), ref.state_dict()
+    assert mine["param_groups"] == torch_sd["param_groups"]
+    assert mine["state"].keys() == torch_sd["state"].keys()
+    for i, st in mine["state"].items():
+        assert st.keys() == torch_sd["state"][i].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        for k, v in st.items():
+            assert v.dtype == torch_sd["state"][i][k].dtype and torch.equal(v, torch_sd["state"][i][k]), k
+    # ours' state into torch's Adam, torch's into ours (with other hyperparameters: the saved ones win)
+    a, b = copy.deepcopy(ours), copy.deepcopy(ours)
+    into_torch = torch.optim.Adam(a.parameters(), lr=1.0, foreach=True)
+    into_torch.load_state_dict(copy.deepcopy(mine))
+    into_ours = Adam(b.parameters(), lr=1.0, betas=(0.5, 0.5))
+    into_ours.load_state_dict(copy.deepcopy(torch_sd))
+    assert into_ours.param_groups[0]["betas"] == (0.8, 0.99) and into_ours.param_groups[0]["lr"] == 1e-2
+    _train(ours, opt, 3, seed=2)
+    _train(a, into_torch, 3, seed=2)
+    _train(b, into_ours, 3, seed=2)
+    assert _same_params(ours, a) and _same_params(ours, b)
+
+
+def test_adam_refuses_a_state_of_another_shape():
+    model = _model()
+    opt = Adam(model.parameters(), **HYPER)
+    _train(model, opt, 1)
+    sd = opt.state_dict()
+    sd["state"][0]["exp_avg"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="exp_avg 0 has shape"):
+        Adam(_model().parameters(), **HYPER).load_state_dict(sd)
+
+
+def test_make_optimizer_follows_the_settings():
+    s = {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+    assert type(make_optimizer(_model().parameters(), s)) is SGD
+    adam = make_optimizer(
+        _model().parameters(), {**s, "optimizer": "adam", "adam": {"betas": [0.9, 0.95], "eps": 1e-6}}
+    )
+    assert type(adam) is Adam and adam.param_groups[0]["betas"] == (0.9, 0.95) and adam.param_groups[0]["eps"] == 1e-6
+    with pytest.raises(ValueError, match="'rmsprop'"):
+        make_optimizer(_model().parameters(), {**s, "optimizer": "rmsprop"})
+
+
+# ---------------------------------------------------------------------------- params and settings
+
+
+def _raw(**training):
+    raw = {
+        "grid": [{"name": "g", "models": ["mlp_1x512"], "corruptions": ["true_labels", "random_labels"]}],
+        "training": training,
+    }
+    return raw
+
+
+@pytest.mark.parametrize(
+    "training, message",
+    [
+        ({"optimizer": "rmsprop"}, r"training\.optimizer: 'rmsprop' is not one of .*\(allowed: sgd, adam\)"),
+        ({"adam": {"betas": [0.9]}}, r"training\.adam\.betas: \[0\.9\] is too short \(expected exactly 2 items\)"),
+        ({"adam": {"betas": [0.9, 1.0]}}, r"training\.adam\.betas\[1\]: 1\.0 is greater than or equal"),
+        ({"adam": {"betas": [-0.1, 0.9]}}, r"training\.adam\.betas\[0\]: -0\.1 is less than the minimum of 0"),
+        ({"adam": {"eps": 0}}, r"training\.adam\.eps: 0 is less than or equal to the minimum of 0"),
+        ({"adam": {"beta": 0.9}}, r"training\.adam: .*'beta' was unexpected.*\(allowed keys: betas, eps\)"),
+    ],
+)
+def test_bad_optimizer_params_are_one_line_errors(training, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        rc.validate(_raw(**training))
+    assert "\n" not in str(err.value)
+
+
+def test_a_group_override_with_bad_optimizer_is_refused():
+    raw = _raw()
+    raw["grid"][0].update(variant="x", training={"optimizer": "lbfgs"})
+    with pytest.raises(ConfigError, match=r"grid\[0\]\.training\.optimizer: 'lbfgs'"):
+        rc.validate(raw)
+
+
+# a run's settings before the optimizer became a parameter (an sgd run's must stay these, in this order)
+SETTINGS_KEYS = [
+    "run", "model", "corruption", "regularizers", "variant", "seed", "crop", "batch_size", "max_epochs",
+    "momentum", "lr", "lr_decay", "lr_decay_images", "weight_decay", "dropout", "log_every",
+]  # fmt: skip
+
+
+def test_the_default_keeps_every_run_setting_and_fingerprint():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    default = rc.validate(copy.deepcopy(raw), params_dir=REPO)
+    raw["training"]["optimizer"] = "sgd"
+    raw["training"]["adam"] = {"betas": [0.5, 0.6], "eps": 1.0}  # not read by sgd runs
+    explicit = rc.validate(raw, params_dir=REPO)
+    runs = rc.expand_runs(default)
+    assert runs == rc.expand_runs(explicit)
+    for run in runs:
+        s = run_settings(default, run)
+        assert list(s) == SETTINGS_KEYS
+        assert json.dumps(s, sort_keys=True) == json.dumps(run_settings(explicit, run), sort_keys=True)
+    raw["training"]["optimizer"] = "adam"
+    adam = rc.validate(raw, params_dir=REPO)
+    s = run_settings(adam, runs[0])
+    assert s["optimizer"] == "adam" and s["adam"] == {"betas": [0.5, 0.6], "eps": 1.0}
+    assert fingerprint(s, ENGINE_SOURCES) != fingerprint(run_settings(default, runs[0]), ENGINE_SOURCES)
+
+
+def test_a_variant_trains_with_adam_and_merges_its_betas():
+    raw = _raw(pack=4)
+    raw["grid"].append(
+        {
+            "name": "dd",
+            "models": ["mlp_1x512"],
+            "corruptions": ["true_labels", "random_labels"],
+            "variant": "adam",
+            "training": {"optimizer": "adam", "lr": {"mlp_1x512": 1e-4}, "adam": {"eps": 1e-6}},
+        }
+    )
+    cfg = rc.validate(raw)
+    runs = rc.expand_runs(cfg)
+    by_variant = {v: [r for r in runs if (r.variant or None) == v] for v in (None, "adam")}
+    assert len(by_variant[None]) == len(by_variant["adam"]) == 2
+    for r in by_variant["adam"]:
+        s = run_settings(cfg, r)
+        assert s["optimizer"] == "adam" and s["lr"] == 1e-4
+        assert s["adam"] == {"betas": [0.9, 0.999], "eps": 1e-6}  # params' betas, the variant's eps
+    assert all("optimizer" not in run_settings(cfg, r) for r in by_variant[None])
+    # the sgd runs share a pack; adam runs are trained alone, and refused in a pack
+    packs = plan_packs(cfg, runs)
+    assert sorted(len(p) for p in packs) == [1, 1, 2]
+    adam_runs = by_variant["adam"]
+    with pytest.raises(ConfigError, match=r"trains with training\.optimizer 'adam'; a pack trains with sgd only"):
+        check_packable(cfg, adam_runs, [run_settings(cfg, r) for r in adam_runs])
+
+
+# ---------------------------------------------------------------------------- training and exact resumes
+
+
+def _adam_cfg(tmp_path, name):
+    cfg = rc.load(REPO / "config" / "tiny.yaml")
+    cfg["results_dir"] = str(tmp_path / name)
+    cfg["training"].update(optimizer="adam", max_epochs=4, lr={"mlp_1x512": 1e-3}, pack=1)
+    prepare(cfg)
+    return cfg
+
+
+VARIES = ("time", "rss", "images_per_s")  # measured, not computed: they differ between any two runs
+
+
+def test_an_adam_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    full, killed = _adam_cfg(tmp_path, "full"), _adam_cfg(tmp_path, "killed")
+    run = rc.Run(rc.dataset_id(full), rc.Corruption.parse("labels-0.5"), "mlp_1x512", "wd-dropout", 0)
+    corrupt(full, run.corruption)
+    corrupt(killed, run.corruption)
+    a = tr.train(full, run, log=lambda *_: None)
+    train_until_killed(killed, run, 2, monkeypatch)
+    ck = torch.load(rc.run_dir(killed, run) / "checkpoint.pt", weights_only=False)
+    assert set(ck["optimizer"]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}  # Adam's state was saved
+    assert not (rc.run_dir(killed, run) / "summary.json").exists()
+    lines = []
+    b = tr.train(killed, run, log=lines.append)
+    assert any("resuming after epoch 2" in line for line in lines)
+    for table in ("epochs.csv", "steps.csv"):
+        x, y = pd.read_csv(a / table), pd.read_csv(b / table)
+        cols = [c for c in x.columns if not any(w in c for w in VARIES)]
+        pd.testing.assert_frame_equal(x[cols], y[cols], check_exact=True)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["optimizer"] == "adam" and sa["adam"]["betas"] == [0.9, 0.999] and sa["epochs"] == 4
+    for key in sa:
+        if not any(w in key for w in VARIES):
+            assert sa[key] == sb[key], key
+    (_, xa), (_, xb) = load_npz(a / "examples.npz"), load_npz(b / "examples.npz")
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
