@@ -239,3 +239,52 @@ def test_an_adam_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, m
     assert xa.keys() == xb.keys()
     for k in xa:
         np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+def test_a_streamed_adam_run_resumed_inside_an_epoch_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    from rethinking.engine import streamed as ts
+
+    from conftest import Killed
+    from test_imagenet import make_jpeg_tree, params, prepared
+
+    tree = make_jpeg_tree(tmp_path / "tree")
+
+    def run_of(results):
+        p = params(tmp_path, tree, results, batch_size=4, max_epochs=2, checkpoint_every=2, image_size=32)
+        p.write_text(p.read_text().replace("inception_v3", "alexnet"))
+        raw = yaml.safe_load(p.read_text())
+        raw["training"].update(optimizer="adam", lr={"alexnet": 1.0e-3}, adam={"betas": [0.8, 0.99]})
+        p.write_text(yaml.safe_dump(raw))
+        cfg = prepared(p, "random-labels")
+        return cfg, rc.find_run(cfg, "imagenet/random-labels/alexnet/none/seed0")
+
+    cfg, run = run_of("full")
+    full = ts.train(cfg, run, log=lambda *_: None)
+    cfg, run = run_of("killed")
+    real = ts.save_checkpoint
+
+    def kill_at_step_8(out, fp, model, opt, progress, *args, **kw):
+        real(out, fp, model, opt, progress, *args, **kw)
+        if progress.step == 8:  # inside epoch 2 (6 steps per epoch)
+            assert set(opt["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} and opt["state"][0]["step"] == 8
+            raise Killed()
+
+    monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_8)
+    with pytest.raises(Killed):
+        ts.train(cfg, run, log=lambda *_: None)
+    monkeypatch.setattr(ts, "save_checkpoint", real)
+    lines = []
+    resumed = ts.train(cfg, run, log=lines.append)
+    assert any("resuming after epoch 1, batch 2 (step 8)" in line for line in lines)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (full, resumed))
+    assert a["optimizer"] == "adam" and a["adam"] == {"betas": [0.8, 0.99], "eps": 1e-8}
+    for key in a:
+        if not any(w in key for w in VARIES):
+            assert a[key] == b[key], key
+    for table in ("epochs.csv", "steps.csv"):
+        x, y = pd.read_csv(full / table), pd.read_csv(resumed / table)
+        cols = [c for c in x.columns if not any(w in c for w in VARIES)]
+        pd.testing.assert_frame_equal(x[cols], y[cols], check_exact=True)
+    (_, xa), (_, xb) = load_npz(full / "examples.npz"), load_npz(resumed / "examples.npz")
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
