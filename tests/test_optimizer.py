@@ -288,3 +288,20 @@ def test_a_streamed_adam_run_resumed_inside_an_epoch_ends_as_an_uninterrupted_on
     (_, xa), (_, xb) = load_npz(full / "examples.npz"), load_npz(resumed / "examples.npz")
     for k in xa:
         np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+def test_runs_csv_has_flat_optimizer_columns_where_a_run_uses_adam(tmp_path):
+    from rethinking.analysis.aggregate import load_summaries
+
+    raw = _raw()
+    raw["results_dir"] = str(tmp_path / "results")
+    raw["grid"].append({**raw["grid"][0], "name": "a", "variant": "adam", "training": {"optimizer": "adam"}})
+    cfg = rc.validate(raw)
+    for run in rc.expand_runs(cfg):
+        out = rc.run_dir(cfg, run)
+        out.mkdir(parents=True)
+        summary = {**run_settings(cfg, run), "status": "fitted", "train_acc": 100.0, "test_acc": 50.0}
+        (out / "summary.json").write_text(json.dumps({**summary, "train_loss": 0.1, "test_loss": 2.0}))
+    frame = load_summaries(cfg).set_index("variant")
+    assert list(frame.loc["adam", "optimizer"]) == ["adam"] * 2 and list(frame.loc["", "optimizer"]) == ["sgd"] * 2
+    assert list(frame.loc["adam", "adam_beta2"]) == [0.999] * 2 and "adam" not in frame
