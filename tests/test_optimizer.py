@@ -305,3 +305,24 @@ def test_runs_csv_has_flat_optimizer_columns_where_a_run_uses_adam(tmp_path):
     frame = load_summaries(cfg).set_index("variant")
     assert list(frame.loc["adam", "optimizer"]) == ["adam"] * 2 and list(frame.loc["", "optimizer"]) == ["sgd"] * 2
     assert list(frame.loc["adam", "adam_beta2"]) == [0.999] * 2 and "adam" not in frame
+
+
+def test_an_adam_run_is_not_comparable_with_the_paper():
+    from rethinking.analysis.paper import setup_differences
+
+    run = {
+        "model": "alexnet",
+        "variant": "",
+        "n_train": 50000,
+        "n_test": 10000,
+        "input_shape": [3, 28, 28],
+        "lr": 0.01,
+        "momentum": 0.9,
+        "lr_decay": 0.95,
+        "lr_decay_images": None,
+    }
+    assert setup_differences(run, "table1") == []
+    assert setup_differences({**run, "optimizer": "sgd"}, "table1") == []
+    assert setup_differences({**run, "optimizer": "adam"}, "table1") == [
+        "optimizer adam, the paper's SGD with momentum"
+    ]
