@@ -326,3 +326,42 @@ def test_an_adam_run_is_not_comparable_with_the_paper():
     assert setup_differences({**run, "optimizer": "adam"}, "table1") == [
         "optimizer adam, the paper's SGD with momentum"
     ]
+
+
+def _conv(channels_last: bool, seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    return m.to(memory_format=torch.channels_last) if channels_last else m
+
+
+def _conv_steps(model, opt, seeds, channels_last):
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("saved, resumed", [(False, True), (True, False)])
+def test_adam_resumes_into_the_other_memory_layout(saved, resumed):
+    """As SGD's (tests/test_cuda_paths.py): a contiguous checkpoint (CPU) resumed as a channels_last run (CUDA's
+    conv models) and the other way round: each moment is laid out like its parameter, the steps go on as the
+    uninterrupted run's."""
+    model = _conv(saved)
+    opt = Adam(model.parameters(), **HYPER)
+    _conv_steps(model, opt, [0, 1], saved)
+    model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    _conv_steps(model, opt, [2, 3], saved)
+
+    again = _conv(resumed, seed=5)
+    again.load_state_dict(model_state)
+    opt2 = Adam(again.parameters(), lr=1.0)
+    opt2.load_state_dict(opt_state)
+    for p in again.parameters():
+        assert opt2.state[p]["exp_avg"].stride() == p.stride() == opt2.state[p]["exp_avg_sq"].stride()
+    _conv_steps(again, opt2, [2, 3], resumed)
+    for p, q in zip(model.parameters(), again.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

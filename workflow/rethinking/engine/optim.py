@@ -11,11 +11,11 @@ the same kernels (torch._fused_sgd_, torch._fused_adam_) without that import.
 Same update, same state_dict: `state_dict()` is the dict torch.optim.SGD writes (state keyed by the
 parameter's position, one entry per param group with torch's keys), so checkpoints written by either
 load into either. `load_state_dict` follows torch's rules (group and size checks, saved hyperparameters
-win, buffers moved to the parameter's device and dtype) and also lays every momentum buffer out like
-its parameter: a checkpoint of a pack or of a CPU run holds contiguous (NCHW) buffers where a conv model
-on CUDA is channels_last, and the other way round, and the fused kernels pair parameter, gradient and
-buffer by storage position (CUDA's refuses mismatched strides at the first step, the CPU's silently
-updates each weight with another weight's momentum).
+win, buffers moved to the parameter's device and dtype) and also lays every momentum buffer (and Adam
+moment) out like its parameter: a checkpoint of a pack or of a CPU run holds contiguous (NCHW) buffers
+where a conv model on CUDA is channels_last, and the other way round, and the fused kernels pair
+parameter, gradient and buffer by storage position (CUDA's refuses mismatched strides at the first
+step, the CPU's silently updates each weight with another weight's momentum).
 
 Dampening 0, no Nesterov, no maximize: the only SGD the pipeline trains with (docs/CHOICES.md). Adam:
 no amsgrad, no maximize, weight decay added to the gradient (torch.optim.Adam's, decoupled_weight_decay
