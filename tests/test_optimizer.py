@@ -365,3 +365,25 @@ def test_adam_resumes_into_the_other_memory_layout(saved, resumed):
     _conv_steps(again, opt2, [2, 3], resumed)
     for p, q in zip(model.parameters(), again.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_an_adam_step_and_resume_do_not_import_torch_dynamo():
+    """As SGD's (tests/test_engine.py): torch.optim's Optimizer would import torch._dynamo in every process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from rethinking.engine.optim import make_optimizer\n"
+        "from rethinking.models import build_model\n"
+        "m = build_model('mlp_1x16', (1, 4, 4), 3)\n"
+        "s = {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'optimizer': 'adam',\n"
+        "     'adam': {'betas': [0.9, 0.999], 'eps': 1e-8}}\n"
+        "opt = make_optimizer(m.parameters(), s)\n"
+        "m(torch.zeros(2, 1, 4, 4)).sum().backward(); opt.step()\n"
+        "make_optimizer(m.parameters(), s).load_state_dict(opt.state_dict())\n"
+        "assert type(opt).__name__ == 'Adam' and opt.state\n"
+        "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
