@@ -83,10 +83,15 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc}); delete the run folder and retrain it") from None
         s.pop("versions", None)
+        if isinstance(s.get("adam"), dict):  # an Adam run's settings (plan.settings): flat columns in runs.csv
+            adam = s.pop("adam")
+            s["adam_beta1"], s["adam_beta2"], s["adam_eps"] = *adam["betas"], adam["eps"]
         s.setdefault("variant", run.variant)
         s["label_level"] = run.corruption.label_level
         rows.append(s)
     frame = pd.DataFrame(rows)
+    if "optimizer" in frame:  # only Adam runs name it (an SGD run's settings are what they were before)
+        frame["optimizer"] = frame["optimizer"].fillna("sgd")
     # a diverged run is a result, not a number to average: its accuracies are blanked (status says why)
     diverged = frame["status"] == "diverged"
     frame.loc[diverged, ["train_acc", "test_acc", "train_loss", "test_loss"]] = np.nan

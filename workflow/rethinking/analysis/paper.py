@@ -231,6 +231,9 @@ def setup_differences(run, table: str) -> list[str]:
             why.append(f"{key} not recorded")
         elif not np.isclose(v, want, rtol=1e-9, atol=0):
             why.append(f"{key} {_fmt(v)}, the paper's {_fmt(want)}")
+    optimizer = get("optimizer")  # recorded only where it is not sgd (plan.settings.run_settings)
+    if isinstance(optimizer, str) and optimizer != "sgd":
+        why.append(f"optimizer {optimizer}, the paper's SGD with momentum")
     images = _number(get("lr_decay_images"))
     n_train = _number(get("n_train"))
     if images is not None and images != n_train:  # per n_train images seen is the same as per epoch

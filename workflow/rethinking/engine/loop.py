@@ -199,7 +199,10 @@ def _packer(models: list, s: dict, device):
         torch.backends.cudnn.benchmark = True
     if len(models) == 1:
         channels_last = device.type == "cuda" and traits(models[0])["conv"]
-        return Single(models[0], s["momentum"], s["weight_decay"], s["lr"], channels_last)
+        chosen = {k: s[k] for k in ("optimizer", "adam") if k in s}  # none for SGD (the default)
+        return Single(models[0], s["momentum"], s["weight_decay"], s["lr"], channels_last, chosen)
+    if s.get("optimizer", "sgd") != "sgd":  # plan.packs.check_packable refuses these first
+        raise ValueError(f"a pack trains with SGD only, not {s['optimizer']!r}")
     return Stacked(models, s["momentum"], s["weight_decay"])
 
 

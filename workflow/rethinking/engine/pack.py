@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .optim import SGD
+from .optim import SGD, make_optimizer
 
 # parameter-free modules that treat every sample on its own: the K x B samples of a pack are one batch to them
 PER_SAMPLE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.LocalResponseNorm, nn.Identity)
@@ -210,16 +210,27 @@ class Stacked:
 
 
 class Single:
-    """One run as a pack of one: a plain module and the engine's SGD behind Stacked's interface.
+    """One run as a pack of one: a plain module and the engine's optimizer behind Stacked's interface.
 
     The step is the plain loop's, op for op (forward under autocast, cross-entropy in fp32, zero_grad,
-    backward, the fused SGD step), so a single run's numbers do not depend on the adapter. The process's
-    random state belongs to the run (dropout draws from it): a resume restores it."""
+    backward, the fused SGD or Adam step), so a single run's numbers do not depend on the adapter. The
+    process's random state belongs to the run (dropout draws from it): a resume restores it. The optimizer
+    is SGD unless `optimizer` (a run's settings' `optimizer` and `adam`, optim.make_optimizer) says adam;
+    Adam runs are always single (plan.packs: Stacked updates with SGD only)."""
 
-    def __init__(self, model: nn.Module, momentum: float, weight_decay: float, lr: float, channels_last: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        momentum: float,
+        weight_decay: float,
+        lr: float,
+        channels_last: bool = False,
+        optimizer: dict | None = None,
+    ):
         self.channels_last = channels_last
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
-        self.opt = SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        chosen = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, **(optimizer or {})}
+        self.opt = make_optimizer(self.model.parameters(), chosen)
 
     def __len__(self) -> int:
         return 1
@@ -229,7 +240,7 @@ class Single:
             g["lr"] = lrs[0]
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, autocast):
-        """One SGD step on the member's batch xb[0], yb[0]; returns (losses (1,), correct (1,))."""
+        """One optimizer step on the member's batch xb[0], yb[0]; returns (losses (1,), correct (1,))."""
         x, y = xb[0], yb[0]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ together; each takes batch_size / n images of every step.
 
 Read top to bottom: set up the processes and devices, load the index and the
 (corrupted) labels, build the model (Inception V3 with its auxiliary head, or
-any model of rethinking.models at image_size x image_size) and SGD, resume
+any model of rethinking.models at image_size x image_size) and SGD (or Adam), resume
 the checkpoint, then loop over epochs. An epoch is a seeded permutation of the
 training set (the same in every process), padded to a multiple of n and dealt
 out, so every process takes the same number of steps. The loss (main head
@@ -65,7 +65,7 @@ from ..plan import Run, run_dir, training_for
 from ..plan.settings import STREAM_ENGINE_SOURCES, fingerprint, stream_settings, train_command
 from .examples import ExampleRecord, finished
 from .metrics import evaluate
-from .optim import SGD
+from .optim import make_optimizer
 from .run import (
     Clock,
     Progress,
@@ -233,7 +233,7 @@ class _Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.opt = SGD(self.model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+        self.opt = make_optimizer(self.model.parameters(), s)  # SGD, or Adam where the settings say so
         self.net = self.model
         if procs.world > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -148,13 +148,15 @@ def expand_runs(cfg: dict) -> list[Run]:
 
 def training_for(cfg: dict, run: Run) -> dict:
     """The training settings of a run: params' training with its variant's overrides (a variant's
-    `lr` adds to or replaces params' per-model rates)."""
+    `lr` adds to or replaces params' per-model rates, its `adam` to or replaces params' betas and eps)."""
     t = copy.deepcopy(cfg["training"])
     if run.variant:
         for group in cfg["grid"]:
             if group.get("variant") == run.variant:
                 over = copy.deepcopy(group["training"])
                 t["lr"] = {**t["lr"], **over.pop("lr", {})}
+                if "adam" in t:  # a config validated by plan.params has it
+                    t["adam"] = {**t["adam"], **over.pop("adam", {})}
                 t.update(over)
                 break
         else:

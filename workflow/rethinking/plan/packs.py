@@ -20,7 +20,10 @@ PER_RUN = ("run", "corruption", "seed")
 
 def pack_key(cfg: dict, run: Run, settings: dict) -> str | None:
     """Runs with the same key can share a pack; None for a run that is always trained alone: one
-    whose built module has active dropout (vmap's masks would differ from a single run's)."""
+    whose built module has active dropout (vmap's masks would differ from a single run's), or that trains
+    with another optimizer than SGD (engine.pack.Stacked's update is SGD's)."""
+    if settings.get("optimizer", "sgd") != "sgd":
+        return None
     if settings["dropout"] > 0 or module_traits(cfg, run.model, settings["dropout"])["dropout"]:
         return None
     shared = {k: v for k, v in settings.items() if k not in PER_RUN}
@@ -109,6 +112,11 @@ def check_packable(cfg: dict, runs: list[Run], settings: list[dict]) -> None:
         raise ConfigError("--run: the same run is given twice")
     first = settings[0]
     for run, s in zip(runs, settings):
+        if s.get("optimizer", "sgd") != "sgd":
+            raise ConfigError(
+                f"--run: {run.id} trains with training.optimizer {s['optimizer']!r}; a pack trains with sgd only "
+                "(such runs are trained alone, not packed)"
+            )
         if s["dropout"] > 0:
             raise ConfigError(f"--run: {run.id} uses dropout; runs with dropout are trained alone, not packed")
         if module_traits(cfg, run.model, s["dropout"])["dropout"]:

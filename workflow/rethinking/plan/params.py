@@ -32,6 +32,8 @@ TRAINING_OVERRIDES = (
     "lr_decay_images",
     "weight_decay",
     "dropout",
+    "optimizer",
+    "adam",
 )
 
 
@@ -60,6 +62,9 @@ DEFAULTS = {
         "batch_size": 128,
         "max_epochs": 300,
         "momentum": 0.9,
+        # sgd (the paper's) or adam (torch.optim.Adam's, L2 weight decay; momentum unused); adam's betas and eps
+        "optimizer": "sgd",
+        "adam": {"betas": [0.9, 0.999], "eps": 1e-8},
         # per model entry; `default` for every model not named (rethinking.models lists the kinds)
         "lr": dict(DEFAULT_LR),
         "lr_decay": 0.95,
@@ -149,6 +154,8 @@ def validate(raw, source: str = "params", params_dir=None) -> dict:
             allowed = f" (allowed: {', '.join(map(str, e.validator_value))})"
         elif e.validator == "additionalProperties":
             allowed = f" (allowed keys: {', '.join(sorted(e.schema.get('properties', {})))})"
+        elif e.validator in ("minItems", "maxItems") and e.schema.get("minItems") == e.schema.get("maxItems"):
+            allowed = f" (expected exactly {e.schema['minItems']} items)"
         raise ConfigError(f"{source}: {key}: {e.message}{allowed}")
     bad = next(_non_finite(raw), None)  # JSON Schema's minimum/maximum let NaN through (every comparison is false)
     if bad is not None:

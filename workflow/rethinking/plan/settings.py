@@ -56,7 +56,9 @@ def fingerprint(settings: dict, sources: tuple[str, ...], device_type: str | Non
 def run_settings(cfg: dict, run: Run) -> dict:
     """Everything that determines a run's result; stored in the checkpoint and the summary. A model
     from a user's file adds `model_source` (its path and content hash): editing the file changes
-    the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs."""
+    the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs.
+    `optimizer` and its `adam` settings are added only where the optimizer is not SGD (the default), so
+    every SGD run keeps the settings it had before the optimizer became a parameter."""
     t = training_for(cfg, run)
     s = {
         "run": run.id,
@@ -76,6 +78,9 @@ def run_settings(cfg: dict, run: Run) -> dict:
         "dropout": t["dropout"] if "dropout" in run.regs else 0.0,
         "log_every": t["log_every"],
     }
+    if t["optimizer"] != "sgd":  # only then: a default run's settings (and fingerprint) are what they were before
+        s["optimizer"] = t["optimizer"]
+        s["adam"] = {"betas": list(t["adam"]["betas"]), "eps": t["adam"]["eps"]}
     source = source_digest(run.model, cfg.get("_params_dir"))
     if source is not None:
         s["model_source"] = source
