@@ -1,5 +1,7 @@
 """Section 5, beyond the paper: double descent of min-norm least squares on random features."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,3 +151,7 @@ def test_kernels_stage_writes_the_table_and_figure(tmp_path):
     assert set(frame["solver"]) == {"min-norm", "ridge"} and set(frame["level"]) == {0.2}
     assert (frame.loc[frame["n_features"] >= 100, "train_error"].where(frame["solver"] == "min-norm", 0) == 0).all()
     assert (tmp_path / "results" / "figures" / "random_features.png").stat().st_size > 1000
+    metrics = json.loads((tables / "random_features_metrics.json").read_text())["random_features"]
+    assert set(metrics) == {"noise_0.2_min_norm", "noise_0.2_ridge"}
+    mn = frame[(frame["solver"] == "min-norm") & (frame["n_features"] == 100)]
+    assert metrics["noise_0.2_min_norm"]["test_error_n"] == pytest.approx(float(mn["test_error"].iloc[0]))

@@ -219,6 +219,17 @@ def random_features_table(cfg: dict, data, meta: dict) -> pd.DataFrame:
     )
 
 
+@table(
+    "random_features_metrics.json",
+    stage="kernels",
+    inputs=("random_features.csv",),
+    when=has_section5,
+    metrics=True,
+)
+def random_features_metrics_file(frame: pd.DataFrame) -> dict:
+    return random_features_metrics(frame)
+
+
 @figure(
     "random_features",
     stage="kernels",
@@ -304,3 +315,17 @@ def theorem_metrics(frame: pd.DataFrame) -> dict:
             for labels, g in frame.groupby("labels", sort=True)
         }
     }
+
+
+def random_features_metrics(frame: pd.DataFrame) -> dict:
+    """Per label-noise level and solver, the test error (percent) at N = n/4, n and 10n (the nearest ratios run):
+    the double-descent peak for `dvc metrics show` (random_features.csv has the whole curve)."""
+    from .random_features import peak_ratios
+
+    out = {}
+    for level in sorted(frame["level"].unique()):
+        for solver in sorted(frame["solver"].unique()):
+            p = peak_ratios(frame, level, solver)
+            key = f"noise_{level:g}_{solver.replace('-', '_')}"
+            out[key] = {"test_error_n_over_4": p["below"], "test_error_n": p["at_n"], "test_error_10n": p["above"]}
+    return {"random_features": {k: {m: round(float(v), 4) for m, v in d.items()} for k, d in out.items()}}
