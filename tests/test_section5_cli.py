@@ -39,7 +39,7 @@ def test_stages_write_tables_and_figures(tmp_path):
     assert (th["weights"] == 2 * th["n"] + th["d"]).all() and (th["max_abs_error"] < 1e-6).all()
     bias = pd.read_csv(tables / "implicit_bias.csv")
     assert set(bias["start"]) == {"zero", "random"}
-    for f in ("kernel_noise", "implicit_bias", "theorem"):
+    for f in ("kernel_noise", "implicit_bias", "random_features", "theorem"):
         assert (tmp_path / "results" / "figures" / f"{f}.png").stat().st_size > 1000
 
 

@@ -335,6 +335,7 @@ STAGES: tuple[Stage, ...] = (
             "analysis/plotting.py",
             "section5/kernels.py",
             "section5/implicit.py",
+            "section5/random_features.py",
             *CORRUPT_SOURCES,
             "data/preprocess.py",
         ),

@@ -101,6 +101,16 @@ SECTION5_DEFAULTS = {
         "device": "auto",
     },
     "implicit": {"n": 20, "steps": 20000, "features": "pixels"},
+    # double descent of random-features regression (section5/random_features.py); n = 200 training digits keep
+    # it near a second on 2 cores
+    "random_features": {
+        "features": "relu",
+        "ratios": [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0],
+        "noise_levels": [0.0, 0.2],
+        "n": 200,
+        "ridge": 0.01,
+        "seed": 0,
+    },
     "theorem": {"ns": [10, 30, 100, 300], "labels": ["random", "true"]},
 }
 

@@ -8,13 +8,15 @@ noisy training labels as the networks' corrupted artifacts and on the
 networks' inputs: preprocess.crop center crop + per-image standardization;
 columns inputs and crop say so), tables/implicit_bias.csv (SGD from zero
 reaches the min-norm solution of an underdetermined least-squares problem;
-from a random start it does not), and their figures.
+from a random start it does not), tables/random_features.csv (double descent of
+min-norm least squares on random features against N / n, ridge beside it), and
+their figures.
 
 theorem: base artifact -> tables/theorem.csv (the 2n + d weight network of
 Theorem 1 on real images with random and true labels: exact fit, weight count,
 condition number against n) and its figure.
 
-The math lives in kernels.py, implicit.py and theorem.py; this module reads
+The math lives in kernels.py, implicit.py, random_features.py and theorem.py; this module reads
 params and writes outputs. On CUDA the kernels stage claims a GPU slot as a
 training job does (kernel_device), and its Snakemake rule asks for one unit of
 `gpu` (kernel_gpus).
@@ -196,6 +198,59 @@ def implicit_bias_figure(bias: pd.DataFrame):
     return plot_implicit(bias)
 
 
+@table("random_features.csv", stage="kernels", when=has_section5)
+def random_features_table(cfg: dict, data, meta: dict) -> pd.DataFrame:
+    """Double descent (Belkin et al. 2019): min-norm and ridge least squares on N random features of the kernels
+    stage's inputs and noisy labels, per label-noise level and N / n."""
+    from .random_features import random_features_curve
+
+    rf = cfg["section5"]["random_features"]
+    return random_features_curve(
+        data,
+        rf["ratios"],
+        rf["noise_levels"],
+        n=rf["n"],
+        features=rf["features"],
+        ridge=rf["ridge"],
+        seed=rf["seed"],
+        data_seed=cfg["dataset"]["seed"],
+        n_test=cfg["section5"]["kernels"]["n_test"],
+        num_classes=len(meta["classes"]),
+    )
+
+
+@table(
+    "random_features_metrics.json",
+    stage="kernels",
+    inputs=("random_features.csv",),
+    when=has_section5,
+    metrics=True,
+)
+def random_features_metrics_file(frame: pd.DataFrame) -> dict:
+    return random_features_metrics(frame)
+
+
+@figure(
+    "random_features",
+    stage="kernels",
+    inputs=("random_features.csv",),
+    when=has_section5,
+    caption="""\
+Section 5, beyond the paper (Belkin et al., PNAS 2019): least squares on N
+random features of n training images, against N / n (log axis), one colour per
+label-noise level (the networks' noisy labels). Solid: the minimum-norm
+solution (least squares below N = n, the minimum-norm interpolant above); its
+test error peaks at the interpolation threshold N = n (dotted line), where the
+norm of the solution (right) blows up, and falls again as N grows: double
+descent. Dashed: ridge, whose curve has no peak.
+""",
+)
+def random_features_figure(frame: pd.DataFrame):
+    from .random_features import plot_random_features
+
+    return plot_random_features(frame)
+
+
 def theorem_stage(cfg: dict) -> Path:
     """Every entry of the theorem stage."""
     produce("theorem", cfg, data=_data(cfg))
@@ -260,3 +315,17 @@ def theorem_metrics(frame: pd.DataFrame) -> dict:
             for labels, g in frame.groupby("labels", sort=True)
         }
     }
+
+
+def random_features_metrics(frame: pd.DataFrame) -> dict:
+    """Per label-noise level and solver, the test error (percent) at N = n/4, n and 10n (the nearest ratios run):
+    the double-descent peak for `dvc metrics show` (random_features.csv has the whole curve)."""
+    from .random_features import peak_ratios
+
+    out = {}
+    for level in sorted(frame["level"].unique()):
+        for solver in sorted(frame["solver"].unique()):
+            p = peak_ratios(frame, level, solver)
+            key = f"noise_{level:g}_{solver.replace('-', '_')}"
+            out[key] = {"test_error_n_over_4": p["below"], "test_error_n": p["at_n"], "test_error_10n": p["above"]}
+    return {"random_features": {k: {m: round(float(v), 4) for m, v in d.items()} for k, d in out.items()}}
