@@ -98,3 +98,24 @@ def test_a_family_entry_expands_to_its_widths_with_todays_run_ids():
         grid({"family": "alexnet", "widths": [2]})
     with pytest.raises(ConfigError, match=r"grid\[0\]\.models\[0\]"):
         grid({"family": "mlp_1x", "widths": [0]})
+
+
+def test_the_figure_draws_width_and_epoch_panels():
+    from rethinking.analysis.capacity import double_descent
+
+    F, M = "fitted", "max_epochs"
+    runs = _runs({("mlp_1x8", 0.2): [M], ("mlp_1x16", 0.2): [F], ("mlp_1x32", 0.2): [F]})
+    runs = runs.assign(train_acc=[90.0, 100.0, 100.0], test_acc=[70.0, 60.0, 80.0])
+    cap = capacity(runs, META)
+    curves = pd.DataFrame(
+        [
+            dict(model=f"mlp_1x{w}", corruption="labels-0.2", seed=0, status=F, epoch=e, test_acc=0.5 + 0.01 * e)
+            for w in (16, 32)
+            for e in range(1, 6)
+        ]
+    )
+    fig = double_descent(runs, cap, curves)
+    top, bottom = fig.axes[0], fig.axes[1]
+    assert [round(v, 6) for v in top.lines[0].get_ydata()] == [30.0, 40.0, 20.0]  # test error by width
+    assert [line.get_label() for line in bottom.lines] == ["width 16 (threshold)", "width 32 (largest)"]
+    assert list(bottom.lines[0].get_ydata()) == pytest.approx([49.0, 48.0, 47.0, 46.0, 45.0])

@@ -8,7 +8,8 @@ the seeds disagreed: "mixed"), their parameter counts, and beside them Theorem 1
 network with that many weights fits any labels of n points in d dimensions) and n x K (Belkin et al.'s
 interpolation threshold of a network of K outputs). States are never interpolated: a family where every width
 fitted says "all fitted", one where none did "no width fitted", and the widths in between are listed as they
-ended. The figure (`double_descent`) draws train and test error against width from runs.csv.
+ended. The figure (`double_descent`) draws train and test error against width from runs.csv, and test error
+against epoch of the threshold-sized and the largest width from accuracy_curves.csv.
 """
 
 from __future__ import annotations
@@ -129,17 +130,19 @@ def capacity(runs, meta: dict):
 
 @figure(
     "double_descent",
-    inputs=("runs.csv", "capacity.csv"),
+    inputs=("runs.csv", "capacity.csv", "accuracy_curves.csv"),
     when=has_width_sweep,
     caption="""\
 Train (dashed) and test (solid) error (%) against width (log axis) per width family, one colour per
 label-corruption level: the mean over the seeds of each width; each run's test error as a filled marker where
 it fitted its training set, an open one where it stopped at the epoch limit without fitting, a cross at the top
 where it diverged (never averaged in); the dotted line marks the interpolation threshold of capacity.csv (the
-smallest width from which every run fitted) at each level.
+smallest width from which every run fitted) at each level. Below, epoch-wise: test error against epoch of
+the threshold-sized and the largest width at the highest label-corruption level that has a threshold (mean
+over the seeds, to the epoch where the first seed stopped).
 """,
 )
-def double_descent(runs, cap):
+def double_descent(runs, cap, curves):
     from .plotting import plot_libs
 
     plt, _ = plot_libs()
@@ -147,12 +150,38 @@ def double_descent(runs, cap):
     frame = frame[frame["fam"].notna()]
     frame = frame.assign(family=[f[0] for f in frame["fam"]], width=[f[1] for f in frame["fam"]])
     families = [f for f in sorted(frame["family"].unique()) if frame[frame["family"] == f]["width"].nunique() > 1]
-    fig, axes = plt.subplots(1, max(len(families), 1), figsize=(5.5 * max(len(families), 1), 4), squeeze=False)
-    for ax, fam in zip(axes[0], families):
-        _draw_family(ax, frame[frame["family"] == fam], cap[cap["family"] == fam] if len(cap) else cap, plt)
-        ax.set_title(f"{fam}<width>")
+    cols = max(len(families), 1)
+    fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols, 7.5), squeeze=False)
+    for i, fam in enumerate(families):
+        own = cap[cap["family"] == fam] if len(cap) else cap
+        _draw_family(axes[0][i], frame[frame["family"] == fam], own, plt)
+        axes[0][i].set_title(f"{fam}<width>")
+        _draw_epochs(axes[1][i], fam, frame[frame["family"] == fam], own, curves)
     fig.tight_layout()
     return fig
+
+
+def _draw_epochs(ax, family: str, frame, cap, curves) -> None:
+    """Epoch-wise: test error against epoch of the threshold-sized and the largest width."""
+    have = cap[cap["fit_width"].notna()] if len(cap) else cap
+    if not len(have):
+        ax.text(0.5, 0.5, "no interpolation threshold to show", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    row = have.sort_values("level").iloc[-1]
+    for width, what in ((int(row["fit_width"]), "threshold"), (int(frame["width"].max()), "largest")):
+        sub = curves[(curves["model"] == f"{family}{width}") & (curves["corruption"] == row["corruption"])]
+        sub = sub[sub["status"] != "diverged"]
+        if not len(sub):
+            continue
+        g = sub.groupby("epoch")["test_acc"]
+        mean = g.mean()[g.count() == sub["seed"].nunique()]
+        ax.plot(mean.index, 100 * (1 - mean), label=f"width {width} ({what})")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"epoch-wise, {row['corruption']}", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def _draw_family(ax, frame, cap, plt) -> None:
