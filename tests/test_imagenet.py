@@ -228,6 +228,26 @@ class Killed(Exception):
     pass
 
 
+def stream_killed_and_resumed(cfg, run, step: int, monkeypatch, check=None):
+    """Train a streamed run, kill it right after its checkpoint at `step` (`check(optimizer_state)` first), and
+    rerun it: (the folder of the resumed run, the lines it logged)."""
+    real = ts.save_checkpoint
+
+    def kill_at(out, fingerprint, model, opt, progress, *args, **kw):
+        real(out, fingerprint, model, opt, progress, *args, **kw)
+        if progress.step == step:
+            if check is not None:
+                check(opt)
+            raise Killed()
+
+    monkeypatch.setattr(ts, "save_checkpoint", kill_at)
+    with pytest.raises(Killed):
+        ts.train(cfg, run, log=lambda *_: None)
+    monkeypatch.setattr(ts, "save_checkpoint", real)
+    lines = []
+    return ts.train(cfg, run, log=lines.append), lines
+
+
 def test_resume_inside_an_epoch_gives_the_same_run(tmp_path, tree, monkeypatch):
     def run_of(results):
         p = params(tmp_path, tree, results, batch_size=4, max_epochs=2, checkpoint_every=2, image_size=32)
@@ -239,20 +259,7 @@ def test_resume_inside_an_epoch_gives_the_same_run(tmp_path, tree, monkeypatch):
     cfg, run = run_of("full")
     full = ts.train(cfg, run, log=lambda *_: None)
 
-    cfg, run = run_of("killed")
-    real = ts.save_checkpoint
-
-    def kill_at_step_8(out, fingerprint, model, opt, progress, *args, **kw):
-        real(out, fingerprint, model, opt, progress, *args, **kw)
-        if progress.step == 8:  # inside epoch 2 (6 steps per epoch)
-            raise Killed()
-
-    monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_8)
-    with pytest.raises(Killed):
-        ts.train(cfg, run, log=lambda *_: None)
-    monkeypatch.setattr(ts, "save_checkpoint", real)
-    lines = []
-    resumed = ts.train(cfg, run, log=lines.append)
+    resumed, lines = stream_killed_and_resumed(*run_of("killed"), 8, monkeypatch)  # inside epoch 2 (6 steps each)
     assert any("resuming after epoch 1, batch 2 (step 8)" in line for line in lines)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (full, resumed))
     for key in ("steps", "epochs", "train_acc", "test_acc", "test_top5", "train_loss", "test_loss", "status"):

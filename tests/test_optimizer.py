@@ -244,8 +244,7 @@ def test_an_adam_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, m
 def test_a_streamed_adam_run_resumed_inside_an_epoch_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     from rethinking.engine import streamed as ts
 
-    from conftest import Killed
-    from test_imagenet import make_jpeg_tree, params, prepared
+    from test_imagenet import make_jpeg_tree, params, prepared, stream_killed_and_resumed
 
     tree = make_jpeg_tree(tmp_path / "tree")
 
@@ -260,21 +259,11 @@ def test_a_streamed_adam_run_resumed_inside_an_epoch_ends_as_an_uninterrupted_on
 
     cfg, run = run_of("full")
     full = ts.train(cfg, run, log=lambda *_: None)
-    cfg, run = run_of("killed")
-    real = ts.save_checkpoint
 
-    def kill_at_step_8(out, fp, model, opt, progress, *args, **kw):
-        real(out, fp, model, opt, progress, *args, **kw)
-        if progress.step == 8:  # inside epoch 2 (6 steps per epoch)
-            assert set(opt["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} and opt["state"][0]["step"] == 8
-            raise Killed()
+    def adam_state(opt):  # the checkpoint inside epoch 2 holds Adam's state at step 8
+        assert set(opt["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} and opt["state"][0]["step"] == 8
 
-    monkeypatch.setattr(ts, "save_checkpoint", kill_at_step_8)
-    with pytest.raises(Killed):
-        ts.train(cfg, run, log=lambda *_: None)
-    monkeypatch.setattr(ts, "save_checkpoint", real)
-    lines = []
-    resumed = ts.train(cfg, run, log=lines.append)
+    resumed, lines = stream_killed_and_resumed(*run_of("killed"), 8, monkeypatch, check=adam_state)
     assert any("resuming after epoch 1, batch 2 (step 8)" in line for line in lines)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (full, resumed))
     assert a["optimizer"] == "adam" and a["adam"] == {"betas": [0.8, 0.99], "eps": 1e-8}
