@@ -47,7 +47,8 @@ except rc.ConfigError as exc:
 
 
 wildcard_constraints:
-    corruption="|".join(re.escape(c.id) for c in rc.corruptions_of(RUNS)) or "no-corruptions",
+    dataset="|".join(re.escape(d) for d in rc.dataset_ids(CFG)),
+    corruption="|".join(re.escape(rc.artifact_name(*a)) for a in rc.artifacts_of(RUNS)) or "no-corruptions",
 
 
 include: "workflow/rules/common.smk"

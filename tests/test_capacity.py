@@ -4,7 +4,16 @@ summaries, and the outputs existing only for grids that sweep a width."""
 import pandas as pd
 import pytest
 
-from rethinking.analysis.capacity import CAPACITY_COLUMNS, capacity, family_of, has_width_sweep
+from rethinking.analysis.capacity import (
+    CAPACITY_COLUMNS,
+    CURVE_COLUMNS,
+    FIT_SIZE_COLUMNS,
+    capacity,
+    family_of,
+    fit_sizes,
+    has_size_sweep,
+    has_width_sweep,
+)
 
 META = {"classes": [str(i) for i in range(10)]}
 
@@ -18,7 +27,7 @@ def _runs(plan: dict, n: int = 1437) -> pd.DataFrame:
             rows.append(
                 dict(
                     model=model,
-                    dataset="digits",
+                    dataset="digits" if n == 1437 else f"digits-n{n}",
                     n_train=n,
                     corruption="true-labels" if level == 0 else f"labels-{level:g}",
                     level=level,
@@ -109,7 +118,15 @@ def test_the_figure_draws_width_and_epoch_panels():
     cap = capacity(runs, META)
     curves = pd.DataFrame(
         [
-            dict(model=f"mlp_1x{w}", corruption="labels-0.2", seed=0, status=F, epoch=e, test_acc=0.5 + 0.01 * e)
+            dict(
+                dataset="digits",
+                model=f"mlp_1x{w}",
+                corruption="labels-0.2",
+                seed=0,
+                status=F,
+                epoch=e,
+                test_acc=0.5 + 0.01 * e,
+            )
             for w in (16, 32)
             for e in range(1, 6)
         ]
@@ -119,3 +136,72 @@ def test_the_figure_draws_width_and_epoch_panels():
     assert [round(v, 6) for v in top.lines[0].get_ydata()] == [30.0, 40.0, 20.0]  # test error by width
     assert [line.get_label() for line in bottom.lines] == ["width 16 (threshold)", "width 32 (largest)"]
     assert list(bottom.lines[0].get_ydata()) == pytest.approx([49.0, 48.0, 47.0, 46.0, 45.0])
+
+
+def test_the_figure_has_one_column_per_training_set_and_never_mixes_them():
+    from rethinking.analysis.capacity import double_descent
+
+    F, M = "fitted", "max_epochs"
+    small = _runs({("mlp_1x8", 0.0): [F], ("mlp_1x16", 0.0): [F]}, n=400).assign(train_acc=100.0, test_acc=[60.0, 70.0])
+    full = _runs({("mlp_1x8", 0.0): [M], ("mlp_1x16", 0.0): [F]}).assign(train_acc=[90.0, 100.0], test_acc=80.0)
+    runs = pd.concat([full, small], ignore_index=True)
+    fig = double_descent(runs, capacity(runs, META), pd.DataFrame(columns=CURVE_COLUMNS))
+    titles = [ax.get_title() for ax in fig.axes[:2]]
+    assert titles == ["mlp_1x<width>, n = 400 (digits-n400)", "mlp_1x<width>, n = 1437 (digits)"]
+    assert [round(v, 6) for v in fig.axes[0].lines[0].get_ydata()] == [40.0, 30.0]  # n = 400's test error only
+    assert [round(v, 6) for v in fig.axes[1].lines[0].get_ydata()] == [20.0, 20.0]
+
+
+def test_several_seeds_draw_the_t_band_of_the_mean():
+    from rethinking.analysis.capacity import double_descent
+
+    runs = _runs({("mlp_1x8", 0.0): ["fitted"] * 3, ("mlp_1x16", 0.0): ["fitted"] * 3})
+    runs = runs.assign(train_acc=100.0, test_acc=[60.0, 62.0, 64.0, 70.0, 70.0, 73.0])
+    fig = double_descent(runs, capacity(runs, META), pd.DataFrame(columns=CURVE_COLUMNS))
+    (band,) = fig.axes[0].collections[:1]
+    at8 = [y for x, y in band.get_paths()[0].vertices if x == 8]
+    low, high = min(at8), max(at8)
+    half = 4.303 * 2.0 / 3**0.5  # t(0.975, 2) x sd / sqrt(3) at width 8 (sd of 60, 62, 64 is 2)
+    assert low == pytest.approx(38.0 - half, abs=1e-2) and high == pytest.approx(38.0 + half, abs=1e-2)
+
+
+def test_the_largest_training_set_a_model_fits():
+    F, M, D = "fitted", "max_epochs", "diverged"
+    rows = []
+    for n, plan in {
+        100: {("mlp_1x8", 0.0): [F, F], ("mlp_1x64", 0.0): [F, F], ("mlp_1x8", 1.0): [M, M], ("mlp_1x64", 1.0): [F, F]},
+        400: {("mlp_1x8", 0.0): [F, M], ("mlp_1x64", 0.0): [F, F], ("mlp_1x8", 1.0): [M, D], ("mlp_1x64", 1.0): [F, F]},
+        1437: {
+            ("mlp_1x8", 0.0): [F, F],
+            ("mlp_1x64", 0.0): [F, F],
+            ("mlp_1x8", 1.0): [F, F],
+            ("mlp_1x64", 1.0): [M, M],
+        },
+    }.items():
+        rows.append(_runs(plan, n=n))
+    table = fit_sizes(pd.concat(rows, ignore_index=True), META)
+    assert list(table.columns) == FIT_SIZE_COLUMNS and len(table) == 4
+    t = table.set_index(["width", "level"])
+    # mixed seeds at 400: the largest size it fits is 100, and 1437 (fitted again) is listed, not hidden
+    assert t.loc[(8, 0.0), "state"] == "fits up to n (mixed above)" and t.loc[(8, 0.0), "fit_n"] == 100
+    assert t.loc[(8, 0.0), "nofit_n"] == 400 and t.loc[(8, 0.0), "mixed_sizes"] == "400"
+    assert t.loc[(8, 0.0), "fitted_sizes"] == "100 1437"
+    assert t.loc[(64, 0.0), "state"] == "all fitted" and t.loc[(64, 0.0), "fit_n"] == 1437
+    assert t.loc[(8, 1.0), "state"] == "no size fitted" and pd.isna(t.loc[(8, 1.0), "fit_n"])
+    assert t.loc[(64, 1.0), "state"] == "fits up to n (not fitted above)" and t.loc[(64, 1.0), "nofit_n"] == 1437
+    assert (t["sizes"] == "100 400 1437").all()
+    assert t.loc[(64, 0.0), "theorem1_n"] == (60 * 64 + 10 - 49) // 2
+    assert t.loc[(64, 0.0), "parameters_over_k"] == pytest.approx((60 * 64 + 10) / 10)
+    capacity_rows = capacity(pd.concat(rows, ignore_index=True), META)  # one threshold row per size and level
+    assert sorted(set(capacity_rows["n_train"])) == [100, 400, 1437] and len(capacity_rows) == 6
+
+
+def test_which_grids_sweep_a_training_set_size():
+    from rethinking import plan as rc
+
+    def cfg(**group):
+        base = {"name": "w", "models": ["mlp_1x8"], "corruptions": ["true_labels"]}
+        return rc.validate({"dataset": {"source": "digits"}, "grid": [{**base, **group}]})
+
+    assert not has_size_sweep(cfg()) and not has_size_sweep(cfg(train_sizes=[400]))
+    assert has_size_sweep(cfg(train_sizes=[400, None]))

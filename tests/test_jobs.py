@@ -47,8 +47,9 @@ def test_expected_jobs_name_the_rules_benchmark_files(cfg):
     jobs = expected_jobs(cfg)
     runs = rc.expand_runs(cfg)
     by_stage = {s: [j for j in jobs if j.stage == s] for s in {j.stage for j in jobs}}
-    assert [j.file.as_posix() for j in by_stage["prepare"]] == ["results/benchmarks/prepare.tsv"]
-    assert sorted(j.name for j in by_stage["corrupt"]) == sorted(c.id for c in rc.corruptions_of(runs))
+    ds = rc.dataset_id(cfg)
+    assert [j.file.as_posix() for j in by_stage["prepare"]] == [f"results/benchmarks/prepare/{ds}.tsv"]
+    assert sorted(j.name for j in by_stage["corrupt"]) == sorted(f"{ds}/{c.id}" for c in rc.corruptions_of(runs))
     assert {j.file.as_posix() for j in by_stage["train"]} == {f"results/benchmarks/train/{r.id}.tsv" for r in runs}
     assert all(len(j.runs) == 1 for j in by_stage["train"])
     for stage in ("aggregate", "records", "figures", "kernels", "theorem"):  # section5 is on in tiny.yaml

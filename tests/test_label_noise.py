@@ -370,12 +370,13 @@ def test_snakemake_and_dvc_see_the_label_file_and_the_options(tmp_path):
     doc = yaml.safe_load(generate(str(params)))
     stages = dvc_stages(doc)
     corrupt_jobs = {j["wildcards"]["corruption"]: j for j in jobs if j["rule"] == "corrupt"}
-    assert set(corrupt_jobs) == {"label-file", "pairflip-0.4"}
-    for cid, job in corrupt_jobs.items():
+    ds = "digits-train100-test50"
+    assert set(corrupt_jobs) == {f"{ds}/label-file", f"{ds}/pairflip-0.4"}
+    for name, job in corrupt_jobs.items():
         st = stages[dvc_name(job, stages)]
         assert job["output"] == st["outputs"] and job["shell"] == st["cmd"]
-        has_file = str(tmp_path / "y.npy") in inputs[cid]
-        assert has_file == (cid == "label-file") == (str(tmp_path / "y.npy") in st["deps"])
+        has_file = str(tmp_path / "y.npy") in inputs[name]
+        assert has_file == (name == f"{ds}/label-file") == (str(tmp_path / "y.npy") in st["deps"])
     assert set(doc["stages"]) >= {"corrupt", "corrupt_label_file"}
     # Snakemake reruns a corrupt job when its own kind's options change (the rule's params.settings)
     cfg = rc.load(params)

@@ -134,16 +134,19 @@ def dvc_stages(doc: dict) -> dict:
 
 def dvc_name(job: dict, stages: dict) -> str | None:
     """The DVC stage of a Snakemake job: train <-> train@<run> or train_user_model@<run>, corrupt <->
-    corrupt@<corruption> or corrupt_label_file@<corruption>, train_pack_N and the others by name; None for
-    Snakemake's own (all, jobs)."""
+    corrupt@<dataset>__<corruption> or corrupt_label_file@..., prepare <-> prepare@<dataset> or
+    prepare_subset@<dataset>, train_pack_N and the others by name; None for Snakemake's own (all, jobs)."""
     if job["rule"] in ("all", "jobs"):
         return None
     if job["rule"] == "train":
         key = stage_key(job["wildcards"]["run"])
         return next((n for n in (f"train@{key}", f"train_user_model@{key}") if n in stages), f"train@{key}")
     if job["rule"] == "corrupt":
-        key = job["wildcards"]["corruption"]
+        key = stage_key(job["wildcards"]["corruption"])
         return next((n for n in (f"corrupt@{key}", f"corrupt_label_file@{key}") if n in stages), f"corrupt@{key}")
+    if job["rule"] == "prepare":
+        key = job["wildcards"]["dataset"]
+        return next((n for n in (f"prepare@{key}", f"prepare_subset@{key}") if n in stages), f"prepare@{key}")
     return job["rule"]
 
 
@@ -203,9 +206,8 @@ def _check_benchmarks_and_priorities(cfg, jobs):
             runs = [by_id[r] for o in job["output"] for r in re.findall(r"/runs/(.+)/summary\.json$", o)]
             assert job["priority"] == job_priority(cfg, runs), job
             for r in runs:
-                corrupt_priority[r.corruption.id] = max(
-                    corrupt_priority.get(r.corruption.id, job["priority"]), job["priority"]
-                )
+                name = rc.artifact_name(r.dataset, r.corruption)
+                corrupt_priority[name] = max(corrupt_priority.get(name, job["priority"]), job["priority"])
         elif job["rule"] == "kernels":
             assert job["priority"] == SECTION5_PRIORITY
     for job in (j for j in jobs if j["rule"] == "corrupt"):

@@ -13,7 +13,18 @@ import signal
 import sys
 
 from .errors import ConfigError
-from .plan import Corruption, check_data, corruptions_of, expand_runs, find_run, is_streamed, load
+from .plan import (
+    artifact_name,
+    artifacts_of,
+    check_data,
+    dataset_id,
+    expand_runs,
+    find_run,
+    is_streamed,
+    load,
+    parse_artifact,
+    train_size_of,
+)
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -25,6 +36,12 @@ def _params_arg(p):
 def cmd_prepare(args):
     cfg = load(args.params)
     check_data(cfg, args.params)
+    if args.dataset not in (None, dataset_id(cfg)):  # a training-set size: a subset of the params' dataset
+        from .data.subsets import prepare_subset
+
+        train_size_of(cfg, args.dataset)  # a dataset id of this grid, or a one-line error naming them
+        print(prepare_subset(cfg, args.dataset))
+        return
     if is_streamed(cfg):  # an ImageNet-style tree: an index of its files, no pixels
         from .data.stream import prepare_index
 
@@ -39,12 +56,12 @@ def cmd_corrupt(args):
     from .data.corrupt import corrupt
 
     cfg = load(args.params)
-    c = Corruption.parse(args.corruption)
-    needed = corruptions_of(expand_runs(cfg))
-    if c not in needed:
-        allowed = ", ".join(x.id for x in needed)
+    dataset, c = parse_artifact(cfg, args.corruption)
+    needed = artifacts_of(expand_runs(cfg))
+    if (dataset, c) not in needed:
+        allowed = ", ".join(artifact_name(*a) for a in needed)
         raise ConfigError(f"--corruption: {args.corruption!r} is not in this config's grid (allowed: {allowed})")
-    print(corrupt(cfg, c))
+    print(corrupt(cfg, c, dataset))
 
 
 def cmd_train(args):
@@ -120,8 +137,8 @@ def cmd_packs(args):
 
 def cmd_corruptions(args):
     cfg = load(args.params)
-    for c in corruptions_of(expand_runs(cfg)):
-        print(c.id)
+    for dataset, c in artifacts_of(expand_runs(cfg)):
+        print(artifact_name(dataset, c))
 
 
 def cmd_models(args):
@@ -256,11 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="dataset -> base artifact")
     _params_arg(p)
+    p.add_argument(
+        "--dataset", help="a dataset id of the grid (default: the params' dataset; <id>-n<size>: a train_sizes entry)"
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("corrupt", help="base artifact -> corrupted artifact")
     _params_arg(p)
-    p.add_argument("--corruption", required=True, help="e.g. true-labels, labels-0.4, random-labels, gaussian")
+    p.add_argument(
+        "--corruption",
+        required=True,
+        help="[<dataset id>/]<corruption id>, e.g. labels-0.4, random-labels, digits-n400/gaussian",
+    )
     p.set_defaults(func=cmd_corrupt)
 
     p = sub.add_parser("train", help="train one run of the grid (several: one pack, in one process)")

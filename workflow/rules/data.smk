@@ -1,6 +1,6 @@
 rule prepare:
     input:
-        **stage_inputs("prepare"),
+        unpack(wildcard_inputs("prepare")),
     output:
         stage_outputs("prepare"),
     log:

@@ -48,7 +48,7 @@ from ..engine.metrics import metric_columns
 from ..errors import ArtifactError
 from ..files import read_meta
 from ..lazy import lazy_module
-from ..plan import Corruption, base_artifact, expand_runs, is_streamed, run_dir
+from ..plan import Corruption, base_artifact, dataset_id, expand_runs, is_streamed, run_dir
 from ..plan.corruptions import corrupts_labels, kind_of, kinds
 from .outputs import entries, produce, table
 from .paper import COLUMNS as COMPARISON_COLUMNS
@@ -103,9 +103,16 @@ def load_summaries(cfg: dict) -> pd.DataFrame:
 
 
 @table("runs.csv")
-def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and seed: its summary."""
-    return runs
+def runs_table(all_runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and seed: its summary (every training-set size's runs too)."""
+    return all_runs
+
+
+def of_params_dataset(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """The runs on the params' dataset: the paper's tables and figures and the per-example ones are of it; the
+    runs of a group's other training-set sizes (train_sizes) are in runs.csv and the capacity outputs
+    (capacity.py), never averaged with them."""
+    return runs[runs["dataset"] == dataset_id(cfg)].reset_index(drop=True) if "dataset" in runs else runs
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
@@ -507,7 +514,7 @@ def aggregate(cfg: dict) -> Path:
     """Every entry of the stage, from the grid's run folders. (The per-example tables and figures, from the runs'
     examples.npz, are the `records` stage's: rethinking.analysis.records.)"""
     runs = load_summaries(cfg)
-    produce("aggregate", cfg, runs=runs, meta=read_meta(base_artifact(cfg)))
+    produce("aggregate", cfg, runs=of_params_dataset(runs, cfg), all_runs=runs, meta=read_meta(base_artifact(cfg)))
     return tables_dir(cfg)
 
 

@@ -54,7 +54,7 @@ from ..plan import Corruption, is_streamed
 from ..plan.corruptions import kind_of as corruption_kind
 from ..plan.corruptions import kinds as corruption_kinds
 from ..plan.corruptions import names as _kind_names
-from .aggregate import noise_of, t_interval
+from .aggregate import noise_of, of_params_dataset, t_interval
 from .outputs import entries, figure, has_section5, optional, produce
 from .plotting import MODEL_LABEL
 from .plotting import empty as _empty
@@ -506,13 +506,14 @@ training accuracy then), cross on the bottom diverged; the x labels count the
 seeds fitted/stopped/diverged.
 """,
 )
-def table4(runs: pd.DataFrame):
+def table4(runs: pd.DataFrame, cfg: dict | None = None):
     """Training accuracy on random labels per model x regularizers, every seed a marker: filled when it fitted,
     open at its accuracy when it stopped at the epoch limit, a cross on the bottom when it diverged; the
     x labels count the seeds per state (fitted/stopped/diverged)."""
     plt, sns = _plot_libs()
     from matplotlib.transforms import blended_transform_factory
 
+    runs = runs if cfg is None else of_params_dataset(runs, cfg)
     d = runs[(runs["corruption"] == "random-labels")].copy()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     if len(d) and (d["regularizers"] != "none").any():

@@ -15,12 +15,13 @@ from pathlib import Path
 from ..files import read_meta
 from ..plan import base_artifact
 from . import example_figures, examples  # noqa: F401  (the stage's entries)
-from .aggregate import load_summaries, tables_dir
+from .aggregate import load_summaries, of_params_dataset, tables_dir
 from .outputs import produce
 from .scores import Records
 
 
 def records(cfg: dict) -> Path:
     """Every entry of the stage, from the grid's run folders (a run without a record is left out)."""
-    produce("records", cfg, runs=load_summaries(cfg), meta=read_meta(base_artifact(cfg)), records=Records(cfg))
+    runs = of_params_dataset(load_summaries(cfg), cfg)
+    produce("records", cfg, runs=runs, meta=read_meta(base_artifact(cfg)), records=Records(cfg))
     return tables_dir(cfg)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..files import load_npz, save_npz, sha256
-from ..plan import Corruption, base_artifact, corrupted_artifact
+from ..plan import Corruption, artifact_name, base_artifact, corrupted_artifact, dataset_id
 from ..plan import corruptions as registry
 
 # the draws, from where they live (the registry's layer), for the modules and tests that use them from here
@@ -61,9 +61,11 @@ def training_labels(y_train: np.ndarray, level: float, num_classes: int, seed: i
     return drawn.get("y_train", y_train)
 
 
-def corrupt(cfg: dict, corruption: Corruption) -> Path:
-    base_path = base_artifact(cfg)
-    meta, base = load_npz(base_path, rebuild_hint="`python -m rethinking prepare`")
+def corrupt(cfg: dict, corruption: Corruption, dataset: str | None = None) -> Path:
+    """The corrupted artifact of `corruption` on a dataset id (default: the params' dataset)."""
+    base_path = base_artifact(cfg, dataset)
+    hint = f"`python -m rethinking prepare --dataset {dataset or dataset_id(cfg)}`"
+    meta, base = load_npz(base_path, rebuild_hint=hint)
     kind = registry.kind_of(corruption.kind)
     options = registry.options_for(cfg, corruption.kind)  # {} for a kind without options
     drawn = registry.draw(
@@ -90,7 +92,7 @@ def corrupt(cfg: dict, corruption: Corruption) -> Path:
         info.update(kind.describe(options))  # a label file's path, SHA-256 and key; a pairflip map
     if kind.touches == "labels":
         info["base"] = {"path": str(base_path), "sha256": sha256(base_path)}
-    path = corrupted_artifact(cfg, corruption)
+    path = corrupted_artifact(cfg, corruption, dataset)
     save_npz(path, info, **out)
     return path
 
@@ -103,13 +105,14 @@ def corrupted_mask(arrays: dict) -> np.ndarray:
     return np.asarray(arrays["y_train"]) != np.asarray(arrays["y_train_true"])
 
 
-def load_corrupted(cfg: dict, corruption: Corruption) -> tuple[dict, dict]:
+def load_corrupted(cfg: dict, corruption: Corruption, dataset: str | None = None) -> tuple[dict, dict]:
     """(meta, arrays) of a corrupted artifact with images resolved from its base if needed.
 
     arrays["y_train_true"] holds the base artifact's training labels (the true ones): read from the base a
     label artifact references; for a pixel corruption, whose labels are the base's, its own y_train."""
-    path = corrupted_artifact(cfg, corruption)
-    hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
+    path = corrupted_artifact(cfg, corruption, dataset)
+    name = artifact_name(dataset or dataset_id(cfg), corruption)
+    hint = f"`python -m rethinking corrupt --params <file> --corruption {name}` (or rerun the pipeline)"
     meta, arrays = load_npz(path, rebuild_hint=hint)
     if meta.get("kind") != "corrupted" or meta.get("corruption") != corruption.id:
         raise ArtifactError(

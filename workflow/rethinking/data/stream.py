@@ -167,10 +167,11 @@ def prepare_index(cfg: dict) -> Path:
     return out
 
 
-def load_streamed(cfg: dict, corruption: Corruption) -> dict:
+def load_streamed(cfg: dict, corruption: Corruption, dataset: str | None = None) -> dict:
     """A corrupted label file with its index: root, names, (corrupted) training labels, test labels, classes,
-    and the index's own training labels (`y_train_true`: corrupt.corrupted_mask compares the two)."""
-    path = corrupted_artifact(cfg, corruption)
+    and the index's own training labels (`y_train_true`: corrupt.corrupted_mask compares the two). `dataset`:
+    a training-set size's id (default: the params' dataset)."""
+    path = corrupted_artifact(cfg, corruption, dataset)
     hint = f"`python -m rethinking corrupt --params <file> --corruption {corruption.id}` (or rerun the pipeline)"
     meta, labels = load_npz(path, rebuild_hint=hint)
     if meta.get("kind") != "corrupted" or meta.get("corruption") != corruption.id or "base" not in meta:

@@ -125,7 +125,7 @@ def _members(cfg: dict, runs: list[Run], settings: list[dict], device) -> tuple[
     origins = source = None
     for run, s in zip(runs, settings):
         if run.corruption not in loaded:
-            meta, arr = load_corrupted(cfg, run.corruption)
+            meta, arr = load_corrupted(cfg, run.corruption, run.dataset)
             key = run.corruption if run.corruption.touches_pixels else "base"
             if key not in images:
                 x_train = torch.from_numpy(arr["x_train"]).to(device)
@@ -145,7 +145,7 @@ def _members(cfg: dict, runs: list[Run], settings: list[dict], device) -> tuple[
         d = loaded[run.corruption]
         n = len(d["y_train"])
         if origins is None:
-            origins, source = base_origins(base_artifact(cfg), n)
+            origins, source = base_origins(base_artifact(cfg, run.dataset), n)
         c, h, w = d["x_uint8"].shape[1:]
         in_shape, n_classes = (c, crop or h, crop or w), len(d["meta"]["classes"])
         if is_user_code(run.model) or parse(run.model).kind == "torchvision":  # 2 x K logits, or one line

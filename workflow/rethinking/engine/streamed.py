@@ -205,7 +205,7 @@ class _Run:
         self.run, self.s, self.procs, self.out = run, s, procs, run_dir(cfg, run)
         raw = s["decode"] == "device"
         # --- data: an index and label files; images are read and cropped by the loader's workers
-        self.d = d = load_streamed(cfg, run.corruption)
+        self.d = d = load_streamed(cfg, run.corruption, run.dataset)
         self.n_train, size = len(d["y_train"]), s["image_size"]
         self.train_set = StreamImages(
             d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs, seed=run.seed, raw=raw

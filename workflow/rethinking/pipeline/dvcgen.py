@@ -37,8 +37,8 @@ from .stages import DVC, Plan, Stage, grid_stamp, plan, stages_for
 __all__ = ["generate", "write", "check", "stage_key", "grid_stamp"]
 
 # a per-job input only some jobs have -> a foreach stage of their own: a user's model file (train_user_model),
-# a label file (corrupt_label_file)
-GROUPS = {"model": "user_model", "labels": "label_file"}
+# a label file (corrupt_label_file), the params' base artifact a training-set size is cut from (prepare_subset)
+GROUPS = {"model": "user_model", "labels": "label_file", "full": "subset"}
 
 
 def stage_key(run_id: str) -> str:

@@ -28,13 +28,16 @@ from ..files import write_text
 from ..models import model_file
 from ..plan import (
     CORRUPT_SOURCES,
-    Corruption,
+    artifact_name,
+    artifacts_of,
     base_artifact,
     corrupted_artifact,
     corruptions,
-    corruptions_of,
+    dataset_id,
+    dataset_ids,
     expand_runs,
     is_streamed,
+    parse_artifact,
     runs_root,
 )
 from ..plan.packs import pack_name, plan_packs
@@ -166,24 +169,38 @@ def _model_files(plan: Plan, runs) -> list[str]:
     return sorted({str(f) for r in runs if (f := model_file(r.model, base)) is not None})
 
 
+def _concrete(values: tuple) -> bool:
+    """A job's values, not a wildcard's placeholder ("{corruption}", "${item.corruption}")."""
+    return bool(values) and "{" not in values[0] and "$" not in values[0]
+
+
+def _prepare_inputs(plan: Plan, values: tuple) -> dict:
+    """A training-set size's base artifact is cut from the params' dataset's (data/subsets.py)."""
+    if _concrete(values) and values[0] != dataset_id(plan.cfg):
+        return {"full": [str(base_artifact(plan.cfg))]}
+    return {}
+
+
 def _corrupt_inputs(plan: Plan, values: tuple) -> dict:
     """The base artifact, and the files the kind's draw reads (label_file's labels: its job only)."""
-    inputs = {"base": [str(base_artifact(plan.cfg))]}
-    if values and "{" not in values[0] and "$" not in values[0]:
-        if files := corruptions.input_files(plan.cfg, Corruption.parse(values[0]).kind):
-            inputs["labels"] = files
+    if not _concrete(values):
+        return {"base": [str(base_artifact(plan.cfg))]}
+    dataset, c = parse_artifact(plan.cfg, values[0])
+    inputs = {"base": [str(base_artifact(plan.cfg, dataset))]}
+    if files := corruptions.input_files(plan.cfg, c.kind):
+        inputs["labels"] = files
     return inputs
 
 
-def _corrupt_settings(cfg: dict, corruption_id: str) -> dict:
+def _corrupt_settings(cfg: dict, name: str) -> dict:
     """A corrupt job's own options (Snakemake reruns the jobs whose kind's options changed)."""
-    return corruptions.options_for(cfg, Corruption.parse(corruption_id).kind)
+    return corruptions.options_for(cfg, parse_artifact(cfg, name)[1].kind)
 
 
 def _train_inputs(plan: Plan, values: tuple) -> dict:
     runs = [plan.run_by_id[v] for v in values]
     return {
-        "data": sorted({str(corrupted_artifact(plan.cfg, r.corruption)) for r in runs}),
+        "data": sorted({str(corrupted_artifact(plan.cfg, r.corruption, r.dataset)) for r in runs}),
         "model": _model_files(plan, runs),
     }
 
@@ -210,10 +227,10 @@ def _final_outputs(plan: Plan, values: tuple = ()) -> dict:
 
 
 def _runs_and_base(plan: Plan, values: tuple = ()) -> dict:
-    """What aggregate and records read: every run's files (RUN_FILES) and the base artifact."""
+    """What aggregate and records read: every run's files (RUN_FILES) and the base artifacts."""
     return {
         "runs": [f"{runs_root(plan.cfg)}/{r.id}/{f}" for r in plan.runs for f in RUN_FILES],
-        "base": [str(base_artifact(plan.cfg))],
+        "base": [str(base_artifact(plan.cfg, d)) for d in dataset_ids(plan.cfg)],
     }
 
 
@@ -256,12 +273,18 @@ STAGES: tuple[Stage, ...] = (
         outputs=_grid_stamp,
         inputs=lambda p, v: {"params": [p.params], "package": [PKG], "schema": ["workflow/schemas"]},
     ),
+    # one job per dataset: the params' one, and each training-set size of the grid (train_sizes), cut from it
     Stage(
         "prepare",
+        wildcard="dataset",
+        args="--dataset {dataset}",
         params=("dataset", "preprocess"),
-        code=lambda cfg: ("data/sources.py",) + (("data/stream.py",) if is_streamed(cfg) else ()),
-        outputs=lambda p, v: [Out(str(base_artifact(p.cfg)))],
+        code=lambda cfg: ("data/sources.py", "data/subsets.py") + (("data/stream.py",) if is_streamed(cfg) else ()),
+        inputs=_prepare_inputs,
+        outputs=lambda p, v: [Out(str(base_artifact(p.cfg, v[0])))],
+        jobs=lambda p: [(d,) for d in dataset_ids(p.cfg)],
     ),
+    # one job per corrupted artifact, named <dataset>/<corruption id> (its path under results/data)
     Stage(
         "corrupt",
         wildcard="corruption",
@@ -269,8 +292,8 @@ STAGES: tuple[Stage, ...] = (
         code=lambda cfg: CORRUPT_SOURCES,
         params=("corruption_options",),
         inputs=_corrupt_inputs,
-        outputs=lambda p, v: [Out(str(base_artifact(p.cfg).parent / f"{v[0]}.npz"))],
-        jobs=lambda p: [(c.id,) for c in corruptions_of(p.runs)],
+        outputs=lambda p, v: [Out(p.path("data", f"{v[0]}.npz"))],
+        jobs=lambda p: [(artifact_name(*a),) for a in artifacts_of(p.runs)],
         settings=_corrupt_settings,
     ),
     # in-memory datasets: one job per run, or per pack of training.pack (rethinking.engine.pack)

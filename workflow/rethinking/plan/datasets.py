@@ -92,16 +92,42 @@ def torchvision_missing(source: str, root) -> list[str]:
     return missing
 
 
-def dataset_id(cfg: dict) -> str:
+def dataset_id(cfg: dict, train_size: int | None = None) -> str:
+    """The id of the params' dataset (its folder under results/data and the first part of its run ids), or,
+    with `train_size`, of a training-set size of a grid group's `train_sizes`: `<id>-n<size>`."""
     ds = cfg["dataset"]
     if ds["name"]:
-        return ds["name"]
-    name = ds["source"]
-    if ds["train_size"]:
-        name += f"-train{ds['train_size']}"
-    if ds["test_size"]:
-        name += f"-test{ds['test_size']}"
-    return name
+        name = ds["name"]
+    else:
+        name = ds["source"]
+        if ds["train_size"]:
+            name += f"-train{ds['train_size']}"
+        if ds["test_size"]:
+            name += f"-test{ds['test_size']}"
+    return name if train_size is None else f"{name}{SIZED}{train_size}"
+
+
+SIZED = "-n"  # a training-set size's id: the params' dataset's id, -n, the size (not -train<size>: another draw)
+
+
+def train_sizes(cfg: dict) -> list[int | None]:
+    """Every training-set size the grid asks for (None: the params' dataset as it is), in order."""
+    sizes = {n for group in cfg["grid"] for n in group.get("train_sizes", [None])}
+    return sorted(sizes, key=lambda n: -1 if n is None else n)
+
+
+def dataset_ids(cfg: dict) -> list[str]:
+    """The ids of every dataset a grid trains on, the params' dataset first (always: Section 5 reads it, and
+    each training-set size is a subset of it)."""
+    return [dataset_id(cfg)] + [dataset_id(cfg, n) for n in train_sizes(cfg) if n is not None]
+
+
+def train_size_of(cfg: dict, dataset: str) -> int | None:
+    """The training-set size of a dataset id of the grid (None: the params' dataset itself)."""
+    for n in [None] + train_sizes(cfg):
+        if dataset_id(cfg, n) == dataset:
+            return n
+    raise ConfigError(f"dataset: {dataset!r} is not a dataset of this config (allowed: {', '.join(dataset_ids(cfg))})")
 
 
 # C x H x W and classes of each source whose images all have one known size

@@ -130,19 +130,20 @@ class Run:
 
 
 def expand_runs(cfg: dict) -> list[Run]:
-    """Every run the grid asks for, each once (a run in two groups is trained once)."""
-    ds = dataset_id(cfg)
+    """Every run the grid asks for, each once (a run in two groups is trained once). A group's `train_sizes`
+    gives its runs at each size the dataset `<id>-n<size>` (null: the params' dataset)."""
     runs = set()
     for group in cfg["grid"]:
         corruptions = []
         for kind in group["corruptions"]:
             levels = group.get("levels", [None]) if takes_levels(kind) else [None]
             corruptions += [Corruption.make(kind, lvl) for lvl in levels]
-        for model in group["models"]:
-            for c in corruptions:
-                for reg in group.get("regularizers", ["none"]):
-                    for seed in cfg["seeds"]:
-                        runs.add(Run(ds, c, model, regularizer_id(reg), seed, group.get("variant", "")))
+        for ds in (dataset_id(cfg, n) for n in group.get("train_sizes", [None])):
+            for model in group["models"]:
+                for c in corruptions:
+                    for reg in group.get("regularizers", ["none"]):
+                        for seed in cfg["seeds"]:
+                            runs.add(Run(ds, c, model, regularizer_id(reg), seed, group.get("variant", "")))
     return sorted(runs, key=lambda r: r.id)
 
 
@@ -166,6 +167,18 @@ def training_for(cfg: dict, run: Run) -> dict:
 
 def corruptions_of(runs) -> list[Corruption]:
     return sorted({r.corruption for r in runs}, key=lambda c: c.id)
+
+
+def artifacts_of(runs) -> list[tuple[str, Corruption]]:
+    """(dataset id, corruption) of every corrupted artifact the runs train on: one corrupt job each."""
+    return sorted({(r.dataset, r.corruption) for r in runs}, key=lambda a: (a[0], a[1].id))
+
+
+def parse_artifact(cfg: dict, name: str) -> tuple[str, Corruption]:
+    """(dataset id, corruption) of a corrupt job's name, `<dataset>/<corruption id>` (plan.paths.artifact_name),
+    or of a bare corruption id (the params' dataset)."""
+    dataset, _, cid = name.rpartition("/")
+    return dataset or dataset_id(cfg), Corruption.parse(cid)
 
 
 def lr_for(t: dict, model: str) -> float:

@@ -13,6 +13,7 @@ from ..models import MLP, check_model, import_only, is_user_code, parse
 from .corruptions import kind_of
 from .datasets import data_shape
 from .grid import Run, training_for
+from .paths import artifact_name
 from .settings import run_settings
 
 PER_RUN = ("run", "corruption", "seed")
@@ -171,13 +172,15 @@ def job_priority(cfg: dict, runs: list[Run]) -> float:
 
 
 def corruption_priorities(cfg: dict, packs: list[list[Run]]) -> dict[str, float]:
-    """Snakemake's priority of each corrupt job (by corruption id): the highest of the training jobs
-    waiting for it, so that the longest runs' data is made first (a job only starts once its data exists)."""
+    """Snakemake's priority of each corrupt job (by its name, `<dataset>/<corruption id>`): the highest of the
+    training jobs waiting for it, so that the longest runs' data is made first (a job only starts once its data
+    exists)."""
     out: dict[str, float] = {}
     for pack in packs:
         p = job_priority(cfg, pack)
         for run in pack:
-            out[run.corruption.id] = max(out.get(run.corruption.id, p), p)
+            name = artifact_name(run.dataset, run.corruption)
+            out[name] = max(out.get(name, p), p)
     return out
 
 

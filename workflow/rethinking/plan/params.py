@@ -283,6 +283,11 @@ def _check_semantics(cfg: dict, source: str) -> None:
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
             if {"crop", "augment"} <= set(parts):
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r}: augment already includes the random crop")
+        if any(n is not None for n in group.get("train_sizes", [])) and "label_file" in group["corruptions"]:
+            raise ConfigError(
+                f"{source}: {where}.train_sizes: not possible with the corruption 'label_file' (its file labels "
+                "the whole training set; give the group no train_sizes, or null only)"
+            )
         if ("variant" in group) != ("training" in group):
             raise ConfigError(
                 f"{source}: {where}: 'variant' and 'training' go together "
