@@ -205,3 +205,55 @@ def test_which_grids_sweep_a_training_set_size():
 
     assert not has_size_sweep(cfg()) and not has_size_sweep(cfg(train_sizes=[400]))
     assert has_size_sweep(cfg(train_sizes=[400, None]))
+
+
+NETS = """\
+from torch import nn
+
+
+def wide(in_shape, num_classes, width):
+    c, h, w = in_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+def fixed(in_shape, num_classes):
+    c, h, w = in_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+"""
+
+
+def test_a_users_factory_is_a_width_family(tmp_path):
+    from rethinking import models
+    from rethinking import plan as rc
+    from rethinking.errors import ConfigError, ModelError
+
+    (tmp_path / "nets.py").write_text(NETS)
+    (tmp_path / "params.yaml").write_text(
+        "dataset: {source: digits}\n"
+        "grid:\n"
+        "  - name: w\n"
+        "    models: [{family: nets.py:wide, widths: [4, 16]}, nets.py:fixed]\n"
+        "    corruptions: [true_labels]\n"
+    )
+    cfg = rc.load(tmp_path / "params.yaml")
+    assert cfg["grid"][0]["models"] == ["nets.py:wide@4", "nets.py:wide@16", "nets.py:fixed"]
+    assert has_width_sweep(cfg) and family_of("nets.py:wide@16") == ("nets.py:wide@", 16)
+    ids = sorted(r.id for r in rc.expand_runs(cfg))
+    family_hash = models.short_hash("nets.py:wide")  # every width shares it: the folder names sort by family
+    assert ids == sorted(
+        [
+            "digits/true-labels/fixed-" + models.short_hash("nets.py:fixed") + "/none/seed0",
+            f"digits/true-labels/wide-{family_hash}-w16/none/seed0",
+            f"digits/true-labels/wide-{family_hash}-w4/none/seed0",
+        ]
+    )
+    counts = [
+        models.count_parameters(models.build_model(f"nets.py:wide@{w}", (1, 7, 7), 10, base=tmp_path)) for w in (4, 16)
+    ]
+    assert counts == [49 * 4 + 4 + 4 * 10 + 10, 49 * 16 + 16 + 16 * 10 + 10]  # called with width=
+    with pytest.raises(ModelError, match=r"'nets.py:fixed@4': fixed takes no width= keyword"):
+        models.build_model("nets.py:fixed@4", (1, 7, 7), 10, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"grid\[0\]\.models\[0\]: family 'nets\.py' is not a width family"):
+        rc.validate(
+            {"grid": [{"name": "w", "models": [{"family": "nets.py", "widths": [2]}], "corruptions": ["true_labels"]}]}
+        )

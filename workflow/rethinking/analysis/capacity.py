@@ -1,8 +1,9 @@
 """How much capacity memorization takes: the interpolation threshold of a model family (issue #24).
 
 A width family is the models of one grid whose names differ only in a width: ``mlp_<depth>x<width>`` (family
-``mlp_<depth>x``) and ``resnet18_k<k>`` (family ``resnet18_k``). For each family x training set x corruption x
-regularizers x variant with at least two widths, `capacity.csv` gives the smallest width whose runs all fit
+``mlp_<depth>x``), ``resnet18_k<k>`` (family ``resnet18_k``) and a user's factory ``file.py:function@<width>``
+(family ``file.py:function@``). For each family x training set x corruption x regularizers x variant with at
+least two widths, `capacity.csv` gives the smallest width whose runs all fit
 their training set within the epoch budget, the largest width below it whose runs did not (none fitted, or
 the seeds disagreed: "mixed"), their parameter counts, and beside them Theorem 1's 2n + d (a depth-2 ReLU
 network with that many weights fits any labels of n points in d dimensions) and n x K (Belkin et al.'s
@@ -31,6 +32,7 @@ pd = lazy_module("pandas")
 FAMILIES = (
     (re.compile(r"(mlp_[1-9][0-9]*x)([1-9][0-9]*)"), "{family}{width}"),
     (re.compile(r"(resnet18_k)([1-9][0-9]*)"), "{family}{width}"),
+    (re.compile(r"([^:\s]+:[A-Za-z_][A-Za-z0-9_]*@)([1-9][0-9]*)"), "{family}{width}"),  # a user's factory
 )
 CAPACITY_COLUMNS = [
     "family",

@@ -13,7 +13,10 @@ An entry is one of:
 - a user's factory, ``path/to/file.py:function`` (relative to the params file's folder or the working
   directory) or ``package.module:function``: called as ``function(in_shape=(C, H, W), num_classes=K)``
   (and ``dropout=p`` if it takes that keyword), it returns an nn.Module mapping N x C x H x W floats to
-  N x K logits.
+  N x K logits;
+- a user's width family, ``path/to/file.py:function@<width>`` (or ``package.module:function@<width>``): the
+  factory called with ``width=<width>`` besides; the grid's ``{family: path/to/file.py:function, widths: [...]}``
+  lists them.
 
 Parsing an entry (`parse`, `run_name`, `model_file`) imports no torch, so planning a grid stays fast;
 `build_model` and `check_model` do. A new built-in model is one file in this folder and one line in
@@ -53,12 +56,12 @@ BUILTIN = {
 MLP = re.compile(r"mlp_([1-9][0-9]*)x([1-9][0-9]*)")
 RESNET = re.compile(r"resnet18_k([1-9][0-9]*)")  # Nakkiran et al.'s width family: k channels in the first stage
 TORCHVISION = "torchvision."
-FACTORY = re.compile(r"(?P<target>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)")
+FACTORY = re.compile(r"(?P<target>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<width>[1-9][0-9]*))?")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KINDS = (
     "the paper's five (mlp_1x512, mlp_3x512, alexnet, inception, inception_nobn), mlp_<depth>x<width>, "
     "resnet18, resnet18_k<width>, inception_v3 (streamed trees), torchvision.<name>, path/to/file.py:function or "
-    "package.module:function"
+    "package.module:function (@<width>: called with width=<width>)"
 )
 
 
@@ -68,6 +71,7 @@ class Spec:
     kind: str  # builtin | mlp | resnet | torchvision | file | module
     target: str = ""  # builtin or torchvision name, file path as written, module name
     func: str = ""  # the factory's function
+    width: int | None = None  # a factory's width (entry `...:function@<width>`), passed as width=
 
 
 def parse(entry) -> Spec:
@@ -90,30 +94,36 @@ def parse(entry) -> Spec:
         return Spec(entry, "torchvision", name)
     m = FACTORY.fullmatch(entry)
     if m:
-        target, func = m["target"], m["func"]
+        target, func, width = m["target"], m["func"], int(m["width"]) if m["width"] else None
         if target.endswith(".py"):
-            return Spec(entry, "file", target, func)
+            return Spec(entry, "file", target, func, width)
         if all(IDENTIFIER.fullmatch(p) for p in target.split(".")):
-            return Spec(entry, "module", target, func)
+            return Spec(entry, "module", target, func, width)
     raise ModelError(f"{entry!r} is not a model (an entry is one of: {KINDS})")
 
 
-FAMILIES = {"mlp": "mlp_<depth>x (MLPs of that depth)", "resnet18": "resnet18 (resnet18_k<width>)"}
+FAMILIES = {
+    "mlp": "mlp_<depth>x (MLPs of that depth)",
+    "resnet18": "resnet18 (resnet18_k<width>)",
+    "factory": "path/to/file.py:function or package.module:function (called with width=<width>)",
+}
 
 
 def family_member(family: str, width: int) -> str:
     """The model entry of a width family at `width` (the grid's `{family: ..., widths: [...]}`): family
-    mlp_<depth>x gives mlp_<depth>x<width>, resnet18 (or resnet18_k) gives resnet18_k<width>."""
+    mlp_<depth>x gives mlp_<depth>x<width>, resnet18 (or resnet18_k) gives resnet18_k<width>, a user's factory
+    path/to/file.py:function gives path/to/file.py:function@<width>."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ModelError(f"width {width!r} is not a positive integer")
     if re.fullmatch(r"mlp_[1-9][0-9]*x", str(family)):
         return f"{family}{width}"
     if family in ("resnet18", "resnet18_k"):
         return f"resnet18_k{width}"
-    raise ModelError(
-        f"family {family!r} is not a width family (one of: {', '.join(FAMILIES.values())}); a user's model "
-        "at several widths: list its entries"
-    )
+    if isinstance(family, str) and (m := FACTORY.fullmatch(family)) and not m["width"]:
+        member = f"{family}@{width}"
+        parse(member)  # a file or module factory, or a one-line error
+        return member
+    raise ModelError(f"family {family!r} is not a width family (one of: {', '.join(FAMILIES.values())})")
 
 
 def short_hash(entry: str) -> str:
@@ -122,12 +132,15 @@ def short_hash(entry: str) -> str:
 
 def run_name(entry: str) -> str:
     """The model's part of a run id, a valid folder name: the entry itself for built-in models and
-    MLPs, tv-<name> for torchvision.<name>, <function>-<8 hex digits of the entry's hash> for a factory."""
+    MLPs, tv-<name> for torchvision.<name>, <function>-<8 hex digits of the entry's hash> for a factory, and
+    <function>-<the hash of the entry without its width>-w<width> for a factory at a width."""
     spec = parse(entry)
     if spec.kind in ("builtin", "mlp", "resnet"):
         return entry
     if spec.kind == "torchvision":
         return f"tv-{spec.target}"
+    if spec.width is not None:
+        return f"{spec.func}-{short_hash(entry.rsplit('@', 1)[0])}-w{spec.width}"
     return f"{spec.func}-{short_hash(entry)}"
 
 
@@ -302,9 +315,16 @@ def _factory(spec: Spec, in_shape, num_classes, dropout, base):
     kwargs = {"in_shape": in_shape, "num_classes": num_classes}
     try:
         params = inspect.signature(func).parameters
-        takes_dropout = "dropout" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        takes = {
+            k for k in ("dropout", "width") if k in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        }
     except (TypeError, ValueError):
-        takes_dropout = False
+        takes = set()
+    if spec.width is not None:
+        if "width" not in takes:
+            raise ModelError(f"{spec.entry!r}: {spec.func} takes no width= keyword, so it cannot be a width family")
+        kwargs["width"] = spec.width
+    takes_dropout = "dropout" in takes
     if takes_dropout:
         kwargs["dropout"] = dropout
     elif dropout > 0:
