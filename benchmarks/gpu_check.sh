@@ -2,6 +2,19 @@
 # benchmarks/gpu_check.sh: the short GPU check of the training engine, for a session lent a GPU
 # machine through the device tool (one command, at most 10 minutes; files under $OUT come back).
 #
+# Its figures are of the device image's torch (2.11 on the lent H200 image), not of the torch the
+# project pins (pyproject.toml: 2.14.1): the check runs whatever torch the machine has. The info step
+# writes it to versions.json; gpu_check.log, bench.json (each entry), bench/paths.json and table1.md
+# repeat it.
+#
+#   0. paths: short steps (seconds each) on a tiny JPEG tree the script writes (gpu_check_params.py
+#      tiny): a packed `train` (two MLP 1x512 runs, training.pack 2, as the default experiment packs
+#      them); a resume (an AlexNet run, channels_last on CUDA, ended right after epoch 1's checkpoint
+#      by os._exit, then resumed by a fresh `train`); the streamed engine with DDP (source imagenet,
+#      2 processes under torchrun: NCCL where the machine has 2 GPUs, else gloo on its CPU, so on a
+#      1-GPU machine DDP between GPUs stays unmeasured); `decode: device` (streamed, on the device;
+#      "skipped: torchcodec missing", not a failure, where the image lacks torchcodec). Their outcomes
+#      are in bench/paths.json;
 #   1. bench: images/s of each model, the engine against the conventional DataLoader loop
 #      (bench --model mlp_1x512 mlp_3x512 alexnet inception), then packs of 8, 32 and 64 runs for
 #      MLP 1x512 and AlexNet (bench --pack K --no-baseline: the pack against the single engine);
@@ -17,17 +30,19 @@
 #
 # Budget: every step runs under `timeout -k 1 (share - 3)` and then refreshes the archive under
 # `timeout 2`, so no step outlasts its share. Shares in seconds at the default TOTAL=480; at another
-# TOTAL (>= 120) the bench, prepare, corrupt and train shares (405 s here) scale by (TOTAL - 75) / 405
-# and the other 75 s stay (`--budget` prints the limits for a TOTAL):
-#   setup: wheels 8 + GPU and package info 10 + params file 7                         25
-#   bench, 4 models x (engine + baseline), 20,000 images x 2 epochs                   80
-#   bench --pack 8 / 32 / 64, MLP 1x512 and AlexNet, 5,000 images x 1 epoch  40 + 45 + 55 = 140
-#   prepare (decode the 60,000 JPEGs)                                                 45
-#   corrupt (true and random labels)                                                  25
-#   train: 6 runs at once, EPOCHS=3 (each under the same limit, started together)    115
+# TOTAL (>= 260) the bench, prepare, corrupt and train shares (405 s of the SHARES line, 265 s here) scale
+# by (TOTAL - 215) / 405 and the other 215 s stay (`--budget` prints the limits for a TOTAL):
+#   setup: wheels 8 + GPU and package info 60 (torchvision's import alone took > 7 s) + params 7  75
+#   paths: tiny tree 15 + packed train 15 + resume 20 + DDP 20 + decode: device 20    90
+#   (scaled: SHARES line -> at 480)
+#   bench, 4 models x (engine + baseline), 20,000 images x 2 epochs                80 -> 52
+#   bench --pack 8 / 32 / 64, MLP 1x512 and AlexNet, 5,000 images x 1 epoch  140 -> 26 + 29 + 35 = 90
+#   prepare (decode the 60,000 JPEGs)                                              45 -> 29
+#   corrupt (true and random labels)                                               25 -> 16
+#   train: 6 runs at once, EPOCHS=3 (each under the same limit, started together) 115 -> 75
 #   aggregate 15 + figures 20 + report (bench.json, table1.md) 5                      40
 #   final archive (EXIT trap, timeout 10)                                             10
-#   total                                                                 480 s = 8 min
+#   total                                                     477 s of 480 (rounding down)
 # Second guard: no step starts, or runs, past TOTAL - 10 s after the start (the last 10 s are the
 # final archive's), so the total stays within TOTAL + a second or two of shell work whatever the
 # settings. Steps whose input is missing (an earlier step failed) are skipped.
@@ -45,7 +60,7 @@
 # then run: command "bash benchmarks/gpu_check.sh", carry ["data/cifar10-jpeg.zip", ".whl"],
 # timeout_s 540. Carry nothing else large: tree (~1.3 MiB) + zip + wheels is ~58.7 of the 64 MiB.
 # With the machine's start (1-2 min) a call costs ~10 of the session's 15 device minutes; for a
-# rerun inside what is left, pass a smaller budget: command "bash benchmarks/gpu_check.sh --total 240".
+# rerun inside what is left, pass a smaller budget: command "bash benchmarks/gpu_check.sh --total 300" (260 at least).
 # Exit status: 0 when every step succeeded, 1 when one failed or timed out, 128+N when stopped by signal N.
 #
 # Settings: environment variables, or the flags beside them (flags win). Relative paths are from
@@ -66,7 +81,7 @@
 #   --pack-size PACK_TRAIN_SIZE / --pack-epochs PACK_EPOCHS             (5000 / 1)
 #   --workers WORKERS          DataLoader workers of the baseline       (8)
 #   --threads THREADS          CPU threads per training process         (torch's default)
-#   --total TOTAL              wall-clock budget in seconds             (480)
+#   --total TOTAL              wall-clock budget in seconds, >= 260     (480)
 #   --results RESULTS          results folder (ignored by git)          (results-gpu)
 #   --out OUT                  what comes back                          ($OUT, else RESULTS/out)
 #   --wheels WHEELS            wheels to install where jsonschema is missing (.whl)
@@ -103,9 +118,9 @@ WHEELS=${WHEELS:-.whl}
 PY=${PYTHON:-python3}
 CARRY_ONLY=0 BUDGET_ONLY=0
 # The budget (see the header): each step's share in seconds at TOTAL=480; their sum is TOTAL.
-SHARES="wheels 8  info 10  params 7  bench_models 80  pack1 40  pack2 45  pack3 55  prepare 45  corrupt 25
-        train 115  aggregate 15  figures 20  report 5  archive 10"
-FIXED=" wheels info params aggregate figures report archive "   # these keep their share at any TOTAL
+SHARES="wheels 8  info 60  params 7  tiny 15  packed 15  resume 20  ddp 20  decode 20  bench_models 80  pack1 40
+        pack2 45  pack3 55  prepare 45  corrupt 25  train 115  aggregate 15  figures 20  report 5  archive 10"
+FIXED=" wheels info params tiny packed resume ddp decode aggregate figures report archive "   # kept at any TOTAL
 declare -A SHARE
 read -ra _s <<< "${SHARES//$'\n'/ }"
 FIXED_SUM=0 SCALED_SUM=0
@@ -174,7 +189,8 @@ fi
 SECONDS=0
 DEADLINE=$((TOTAL - 10))   # the last 10 s are the final archive's
 LOGS=$RESULTS/logs TMPD=$RESULTS/tmp P=$RESULTS/params.yaml AGG=$RESULTS/params-tables.yaml
-rm -rf -- "$RESULTS"/{runs,logs,tables,figures,bench,tmp,out} "$P" "$AGG" "$RESULTS"/{runs,corruptions}.txt
+rm -rf -- "$RESULTS"/{runs,logs,tables,figures,bench,tmp,out,tiny} "$P" "$AGG" "$RESULTS"/{runs,corruptions}.txt \
+  "$RESULTS/versions.json"
 mkdir -p "$LOGS" "$TMPD" "$RESULTS/bench" "$OUT" || exit 2
 rm -f -- "$OUT"/{gpu-check.tgz,gpu_check.log,bench.json,table1.md}
 LOG=$LOGS/gpu_check.log
@@ -187,7 +203,7 @@ show() { local f; for f in "$@"; do [[ -s $f ]] && sed 's/^/    /' "$f" | tee -a
 snapshot() {  # snapshot SECONDS: the archive of what exists now, small files only, replaced atomically
   local list=$TMPD/archive.list part=$OUT/.gpu-check.tgz.part size
   (cd "$RESULTS" && find logs tables figures bench runs params.yaml params-tables.yaml runs.txt \
-     corruptions.txt -type f ! -name '*.pt' ! -name '*.npz' ! -name '*.lock' ! -name '*.tmp*' \
+     corruptions.txt versions.json tiny/*.yaml -type f ! -name '*.pt' ! -name '*.npz' ! -name '*.lock' ! -name '*.tmp*' \
      2>/dev/null | LC_ALL=C sort) > "$list"
   timeout -k 1 "$1" tar czf "$part" -C "$RESULTS" -T "$list" 2>>"$LOG" || { rm -f "$part"; return 1; }
   size=$(stat -c %s "$part")
@@ -231,7 +247,9 @@ finish() {
   say ""
   say "== steps (name: result, seconds used of the limit)"
   local s; for s in "${STATUS[@]}"; do say "  $s"; done
-  [[ -s $RESULTS/tables/table1.md ]] && cp -f "$RESULTS/tables/table1.md" "$OUT/table1.md"
+  [[ -s $RESULTS/tables/table1.md ]] && cp -f "$RESULTS/tables/table1.md" "$OUT/table1.md" &&
+    printf '\n(torch %s: the machine'"'"'s own, on the lent GPU the device image'"'"'s; device %s)\n' "${TORCH:-unknown}" \
+      "$DEVICE" >> "$OUT/table1.md"
   say "gpu_check: ${SECONDS}s of the ${TOTAL}s budget, exit $rc"
   if snapshot 8; then
     say "archive: $OUT/gpu-check.tgz, $(stat -c %s "$OUT/gpu-check.tgz") bytes, $(wc -l < "$TMPD/archive.list") files"
@@ -299,14 +317,23 @@ info() {
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
   "$PY" benchmarks/gpu_check_params.py carry $CARRY_LIST || true
   "$PY" -c "if 1:
-    import sys, torch
-    print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-          torch.cuda.get_device_name() if torch.cuda.is_available() else '')
+    import json, os, sys, torch
+    v = {'python': sys.version.split()[0], 'torch': torch.__version__, 'cuda': torch.version.cuda,
+         'cuda_available': torch.cuda.is_available(),
+         'device_name': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}
+    def write():  # first without torchvision: its import may be what runs out of time
+        with open(os.environ['RESULTS'] + '/versions.json', 'w') as f:
+            json.dump(v, f)
+    write()
+    print('python', v['python'], 'torch', v['torch'], 'cuda', v['cuda_available'], v['device_name'], flush=True)
     try:
         import torchvision
+        v['torchvision'] = torchvision.__version__
         print('torchvision', torchvision.__version__)
     except ImportError:
-        print('no torchvision: bench runs without the baseline loop')"
+        v['torchvision'] = None
+        print('no torchvision: bench runs without the baseline loop')
+    write()"
 }
 corrupt_all() {
   local c
@@ -318,13 +345,54 @@ tables() {
   "$PY" benchmarks/gpu_check_params.py finished "$P" "$AGG" && "$PY" -m rethinking aggregate --params "$AGG"
 }
 report() {
-  "$PY" benchmarks/gpu_check_params.py merge-bench "$RESULTS/bench" "$OUT/bench.json"
+  "$PY" benchmarks/gpu_check_params.py merge-bench "$RESULTS/bench" "$OUT/bench.json" "$RESULTS/versions.json"
   grep -h "GPU slot" "$LOGS"/train_*.log 2>/dev/null || true
   [[ -s $RESULTS/tables/table1.md ]] && cat "$RESULTS/tables/table1.md"
   true
 }
+# the paths steps: a few seconds each on the tiny tree (gpu_check_params.py tiny writes $TINY)
+packed_train() {  # the two MLP 1x512 runs as one pack (training.pack 2), as the default experiment packs them
+  mapfile -t runs < <(grep mlp_1x512 "$TINY/folder.runs")
+  "$PY" -m rethinking train --params "$TINY/folder.yaml" --run "${runs[0]}" --run "${runs[1]}" || exit 1
+  local done; done=$(ls "$TINY"/folder/runs/*/*/mlp_1x512/none/seed0/summary.json 2>/dev/null | wc -l)
+  ((done == 2)) || { echo "packed_train: $done of the pack's 2 runs have a summary"; exit 1; }
+}
+resume() {  # an AlexNet run (channels_last on CUDA) ended after epoch 1's checkpoint, then resumed
+  local run; run=$(grep alexnet "$TINY/folder.runs")
+  "$PY" benchmarks/gpu_check_params.py killed "$TINY/folder.yaml" "$run" 1 || exit 1
+  "$PY" -m rethinking train --params "$TINY/folder.yaml" --run "$run" > "$TMPD/resume.out" 2>&1; local rc=$?
+  cat "$TMPD/resume.out"
+  ((rc == 0)) || exit "$rc"
+  grep -q "resuming after epoch 1" "$TMPD/resume.out" || { echo "resume: the run did not resume"; exit 1; }
+}
+ddp() {  # the streamed engine, 2 processes under torchrun (NCCL on 2 GPUs; else gloo on the CPU)
+  grep -E "^  device:" "$TINY/stream.yaml"
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m rethinking train --params "$TINY/stream.yaml" \
+    --run-id "$(cat "$TINY/stream.runs")"
+}
+decode_device() {  # the streamed engine with decode: device (torchcodec on the device)
+  grep -E "^  (device|decode):" "$TINY/decode.yaml"
+  "$PY" -m rethinking train --params "$TINY/decode.yaml" --run "$(cat "$TINY/decode.runs")"
+}
+paths() {  # the steps above, and bench/paths.json: their outcomes and the torch version
+  local name key json="" last
+  step tiny tiny "$PY" benchmarks/gpu_check_params.py tiny "$TINY" || { skip paths "tiny failed"; return 1; }
+  for name in packed_train:packed resume:resume ddp:ddp decode_device:decode; do
+    key=${name#*:} name=${name%:*}
+    if [[ $name == decode_device && -s $TINY/decode.skip ]]; then
+      STATUS+=("$name: skipped: $(cat "$TINY/decode.skip")")
+      say "[$(printf '%4d' "$SECONDS")s] $name: skipped: $(cat "$TINY/decode.skip") (not a failure)"
+    else
+      step "$name" "$key" "$name"
+    fi
+    last=${STATUS[-1]#*: }
+    json+="${json:+, }\"$name\": \"$last\""
+  done
+  printf '{"torch": "%s", "device": "%s", "steps": {%s}}\n' "$TORCH" "$DEVICE" "$json" > "$RESULTS/bench/paths.json"
+}
 CARRY_LIST=${CARRY[*]:-}
-export WHEELS OUT CARRY_LIST
+TINY=$RESULTS/tiny TORCH=unknown
+export WHEELS OUT CARRY_LIST TINY
 
 bench_args() {  # the flags every bench call shares
   BA=(--device "$DEVICE" --dataset "$DATASET" --batch-size "$BATCH" --workers "$WORKERS")
@@ -361,7 +429,11 @@ say "gpu_check: device $DEVICE, dataset $DATASET$([[ $DATASET == digits ]] || ec
 if step wheels wheels install_wheels && [[ -d $TMPD/site ]]; then export PYTHONPATH=$PWD/$TMPD/site:$PYTHONPATH; fi
 f0=$FAILED; step info info info || { FAILED=$f0; say "    (information only: not counted as a failure)"; }
 grep -q '^no torchvision' "$LOGS/info.log" 2>/dev/null && BASE=--no-baseline
+[[ -s $RESULTS/versions.json ]] && TORCH=$(sed -n 's/.*"torch": "\([^"]*\)".*/\1/p' "$RESULTS/versions.json")
+TORCH=${TORCH:-unknown}
+say "gpu_check: torch ${TORCH:-unknown}: every figure below is of this machine's torch (on the lent GPU: the device image's; the project pins $(grep -o '"torch==[^"]*' pyproject.toml | cut -d= -f3))"
 step params params "$PY" benchmarks/gpu_check_params.py make "$P"
+paths
 
 bench_args
 step bench_models bench_models "$PY" -m rethinking bench "${BA[@]}" $BASE --model $BENCH_MODELS \

@@ -2,8 +2,9 @@
 
 The device tool runs one command of at most 10 minutes and returns files of at most 16 MiB from $OUT;
 the script must finish inside its budget, pass only arguments the CLI accepts, and leave a small
-archive (tables, no checkpoints) even when it is killed. Tiny sizes: the digits, one epoch, packs of 2.
-About 45 s on the project's 2 cores.
+archive (tables, no checkpoints) even when it is killed. Tiny sizes: the digits, one epoch, packs of 2;
+the paths steps (packed train, kill and resume, torchrun with 2 gloo processes, decode: device with device
+cpu) on the script's tiny JPEG tree. About 45 s on the project's 2 cores (the paths steps ~20 of them).
 """
 
 import json
@@ -85,6 +86,8 @@ def _archivable(results: Path) -> list[str]:
         "params-tables.yaml",
         "runs.txt",
         "corruptions.txt",
+        "versions.json",
+        *(p.relative_to(results).as_posix() for p in sorted(results.glob("tiny/*.yaml"))),
     ):
         p = results / top
         for f in [p] if p.is_file() else p.rglob("*") if p.is_dir() else []:
@@ -133,7 +136,7 @@ def test_gpu_check_on_cpu(tmp_path):
     elapsed = time.monotonic() - t0
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
-    assert elapsed < 120, f"{elapsed:.0f} s\n{log}"
+    assert elapsed < 120, f"{elapsed:.0f} s\n{log}"  # about 60 s on the project's 2 cores (under load)
     assert int(re.search(r"gpu_check: (\d+)s of the 480s budget", log).group(1)) <= 480
 
     results = root / "results-gpu"
@@ -143,6 +146,24 @@ def test_gpu_check_on_cpu(tmp_path):
     assert {"bench_models.log", "bench_pack2.log", "prepare.log", "corrupt.log", "aggregate.log", "figures.log"} <= set(
         step_logs
     )
+    # the paths steps on the tiny tree: packed train, kill and resume, torchrun (2 gloo processes), decode: device
+    assert {"tiny.log", "packed_train.log", "resume.log", "ddp.log"} <= set(step_logs), sorted(step_logs)
+    assert "resuming after epoch 1" in step_logs["resume.log"]
+    assert "2 x cpu" in step_logs["ddp.log"]  # the summary line of a run of 2 processes
+    paths = json.loads((results / "bench" / "paths.json").read_text())
+    import torch
+
+    assert paths["torch"] == torch.__version__
+    assert set(paths["steps"]) == {"packed_train", "resume", "ddp", "decode_device"}
+    assert all(v.startswith("ok,") for k, v in paths["steps"].items() if k != "decode_device"), paths
+    try:
+        import torchcodec  # noqa: F401
+
+        assert paths["steps"]["decode_device"].startswith("ok,"), paths
+        assert "decode: device" in step_logs["decode_device.log"] and "device: cpu" in step_logs["decode_device.log"]
+    except ImportError:
+        assert paths["steps"]["decode_device"] == "skipped: torchcodec missing", paths
+    assert re.search(r"gpu_check: torch \S+: every figure below is of this machine's torch", log)
     assert sum(n.startswith("train_") for n in step_logs) == 2
 
     params = results / "params.yaml"
@@ -163,6 +184,9 @@ def test_gpu_check_on_cpu(tmp_path):
         "tables/runs.csv",
         "bench/models.json",
         "bench/pack2.json",
+        "bench/paths.json",
+        "versions.json",
+        "tiny/folder.yaml",
         "logs/gpu_check.log",
         "params.yaml",
     } <= set(names), names
@@ -171,6 +195,10 @@ def test_gpu_check_on_cpu(tmp_path):
     assert list(results.rglob("*.pt")), "the runs wrote checkpoints: the archive left them out"
     bench = json.loads((out / "bench.json").read_text())
     assert bench["pack2"]["pack"] == 2 and bench["models"]["images_per_s"] > 0
+    # every result names the torch it was measured with (the device image's, on the device)
+    assert bench["versions"]["torch"] == torch.__version__ and bench["models"]["torch"] == torch.__version__
+    assert json.loads((results / "bench" / "pack2.json").read_text())["torch"] == torch.__version__
+    assert f"torch {torch.__version__}" in (out / "table1.md").read_text()
 
 
 @pytest.mark.slow

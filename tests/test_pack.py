@@ -254,3 +254,82 @@ def test_the_batched_pack_step_is_the_vmap_step(name, shape):
     for n in fast.params:
         assert torch.allclose(fast.params[n], ref.params[n], rtol=1e-5, atol=1e-6), n
     assert Stacked([build_model("inception", (1, 8, 8))] * 2, 0.9, 0.0)._batched is None
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (ATen's is_non_overlapping_and_dense): some order of the dimensions is contiguous."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@pytest.mark.parametrize(
+    "name, shape, wd", [("mlp_1x512", (1, 7, 7), 5e-4), ("alexnet", (3, 12, 10), 5e-4), ("inception", (1, 8, 8), 0.0)]
+)
+def test_the_stacked_update_keeps_every_foreach_operand_list_alike(name, shape, wd, monkeypatch):
+    """CUDA runs a foreach op as one fused kernel only when its tensor lists agree tensor by tensor (sizes,
+    strides, dense); else it loops over per-tensor kernels. Not measurable on a CPU, so checked here: every
+    list operand of every foreach call of a step has its parameter's sizes and strides (a batched linear
+    layer's gradient comes back from bmm transposed; a broadcast (K, 1) lr view has other sizes)."""
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(build_model(name, shape, 10))
+    stacked = Stacked(models, 0.9, wd)
+    assert stacked.aligned is None  # aligned on CUDA only; forced here, where no fused kernel exists
+    stacked.aligned = True
+    calls = []
+    for op in ("_foreach_add_", "_foreach_mul_", "_foreach_addcmul_"):
+        real = getattr(torch, op)
+
+        def spy(*args, _op=op, _real=real, **kw):
+            layout = [(p.shape, p.stride()) for p in stacked.params.values()]  # the parameters' at this call
+            calls.append((_op, layout, [a for a in args if isinstance(a, (list, tuple))]))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(torch, op, spy)
+    x, y = torch.randn(3, 16, *shape), torch.randint(0, 10, (3, 16))
+    for lrs in ([0.01, 0.02, 0.05], [0.01, 0.02]):
+        if len(lrs) == 2:
+            stacked.keep([0, 2])
+            x, y = x[[0, 2]], y[[0, 2]]
+        stacked.set_lrs(lrs)
+        stacked.step(x, y, contextlib.nullcontext)
+    step_ops = ["_foreach_add_"] * bool(wd) + ["_foreach_mul_", "_foreach_add_", "_foreach_addcmul_"]
+    assert [op for op, _, _ in calls] == step_ops * 2
+    for op, layout, lists in calls:
+        assert len(lists) >= 1
+        for ts in lists:
+            assert len(ts) == len(layout), op
+            for t, (shape, stride) in zip(ts, layout):
+                assert t.shape == shape and t.stride() == stride and _dense(t), (op, t.shape, t.stride(), stride)
+
+
+@pytest.mark.parametrize("name, shape", [("mlp_1x512", (1, 7, 7)), ("alexnet", (3, 12, 10)), ("inception", (1, 8, 8))])
+def test_the_aligned_update_is_the_broadcast_one_to_the_bit(name, shape):
+    """The CUDA layout of the update (gradients copied into the parameters' strides, lr tensors the
+    parameters' size) computes what the CPU's (autograd's layouts, a broadcast lr view) does, bit for bit,
+    through a pack that shrinks and a change of learning rates."""
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(build_model(name, shape, 10))
+    packs = [Stacked(models, 0.9, 5e-4) for _ in range(2)]
+    packs[0].aligned, packs[1].aligned = True, False
+    x, y = torch.randn(3, 16, *shape), torch.randint(0, 10, (3, 16))
+    for step in range(4):
+        lrs = [0.01, 0.02 * 0.95**step, 0.05]
+        if step == 2:
+            for p in packs:
+                p.keep([0, 2])
+            x, y = x[[0, 2]], y[[0, 2]]
+        for p in packs:
+            p.set_lrs(lrs if step < 2 else lrs[::2])
+        (la, _), (lb, _) = (p.step(x, y, contextlib.nullcontext) for p in packs)
+        assert torch.equal(la, lb), step
+    for n in packs[0].params:
+        assert torch.equal(packs[0].params[n], packs[1].params[n]), n
+        assert torch.equal(packs[0].momentum_buf[n], packs[1].momentum_buf[n]), n

@@ -121,7 +121,7 @@ class Stacked:
     AlexNet), else torch.func.vmap over functional_call (Inception: any module). The update is
     torch.optim.SGD's (dampening 0, no Nesterov): g = grad + wd * p; buf = momentum * buf + g (buf
     starts at 0, so the first buf is g, as torch's clone); p -= lr_k * buf, with each run's own lr_k,
-    as a few foreach ops over all stacked tensors.
+    as four foreach ops over all stacked tensors (on CUDA each one fused kernel: _update).
     """
 
     def __init__(self, models: list[nn.Module], momentum: float, weight_decay: float):
@@ -132,6 +132,8 @@ class Stacked:
         self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
         self.momentum_buf = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.momentum, self.weight_decay = momentum, weight_decay
+        self._lrs_full = None  # _lr_like's tensors
+        self.aligned: bool | None = None  # _update's operand layout: None = aligned on CUDA only
 
         def loss_and_logits(p, b, x, y):
             logits = functional_call(self.base, (p, b), (x,))
@@ -146,6 +148,7 @@ class Stacked:
     def set_lrs(self, lrs: list[float]) -> None:
         """Each member's learning rate for the steps that follow (one epoch's)."""
         self.lrs = torch.tensor(lrs, device=next(iter(self.params.values())).device)
+        self._lrs_full = None
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, autocast):
         """One SGD step of every member on its own batch xb[k], yb[k]; returns (losses (K,), correct (K,))."""
@@ -164,14 +167,41 @@ class Stacked:
         params = [self.params[n] for n in names]
         grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
-            if self.weight_decay:  # in place: autograd.grad's fresh tensors
-                torch._foreach_add_(grads, params, alpha=self.weight_decay)
-            bufs = [self.momentum_buf[n] for n in names]
-            torch._foreach_mul_(bufs, self.momentum)
-            torch._foreach_add_(bufs, grads)
-            torch._foreach_addcmul_(params, [lrs.view(-1, *([1] * (p.dim() - 1))) for p in params], bufs, value=-1.0)
+            self._update(params, [self.momentum_buf[n] for n in names], grads, lrs)
         correct = (logits.detach().argmax(-1) == yb).sum(1)
         return losses.detach(), correct
+
+    def _update(self, params: list, bufs: list, grads: tuple, lrs: torch.Tensor) -> None:
+        """SGD with momentum and weight decay on every stacked tensor as foreach ops: g + wd * p,
+        momentum * buf + g, p - lr_k * buf, the same arithmetic element for element on either path.
+
+        Aligned (`self.aligned`; by default on CUDA only): every operand list is alike tensor by tensor,
+        the parameters' sizes and strides, dense. That is the condition of CUDA's fused multi-tensor
+        kernels (one launch per op for all tensors); one operand of another size or layout sends the
+        whole list to a loop of per-tensor kernels, ~3 launches per tensor. So a gradient whose strides
+        differ from its parameter's (a batched linear weight's: bmm's backward returns it transposed) is
+        copied into the parameter's layout, and the lr operand is a tensor the parameter's size
+        (`_lr_like`) instead of a broadcast (K, 1, ...) view. A CPU has no fused foreach kernels: there
+        the copies only add memory traffic (a pack of 10 MLP 1x512 runs steps 0.90x as fast), so the
+        CPU keeps the broadcast view and autograd's layouts (docs/PERFORMANCE.md)."""
+        aligned = params[0].is_cuda if self.aligned is None else self.aligned
+        if aligned:
+            grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for g, p in zip(grads, params)]
+            lr_operand = self._lr_like(params, lrs)
+        else:
+            lr_operand = [lrs.view(-1, *([1] * (p.dim() - 1))) for p in params]
+        if self.weight_decay:  # in place: autograd.grad's fresh tensors (or their copies)
+            torch._foreach_add_(grads, params, alpha=self.weight_decay)
+        torch._foreach_mul_(bufs, self.momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_addcmul_(params, lr_operand, bufs, value=-1.0)
+
+    def _lr_like(self, params: list, lrs: torch.Tensor) -> list:
+        """Each parameter's tensor of its members' learning rates (member k's slice all lr_k), in the
+        parameter's layout; kept until set_lrs or keep changes the learning rates or the members."""
+        if self._lrs_full is None:
+            self._lrs_full = [torch.empty_like(p).copy_(lrs.view(-1, *([1] * (p.dim() - 1)))) for p in params]
+        return self._lrs_full
 
     def member(self, k: int) -> nn.Module:
         """Member k as an ordinary module (a copy: for evaluation, checkpoints and summaries)."""
@@ -207,6 +237,7 @@ class Stacked:
         self.params = {k: v.detach()[idx].clone().requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v[idx].clone() for k, v in self.buffers.items()}
         self.momentum_buf = {k: v[idx].clone() for k, v in self.momentum_buf.items()}
+        self._lrs_full = None
 
 
 class Single:
