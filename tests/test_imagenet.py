@@ -220,6 +220,36 @@ def test_decoding_on_the_device_matches_the_workers(tree):
     assert float((x_pil - x_dev).abs().mean()) < 0.05  # the same crops; resampling differs a little
 
 
+def test_a_streamed_run_logs_the_images_torchcodec_refused_once_per_epoch(tmp_path, tree, monkeypatch):
+    """decode: device with a decoder that refuses the grayscale training file (alone and in every batch): the
+    run trains, Pillow decodes that file, and each epoch logs how many images fell back, once."""
+    import torchcodec.decoders
+
+    gray = (tree / "train" / "n02" / "n02_0000.JPEG").read_bytes()
+    real = torchcodec.decoders.decode_jpeg
+
+    def decode_jpeg(source, **kw):
+        datas = source if isinstance(source, list) else [source]
+        if any(bytes(d.tolist()) == gray for d in datas):
+            raise RuntimeError("Unknown chroma subsampling")
+        return real(source, **kw)
+
+    monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", decode_jpeg)
+    p = params(tmp_path, tree, batch_size=4, max_epochs=2, image_size=32, decode="device")
+    p.write_text(p.read_text().replace("inception_v3", "alexnet"))
+    cfg = prepared(p, "random-labels")
+    lines = []
+    out = ts.train(cfg, rc.find_run(cfg, "imagenet/random-labels/alexnet/none/seed0"), log=lines.append)
+    fell_back = [line for line in lines if "decode: device: TorchCodec refused" in line]
+    # per epoch: 24 training images, 24 evaluated training images, 8 test images; the gray one twice
+    assert [line.split(": ", 1)[1] for line in fell_back] == [
+        f"epoch {e}: decode: device: TorchCodec refused 2 of 56 images, decoded by Pillow instead "
+        "(first reason here: Unknown chroma subsampling)"
+        for e in (1, 2)
+    ]
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
 # ----------------------------------------------------------------------------
 # training: resume, and the pipeline with two processes (torchrun, gloo)
 

@@ -33,14 +33,19 @@ worker's state: crops are the same for any number of workers or processes and
 after a resume. `decode: device` has the workers only read the file bytes and
 the crop box; the training process decodes the batch with
 torchcodec.decoders.decode_jpeg on its device (nvJPEG on CUDA, libjpeg-turbo on the CPU) and resizes there
-(the comment above `_decode_jpegs` says why TorchCodec and not torchvision.io).
+(the comment above `_decode_jpegs` says why TorchCodec and not torchvision.io), a batch ahead in a thread
+(`DeviceBatches`). Both modes apply a file's EXIF orientation: boxes are drawn on the upright image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import math
 import os
+import queue
+import re
+import threading
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -246,21 +251,40 @@ def crop_params(width: int, height: int, augment: bool, seed: int, epoch: int, i
     return box, bool(rng.random() < 0.5)
 
 
+# EXIF orientation (tag 0x0112) is applied by both decode modes, as TorchCodec's decode_jpeg (and most image
+# libraries) do: boxes are drawn on the upright image, whose size `image_size_of` gives; 5-8 swap width and height
+ORIENTATION = 0x0112
+_SWAPS = (5, 6, 7, 8)
+
+
+def _orientation(im) -> int:
+    """The EXIF orientation of an opened image (1: none, also when the tag is absent or not 1-8)."""
+    o = im.getexif().get(ORIENTATION, 1)
+    return o if o in range(1, 9) else 1
+
+
 def decode_crop(
     data: bytes, size: int, augment: bool, seed: int = 0, epoch: int = 0, index: int = 0, where: str = ""
 ) -> np.ndarray:
-    """One image file -> its crop, size x size x 3 uint8 (HWC), decoded at reduced scale where the crop allows."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file -> its crop of the upright image (EXIF orientation applied), size x size x 3 uint8 (HWC),
+    decoded at reduced scale where the crop allows."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(_io.BytesIO(data)) as im:
-            width, height = im.size
+            orientation = _orientation(im)
+            stored = im.size
+            width, height = stored[::-1] if orientation in _SWAPS else stored
             box, flip = crop_params(width, height, augment, seed, epoch, index)
             reduce = min(box[2] - box[0], box[3] - box[1]) / size
             if reduce >= 2 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale
-                im.draft(None, (math.ceil(width / reduce), math.ceil(height / reduce)))
-                sx, sy = im.size[0] / width, im.size[1] / height
+                im.draft(None, (math.ceil(stored[0] / reduce), math.ceil(stored[1] / reduce)))
+                sx, sy = im.size[0] / stored[0], im.size[1] / stored[1]
+                if orientation in _SWAPS:
+                    sx, sy = sy, sx
                 box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)  # the drafted pixels turned upright (a copy)
             if im.mode != "RGB":
                 im = im.convert("RGB")
             im = im.resize((size, size), Image.BILINEAR, box=box)
@@ -271,12 +295,15 @@ def decode_crop(
         raise DataError(f"{where}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
-def image_size_of(data: bytes) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding."""
-    from PIL import Image
+def image_size_of(data: bytes, where: str = "") -> tuple[int, int]:
+    """(width, height) of the upright image (EXIF orientation applied) from the file's header, without decoding."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(_io.BytesIO(data)) as im:
-        return im.size
+    try:
+        with Image.open(_io.BytesIO(data)) as im:
+            return im.size[::-1] if _orientation(im) in _SWAPS else im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{where}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------
@@ -315,8 +342,11 @@ class StreamImages(torch.utils.data.Dataset):
     tensor, crop box, flip, label), decoded later by `decode_batch`.
     """
 
-    def __init__(self, root, names, labels, size: int, augment: bool, seed: int = 0, raw: bool = False):
+    def __init__(
+        self, root, names, labels, size: int, augment: bool, seed: int = 0, raw: bool = False, decode_stats=None
+    ):
         self.reader = _Reader(root)
+        self.decode_stats = decode_stats  # raw: a DecodeStats that counts TorchCodec's refusals (or None)
         self.names = names
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size, self.augment, self.seed, self.raw = size, augment, seed, raw
@@ -334,7 +364,7 @@ class StreamImages(torch.utils.data.Dataset):
         data = self.reader.read(name)
         y = int(self.labels[i])
         if self.raw:
-            width, height = image_size_of(data)
+            width, height = image_size_of(data, where=self.reader.where(name))
             box, flip = crop_params(width, height, self.augment, self.seed, epoch, i)
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, y
         img = decode_crop(data, self.size, self.augment, self.seed, epoch, i, where=self.reader.where(name))
@@ -358,48 +388,118 @@ def collate_raw(items):
 # 300 500x375 ones, ~700 images/s; Pillow 0.15x and 0.66-0.72x of that). nvJPEG on a GPU: not measured yet.
 
 
-def _decode_jpegs(datas, device: torch.device) -> list[torch.Tensor]:
-    """File bytes (1-D uint8 CPU tensors) -> 3 x H x W uint8 RGB tensors on `device`, the JPEGs in one batched
-    call. A file it refuses (a PNG among the JPEGs, a JPEG nvJPEG cannot do) is decoded by Pillow, as the
-    workers would, and copied over."""
+# TorchCodec/nvJPEG/CUDA errors that say nothing about a file (messages of torchcodec 0.17's DecodeJpegCuda.cpp and
+# of CUDA): raised, never hidden by the Pillow fallback, which is for files TorchCodec cannot decode
+_NOT_THE_FILE = re.compile(
+    r"out of memory|not compiled with nvjpeg|failed to initialize nvjpeg|failed to create (nvjpeg|jpeg stream)"
+    r"|failed to synchronize cuda|cuda error|cuda driver|no cuda gpus|expected the device parameter",
+    re.IGNORECASE,
+)
+
+
+class DecodeStats:
+    """How many images `decode: device` decoded, and how many of them TorchCodec refused (Pillow decoded them
+    instead), since the last `take`; the streamed engine logs them once per epoch."""
+
+    def __init__(self):
+        self.images, self.fallbacks, self.reason = 0, 0, None
+
+    def add(self, images: int, refused: dict) -> None:
+        self.images += images
+        self.fallbacks += len(refused)
+        if refused and self.reason is None:
+            self.reason = str(next(iter(refused.values()))).splitlines()[0][:200]
+
+    def take(self) -> tuple[int, int, str | None]:
+        """(images, fallbacks, first reason) since the last take; the counts start again at 0."""
+        out = (self.images, self.fallbacks, self.reason)
+        self.images, self.fallbacks, self.reason = 0, 0, None
+        return out
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) >= 3 and bytes(data[:3].tolist()) == b"\xff\xd8\xff"
+
+
+def _not_the_file(exc: BaseException, device: torch.device) -> None:
+    if isinstance(exc, torch.OutOfMemoryError) or _NOT_THE_FILE.search(str(exc)):
+        raise RuntimeError(
+            f"training.decode: device: TorchCodec cannot decode on {device} ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); not a problem of the image files "
+            "(use decode: workers, or fix the device)"
+        ) from exc
+
+
+def _decode_jpegs(datas, device: torch.device, stats: DecodeStats | None = None) -> list[torch.Tensor]:
+    """File bytes (1-D uint8 CPU tensors) -> 3 x H x W uint8 RGB tensors on `device` (EXIF orientation applied),
+    the JPEGs in one batched call. When the batch fails, each file is tried alone; a file TorchCodec refuses (a
+    PNG among the JPEGs, a JPEG nvJPEG cannot do) is decoded by Pillow, as the workers would, copied over and
+    counted in `stats`. Raised instead: an error that is not about a file (CUDA out of memory, no nvJPEG,
+    `_NOT_THE_FILE`), and one that every JPEG of a batch of several gives alone."""
     from torchcodec.decoders import decode_jpeg
 
+    datas = list(datas)
     try:
-        return decode_jpeg(list(datas), mode="RGB", device=device)
-    except RuntimeError:
-        images = []
-        for d in datas:
+        images, refused = decode_jpeg(datas, mode="RGB", device=device), {}
+    except RuntimeError as exc:
+        _not_the_file(exc, device)
+        images, refused = [], {}
+        for k, d in enumerate(datas):
             try:
                 images.append(decode_jpeg(d, mode="RGB", device=device))
-            except RuntimeError:
-                images.append(_pillow_rgb(d).to(device))
-        return images
+            except RuntimeError as one:
+                _not_the_file(one, device)
+                images.append(None)
+                refused[k] = one
+        jpegs = [k for k, d in enumerate(datas) if _is_jpeg(d)]
+        if len(jpegs) > 1 and all(k in refused for k in jpegs):
+            raise RuntimeError(
+                f"training.decode: device: TorchCodec refused each of the {len(jpegs)} JPEGs of a batch on {device} "
+                f"({refused[jpegs[0]].__class__.__name__}: {str(refused[jpegs[0]]).splitlines()[0]}); not a "
+                "problem of the image files (use decode: workers, or fix the device)"
+            ) from refused[jpegs[0]]
+        for k in refused:
+            images[k] = _pillow_rgb(datas[k]).to(device)
+    if stats is not None:
+        stats.add(len(datas), refused)
+    return images
 
 
 def _pillow_rgb(data: torch.Tensor) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(_io.BytesIO(data.numpy().tobytes())) as im:  # an animated GIF/WebP: its first frame
+            if _orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
             return torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
-def decode_batch(datas, boxes, flips, size: int, device: torch.device) -> torch.Tensor:
+def decode_batch(datas, boxes, flips, size: int, device: torch.device, stats: DecodeStats | None = None):
     """Decode file bytes on `device` (TorchCodec: nvJPEG on CUDA) and crop: N x 3 x size x size floats 0..255.
-    On the CPU this runs in the training process alone (slower than `workers` there: a test path)."""
+    Crops of one size are resized in one call (equal to the bit to one call per crop, tested). On the CPU this
+    runs in the training process alone (slower than `workers` there: a test path)."""
     import torch.nn.functional as F
 
-    images = _decode_jpegs(datas, device)
+    images = _decode_jpegs(datas, device, stats)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, (img, (left, top, right, bottom)) in enumerate(zip(images, boxes)):
+        if right > img.shape[2] or bottom > img.shape[1] or right <= left or bottom <= top:
+            raise DataError(
+                f"decode: device: an image decoded as {img.shape[2]}x{img.shape[1]} but its crop box "
+                f"{(left, top, right, bottom)} was drawn on its header's size (EXIF orientation read otherwise?)"
+            )
+        groups.setdefault((bottom - top, right - left), []).append(k)
     out = torch.empty((len(images), 3, size, size), device=device)
-    for k, (img, (left, top, right, bottom), flip) in enumerate(zip(images, boxes, flips)):
-        crop = img[None, :, top:bottom, left:right]
+    for ks in groups.values():
+        crops = torch.stack([images[k][:, boxes[k][1] : boxes[k][3], boxes[k][0] : boxes[k][2]] for k in ks])
         # uint8 has a fast antialiased path on the CPU; CUDA resamples floats
-        crop = crop.contiguous() if device.type == "cpu" else crop.float()
-        out[k] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        if flip:
-            out[k] = out[k].flip(-1)
+        crops = crops if device.type == "cpu" else crops.float()
+        resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        for k, one in zip(ks, resized):  # a copy per row: indexing out[ks] at once is slower
+            out[k] = one.flip(-1) if flips[k] else one
     return out
 
 
@@ -423,7 +523,7 @@ def to_input(batch, dataset: StreamImages, device: torch.device, channels_last: 
     """
     if dataset.raw:
         datas, boxes, flips, y = batch
-        x = decode_batch(datas, boxes, flips, dataset.size, device)
+        x = decode_batch(datas, boxes, flips, dataset.size, device, dataset.decode_stats)
     else:
         x, y = batch
         x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # HWC -> NCHW: a channels_last view
@@ -434,3 +534,93 @@ def to_input(batch, dataset: StreamImages, device: torch.device, channels_last: 
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
+
+
+_DONE = object()
+
+
+class DeviceBatches:
+    """(x, y) of each batch of `make_loader(dataset, batches, workers)`, as `to_input` makes them; use in a
+    `with` block, which stops and joins the prefetch thread however it ends.
+
+    With `decode: device` (dataset.raw; `prefetch` None) a thread decodes batch N+1 while batch N trains: on
+    CUDA on a side stream of its own (TorchCodec syncs the current stream, which is then that one, not the
+    training stream); the training stream waits for the batch's event before use, and `record_stream` keeps
+    its memory from being reused early. The batches are the ones without prefetching (tested on the CPU).
+    With the workers (Pillow) the DataLoader prefetches already: batches are made as they are asked for."""
+
+    def __init__(self, dataset, batches, workers: int, device, channels_last: bool = False, prefetch=None):
+        self.loader = make_loader(dataset, batches, workers, pin=device.type == "cuda")
+        self.dataset, self.device, self.channels_last = dataset, device, channels_last
+        self.prefetch = dataset.raw if prefetch is None else prefetch
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self):
+        if not self.prefetch:
+            for batch in self.loader:
+                yield to_input(batch, self.dataset, self.device, self.channels_last)
+            return
+        self.thread = threading.Thread(target=self._produce, name="decode-prefetch", daemon=True)
+        self.thread.start()
+        try:
+            while (item := self._queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                x, y, event, _batch = item  # _batch: the file bytes stay referenced until the batch is used
+                if event is not None:
+                    stream = torch.cuda.current_stream(self.device)
+                    stream.wait_event(event)
+                    x.record_stream(stream)
+                    y.record_stream(stream)
+                yield x, y
+        finally:
+            self.close()
+
+    def _produce(self) -> None:
+        try:
+            with contextlib.ExitStack() as scope:
+                side = None
+                if self.device.type == "cuda":  # this thread's current device and stream
+                    side = torch.cuda.Stream(self.device)
+                    scope.enter_context(torch.cuda.device(self.device))
+                    scope.enter_context(torch.cuda.stream(side))
+                for batch in self.loader:
+                    x, y = to_input(batch, self.dataset, self.device, self.channels_last)
+                    event = None
+                    if side is not None:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    if self._stop.is_set() or not self._put((x, y, event, batch)):
+                        return
+            self._put(_DONE)
+        except BaseException as exc:  # raised in the consumer
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the prefetch thread (after the batch it is making) and wait for it."""
+        self._stop.set()
+        if self.thread is not None:
+            while self.thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+                self.thread.join(timeout=0.05)
+                timeout -= 0.1
+                if timeout <= 0:  # a daemon thread: it cannot keep the process alive
+                    break

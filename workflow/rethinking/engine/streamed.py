@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.stream import StreamImages, load_streamed, make_loader, to_input
+from ..data.stream import DecodeStats, DeviceBatches, StreamImages, load_streamed
 from ..errors import ConfigError
 from ..models import count_parameters, traits
 from ..models.inception_v3 import build_stream_model, loss_of
@@ -207,11 +207,13 @@ class _Run:
         # --- data: an index and label files; images are read and cropped by the loader's workers
         self.d = d = load_streamed(cfg, run.corruption, run.dataset)
         self.n_train, size = len(d["y_train"]), s["image_size"]
+        self.decode_stats = DecodeStats()  # decode: device: images TorchCodec refused, logged once per epoch
+        common = dict(raw=raw, decode_stats=self.decode_stats)
         self.train_set = StreamImages(
-            d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs, seed=run.seed, raw=raw
+            d["root"], d["train_files"], d["y_train"], size, augment="crop" in run.regs, seed=run.seed, **common
         )
-        self.eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, raw=raw)
-        self.test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, raw=raw)
+        self.eval_train = StreamImages(d["root"], d["train_files"], d["y_train"], size, augment=False, **common)
+        self.test_set = StreamImages(d["root"], d["test_files"], d["y_test"], size, augment=False, **common)
         self.train_eval_idx = train_eval_indices(self.n_train, s["train_eval_size"], run.seed)
         # the per-example record of the evaluated training images; this process evaluates every world-th one
         n_eval = len(self.train_eval_idx)
@@ -367,33 +369,33 @@ def _train_epoch(r: _Run, lr: float, t: dict, steps_per_epoch: int, autocast, cl
     ]
     r.net.train()
     t0, images0 = time.perf_counter(), r.seen
-    for batch in make_loader(r.train_set, batches, t["workers"], pin=procs.device.type == "cuda"):
-        x, y = to_input(batch, r.train_set, procs.device, r.channels_last)
-        with autocast():
-            output = r.net(x)
-        loss, logits = loss_of(output, y)
-        r.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        r.opt.step()
-        p.step += 1
-        p.batch += 1
-        r.seen += len(y)
-        r.loss_sum += loss.detach()
-        r.correct += (logits.detach().argmax(1) == y).sum()
-        if p.step % s["log_every"] == 0:
-            mean = float(procs.sum(r.loss_sum.clone())) / (s["log_every"] * procs.world)
-            r.loss_sum.zero_()
-            p.steps_rows.append({"step": p.step, "epoch": p.epoch + 1, "train_loss": mean})
-            rate = (r.seen - images0) * procs.world / max(time.perf_counter() - t0, 1e-9)
-            log(
-                f"{r.run.id}: step {p.step} ({p.batch}/{steps_per_epoch} of epoch {p.epoch + 1}) "
-                f"loss {mean:.4f}, {rate:,.0f} images/s"
-            )
-        every = t["checkpoint_every"]
-        if every and p.step % every == 0 and p.batch < steps_per_epoch:
-            p.train_time += time.perf_counter() - t0
-            r.save(clock)
-            t0, images0 = time.perf_counter(), r.seen
+    with DeviceBatches(r.train_set, batches, t["workers"], procs.device, r.channels_last) as inputs:
+        for x, y in inputs:
+            with autocast():
+                output = r.net(x)
+            loss, logits = loss_of(output, y)
+            r.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            r.opt.step()
+            p.step += 1
+            p.batch += 1
+            r.seen += len(y)
+            r.loss_sum += loss.detach()
+            r.correct += (logits.detach().argmax(1) == y).sum()
+            if p.step % s["log_every"] == 0:
+                mean = float(procs.sum(r.loss_sum.clone())) / (s["log_every"] * procs.world)
+                r.loss_sum.zero_()
+                p.steps_rows.append({"step": p.step, "epoch": p.epoch + 1, "train_loss": mean})
+                rate = (r.seen - images0) * procs.world / max(time.perf_counter() - t0, 1e-9)
+                log(
+                    f"{r.run.id}: step {p.step} ({p.batch}/{steps_per_epoch} of epoch {p.epoch + 1}) "
+                    f"loss {mean:.4f}, {rate:,.0f} images/s"
+                )
+            every = t["checkpoint_every"]
+            if every and p.step % every == 0 and p.batch < steps_per_epoch:
+                p.train_time += time.perf_counter() - t0
+                r.save(clock)
+                t0, images0 = time.perf_counter(), r.seen
     p.train_time += time.perf_counter() - t0
 
 
@@ -413,10 +415,10 @@ def _eval_batches(
     batches = [[(int(i), 0) for i in mine[j : j + batch_size]] for j in range(0, len(mine), batch_size)]
     true_mine = None if y_true is None else torch.from_numpy(np.asarray(y_true, dtype=np.int64)[mine]).to(device)
     n = 0
-    for batch in make_loader(dataset, batches, workers, pin=device.type == "cuda"):
-        x, y = to_input(batch, dataset, device, channels_last)
-        yield x, y, None if true_mine is None else true_mine[n : n + len(y)]
-        n += len(y)
+    with DeviceBatches(dataset, batches, workers, device, channels_last) as inputs:
+        for x, y in inputs:
+            yield x, y, None if true_mine is None else true_mine[n : n + len(y)]
+            n += len(y)
 
 
 def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> dict:
@@ -461,5 +463,20 @@ def _end_epoch(r: _Run, lr: float, t: dict, clock: Clock, log) -> dict:
         f"{r.run.id}: epoch {p.epoch} step {p.step} lr {lr:.4g} train loss {train['loss']:.4f} "
         f"top-1 {100 * train['acc']:.2f}% test top-1 {100 * test['acc']:.2f}% top-5 {100 * test['top5']:.2f}%"
     )
+    _log_decode_fallbacks(r, log)
     close_epoch(p, row, train["correct"], len(r.train_eval_idx), name=r.run.id, log=log)
     return r.save(clock)
+
+
+def _log_decode_fallbacks(r: _Run, log) -> None:
+    """decode: device: one line per epoch when TorchCodec refused images of this epoch (training and
+    evaluation, all processes) and Pillow decoded them."""
+    if r.s["decode"] != "device":
+        return
+    images, fallbacks, reason = r.decode_stats.take()
+    counts = r.procs.sum(torch.tensor([images, fallbacks], device=r.procs.device, dtype=torch.int64)).tolist()
+    if counts[1]:
+        log(
+            f"{r.run.id}: epoch {r.p.epoch}: decode: device: TorchCodec refused {counts[1]} of {counts[0]} images, "
+            f"decoded by Pillow instead (first reason here: {reason or 'on another process'})"
+        )

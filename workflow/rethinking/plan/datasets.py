@@ -4,6 +4,7 @@ and whether the data paths a params file names exist (`check_data`)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -38,6 +39,26 @@ TORCHVISION_ROOTS = {s: f"data/{s}" for s in TORCHVISION_FILES}
 def is_streamed(cfg: dict) -> bool:
     """True when the dataset is read from disk while training (an ImageNet-style tree), not held in memory."""
     return cfg["dataset"]["source"] in STREAMED_SOURCES
+
+
+def check_decode(cfg: dict, source: str = "params") -> None:
+    """`training.decode: device` can work: TorchCodec is installed (looked up, not imported: planning imports
+    neither torch nor torchcodec), and the device is chosen knowingly: cuda (nvJPEG), or cpu set explicitly (the
+    training process decodes alone: a test path). `device: auto` is refused: on a machine without CUDA it would
+    decode on the CPU unnoticed."""
+    t = cfg["training"]
+    if t["decode"] != "device":
+        return
+    if importlib.util.find_spec("torchcodec") is None:
+        raise ConfigError(
+            f"{source}: training.decode: 'device' needs TorchCodec (torchcodec, pinned in pyproject.toml), "
+            "which is not installed; install it or set decode: workers"
+        )
+    if t["device"] == "auto":
+        raise ConfigError(
+            f"{source}: training.decode: 'device' needs training.device set to cuda (nvJPEG) or cpu (decoding "
+            "in the training process, a test path), not auto, which decodes on the CPU where there is no GPU"
+        )
 
 
 def check_data(cfg: dict, source: str = "params") -> None:

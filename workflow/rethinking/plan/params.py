@@ -17,7 +17,7 @@ from ..errors import ConfigError, ModelError
 from ..models import MIN_IMAGE_SIZE, family_member, model_file, parse, run_name
 from .corruptions import check_options, label_names, takes_levels
 from .corruptions import names as corruption_names
-from .datasets import STREAMED_SOURCES, is_streamed
+from .datasets import STREAMED_SOURCES, check_decode, is_streamed
 from .grid import DEFAULT_LR
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "params.schema.yaml"
@@ -321,6 +321,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
 
 def _check_streamed(cfg: dict, source: str) -> None:
     """What a streamed dataset cannot do: pixel corruptions (the images are never copied), packs, a fixed crop."""
+    check_decode(cfg, source)
     ds = cfg["dataset"]["source"]
     if cfg["preprocess"]["crop"] is not None:
         raise ConfigError(
