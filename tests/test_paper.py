@@ -164,7 +164,7 @@ def test_variant_validation_and_identity():
     two = {"grid": [dict(base["grid"][0]), dict(base["grid"][0], name="b", training={"lr_decay": 0.99})]}
     with pytest.raises(rc.ConfigError, match="different"):
         rc.validate(two)
-    with pytest.raises(rc.ConfigError, match="augment already includes"):
+    with pytest.raises(rc.ConfigError, match="crop and augment are two random crops; keep one"):
         rc.validate(
             {
                 "grid": [
@@ -183,6 +183,40 @@ def test_augment_is_crop_flip_and_rotation():
     assert augmentations({"crop", "wd"}) == {"crop"}
     assert augmentations({"augment"}) == {"crop", "flip", "rotate"}
     assert augmentations(set()) == frozenset()
+
+
+def test_padcrop_is_a_window_of_the_padded_image_and_a_flip():
+    """Nakkiran et al.'s (and the CIFAR ResNets') augmentation: a random 32x32 window of the image zero-padded by
+    4 pixels, then a flip; each output is the image shifted by at most 4 pixels, mirrored or not."""
+    assert augmentations({"padcrop", "wd"}) == {"padcrop", "flip"}
+    x = (torch.rand(64, 3, 32, 32) * 254 + 1).to(torch.uint8)  # no zero pixel: the padding is recognizable
+    g = torch.Generator().manual_seed(0)
+    out = prepare_batch(x, None, frozenset({"padcrop"}), g)  # flip off: the window only
+    assert out.shape == (64, 3, 32, 32)
+    raw = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    shifts = set()
+    for i in range(64):
+        match = [
+            (t, left)
+            for t in range(9)
+            for left in range(9)
+            if torch.equal(prepare_batch(raw[i : i + 1, :, t : t + 32, left : left + 32], None), out[i : i + 1])
+        ]
+        assert len(match) == 1
+        shifts.add(match[0])
+    assert len(shifts) > 20  # windows all over the padded image
+
+
+def test_padcrop_cannot_join_another_random_crop():
+    for regs in ("padcrop+crop", "augment-padcrop"):
+        with pytest.raises(rc.ConfigError, match=r"are two random crops; keep one"):
+            rc.validate(
+                {"grid": [{"name": "a", "models": ["alexnet"], "corruptions": ["true_labels"], "regularizers": [regs]}]}
+            )
+    cfg = rc.validate(
+        {"grid": [{"name": "a", "models": ["alexnet"], "corruptions": ["true_labels"], "regularizers": ["wd+padcrop"]}]}
+    )
+    assert [r.regularizers for r in rc.expand_runs(cfg)] == ["padcrop-wd"]
 
 
 def test_rotation_invariants():

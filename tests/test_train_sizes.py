@@ -3,6 +3,7 @@ class-balanced subset of the params' dataset with its test set unchanged), corru
 params' dataset's run ids unchanged; Snakemake and DVC expanding it to the same jobs; one-line errors."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -168,3 +169,30 @@ def test_snakemake_and_dvc_give_every_size_its_jobs(tmp_path):
             assert job["output"] == st["outputs"] and job["shell"] == st["cmd"]
     trained = sorted(o.split("/runs/")[1][: -len("/summary.json")] for j in jobs for o in j["output"] if "summary" in o)
     assert trained == sorted(r.id for r in rc.expand_runs(rc.load(params)))
+
+
+def test_a_run_can_train_on_after_it_fits(tmp_path):
+    """training.stop_at_fit: false (epoch-wise double descent): the run trains to max_epochs, its status stays
+    `fitted` with the step of the first fit, and its epochs up to the fit are those of a run that stops there.
+    Only such runs name the setting (every other run's settings and checkpoints are what they were)."""
+    text = GRID.format(sizes="    train_sizes: [100]\n").replace("max_epochs: 2", "max_epochs: 40")
+    text = text.replace("[mlp_1x8, mlp_1x32]", "[mlp_1x512]").replace("[0.0, 0.2]", "[0.0]")
+    stops, goes = tmp_path / "stops", tmp_path / "goes"
+    for folder, stop in ((stops, "true"), (goes, "false")):
+        folder.mkdir()
+        training = f"batch_size: 10, lr: {{mlp_1x512: 0.05}}, stop_at_fit: {stop}}}"
+        params = write_params(folder / "params.yaml", text.replace("batch_size: 32}", training))
+        for dataset in ("digits", "digits-n100"):
+            call_cli("prepare", "--params", params, "--dataset", dataset, cwd=folder, check=True)
+        call_cli("corrupt", "--params", params, "--corruption", "digits-n100/true-labels", cwd=folder, check=True)
+        call_cli(
+            "train", "--params", params, "--run", "digits-n100/true-labels/mlp_1x512/none/seed0", cwd=folder, check=True
+        )
+    run = "results/runs/digits-n100/true-labels/mlp_1x512/none/seed0"
+    a = yaml.safe_load((stops / run / "summary.json").read_text())
+    b = yaml.safe_load((goes / run / "summary.json").read_text())
+    assert a["status"] == b["status"] == "fitted" and a["step_first_fit"] == b["step_first_fit"]
+    assert a["epochs"] < 40 and b["epochs"] == 40 and "stop_at_fit" not in a and b["stop_at_fit"] is False
+    rows_a = pd.read_csv(stops / run / "epochs.csv").drop(columns="wall_time")
+    rows_b = pd.read_csv(goes / run / "epochs.csv").drop(columns="wall_time")
+    assert len(rows_b) == 40 and rows_b.head(len(rows_a)).equals(rows_a)  # the same run until the fit, then on

@@ -81,7 +81,11 @@ def is_cifar10(meta: dict) -> bool:
 def run_flags(regularizers: str) -> dict:
     regs = set(regularizers.split("-"))
     return {
-        "random_crop": "augment" if "augment" in regs else ("yes" if "crop" in regs else "no"),
+        "random_crop": "augment"
+        if "augment" in regs
+        else "padcrop"
+        if "padcrop" in regs
+        else ("yes" if "crop" in regs else "no"),
         "weight_decay": "yes" if "wd" in regs else "no",
         "dropout": "yes" if "dropout" in regs else "no",
     }

@@ -18,7 +18,9 @@ ROTATION_DEGREES = 25.0  # Table 4's "augment": rotations up to 25 degrees
 AUGMENTATIONS = {  # regularizer -> the batched ops it turns on
     "crop": frozenset({"crop"}),
     "augment": frozenset({"crop", "flip", "rotate"}),
+    "padcrop": frozenset({"padcrop", "flip"}),  # the CIFAR ResNets' (and Nakkiran et al.'s): pad 4, crop, flip
 }
+PAD = 4  # padcrop: zero pixels added on each side before the random crop
 
 
 def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -98,12 +100,16 @@ def prepare_batch(
     """uint8 batch -> network input.
 
     Rotation (with 'rotate', on the full image), then the crop (random with 'crop', else
-    centered), the flip (with 'flip'), and per-image standardization.
+    centered; with 'padcrop', a random window of the image zero-padded by PAD pixels), the flip (with
+    'flip'), and per-image standardization.
     """
     x = x_uint8
     if "rotate" in augment:
         x = random_rotate(x.to(dtype).div_(255.0), ROTATION_DEGREES, generator)
-    x = random_crop(x, crop, generator) if "crop" in augment else center_crop(x, crop)
+    if "padcrop" in augment:  # a random window of the crop's size (default: the image's) in the padded image
+        x = random_crop(torch.nn.functional.pad(x, (PAD,) * 4), crop or x.shape[-1], generator)
+    else:
+        x = random_crop(x, crop, generator) if "crop" in augment else center_crop(x, crop)
     if "flip" in augment:
         x = random_flip(x, generator)
     if x.dtype == torch.uint8:

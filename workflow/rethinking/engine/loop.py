@@ -83,7 +83,7 @@ class Member:
 
     @property
     def running(self) -> bool:
-        return self.progress.running(self.settings["max_epochs"])
+        return self.progress.running(self.settings["max_epochs"], self.settings.get("stop_at_fit", True))
 
 
 def train(cfg: dict, run: Run, log=print) -> Path:

@@ -206,8 +206,10 @@ class Progress:
     first_fit: int | None = None
     diverged_step: int | None = None
 
-    def running(self, max_epochs: int) -> bool:
-        return self.status == "max_epochs" and self.epoch < max_epochs
+    def running(self, max_epochs: int, stop_at_fit: bool = True) -> bool:
+        """Not finished: below the epoch limit, neither diverged nor (when it stops at the fit) fitted."""
+        going = self.status == "max_epochs" or (self.status == "fitted" and not stop_at_fit)
+        return going and self.epoch < max_epochs
 
     def state(self) -> dict:
         """Its fields as a plain dict for a checkpoint: the rows themselves, not copies (dataclasses.asdict's
@@ -264,7 +266,7 @@ def close_epoch(p: Progress, row: dict, train_correct: int, n_eval: int, *, name
     if bad or not math.isfinite(row["train_loss"]):
         p.status, p.diverged_step = "diverged", (bad[0] if bad else p.step)
         log(f"{name}: the loss is not finite (first seen at step {p.diverged_step}); stopping as diverged")
-    elif fitted(train_correct, n_eval):
+    elif p.first_fit is None and fitted(train_correct, n_eval):  # the first fit (a run may train on after it)
         p.first_fit, p.status = p.step, "fitted"
 
 

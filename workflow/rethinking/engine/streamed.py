@@ -321,7 +321,7 @@ def _train(cfg: dict, run: Run, s: dict, t: dict, procs: _Procs, log) -> Path:
     clock = Clock(r.p.elapsed)
     autocast = autocast_for(procs.device)
     record = None
-    while r.p.running(s["max_epochs"]):
+    while r.p.running(s["max_epochs"], s.get("stop_at_fit", True)):
         lr = learning_rate(r.p.epoch, s["lr"], s["lr_decay"], s["lr_decay_images"], r.n_train)
         _train_epoch(r, lr, t, steps_per_epoch, autocast, clock, log)
         record = _end_epoch(r, lr, t, clock, log)

@@ -26,7 +26,7 @@ DEFAULT_LR = {
     "resnet18": 0.1,
     "default": 0.01,
 }
-REGULARIZERS = ("crop", "augment", "wd", "dropout")  # canonical order in names
+REGULARIZERS = ("crop", "augment", "padcrop", "wd", "dropout")  # canonical order in names
 
 
 @dataclass(frozen=True, order=True)

@@ -157,7 +157,7 @@ def expected_cost(cfg: dict, run: Run) -> float:
     else:
         cost = HEAVY_MODEL
     epochs = kind_of(run.corruption.kind).epochs(run.corruption.level)
-    if run.regs & {"crop", "augment"}:
+    if run.regs & {"crop", "augment", "padcrop"}:
         epochs *= 3.0
     return cost * epochs
 

@@ -61,6 +61,9 @@ DEFAULTS = {
     "training": {
         "batch_size": 128,
         "max_epochs": 300,
+        # end a run when it fits its training set (the paper's protocol); false: train on to max_epochs (its status
+        # stays `fitted`, step_first_fit says when), for epoch-wise double descent
+        "stop_at_fit": True,
         "momentum": 0.9,
         # sgd (the paper's) or adam (torch.optim.Adam's, L2 weight decay; momentum unused); adam's betas and eps
         "optimizer": "sgd",
@@ -281,8 +284,11 @@ def _check_semantics(cfg: dict, source: str) -> None:
             parts = r.replace("+", "-").split("-")
             if len(set(parts)) != len(parts):
                 raise ConfigError(f"{source}: {where}.regularizers: {r!r} names a regularizer twice")
-            if {"crop", "augment"} <= set(parts):
-                raise ConfigError(f"{source}: {where}.regularizers: {r!r}: augment already includes the random crop")
+            crops = [c for c in ("crop", "augment", "padcrop") if c in parts]
+            if len(crops) > 1:
+                raise ConfigError(
+                    f"{source}: {where}.regularizers: {r!r}: {' and '.join(crops)} are two random crops; keep one"
+                )
         if any(n is not None for n in group.get("train_sizes", [])) and "label_file" in group["corruptions"]:
             raise ConfigError(
                 f"{source}: {where}.train_sizes: not possible with the corruption 'label_file' (its file labels "
@@ -342,9 +348,9 @@ def _check_streamed(cfg: dict, source: str) -> None:
                     f"corruptions only (allowed: {', '.join(label_names())})"
                 )
         for r in group.get("regularizers", ["none"]):
-            if "augment" in r.replace("+", "-").split("-"):
+            if found := {"augment", "padcrop"} & set(r.replace("+", "-").split("-")):
                 raise ConfigError(
-                    f"{source}: grid[{i}].regularizers: {r!r}: 'augment' is the CIFAR-10 recipe; on "
+                    f"{source}: grid[{i}].regularizers: {r!r}: {sorted(found)[0]!r} is a CIFAR-10 recipe; on "
                     f"dataset.source {ds!r} use 'crop' (random resized crop + horizontal flip)"
                 )
         t = _merge(cfg["training"], group.get("training", {}))

@@ -57,8 +57,8 @@ def run_settings(cfg: dict, run: Run) -> dict:
     """Everything that determines a run's result; stored in the checkpoint and the summary. A model
     from a user's file adds `model_source` (its path and content hash): editing the file changes
     the settings, and so the checkpoint fingerprint and the Snakemake params, of exactly its runs.
-    `optimizer` and its `adam` settings are added only where the optimizer is not SGD (the default), so
-    every SGD run keeps the settings it had before the optimizer became a parameter."""
+    `optimizer` and its `adam` settings are added only where the optimizer is not SGD (the default), and
+    `stop_at_fit` only where it is false, so every other run keeps the settings it had before they came."""
     t = training_for(cfg, run)
     s = {
         "run": run.id,
@@ -81,6 +81,8 @@ def run_settings(cfg: dict, run: Run) -> dict:
     if t["optimizer"] != "sgd":  # only then: a default run's settings (and fingerprint) are what they were before
         s["optimizer"] = t["optimizer"]
         s["adam"] = {"betas": list(t["adam"]["betas"]), "eps": t["adam"]["eps"]}
+    if not t["stop_at_fit"]:  # only then, as the optimizer: every other run's settings are what they were
+        s["stop_at_fit"] = False
     source = source_digest(run.model, cfg.get("_params_dir"))
     if source is not None:
         s["model_source"] = source
