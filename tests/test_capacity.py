@@ -73,6 +73,14 @@ def test_the_threshold_is_the_smallest_width_from_which_every_run_fits():
     assert (t["widths"] == "8 16 32 64").all() and (t["family"] == "mlp_1x").all() and (t["d"] == 49).all()
 
 
+def test_a_widest_width_that_did_not_fit_every_seed_leaves_no_threshold():
+    """A narrower width fitted, the widest did not in one seed: no width from which every wider one fitted."""
+    F, M = "fitted", "max_epochs"
+    t = capacity(_runs({("mlp_1x16", 0.1): [M, M], ("mlp_1x64", 0.1): [F, F], ("mlp_1x128", 0.1): [F, M]}), META)
+    assert t["state"].tolist() == ["no threshold (widest mixed)"] and t["fit_width"].isna().all()
+    assert t["mixed_widths"].tolist() == ["128"]
+
+
 def test_every_width_fitted_says_so():
     t = capacity(_runs({("mlp_1x8", 0.0): ["fitted"], ("mlp_1x16", 0.0): ["fitted"]}), META)
     assert t["state"].tolist() == ["all fitted"] and t["fit_width"].tolist() == [8] and t["nofit_width"].isna().all()
@@ -187,7 +195,8 @@ def test_the_largest_training_set_a_model_fits():
     assert t.loc[(8, 0.0), "nofit_n"] == 400 and t.loc[(8, 0.0), "mixed_sizes"] == "400"
     assert t.loc[(8, 0.0), "fitted_sizes"] == "100 1437"
     assert t.loc[(64, 0.0), "state"] == "all fitted" and t.loc[(64, 0.0), "fit_n"] == 1437
-    assert t.loc[(8, 1.0), "state"] == "no size fitted" and pd.isna(t.loc[(8, 1.0), "fit_n"])
+    assert t.loc[(8, 1.0), "state"] == "no size fitted up from the smallest (smallest not fitted)"
+    assert pd.isna(t.loc[(8, 1.0), "fit_n"]) and t.loc[(8, 1.0), "fitted_sizes"] == "1437"  # listed, not hidden
     assert t.loc[(64, 1.0), "state"] == "fits up to n (not fitted above)" and t.loc[(64, 1.0), "nofit_n"] == 1437
     assert (t["sizes"] == "100 400 1437").all()
     assert t.loc[(64, 0.0), "theorem1_n"] == (60 * 64 + 10 - 49) // 2

@@ -130,7 +130,9 @@ def _threshold(states: list[tuple[int, str, int]]) -> dict:
             break
         fit = i
     row = {"mixed_widths": " ".join(str(w) for w, s, _ in states if s == "mixed")}
-    if fit is None:
+    if fit is None:  # the widest did not fit every seed: no width from which all fitted, whatever fitted below
+        if any(s == "fitted" for _, s, _ in states):
+            return {**row, "state": f"no threshold (widest {states[-1][1]})"}
         return {**row, "state": "no width fitted"}
     below = states[fit - 1] if fit > 0 else None
     row.update(fit_width=states[fit][0], fit_parameters=states[fit][2])
@@ -148,7 +150,7 @@ The interpolation threshold of each width family (MLP widths, ResNet-18 widths k
 corruption and regularizers, the smallest width whose runs all fit the training set within the epoch budget
 and the largest width below it that did not (none of its seeds fitted, or they disagreed: mixed), with their
 parameter counts beside Theorem 1's 2n + d and n x K. "no width fitted" and "all fitted" say when the sweep
-does not bracket the threshold.
+does not bracket the threshold, "no threshold (widest ...)" when the widest width did not fit every seed.
 """,
 )
 def capacity(all_runs, meta: dict):
@@ -179,7 +181,9 @@ def _largest_fitted(states: list[tuple[int, str, int]]) -> dict:
         "mixed_sizes": " ".join(str(n) for n, s, _ in states if s == "mixed"),
         "fitted_sizes": " ".join(str(n) for n, s, _ in states if s == "fitted"),
     }
-    if fit is None:
+    if fit is None:  # the smallest did not fit every seed (fitted_sizes lists any larger one that did)
+        if row["fitted_sizes"]:
+            return {**row, "state": f"no size fitted up from the smallest (smallest {states[0][1]})"}
         return {**row, "state": "no size fitted"}
     row["fit_n"] = states[fit][0]
     if fit == len(states) - 1:
@@ -273,7 +277,9 @@ def _draw_epochs(ax, family: str, frame, cap, curves) -> None:
         ax.set_axis_off()
         return
     row = have.sort_values("level").iloc[-1]
-    for width, what in ((int(row["fit_width"]), "threshold"), (int(frame["width"].max()), "largest")):
+    widths = {int(row["fit_width"]): "threshold"}
+    widths.setdefault(int(frame["width"].max()), "largest")  # the same run once where the threshold is the largest
+    for width, what in widths.items():
         sub = curves[(curves["model"] == f"{family}{width}") & (curves["corruption"] == row["corruption"])]
         sub = sub[sub["status"] != "diverged"]
         if not len(sub):
