@@ -34,16 +34,12 @@ FAMILIES = (
     (re.compile(r"(resnet18_k)([1-9][0-9]*)"), "{family}{width}"),
     (re.compile(r"([^:\s]+:[A-Za-z_][A-Za-z0-9_]*@)([1-9][0-9]*)"), "{family}{width}"),  # a user's factory
 )
+CELL_COLUMNS = ["d", "classes", "corruption", "level", "regularizers", "variant"]  # both tables': input size, K, cell
 CAPACITY_COLUMNS = [
     "family",
     "dataset",
     "n_train",
-    "d",
-    "classes",
-    "corruption",
-    "level",
-    "regularizers",
-    "variant",
+    *CELL_COLUMNS,
     "widths",
     "state",
     "fit_width",
@@ -60,12 +56,7 @@ FIT_SIZE_COLUMNS = [
     "family",
     "width",
     "parameters",
-    "d",
-    "classes",
-    "corruption",
-    "level",
-    "regularizers",
-    "variant",
+    *CELL_COLUMNS,
     "sizes",
     "fitted_sizes",
     "state",
@@ -110,6 +101,19 @@ def _with_family(runs):
     found = [family_of(m) for m in frame["model"]]
     frame = frame.assign(family=[f[0] if f else None for f in found], width=[f[1] if f else None for f in found])
     return frame[frame["family"].notna()].astype({"width": int})
+
+
+def _sweeps(frame, keys: list[str], by: str, meta: dict):
+    """(the cell's key values, its runs, d, K) of each cell of `keys` whose runs sweep `by` over two values or
+    more; d: the input's size after the crop, K: the classes."""
+    for key, group in frame.groupby(keys, sort=True, dropna=False):
+        if group[by].nunique() >= 2:
+            yield (
+                dict(zip(keys, key)),
+                group,
+                math.prod(int(v) for v in group["input_shape"].iloc[0]),
+                len(meta["classes"]),
+            )
 
 
 def _width_states(group, by: str = "width") -> list[tuple[int, str, int]]:
@@ -157,12 +161,9 @@ def capacity(all_runs, meta: dict):
     frame = _with_family(all_runs)
     keys = ["family", "dataset", "n_train", "corruption", "level", "regularizers", "variant"]
     rows = []
-    for key, group in frame.groupby(keys, sort=True, dropna=False):
-        if group["width"].nunique() < 2:
-            continue
-        n, d = int(key[2]), math.prod(int(v) for v in group["input_shape"].iloc[0])
-        k = len(meta["classes"])
-        row = dict(zip(keys, key), d=d, classes=k, widths=" ".join(str(w) for w in sorted(group["width"].unique())))
+    for cell, group, d, k in _sweeps(frame, keys, "width", meta):
+        n = int(cell["n_train"])
+        row = dict(cell, d=d, classes=k, widths=" ".join(str(w) for w in sorted(group["width"].unique())))
         row.update(_threshold(_width_states(group)), theorem1_2n_plus_d=2 * n + d, n_times_k=n * k)
         if "fit_parameters" in row:
             row["fit_parameters_over_2n_plus_d"] = row["fit_parameters"] / (2 * n + d)
@@ -206,12 +207,9 @@ def fit_sizes(all_runs, meta: dict):
     frame = _with_family(all_runs)
     keys = ["model", "family", "width", "corruption", "level", "regularizers", "variant"]
     rows = []
-    for key, group in frame.groupby(keys, sort=True, dropna=False):
-        if group["n_train"].nunique() < 2:
-            continue
-        params, d = int(group["parameters"].iloc[0]), math.prod(int(v) for v in group["input_shape"].iloc[0])
-        k = len(meta["classes"])
-        row = dict(zip(keys, key), parameters=params, d=d, classes=k)
+    for cell, group, d, k in _sweeps(frame, keys, "n_train", meta):
+        params = int(group["parameters"].iloc[0])
+        row = dict(cell, parameters=params, d=d, classes=k)
         row.update(sizes=" ".join(str(n) for n in sorted(group["n_train"].unique())))
         row.update(_largest_fitted(_width_states(group, "n_train")))
         row.update(theorem1_n=max((params - d) // 2, 0), parameters_over_k=params / k)
