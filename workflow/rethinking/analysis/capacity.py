@@ -20,20 +20,15 @@ capacity_curves.csv (every run of a width family, per epoch, at every training-s
 from __future__ import annotations
 
 import math
-import re
 
 from ..lazy import lazy_module
+from ..models import width_of
 from ..plan import expand_runs, runs_root
 from .outputs import figure, table
 from .stats import ci95
 
 pd = lazy_module("pandas")
 
-FAMILIES = (
-    (re.compile(r"(mlp_[1-9][0-9]*x)([1-9][0-9]*)"), "{family}{width}"),
-    (re.compile(r"(resnet18_k)([1-9][0-9]*)"), "{family}{width}"),
-    (re.compile(r"([^:\s]+:[A-Za-z_][A-Za-z0-9_]*@)([1-9][0-9]*)"), "{family}{width}"),  # a user's factory
-)
 CELL_COLUMNS = ["d", "classes", "corruption", "level", "regularizers", "variant"]  # both tables': input size, K, cell
 CAPACITY_COLUMNS = [
     "family",
@@ -71,12 +66,9 @@ CURVE_COLUMNS = [*CURVE_KEYS, "epoch", "train_acc", "test_acc"]
 
 
 def family_of(model: str) -> tuple[str, int] | None:
-    """(family, width) of a model name in a width family; None for any other model."""
-    for pattern, _ in FAMILIES:
-        m = pattern.fullmatch(str(model))
-        if m:
-            return m[1], int(m[2])
-    return None
+    """(family, width) of a model entry in a width family (rethinking.models.WIDTH_FAMILIES); None for any
+    other model. A member's entry is its family and its width: `f"{family}{width}"`."""
+    return width_of(model)
 
 
 def has_width_sweep(cfg: dict) -> bool:

@@ -34,6 +34,7 @@ import importlib
 import importlib.util
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +103,27 @@ def parse(entry) -> Spec:
     raise ModelError(f"{entry!r} is not a model (an entry is one of: {KINDS})")
 
 
-FAMILIES = {
-    "mlp": "mlp_<depth>x (MLPs of that depth)",
-    "resnet18": "resnet18 (resnet18_k<width>)",
-    "factory": "path/to/file.py:function or package.module:function (called with width=<width>)",
-}
+@dataclass(frozen=True)
+class WidthFamily:
+    """A family of models that differ only in a width: a member's entry is the family's prefix and the width
+    (mlp_1x + 16, resnet18_k + 4, nets.py:wide@ + 8). A new built-in family is one entry of WIDTH_FAMILIES (and
+    its builder); the grid's `{family: ..., widths: [...]}` and the capacity outputs read it."""
+
+    names: re.Pattern  # what the grid's `family` may say
+    prefix: Callable[[str], str]  # that name -> the members' common prefix
+    describe: str  # for errors and the docs
+
+
+WIDTH_FAMILIES = (
+    WidthFamily(re.compile(r"mlp_[1-9][0-9]*x"), lambda name: name, "mlp_<depth>x (MLPs of that depth)"),
+    WidthFamily(re.compile(r"resnet18(_k)?"), lambda name: "resnet18_k", "resnet18 (resnet18_k<width>)"),
+    WidthFamily(
+        re.compile(r"[^:\s@]+:[A-Za-z_][A-Za-z0-9_]*"),
+        lambda name: f"{name}@",
+        "path/to/file.py:function or package.module:function (called with width=<width>)",
+    ),
+)
+MEMBER = re.compile(r"(.+?)([1-9][0-9]*)")  # a prefix and a width
 
 
 def family_member(family: str, width: int) -> str:
@@ -115,15 +132,27 @@ def family_member(family: str, width: int) -> str:
     path/to/file.py:function gives path/to/file.py:function@<width>."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ModelError(f"width {width!r} is not a positive integer")
-    if re.fullmatch(r"mlp_[1-9][0-9]*x", str(family)):
-        return f"{family}{width}"
-    if family in ("resnet18", "resnet18_k"):
-        return f"resnet18_k{width}"
-    if isinstance(family, str) and (m := FACTORY.fullmatch(family)) and not m["width"]:
-        member = f"{family}@{width}"
-        parse(member)  # a file or module factory, or a one-line error
-        return member
-    raise ModelError(f"family {family!r} is not a width family (one of: {', '.join(FAMILIES.values())})")
+    for f in WIDTH_FAMILIES:
+        if isinstance(family, str) and f.names.fullmatch(family):
+            member = f"{f.prefix(family)}{width}"
+            parse(member)  # a model entry (a factory's target checked), or a one-line error
+            return member
+    raise ModelError(
+        f"family {family!r} is not a width family (one of: {', '.join(f.describe for f in WIDTH_FAMILIES)})"
+    )
+
+
+def width_of(entry: str) -> tuple[str, int] | None:
+    """(the family's prefix, the width) of a member of a width family (mlp_1x16 -> ("mlp_1x", 16)); None for
+    any other model entry."""
+    m = MEMBER.fullmatch(str(entry))
+    if m is None:
+        return None
+    for f in WIDTH_FAMILIES:
+        for name in (m[1], m[1].removesuffix("@")):
+            if f.names.fullmatch(name) and f.prefix(name) == m[1]:
+                return m[1], int(m[2])
+    return None
 
 
 def short_hash(entry: str) -> str:
