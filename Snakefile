@@ -8,11 +8,19 @@
 # file per stage. Every rule reads its stage's declaration (rethinking.pipeline.stages):
 # one command of the package (python -m rethinking <stage>), the same command the DVC
 # stage of the same name calls, with the same code, params, inputs and outputs.
+import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+# this clone's package, before any installed copy (an editable install may point at another checkout): the
+# Snakefile and the jobs it starts (python -m rethinking ...) import the code of the clone they run in
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
 
 from rethinking import plan as rc
 from rethinking.plan.packs import check_models

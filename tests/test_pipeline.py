@@ -509,3 +509,19 @@ def test_a_second_snakemake_on_the_same_results_is_refused(project):
 
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+@pytest.mark.slow
+def test_a_clone_runs_its_own_package(project):
+    """Snakemake in a clone imports that clone's package, and so do the jobs it starts, whatever checkout an
+    installed (editable) copy points at: a clone whose dataset ids are changed plans and prepares under them."""
+    datasets = project / "workflow" / "rethinking" / "plan" / "datasets.py"
+    text = datasets.read_text()
+    changed = text.replace(
+        '    return name if train_size is None else f"{name}{SIZED}{train_size}"',
+        '    name = "clone-marker"\n    return name if train_size is None else f"{name}{SIZED}{train_size}"',
+    )
+    assert changed != text
+    datasets.write_text(changed)
+    proc = sh("snakemake --cores 1 results/data/clone-marker/base.npz", project)
+    assert (project / "results/data/clone-marker/base.npz").is_file(), proc.stdout[-2000:]
