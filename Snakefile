@@ -20,7 +20,7 @@ from snakemake.utils import min_version
 # Snakefile and the jobs it starts (python -m rethinking ...) import the code of the clone they run in
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")])))
 
 from rethinking import plan as rc
 from rethinking.plan.packs import check_models
